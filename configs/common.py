@@ -1,0 +1,70 @@
+"""Fields shared by every family's config: trainer, optimizer, mesh, checkpointing.
+
+Each family config (`configs/<family>.py`) starts from `base_config()` and fills in
+`config.model`, `config.data` and `config.sample`.
+"""
+import ml_collections
+
+# Logical axis name -> mesh axes. Parameters use "embed"/"mlp"/"heads"/"vocab"/"kv";
+# activations use "batch"/"length" plus the same feature names. flax skips a mesh axis
+# already taken in a spec, so "embed" falls back to replicated on activations whose
+# batch dimension is sharded over ("data", "fsdp").
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+    ("length", None),
+    ("conv_in", None),
+    ("conv_out", "tensor"),
+    ("codebook", None),
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Seeds parameter init, data order, masking and dropout.
+
+  c.model = ml_collections.ConfigDict()
+  c.model.family = ""  # Module under upgen.models that supplies model, loss, sampler.
+  c.model.dtype = "float32"  # Compute dtype: "float32" or "bfloat16".
+  c.model.param_dtype = "float32"  # Parameter storage dtype.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = ""  # Directory with metadata.json and record shards (paired image-text).
+  c.data.batch_size = 64  # Global batch size (all processes, all devices).
+  c.data.num_workers = 0  # grain worker processes per host (0 = in the main process).
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-3  # Peak learning rate.
+  c.optim.warmup_steps = 100  # Linear warmup from 0 to lr.
+  c.optim.decay = "cosine"  # "cosine" (to lr * final_lr_frac at train.steps) or "constant".
+  c.optim.final_lr_frac = 0.1  # Final learning rate as a fraction of lr.
+  c.optim.b1 = 0.9  # AdamW beta1.
+  c.optim.b2 = 0.95  # AdamW beta2.
+  c.optim.eps = 1e-8  # AdamW epsilon.
+  c.optim.weight_decay = 0.05  # Decoupled weight decay on matrices (not biases/norms).
+  c.optim.grad_clip = 1.0  # Clip by global norm; 0 disables.
+  c.optim.grad_accum_steps = 1  # Micro-batches per optimizer step (batch_size divisible).
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000  # Optimizer steps to train for.
+  c.train.log_every = 25  # Write metrics.jsonl / TensorBoard every N steps.
+  c.train.checkpoint_every = 250  # Save an orbax checkpoint every N steps (and at the end).
+  c.train.keep_checkpoints = 3  # Keep the newest N checkpoints.
+  c.train.eval_every = 0  # Validation loss every N steps (0 = only at the end).
+  c.train.eval_batches = 4  # Validation batches per evaluation.
+  c.train.sample_every = 0  # Write a sample grid to TensorBoard every N steps (0 = never).
+  c.train.on_nonfinite = "stop"  # Non-finite loss: "stop" (error, no checkpoint) or "skip".
+  c.train.max_minutes = 0.0  # Stop (with a checkpoint) after this much wall time; 0 = no limit.
+  c.train.progress = True  # Console progress bar.
+
+  c.mesh = ml_collections.ConfigDict()
+  # Device mesh shape; one entry may be -1 to take the remaining devices.
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.mesh.rules = DEFAULT_RULES  # Logical axis -> mesh axis table.
+  return c

@@ -1,0 +1,85 @@
+"""UPGen: masked transformer over [image tokens; text tokens].
+
+  upgen train --config configs/upgen.py:tiny --workdir /tmp/upgen \
+      --config.data.dir=/tmp/qs/data --config.train.steps=2000
+
+Variants: tiny (CPU smoke / quickstart), base, large (ViT-L: 24 x 1024, 16 heads).
+"""
+import ml_collections
+
+from configs import common
+
+SIZES = {
+    # name: (num_layers, emb_dim, num_heads, mlp_dim)
+    "tiny": (4, 128, 4, 512),
+    "small": (8, 384, 6, 1536),
+    "base": (12, 768, 12, 3072),
+    "large": (24, 1024, 16, 4096),
+}
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+  if arg not in SIZES:
+    raise ValueError(f"configs/upgen.py: unknown variant {arg!r}; choose from {sorted(SIZES)}")
+  layers, width, heads, mlp = SIZES[arg]
+  c = common.base_config()
+  c.model.family = "upgen"
+  c.model.size = arg  # Name of the size variant (informational).
+  c.model.num_layers = layers  # Transformer blocks.
+  c.model.emb_dim = width  # Residual stream width.
+  c.model.num_heads = heads  # Attention heads.
+  c.model.mlp_dim = mlp  # Hidden width of the MLP.
+  c.model.dropout_rate = 0.0  # Dropout on residual branches and embeddings.
+  c.model.attention_dropout_rate = 0.0  # Dropout on attention weights.
+  # Vocabulary and lengths. -1 = read from the data's metadata.json; a set value must
+  # agree with the metadata or training stops with an error naming the key.
+  c.model.image_vocab_size = -1  # Image tokenizer codebook size.
+  c.model.text_vocab_size = -1  # Text tokenizer vocabulary size (incl. specials).
+  c.model.image_seq_len = -1  # Image tokens per example (grid height x width).
+  c.model.text_pad_id = -1  # From metadata: the text tokenizer's [PAD] id.
+  c.model.text_mask_id = -1  # From metadata: the text tokenizer's [MASK] id.
+  c.model.text_seq_len = 16  # Text tokens per example (captions truncated / padded).
+  # Masking and loss.
+  c.model.mask_schedule = "uniform"  # Mask ratio r ~ U(0,1]: "uniform" or "cosine" (cos(pi/2 u)).
+  c.model.text_only_mask_ratio = 0.15  # Fixed mask ratio for text-only examples.
+  c.model.paired_image_weight = 1.0  # Loss weight, image tokens of paired examples.
+  c.model.paired_text_weight = 0.1  # Loss weight, text tokens of paired examples.
+  c.model.unpaired_image_weight = 1.0  # Loss weight, image-only examples.
+  c.model.unpaired_text_weight = 0.01  # Loss weight, text-only examples.
+
+  # Extra record sources mixed with data.dir, "kind:weight:dir" comma separated, kind in
+  # paired|image|text. data.dir has weight data.paired_weight.
+  c.data.kind = "tokens"  # Pre-tokenized TFRecords (see docs/data.md).
+  c.data.extra_sources = ""
+  c.data.paired_weight = 1.0
+  c.data.image_dropout = 0.0  # Fraction of paired examples shown as text-only.
+  c.data.text_dropout = 0.1  # Fraction of paired examples shown as image-only (CFG).
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.num_steps = 12  # MaskGIT decoding steps.
+  c.sample.schedule = "cosine"  # Mask schedule: cosine, linear, sqrt, square, exp.
+  c.sample.temperature = 1.0  # Softmax temperature of token sampling.
+  c.sample.choice_temperature = 4.5  # Gumbel noise on confidences, annealed to 0.
+  c.sample.guidance_scale = 2.0  # Classifier-free guidance scale (0 = unguided).
+  c.sample.text_steps = 4  # Decoding steps for image->text.
+  c.sample.per_prompt = 4  # Samples per prompt in `upgen sample`.
+
+  if arg == "tiny":
+    c.data.batch_size = 64
+    c.optim.lr = 2e-3
+    c.optim.warmup_steps = 50
+    c.optim.weight_decay = 0.01
+    c.train.steps = 1000
+    c.train.log_every = 10
+    c.train.checkpoint_every = 200
+  else:
+    c.data.batch_size = 512
+    c.optim.lr = 4e-4
+    c.optim.warmup_steps = 5000
+    c.train.steps = 200_000
+    c.train.log_every = 100
+    c.train.checkpoint_every = 2000
+    c.model.dtype = "bfloat16"
+    c.model.dropout_rate = 0.1
+    c.model.text_seq_len = 64
+  return c

@@ -1,0 +1,62 @@
+"""VQGAN image tokenizer, trained by the same trainer on images.
+
+  upgen train --config configs/vqgan.py:tiny --workdir /tmp/vqgan \
+      --config.data.dir=/tmp/shapes
+
+data.dir is a folder of images with captions.jsonl (as `upgen data shapes` writes, one
+folder per split: DIR/train, DIR/val).
+"""
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+  if arg not in ("tiny", "base"):
+    raise ValueError(f"configs/vqgan.py: unknown variant {arg!r}; choose tiny or base")
+  c = common.base_config()
+  c.model.family = "vqgan"
+  c.model.size = arg
+  c.model.image_size = 32  # Training / tokenization resolution (square).
+  c.model.base_channels = 32  # Channels at full resolution.
+  c.model.channel_multipliers = (1, 2)  # One entry per resolution; len-1 downsamplings.
+  c.model.num_res_blocks = 1  # Residual blocks per resolution.
+  c.model.codebook_size = 64  # Number of codes.
+  c.model.embedding_dim = 16  # Code vector width.
+  c.model.commitment_cost = 0.25  # Beta of the commitment loss.
+  c.model.l1_weight = 1.0  # Pixel reconstruction loss weights.
+  c.model.l2_weight = 1.0
+  c.model.adversarial_weight = 0.0  # Patch discriminator loss weight (0 = off).
+  c.model.adversarial_start = 2000  # Step at which the adversarial loss turns on.
+  c.model.disc_channels = 32  # Discriminator width.
+
+  c.data.kind = "images"  # Folder of images + captions.jsonl per split.
+  c.data.train_split = "train"
+  c.data.val_split = "val"
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.per_prompt = 1
+
+  if arg == "tiny":
+    c.data.batch_size = 64
+    c.optim.lr = 2e-3
+    c.optim.warmup_steps = 50
+    c.optim.weight_decay = 0.0
+    c.train.steps = 1500
+    c.train.log_every = 25
+    c.train.checkpoint_every = 500
+  else:
+    c.model.image_size = 256
+    c.model.base_channels = 128
+    c.model.channel_multipliers = (1, 1, 2, 2, 4)
+    c.model.num_res_blocks = 2
+    c.model.codebook_size = 1024
+    c.model.embedding_dim = 256
+    c.model.adversarial_weight = 0.1
+    c.model.adversarial_start = 20000
+    c.model.dtype = "bfloat16"
+    c.data.batch_size = 256
+    c.optim.lr = 1e-4
+    c.train.steps = 500_000
+    c.train.checkpoint_every = 5000
+  return c

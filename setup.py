@@ -1,0 +1,30 @@
+"""upgen: text-to-image pretraining over discrete image tokens, in JAX/Flax."""
+import setuptools
+
+setuptools.setup(
+    name="upgen",
+    version="0.1.0",
+    description="JAX/Flax pretraining for text-to-image generation over discrete image tokens",
+    packages=setuptools.find_packages(include=["upgen", "upgen.*", "configs"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10.2,<0.12",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        "ml-collections>=1.1.0,<2",
+        "clu>=0.0.12",
+        "grain>=0.2.18,<0.3",
+        "tokenizers>=0.22,<0.23",
+        "transformers>=4.57.6,<6",
+        "numpy>=1.26",
+        "pillow>=10",
+        "absl-py>=2",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "tfds": ["tensorflow-cpu==2.21.0", "tensorflow-datasets>=4.9"],
+        "test": ["pytest>=8"],
+    },
+    entry_points={"console_scripts": ["upgen=upgen.cli:main"]},
+)

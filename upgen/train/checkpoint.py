@@ -1,0 +1,132 @@
+"""Orbax checkpoints of the train state and the data iterator, and the run's config.
+
+Layout of a run directory (the trainer's workdir):
+  config.json              the resolved config (vocab sizes etc. filled in from the data)
+  checkpoints/<step>/      orbax: item "state" (step, params, opt_state), item "data" (the
+                           input iterator's state, JSON), written asynchronously
+  metrics.jsonl            one JSON object per logged step
+  tensorboard/             event files
+
+orbax commits a checkpoint by renaming a finished temporary directory, so a process killed
+mid-save leaves the previous checkpoint as the latest one. The trainer never hands a state
+with a non-finite loss to `save`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from upgen import families
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def _to_tuples(x):
+  """JSON turns tuples into lists; configs keep tuples (mesh rules, channel multipliers)."""
+  if isinstance(x, dict):
+    return {k: _to_tuples(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return tuple(_to_tuples(v) for v in x)
+  return x
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no config.json - is {workdir!r} a upgen run directory?")
+  try:
+    with open(path) as f:
+      raw = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from e
+  return ml_collections.ConfigDict(_to_tuples(raw))
+
+
+class Checkpointer:
+  """Saves and restores {"state", "data"} under workdir/checkpoints with keep-N."""
+
+  def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=("state", "data"))
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: dict[str, Any], data_state: Optional[dict] = None,
+           *, force: bool = False) -> bool:
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave(data_state if data_state is not None else {}))
+    return self._manager.save(int(step), args=args, force=force)
+
+  def restore(self, abstract_state: dict[str, Any], step: Optional[int] = None
+              ) -> tuple[int, dict[str, Any], dict]:
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
+    try:
+      out = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    except Exception as e:
+      raise ValueError(
+          f"{self.directory}/{step}: cannot restore the checkpoint into this config's "
+          f"state ({type(e).__name__}: {e})") from e
+    return step, out["state"], dict(out["data"] or {})
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def state_dict(state) -> dict[str, Any]:
+  return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+
+
+def restore_params(workdir: str, step: Optional[int] = None, mesh=None
+                   ) -> tuple[ml_collections.ConfigDict, Any]:
+  """(resolved config, params) from the latest (or given) checkpoint of a run directory.
+
+  Params are restored in the layout the current mesh gives them (by default all local
+  devices as data parallel), whatever mesh wrote them.
+  """
+  from upgen.train import mesh as mesh_lib
+  from upgen.train import optimizer as optimizer_lib
+  from upgen.train import state as state_lib
+
+  config = load_config(workdir)
+  family = families.get_family(config.model.family)
+  model = family.make_model(config)
+  tx = optimizer_lib.make_optimizer(config.optim, config.train.steps)
+  if mesh is None:
+    mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(
+        {"data": -1, "fsdp": 1, "tensor": 1, "rules": config.mesh.rules}))
+  abstract, _ = state_lib.abstract_state(family, model, tx, config, mesh)
+  ckpt = Checkpointer(workdir, async_save=False)
+  try:
+    _, restored, _ = ckpt.restore(state_dict(abstract), step)
+  finally:
+    ckpt.close()
+  return config, restored["params"]

@@ -1,0 +1,76 @@
+"""Device mesh and logical-axis sharding from config.
+
+The mesh has three axes (data, fsdp, tensor). Models name their parameter and activation
+axes logically ("embed", "mlp", "batch", ...); `config.mesh.rules` maps those names to mesh
+axes, so data parallel, FSDP and tensor parallel are config choices, not code changes.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Sequence
+
+import jax
+from jax.experimental import mesh_utils
+import ml_collections
+import numpy as np
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
+  """Resolves the (data, fsdp, tensor) shape; one entry may be -1 (the rest of the devices)."""
+  shape = [int(mesh_config[a]) for a in MESH_AXES]
+  if shape.count(-1) > 1:
+    raise ValueError(f"config.mesh: at most one of {MESH_AXES} may be -1, got {shape}")
+  known = int(np.prod([s for s in shape if s != -1]))
+  if -1 in shape:
+    if num_devices % known:
+      raise ValueError(f"config.mesh: {num_devices} devices do not divide by {known} ({shape})")
+    shape[shape.index(-1)] = num_devices // known
+  if int(np.prod(shape)) != num_devices:
+    raise ValueError(
+        f"config.mesh: data*fsdp*tensor = {int(np.prod(shape))} but there are "
+        f"{num_devices} devices")
+  return tuple(shape)
+
+
+def make_mesh(mesh_config: ml_collections.ConfigDict, devices: Sequence[Any] | None = None) -> Mesh:
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(mesh_config, len(devices))
+  try:
+    device_array = mesh_utils.create_device_mesh(shape, devices)
+  except Exception:  # Non-physical topologies (fake CPU devices, odd shapes): plain order.
+    device_array = np.asarray(devices).reshape(shape)
+  return Mesh(device_array, MESH_AXES)
+
+
+def rules(mesh_config: ml_collections.ConfigDict) -> tuple[tuple[str, Any], ...]:
+  out = []
+  for name, axes in mesh_config.rules:
+    out.append((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes))
+  return tuple(out)
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, mesh_config: ml_collections.ConfigDict):
+  """Mesh + logical axis rules in scope, for tracing models with logical constraints."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules(mesh_config)):
+    yield
+
+
+def logical_shardings(abstract_tree: Any, mesh: Mesh, mesh_config: ml_collections.ConfigDict) -> Any:
+  """NamedShardings for a tree whose leaves may be flax LogicallyPartitioned boxes."""
+  specs = nn.get_partition_spec(abstract_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules(mesh_config))
+
+
+def batch_sharding(mesh: Mesh, mesh_config: ml_collections.ConfigDict) -> NamedSharding:
+  """Sharding of a batch's leading dimension (the "batch" logical axis)."""
+  spec = nn.logical_to_mesh_axes(("batch",), rules(mesh_config))
+  return NamedSharding(mesh, P(*spec))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())

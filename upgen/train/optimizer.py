@@ -1,0 +1,39 @@
+"""AdamW with linear warmup, cosine (or constant) decay and global-norm clipping."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  warmup = max(int(optim.warmup_steps), 0)
+  peak = float(optim.lr)
+  if optim.decay == "constant":
+    after = optax.constant_schedule(peak)
+  elif optim.decay == "cosine":
+    decay_steps = max(int(total_steps) - warmup, 1)
+    after = optax.cosine_decay_schedule(peak, decay_steps, alpha=float(optim.final_lr_frac))
+  else:
+    raise ValueError(f"config.optim.decay={optim.decay!r}: expected 'cosine' or 'constant'")
+  if warmup == 0:
+    return after
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def _decay_mask(params):
+  """Weight decay on matrices and conv kernels only, not on biases, norms or scalars."""
+  return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+  schedule = learning_rate_schedule(optim, total_steps)
+  parts = []
+  if optim.grad_clip and optim.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(float(optim.grad_clip)))
+  parts.append(
+      optax.adamw(
+          schedule, b1=float(optim.b1), b2=float(optim.b2), eps=float(optim.eps),
+          weight_decay=float(optim.weight_decay), mask=_decay_mask))
+  return optax.chain(*parts)

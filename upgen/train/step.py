@@ -1,0 +1,78 @@
+"""Pure train and eval steps. The family supplies the loss; nothing here is family-specific."""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from upgen import families
+from upgen.train import optimizer as optimizer_lib
+from upgen.train.state import TrainState
+
+
+def _split_microbatches(batch: Any, num_micro: int) -> Any:
+  """[B, ...] -> [A, B/A, ...] taking every A-th example, so each device's shard of the
+  batch contributes equally to every micro-batch (no resharding of the batch axis)."""
+
+  def split(x):
+    b = x.shape[0]
+    if b % num_micro:
+      raise ValueError(
+          f"config.optim.grad_accum_steps={num_micro} does not divide the batch ({b})")
+    return jnp.swapaxes(x.reshape((b // num_micro, num_micro) + x.shape[1:]), 0, 1)
+
+  return jax.tree.map(split, batch)
+
+
+def train_step(state: TrainState, batch: Any, rng: jax.Array, *, family: families.Family,
+               model: Any, config: ml_collections.ConfigDict) -> tuple[TrainState, dict]:
+  """One optimizer step. Randomness is fold_in(rng, step), so a resumed run repeats it.
+
+  A step whose loss or gradient is not finite leaves parameters and optimizer state as they
+  were (only the step counter advances) and reports finite=0; the host decides to stop or
+  go on (config.train.on_nonfinite).
+  """
+  step_rng = jax.random.fold_in(rng, state.step)
+  loss_fn = functools.partial(family.loss_fn, model=model, config=config, train=True,
+                              step=state.step)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  num_micro = int(config.optim.grad_accum_steps)
+  if num_micro <= 1:
+    (loss, aux), grads = grad_fn(state.params, batch, step_rng)
+  else:
+    micro = _split_microbatches(batch, num_micro)
+
+    def body(acc, xs):
+      i, mb = xs
+      out = grad_fn(state.params, mb, jax.random.fold_in(step_rng, i))
+      return jax.tree.map(jnp.add, acc, out), None
+
+    shapes = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), step_rng)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    ((loss, aux), grads), _ = jax.lax.scan(body, zeros, (jnp.arange(num_micro), micro))
+    loss, aux, grads = jax.tree.map(lambda x: x / num_micro, (loss, aux, grads))
+
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updated = state.apply_gradients(grads)
+  kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                      (updated.params, updated.opt_state), (state.params, state.opt_state))
+  new_state = updated.replace(params=kept[0], opt_state=kept[1])
+  schedule = optimizer_lib.learning_rate_schedule(config.optim, config.train.steps)
+  metrics = dict(aux)
+  metrics.update(
+      loss=loss, grad_norm=grad_norm, param_norm=optax.global_norm(new_state.params),
+      learning_rate=schedule(state.step), finite=finite.astype(jnp.float32))
+  return new_state, metrics
+
+
+def eval_step(params: Any, batch: Any, rng: jax.Array, *, family: families.Family, model: Any,
+              config: ml_collections.ConfigDict) -> dict:
+  """Loss metrics without dropout. A fixed rng makes masked-token losses comparable."""
+  loss, aux = family.loss_fn(params, batch, rng, model=model, config=config, train=False,
+                             step=jnp.asarray(config.train.steps, jnp.int32))
+  return dict(aux, loss=loss)

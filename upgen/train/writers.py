@@ -1,0 +1,104 @@
+"""Metric sinks: W/metrics.jsonl (one object per logged step) and TensorBoard event files.
+
+Only process 0 writes. TensorBoard events are written without TensorFlow (see
+`upgen.train.tensorboard`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping, Optional
+
+import jax
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _jsonable(v: Any) -> Any:
+  v = np.asarray(v).item() if np.ndim(v) == 0 else np.asarray(v).tolist()
+  if isinstance(v, float) and not math.isfinite(v):
+    return str(v)  # "nan" / "inf": valid JSON, and visible.
+  return v
+
+
+def truncate_metrics(workdir: str, last_step: int) -> None:
+  """Drops rows logged after `last_step` (a resumed run re-logs those steps)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # A line cut short by a kill.
+      if int(row.get("step", 0)) <= last_step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  with open(os.path.join(workdir, METRICS_FILE)) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class MetricWriter:
+  """Appends metrics.jsonl rows and mirrors scalars / images to TensorBoard."""
+
+  def __init__(self, workdir: str, *, tensorboard: bool = True):
+    self.active = jax.process_index() == 0
+    self._jsonl = None
+    self._tb = None
+    if not self.active:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
+    if tensorboard:
+      from upgen.train import tensorboard as tb
+      self._tb = tb.EventWriter(os.path.join(workdir, "tensorboard"))
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    if not self.active:
+      return
+    row = {"step": int(step)}
+    row.update({k: _jsonable(v) for k, v in sorted(scalars.items())})
+    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in scalars.items():
+        if np.ndim(v) == 0:
+          self._tb.scalar(k, float(v), step)
+      self._tb.flush()
+
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    """images: name -> uint8 HxWx3 (e.g. a sample grid)."""
+    if self.active and self._tb is not None:
+      for k, v in images.items():
+        self._tb.image(k, np.asarray(v), step)
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def image_grid(images_NxHxWx3: np.ndarray, columns: Optional[int] = None, pad: int = 1) -> np.ndarray:
+  """Tiles uint8 images into one grid image with `pad` pixels of gray between them."""
+  images = np.asarray(images_NxHxWx3)
+  n, h, w, c = images.shape
+  columns = columns or int(math.ceil(math.sqrt(n)))
+  rows = int(math.ceil(n / columns))
+  grid = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, c), 64, np.uint8)
+  for i in range(n):
+    r, col = divmod(i, columns)
+    y, x = pad + r * (h + pad), pad + col * (w + pad)
+    grid[y:y + h, x:x + w] = images[i]
+  return grid
