@@ -50,6 +50,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # Extra record sources mixed with data.dir, "kind:weight:dir" comma separated, kind in
   # paired|image|text. data.dir has weight data.paired_weight.
   c.data.kind = "tokens"  # Pre-tokenized TFRecords (see docs/data.md).
+  c.data.train_split = "train"  # Split trained on.
+  c.data.val_split = "val"  # Split for validation loss.
   c.data.extra_sources = ""
   c.data.paired_weight = 1.0
   c.data.image_dropout = 0.0  # Fraction of paired examples shown as text-only.

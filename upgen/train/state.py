@@ -42,9 +42,9 @@ def _init_fn(family: families.Family, model: nn.Module, tx, config: ml_collectio
 
 def abstract_state(family, model, tx, config, mesh) -> tuple[Any, Any]:
   """(abstract unboxed state, its NamedShardings), without allocating anything."""
-  init = _init_fn(family, model, tx, config)
-  with mesh_lib.activate(mesh, config.mesh):
-    boxed = jax.eval_shape(init, jax.random.key(0))
+  # Init runs outside the mesh context: flax applies logical constraints to parameters
+  # while initializers run (on DenseGeneral's flattened kernels); out_shardings place them.
+  boxed = jax.eval_shape(_init_fn(family, model, tx, config), jax.random.key(0))
   shardings = mesh_lib.logical_shardings(boxed, mesh, config.mesh)
   abstract = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -56,8 +56,7 @@ def create_state(family, model, tx, config, mesh, rng: jax.Array) -> TrainState:
   """Initializes parameters and optimizer state directly in their sharded layout."""
   _, shardings = abstract_state(family, model, tx, config, mesh)
   init = _init_fn(family, model, tx, config)
-  with mesh_lib.activate(mesh, config.mesh):
-    return jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
+  return jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
 
 
 def count_params(params) -> int:

@@ -1,0 +1,200 @@
+"""The trainer: metrics and checkpoints, exact resume after SIGKILL, non-finite guard,
+gradient accumulation, and sharded meshes that match one device."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import upgen as upgen_config
+from configs import vqgan as vqgan_config
+from tests import token_data
+from upgen import families
+from upgen.train import checkpoint
+from upgen.train import mesh as mesh_lib
+from upgen.train import optimizer
+from upgen.train import state as state_lib
+from upgen.train import step as step_lib
+from upgen.train import trainer
+from upgen.train import writers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return token_data.write(str(tmp_path_factory.mktemp("records")))
+
+
+def _config(data_dir, **overrides):
+  c = upgen_config.get_config("tiny")
+  c.update_from_flattened_dict({**token_data.tiny_overrides(data_dir), **overrides})
+  return c
+
+
+def test_train_logs_checkpoints_and_learns(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  c = _config(data_dir, **{"train.steps": 150, "train.log_every": 1, "train.checkpoint_every": 50,
+                           "train.keep_checkpoints": 2, "optim.lr": 1e-2})
+  summary = trainer.train(c, workdir)
+  assert summary["step"] == 150 and summary["stopped"] == "completed"
+  rows = [r for r in writers.read_metrics(workdir) if "loss" in r]
+  assert [r["step"] for r in rows] == list(range(1, 151))
+  for key in ("loss_image", "loss_text", "acc_image", "grad_norm", "param_norm",
+              "learning_rate", "examples_per_sec", "tokens_per_sec"):
+    assert key in rows[0], key
+  first = np.mean([r["loss"] for r in rows[:10]])
+  last = np.mean([r["loss"] for r in rows[-10:]])
+  assert last < first - 0.3, (first, last)
+  assert "val_loss" in writers.read_metrics(workdir)[-1]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["100", "150"]
+  saved = checkpoint.load_config(workdir)
+  assert saved.model.image_vocab_size == token_data.IMAGE_VOCAB
+  assert saved.model.image_seq_len == 8 and saved.model.text_pad_id == 0
+  # Params restore on their own (what `upgen sample` and tokenizers use).
+  config, params = checkpoint.restore_params(workdir)
+  assert state_lib.count_params(params) == summary["num_params"]
+  # Running again with the run complete resumes at 150 and does nothing more.
+  again = trainer.train(c, workdir)
+  assert again["step"] == 150 and len([r for r in writers.read_metrics(workdir)
+                                       if "loss" in r]) == 150
+
+
+def test_resume_with_a_different_model_is_an_error(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  trainer.train(_config(data_dir, **{"train.steps": 2}), workdir)
+  with pytest.raises(ValueError, match=r"config\.model\.emb_dim=32 there but 64 now"):
+    trainer.train(_config(data_dir, **{"train.steps": 4, "model.emb_dim": 64}), workdir)
+
+
+def _cli(workdir, data_dir, *extra):
+  flags = [f"--config.{k}={v}" for k, v in token_data.tiny_overrides(data_dir).items()]
+  return [sys.executable, "-m", "upgen.cli", "train", "--config", "configs/upgen.py:tiny",
+          "--workdir", workdir, *flags, *extra]
+
+
+def _losses(workdir):
+  return {r["step"]: r["loss"] for r in writers.read_metrics(workdir) if "loss" in r}
+
+
+def test_resume_after_sigkill_repeats_the_uninterrupted_losses(data_dir, tmp_path):
+  extra = ["--config.train.steps=400", "--config.train.checkpoint_every=50",
+           "--config.train.log_every=1", "--config.data.text_dropout=0.2",
+           "--config.model.dropout_rate=0.1"]
+  straight = str(tmp_path / "straight")
+  subprocess.run(_cli(straight, data_dir, *extra), check=True, cwd=ROOT, capture_output=True)
+
+  killed = str(tmp_path / "killed")
+  proc = subprocess.Popen(_cli(killed, data_dir, *extra), cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    done = max(_losses(killed), default=0) if os.path.exists(
+        os.path.join(killed, "metrics.jsonl")) else 0
+    if done >= 120:
+      break
+    time.sleep(0.02)
+  assert proc.poll() is None, "the run finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  interrupted_at = max(_losses(killed))
+  assert interrupted_at < 400
+  ckpt_steps = [int(s) for s in os.listdir(os.path.join(killed, "checkpoints")) if s.isdigit()]
+  assert ckpt_steps and max(ckpt_steps) <= interrupted_at
+
+  subprocess.run(_cli(killed, data_dir, *extra), check=True, cwd=ROOT, capture_output=True)
+  a, b = _losses(straight), _losses(killed)
+  assert sorted(a) == sorted(b) == list(range(1, 401))
+  np.testing.assert_allclose([b[s] for s in range(1, 401)], [a[s] for s in range(1, 401)],
+                             rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_nonfinite_loss_never_reaches_a_checkpoint(data_dir, tmp_path, mode):
+  workdir = str(tmp_path / mode)
+  c = _config(data_dir, **{"train.steps": 12, "train.checkpoint_every": 1,
+                           "train.log_every": 1, "optim.lr": 1e30, "optim.grad_clip": 0.0,
+                           "optim.warmup_steps": 0, "optim.decay": "constant",
+                           "train.on_nonfinite": mode})
+  if mode == "stop":
+    with pytest.raises(trainer.NonFiniteLossError, match="non-finite loss at step"):
+      trainer.train(c, workdir)
+  else:
+    summary = trainer.train(c, workdir)
+    assert summary["step"] == 12
+    assert any(r.get("skipped") for r in writers.read_metrics(workdir))
+  _, params = checkpoint.restore_params(workdir)
+  for leaf in jax.tree.leaves(params):
+    assert np.all(np.isfinite(np.asarray(leaf)))
+
+
+def test_grad_accumulation_matches_one_big_batch():
+  c = vqgan_config.get_config("tiny")
+  c.update_from_flattened_dict({"model.image_size": 8, "model.base_channels": 8,
+                                "model.codebook_size": 8, "model.embedding_dim": 4,
+                                "data.batch_size": 8})
+  family = families.get_family("vqgan")
+  model = family.make_model(c)
+  mesh = mesh_lib.make_mesh(c.mesh)
+  tx = optimizer.make_optimizer(c.optim, c.train.steps)
+  state = state_lib.create_state(family, model, tx, c, mesh, jax.random.key(0))
+  batch = {"image": np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)}
+  results = []
+  for accum in (1, 4):
+    c.optim.grad_accum_steps = accum
+    with mesh_lib.activate(mesh, c.mesh):
+      new_state, metrics = jax.jit(lambda s, b: step_lib.train_step(
+          s, b, jax.random.key(1), family=family, model=model, config=c))(state, batch)
+    results.append((new_state.params, float(metrics["loss"]), float(metrics["grad_norm"])))
+  assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)
+  assert results[0][2] == pytest.approx(results[1][2], rel=1e-4)
+  for x, y in zip(jax.tree.leaves(results[0][0]), jax.tree.leaves(results[1][0])):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+
+
+_MESH_SCRIPT = """
+import json, sys, jax
+from configs import upgen as upgen_config
+from tests import token_data
+from upgen import families
+from upgen.train import trainer, writers, mesh as mesh_lib, optimizer, state as state_lib
+data_dir, workdir, mesh = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+c = upgen_config.get_config("tiny")
+c.update_from_flattened_dict(token_data.tiny_overrides(data_dir))
+c.update_from_flattened_dict({"train.steps": 5, "train.log_every": 1,
+                              "train.checkpoint_every": 5, **mesh})
+trainer.train(c, workdir)
+losses = [r["loss"] for r in writers.read_metrics(workdir) if "loss" in r]
+family = families.get_family("upgen")
+c = trainer.resolve_config(c, family)
+_, shardings = state_lib.abstract_state(family, family.make_model(c),
+    optimizer.make_optimizer(c.optim, 5), c, mesh_lib.make_mesh(c.mesh))
+sharded = sorted({str(s.spec) for s in jax.tree.leaves(shardings) if not s.is_fully_replicated})
+print(json.dumps({"losses": losses, "devices": jax.device_count(), "sharded": sharded}))
+"""
+
+
+def _run_mesh(data_dir, workdir, mesh, devices):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _MESH_SCRIPT, data_dir, workdir, json.dumps(mesh)],
+                       check=True, cwd=ROOT, capture_output=True, text=True, env=env)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_data_fsdp_tensor_mesh_matches_one_device(data_dir, tmp_path):
+  one = _run_mesh(data_dir, str(tmp_path / "one"), {}, 1)
+  mesh = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
+  eight = _run_mesh(data_dir, str(tmp_path / "eight"), mesh, 8)
+  assert one["devices"] == 1 and eight["devices"] == 8
+  assert not one["sharded"]
+  # FSDP on "embed", tensor parallel on heads / mlp / vocab.
+  for spec in ("P('fsdp', 'tensor')", "P('fsdp', 'tensor', None)"):
+    assert spec in eight["sharded"], eight["sharded"]
+  assert len(one["losses"]) == len(eight["losses"]) == 5
+  np.testing.assert_allclose(eight["losses"], one["losses"], rtol=2e-5)

@@ -1,0 +1,333 @@
+"""grain input pipelines: token batches for the generative families, image batches for the
+image tokenizer (semantics: docs/data.md).
+
+Train order. Every source (data.dir as "paired" plus data.extra_sources) is a
+RecordDataSource, globally shuffled with its own seed (derived from config.seed) and
+repeated with a new permutation each epoch; sources are interleaved deterministically in
+proportion to their weights (grain MapDataset.mix), then data.text_dropout / image_dropout
+turn paired examples into image-only / text-only ones with a per-example rng. That gives
+one global, infinite example order. Process p of P takes the examples p, p + P, p + 2P, ...
+of it and batches them data.batch_size / P at a time, so at step s the P processes hold
+exactly the global examples [s * B, (s + 1) * B), disjoint. Iterators are grain
+DatasetIterators: `get_state()` is a small JSON-serializable dict, `set_state()` resumes
+exactly (grain.checkpoint.CheckpointSave / CheckpointRestore save it with orbax).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import threading
+import time
+from typing import Any, Mapping, Optional
+
+from absl import flags
+import grain
+import ml_collections
+import numpy as np
+
+from upgen.data import grain_ops
+from upgen.data import records
+from upgen.data import sources
+
+PREFETCH_THREADS = 4  # Threads decoding batches ahead in each process (or worker).
+PREFETCH_BATCHES = 8  # Batches decoded ahead.
+IMAGE_CACHE_BYTES = 1 << 30  # Image folders up to this size (decoded) are cached in memory.
+read_metadata = records.read_metadata  # Re-exported: the trainer resolves configs with it.
+ROLES = {"paired": ("paired",), "image": ("paired", "image"), "text": ("paired", "text")}
+# config.model key -> (metadata key, function of metadata).
+_MODEL_FIELDS = {
+    "image_vocab_size": ("image_tokenizer.codebook_size",
+                         lambda m: m["image_tokenizer"]["codebook_size"]),
+    "image_seq_len": ("image_tokenizer.grid",
+                      lambda m: int(np.prod(m["image_tokenizer"]["grid"]))),
+    "text_vocab_size": ("text_tokenizer.vocab_size", lambda m: m["text_tokenizer"]["vocab_size"]),
+    "text_pad_id": ("text_tokenizer.pad_id", lambda m: m["text_tokenizer"]["pad_id"]),
+    "text_mask_id": ("text_tokenizer.mask_id", lambda m: m["text_tokenizer"]["mask_id"]),
+}
+
+
+def _derive_seed(seed: int, *names: Any) -> int:
+  """A 32-bit seed for one random op, derived from config.seed and a name."""
+  digest = hashlib.sha256(repr((int(seed),) + names).encode()).digest()
+  return int.from_bytes(digest[:4], "little")
+
+
+def _resolve_fields(configured: Mapping[str, int], metadata: Mapping[str, Any],
+                    where: str) -> dict[str, int]:
+  out = {}
+  for key, (meta_key, get) in _MODEL_FIELDS.items():
+    tokenizer, field = meta_key.split(".")
+    if metadata.get(tokenizer) is None:
+      if configured.get(key, -1) != -1:
+        out[key] = configured[key]
+      continue
+    value = int(get(metadata))
+    if configured.get(key, -1) not in (-1, value):
+      raise ValueError(f"config.model.{key}={configured[key]} disagrees with {where} "
+                       f"{meta_key}={metadata[tokenizer][field]} (so {key} should be {value}); "
+                       f"set it to -1 to take it from the data")
+    out[key] = value
+  return out
+
+
+def model_fields(config: ml_collections.ConfigDict, metadata: Mapping[str, Any],
+                 where: str = "metadata.json") -> dict[str, int]:
+  """config.model vocab/length fields resolved against metadata (-1 = take metadata's value).
+
+  Raises ValueError naming `config.model.<key>` and the metadata value on disagreement.
+  Fields whose tokenizer is absent from the metadata (text-only / image-only data) are
+  skipped unless the config sets them.
+  """
+  return _resolve_fields({k: int(config.model[k]) for k in _MODEL_FIELDS}, metadata, where)
+
+
+def resolve_model_config(config: ml_collections.ConfigDict,
+                         metadata: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """Fills config.model image_vocab_size, text_vocab_size, image_seq_len, text_pad_id,
+  text_mask_id where they are -1 (in place, returns config); errors on disagreement."""
+  where = (os.path.join(config.data.dir, records.METADATA_FILE) if config.data.dir
+           else records.METADATA_FILE)
+  for key, value in model_fields(config, metadata, where).items():
+    if config.model[key] == -1:
+      config.model[key] = value
+  return config
+
+
+def parse_extra_sources(spec: str) -> list[tuple[str, float, str]]:
+  """config.data.extra_sources "kind:weight:dir,..." -> [(kind, weight, dir)]."""
+  out = []
+  for item in filter(None, (s.strip() for s in spec.split(","))):
+    parts = item.split(":", 2)
+    if len(parts) != 3 or parts[0] not in ROLES:
+      raise ValueError(f"config.data.extra_sources: {item!r} is not kind:weight:dir with kind "
+                       f"in {sorted(ROLES)}")
+    try:
+      weight = float(parts[1])
+    except ValueError as e:
+      raise ValueError(f"config.data.extra_sources: {item!r}: weight {parts[1]!r} is not a "
+                       f"number") from e
+    if weight < 0:
+      raise ValueError(f"config.data.extra_sources: {item!r}: weight must be >= 0")
+    out.append((parts[0], weight, parts[2]))
+  return out
+
+
+def _local_batch_size(config: ml_collections.ConfigDict, process_count: int) -> int:
+  batch_size = int(config.data.batch_size)
+  if batch_size <= 0 or batch_size % process_count:
+    raise ValueError(f"config.data.batch_size={batch_size} must be a positive multiple of the "
+                     f"process count {process_count}")
+  return batch_size // process_count
+
+
+def _finish(ds: grain.MapDataset, config: ml_collections.ConfigDict, process_index: int,
+            process_count: int, batch_fn: Optional[Any] = None) -> grain.DatasetIterator:
+  """Per-process slice, batching, prefetch (threads, optional worker processes) -> iterator."""
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+  ds = grain_ops.BatchDataset(ds[process_index::process_count],
+                              _local_batch_size(config, process_count), batch_fn or grain_ops.stack)
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=PREFETCH_THREADS,
+                                               prefetch_buffer_size=PREFETCH_BATCHES))
+  num_workers = int(config.data.get("num_workers", 0))
+  if num_workers > 0:
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (defaults suffice).
+      flags.FLAGS.mark_as_parsed()
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(it_ds)
+
+
+@functools.lru_cache(maxsize=16)
+def _open_split(directory: str, split: str, metadata_mtime_ns: int) -> records.RecordDataSource:
+  """Indexed (CRC-verified) records of a split, reused while metadata.json is unchanged, so
+  repeated evaluations do not re-read the shards."""
+  del metadata_mtime_ns  # Only part of the cache key.
+  return records.RecordDataSource(directory, split)
+
+
+def _record_source(directory: str, split: str, role: str,
+                   config_key: str) -> records.RecordDataSource:
+  mtime_ns = os.stat(os.path.join(directory, records.METADATA_FILE)).st_mtime_ns
+  src = _open_split(os.path.abspath(directory), split, mtime_ns)
+  if src.kind not in ROLES[role]:
+    raise ValueError(f"{config_key}: {directory} split {split!r} holds {src.kind!r} records, "
+                     f"which cannot be used as {role!r}")
+  return src
+
+
+def _token_sources(config: ml_collections.ConfigDict, split: str,
+                   extra: bool) -> tuple[list[tuple[str, float, records.RecordDataSource]], dict]:
+  """[(role, weight, source)] for data.dir (+ extra_sources) and the resolved model fields."""
+  if not config.data.dir:
+    raise ValueError("config.data.dir is empty: set it to a directory written by `upgen tokenize`")
+  main_meta = records.read_metadata(config.data.dir)
+  fields = model_fields(config, main_meta, os.path.join(config.data.dir, records.METADATA_FILE))
+  for key in ("image_vocab_size", "text_vocab_size", "image_seq_len", "text_pad_id"):
+    if key not in fields:
+      raise ValueError(f"config.model.{key} is -1 and {config.data.dir} has no tokenizer to "
+                       f"take it from")
+  paired_weight = float(config.data.get("paired_weight", 1.0))
+  specs = [("paired", paired_weight, config.data.dir, "config.data.dir")]
+  if extra:
+    specs += [(k, w, d, "config.data.extra_sources")
+              for k, w, d in parse_extra_sources(config.data.get("extra_sources", ""))]
+  out = []
+  for role, weight, directory, key in specs:
+    if weight == 0 and extra:
+      continue
+    if directory != config.data.dir:
+      meta = records.read_metadata(directory)
+      _resolve_fields(fields, meta, os.path.join(directory, records.METADATA_FILE))
+      for tok in ("text_tokenizer", "image_tokenizer"):
+        if meta[tok] is not None and main_meta[tok] is not None and \
+            meta[tok]["identity"] != main_meta[tok]["identity"]:
+          raise ValueError(f"{key}: {directory} was tokenized with a different {tok} than "
+                           f"config.data.dir ({tok}.identity differs)")
+    out.append((role, weight, _record_source(directory, split, role, key)))
+  if not out:
+    raise ValueError("config.data.paired_weight and all extra_sources weights are 0")
+  return out, fields
+
+
+def _batcher(srcs: list[tuple[str, float, records.RecordDataSource]], fields: Mapping[str, int],
+             text_seq_len: int) -> grain_ops.TokenBatcher:
+  if text_seq_len <= 0:
+    raise ValueError(f"config.model.text_seq_len={text_seq_len} must be positive")
+  return grain_ops.TokenBatcher(
+      [src for _, _, src in srcs], [role for role, _, _ in srcs],
+      image_seq_len=fields["image_seq_len"], text_seq_len=text_seq_len,
+      pad_id=fields["text_pad_id"], image_vocab_size=fields["image_vocab_size"],
+      text_vocab_size=fields["text_vocab_size"])
+
+
+def make_train_iterator(config: ml_collections.ConfigDict, *, process_index: int = 0,
+                        process_count: int = 1) -> grain.DatasetIterator:
+  """Infinite iterator of this process's token batches (see the module docstring).
+
+  Batches: image_tokens int32 [b, image_seq_len], text_tokens int32 [b, text_seq_len],
+  text_mask bool [b, text_seq_len], has_image bool [b], has_text bool [b], with
+  b = config.data.batch_size / process_count.
+  """
+  split = config.data.get("train_split", "train")
+  srcs, fields = _token_sources(config, split, extra=True)
+  datasets = [grain_ops.EpochShuffle(grain.MapDataset.source(grain_ops.RawRecords(src, i)),
+                                     seed=_derive_seed(config.seed, "shuffle", i))
+              for i, (_, _, src) in enumerate(srcs)]
+  weights = [w for _, w, _ in srcs]
+  ds = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights)
+  text_dropout = float(config.data.get("text_dropout", 0.0))
+  image_dropout = float(config.data.get("image_dropout", 0.0))
+  if not (0 <= text_dropout and 0 <= image_dropout and text_dropout + image_dropout <= 1):
+    raise ValueError(f"config.data.text_dropout={text_dropout} and config.data.image_dropout="
+                     f"{image_dropout} must be >= 0 with a sum <= 1")
+  if text_dropout or image_dropout:
+    paired = frozenset(i for i, (role, _, _) in enumerate(srcs) if role == "paired")
+    ds = ds.random_map(functools.partial(grain_ops.modality_dropout, text_dropout=text_dropout,
+                                         image_dropout=image_dropout, paired_sources=paired),
+                       seed=_derive_seed(config.seed, "modality_dropout"))
+  return _finish(ds, config, process_index, process_count,
+                 _batcher(srcs, fields, int(config.model.text_seq_len)))
+
+
+def _one_pass(ds: grain.MapDataset, config: ml_collections.ConfigDict,
+              what: str) -> grain.MapDataset:
+  """The first floor(len / batch_size) * batch_size examples (drop remainder, every process
+  gets the same number of batches)."""
+  batch_size = int(config.data.batch_size)
+  usable = len(ds) // batch_size * batch_size
+  if usable == 0:
+    raise ValueError(f"{what} has {len(ds)} examples, fewer than "
+                     f"config.data.batch_size={batch_size}")
+  return ds[:usable]
+
+
+def make_eval_iterator(config: ml_collections.ConfigDict, split: str, *, process_index: int = 0,
+                       process_count: int = 1) -> grain.DatasetIterator:
+  """One deterministic pass over data.dir's `split` in record order, no shuffle, no dropout.
+
+  The last partial global batch is dropped (fewer than config.data.batch_size examples).
+  """
+  srcs, fields = _token_sources(config, split, extra=False)
+  ds = grain.MapDataset.source(grain_ops.RawRecords(srcs[0][2], 0))
+  return _finish(_one_pass(ds, config, f"{config.data.dir} split {split!r}"), config,
+                 process_index, process_count,
+                 _batcher(srcs, fields, int(config.model.text_seq_len)))
+
+
+class _CachedImages:
+  """Decoded-image cache in front of an image source (filled on first access, per process)."""
+
+  def __init__(self, source: sources.ImageFolderSource):
+    self.source = source
+    self._lock = threading.Lock()
+    self._images: Optional[np.ndarray] = None
+    self._filled: Optional[np.ndarray] = None
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __repr__(self) -> str:
+    return f"_CachedImages({self.source!r})"
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    with self._lock:
+      if self._images is None:
+        size = self.source.image_size
+        self._images = np.zeros((len(self.source), size, size, 3), np.uint8)
+        self._filled = np.zeros(len(self.source), bool)
+    if not self._filled[index]:
+      self._images[index] = self.source[index]["image"]
+      self._filled[index] = True
+    return {"image": self._images[index]}
+
+  def __getstate__(self) -> dict:
+    return {"source": self.source}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__init__(state["source"])
+
+
+def _image_only(example: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  return {"image": example["image"]}
+
+
+def make_image_iterator(config: ml_collections.ConfigDict, split: str, *, process_index: int = 0,
+                        process_count: int = 1, train: bool = True) -> grain.DatasetIterator:
+  """Batches {"image": uint8 [b, S, S, 3]} from config.data.dir/<split> (ImageFolderSource at
+  S = config.model.image_size). train: infinite, shuffled per epoch (seed = config.seed);
+  else one pass in file order, remainder dropped. Sharded like make_train_iterator."""
+  if not config.data.dir:
+    raise ValueError("config.data.dir is empty: set it to an image folder "
+                     "(DIR/<split>/captions.jsonl)")
+  source = sources.ImageFolderSource(os.path.join(config.data.dir, split), config.model.image_size)
+  if len(source) * source.image_size ** 2 * 3 <= IMAGE_CACHE_BYTES:
+    source = _CachedImages(source)
+  ds = grain.MapDataset.source(source)
+  if train:
+    ds = grain_ops.EpochShuffle(ds, seed=_derive_seed(config.seed, "images", split))
+  else:
+    ds = _one_pass(ds, config, f"{config.data.dir}/{split}")
+  return _finish(ds.map(_image_only), config, process_index, process_count)
+
+
+def records_per_second(data_dir: str, split: str, batch_size: int, seconds: float) -> float:
+  """Decoded records per second of a shuffled, batched read of data_dir's `split` in this
+  process (index building excluded; text padded to the split's max_text_len)."""
+  src = records.RecordDataSource(data_dir, split)
+  meta = src.metadata
+  batcher = grain_ops.TokenBatcher(
+      [src], [src.kind], text_seq_len=max(1, src.info["max_text_len"]),
+      image_seq_len=int(np.prod(meta["image_tokenizer"]["grid"])) if meta["image_tokenizer"] else 0,
+      pad_id=meta["text_tokenizer"]["pad_id"] if meta["text_tokenizer"] else 0,
+      image_vocab_size=meta["image_tokenizer"]["codebook_size"] if meta["image_tokenizer"] else 1,
+      text_vocab_size=meta["text_tokenizer"]["vocab_size"] if meta["text_tokenizer"] else 1)
+  ds = grain_ops.EpochShuffle(grain.MapDataset.source(grain_ops.RawRecords(src, 0)), seed=0)
+  it = iter(grain_ops.BatchDataset(ds, batch_size, batcher).to_iter_dataset(
+      grain.ReadOptions(num_threads=PREFETCH_THREADS, prefetch_buffer_size=PREFETCH_BATCHES)))
+  next(it)  # Warm up the prefetch threads.
+  count, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    next(it)
+    count += batch_size
+  return count / (time.perf_counter() - start)

@@ -1,0 +1,360 @@
+"""Pre-tokenized record shards and their metadata.json (schema: docs/data.md).
+
+Each record is a tf.train.Example with features
+  image_tokens  int64 list  image token ids in raster order (empty for text-only records)
+  text_tokens   int64 list  text token ids, unpadded (empty for image-only records)
+  caption       bytes       utf-8 caption
+  id            bytes       example id
+written to `DIR/{split}-{i:05d}-of-{n:05d}.tfrecord`, with `DIR/metadata.json` describing
+the tokenizers and every split's shards.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from typing import Any, Iterable, Mapping, Optional
+
+import numpy as np
+
+from upgen.data import example_proto
+from upgen.data import tfrecord
+
+FORMAT_VERSION = 1
+METADATA_FILE = "metadata.json"
+KINDS = ("paired", "image", "text")
+Example = Mapping[str, Any]
+
+
+class MetadataError(ValueError):
+  """metadata.json is missing, malformed, or disagrees with the data or the config."""
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+  return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def _num_tokens(example: Example, key: str) -> int:
+  value = example.get(key)
+  return 0 if value is None else len(value)
+
+
+def _example_kind(example: Example) -> str:
+  has_image = _num_tokens(example, "image_tokens") > 0
+  has_text = _num_tokens(example, "text_tokens") > 0
+  if has_image and has_text:
+    return "paired"
+  if has_image or has_text:
+    return "image" if has_image else "text"
+  raise ValueError(f"example {example.get('id')!r} has neither image_tokens nor text_tokens")
+
+
+def encode_record(example: Example) -> bytes:
+  """Serializes one example dict (image_tokens, text_tokens, caption, id) as a tf.train.Example."""
+  def ids(key: str) -> np.ndarray:
+    value = example.get(key)
+    return np.zeros(0, np.int64) if value is None else np.asarray(value, np.int64).reshape(-1)
+  return example_proto.encode_example({
+      "image_tokens": ids("image_tokens"),
+      "text_tokens": ids("text_tokens"),
+      "caption": str(example.get("caption", "")).encode("utf-8"),
+      "id": str(example.get("id", "")).encode("utf-8"),
+  })
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def write_split(out_dir: str, split: str, examples_iter: Iterable[Example], num_shards: int,
+                kind: Optional[str] = None) -> dict[str, Any]:
+  """Writes `examples_iter` round-robin into `num_shards` shards of `split`; returns its metadata.
+
+  `kind` ("paired" / "image" / "text") is inferred from the first example when None; every
+  example must match it. Older shards of the split in out_dir are removed first, and shards
+  are written under a temporary name and renamed when complete.
+  """
+  if num_shards < 1:
+    raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+  if kind is not None and kind not in KINDS:
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+  os.makedirs(out_dir, exist_ok=True)
+  for old in glob.glob(os.path.join(glob.escape(out_dir), f"{glob.escape(split)}-*-of-*.tfrecord")):
+    os.remove(old)
+  names = [shard_name(split, i, num_shards) for i in range(num_shards)]
+  tmp_paths = [os.path.join(out_dir, name + ".tmp") for name in names]
+  writers = [tfrecord.TFRecordWriter(p) for p in tmp_paths]
+  max_text_len, count = 0, 0
+  try:
+    for example in examples_iter:
+      example_kind = _example_kind(example)
+      kind = kind or example_kind
+      if example_kind != kind:
+        raise ValueError(f"split {split!r} is {kind!r} but example {example.get('id')!r} "
+                         f"(number {count}) is {example_kind!r}")
+      max_text_len = max(max_text_len, _num_tokens(example, "text_tokens"))
+      writers[count % num_shards].write(encode_record(example))
+      count += 1
+    if count == 0:
+      raise ValueError(f"split {split!r}: no examples to write")
+  except BaseException:
+    for w, p in zip(writers, tmp_paths):
+      w.close()
+      os.remove(p)
+    raise
+  for w in writers:
+    w.close()
+  counts = [w.num_records for w in writers]
+  for tmp, name in zip(tmp_paths, names):
+    os.replace(tmp, os.path.join(out_dir, name))
+  return {
+      "kind": kind,
+      "shards": names,
+      "records_per_shard": counts,
+      "sha256": [_sha256(os.path.join(out_dir, n)) for n in names],
+      "max_text_len": max_text_len,
+  }
+
+
+def _abs_path(path: Any) -> str:
+  """Absolute path when `path` exists on disk (readers load tokenizers from it), else as given."""
+  return os.path.abspath(path) if os.path.exists(str(path)) else str(path)
+
+
+def text_tokenizer_info(tok: Any) -> dict[str, Any]:
+  """metadata.json's text_tokenizer entry for a text tokenizer object."""
+  return {"identity": tok.identity(), "vocab_size": int(tok.vocab_size), "pad_id": int(tok.pad_id),
+          "mask_id": int(tok.mask_id), "bos_id": int(tok.bos_id), "eos_id": int(tok.eos_id),
+          "path": _abs_path(tok.path)}
+
+
+def image_tokenizer_info(tok: Any) -> dict[str, Any]:
+  """metadata.json's image_tokenizer entry for an image tokenizer object."""
+  return {"identity": tok.identity(), "codebook_size": int(tok.codebook_size),
+          "grid": [int(g) for g in tok.grid], "image_size": int(tok.image_size),
+          "path": _abs_path(tok.path)}
+
+
+def _write_json_atomic(path: str, obj: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def compatible_splits(out_dir: str, split: str, text_tokenizer: Optional[Mapping[str, Any]],
+                      image_tokenizer: Optional[Mapping[str, Any]],
+                      replace: bool = False) -> dict[str, Any]:
+  """The splits of an existing out_dir/metadata.json that `split` can join: all of them when
+  the tokenizer entries are equal; none with `replace` (their shards are deleted); otherwise
+  a MetadataError naming the file and the differing key. Call before writing shards."""
+  path = os.path.join(out_dir, METADATA_FILE)
+  if not os.path.exists(path):
+    return {}
+  try:
+    old = read_metadata(out_dir)
+  except MetadataError:
+    if not replace:
+      raise
+    return {}
+  if old["text_tokenizer"] == text_tokenizer and old["image_tokenizer"] == image_tokenizer:
+    return dict(old["splits"])
+  if not replace:
+    key = "text_tokenizer" if old["text_tokenizer"] != text_tokenizer else "image_tokenizer"
+    raise MetadataError(f"{path}: key {key!r} differs from the tokenizer used for split "
+                        f"{split!r}; write to a fresh output directory")
+  for name, info in old["splits"].items():
+    if name != split:
+      for shard in info["shards"]:
+        if os.path.exists(os.path.join(out_dir, shard)):
+          os.remove(os.path.join(out_dir, shard))
+  return {}
+
+
+def update_metadata(out_dir: str, split: str, split_info: Mapping[str, Any],
+                    text_tokenizer: Optional[Mapping[str, Any]],
+                    image_tokenizer: Optional[Mapping[str, Any]], replace: bool = False) -> dict:
+  """Adds/overwrites `split` in out_dir/metadata.json (see compatible_splits for the rules
+  on an existing file) and returns the new metadata."""
+  meta = {"format_version": FORMAT_VERSION, "text_tokenizer": text_tokenizer,
+          "image_tokenizer": image_tokenizer,
+          "splits": compatible_splits(out_dir, split, text_tokenizer, image_tokenizer, replace)}
+  meta["splits"][split] = dict(split_info)
+  _write_json_atomic(os.path.join(out_dir, METADATA_FILE), meta)
+  return meta
+
+
+def _check(cond: bool, path: str, key: str, msg: str) -> None:
+  if not cond:
+    raise MetadataError(f"{path}: key {key!r} {msg}")
+
+
+def _is_int(x: Any) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_fields(obj: Any, path: str, prefix: str, fields: Mapping[str, Any]) -> None:
+  _check(isinstance(obj, dict), path, prefix, "must be an object")
+  for name, kind in fields.items():
+    key = f"{prefix}.{name}"
+    _check(name in obj, path, key, "is missing")
+    ok = _is_int(obj[name]) if kind is int else isinstance(obj[name], kind)
+    _check(ok, path, key, f"must be of type {getattr(kind, '__name__', kind)}, got {obj[name]!r}")
+
+
+def read_metadata(data_dir: str) -> dict[str, Any]:
+  """Loads and validates data_dir/metadata.json; errors name the file and the key."""
+  path = os.path.join(data_dir, METADATA_FILE)
+  if not os.path.exists(path):
+    raise MetadataError(f"{path}: not found (run `upgen tokenize` to create records)")
+  try:
+    with open(path) as f:
+      meta = json.load(f)
+  except json.JSONDecodeError as e:
+    raise MetadataError(f"{path}: not valid JSON: {e}") from e
+  _check(isinstance(meta, dict), path, "", "top level must be an object")
+  _check(meta.get("format_version") == FORMAT_VERSION, path, "format_version",
+         f"must be {FORMAT_VERSION}, got {meta.get('format_version')!r}")
+  for key in ("text_tokenizer", "image_tokenizer", "splits"):
+    _check(key in meta, path, key, "is missing")
+  if meta["text_tokenizer"] is not None:
+    _check_fields(meta["text_tokenizer"], path, "text_tokenizer",
+                  {"identity": dict, "vocab_size": int, "pad_id": int, "mask_id": int,
+                   "bos_id": int, "eos_id": int, "path": str})
+  if meta["image_tokenizer"] is not None:
+    _check_fields(meta["image_tokenizer"], path, "image_tokenizer",
+                  {"identity": dict, "codebook_size": int, "grid": list, "image_size": int,
+                   "path": str})
+    grid = meta["image_tokenizer"]["grid"]
+    _check(len(grid) == 2 and all(_is_int(g) and g > 0 for g in grid), path,
+           "image_tokenizer.grid", f"must be [height, width], got {grid!r}")
+  _check(isinstance(meta["splits"], dict), path, "splits", "must be an object")
+  for split, info in meta["splits"].items():
+    prefix = f"splits.{split}"
+    _check_fields(info, path, prefix, {"kind": str, "shards": list, "records_per_shard": list,
+                                       "sha256": list, "max_text_len": int})
+    _check(info["kind"] in KINDS, path, f"{prefix}.kind",
+           f"must be one of {KINDS}, got {info['kind']!r}")
+    n = len(info["shards"])
+    _check(n > 0, path, f"{prefix}.shards", "must list at least one shard")
+    for key in ("records_per_shard", "sha256"):
+      _check(len(info[key]) == n, path, f"{prefix}.{key}", f"must have one entry per shard ({n})")
+    _check(all(_is_int(c) and c >= 0 for c in info["records_per_shard"]), path,
+           f"{prefix}.records_per_shard", "must be non-negative integers")
+    needs_text = info["kind"] in ("paired", "text")
+    needs_image = info["kind"] in ("paired", "image")
+    _check(not needs_text or meta["text_tokenizer"] is not None, path, "text_tokenizer",
+           f"is null but split {split!r} has text")
+    _check(not needs_image or meta["image_tokenizer"] is not None, path, "image_tokenizer",
+           f"is null but split {split!r} has images")
+  return meta
+
+
+def split_info(meta: Mapping[str, Any], data_dir: str, split: str) -> Mapping[str, Any]:
+  if split not in meta["splits"]:
+    raise MetadataError(f"{os.path.join(data_dir, METADATA_FILE)}: key 'splits.{split}' is "
+                        f"missing (splits: {sorted(meta['splits'])})")
+  return meta["splits"][split]
+
+
+def verify_sha256(data_dir: str, split: str) -> None:
+  """Checks every shard of `split` against the sha256 recorded in metadata.json."""
+  meta = read_metadata(data_dir)
+  info = split_info(meta, data_dir, split)
+  for name, want in zip(info["shards"], info["sha256"]):
+    got = _sha256(os.path.join(data_dir, name))
+    if got != want:
+      raise MetadataError(f"{os.path.join(data_dir, name)}: sha256 {got} differs from "
+                          f"{want} recorded in metadata.json")
+
+
+class RecordDataSource:
+  """Random access over all shards of one split (a grain RandomAccessDataSource).
+
+  The index (record offsets) of every shard is built once at construction, verifying both
+  CRCs of every record; records are decoded on access into
+  {"image_tokens": int32 [Li], "text_tokens": int32 [Lt], "caption": str, "id": str}.
+  Ids outside [0, image_vocab_size) / [0, text_vocab_size), or an image of other than
+  image_seq_len tokens, raise an error naming the shard file, the record index and the id.
+  """
+
+  def __init__(self, data_dir: str, split: str, *, image_vocab_size: Optional[int] = None,
+               text_vocab_size: Optional[int] = None, image_seq_len: Optional[int] = None,
+               verify: bool = True):
+    self.data_dir, self.split = data_dir, split
+    self.metadata = read_metadata(data_dir)
+    self.info = split_info(self.metadata, data_dir, split)
+    self.kind = self.info["kind"]
+    self._limits = {"image_tokens": image_vocab_size, "text_tokens": text_vocab_size}
+    self._image_seq_len = image_seq_len
+    self._shards = []
+    for name, want in zip(self.info["shards"], self.info["records_per_shard"]):
+      path = os.path.join(data_dir, name)
+      if not os.path.exists(path):
+        raise MetadataError(f"{path}: shard listed in metadata.json is missing")
+      shard = tfrecord.IndexedTFRecordFile(path, verify=verify)
+      if len(shard) != want:
+        raise MetadataError(f"{path}: has {len(shard)} records but metadata.json "
+                            f"splits.{split}.records_per_shard says {want}")
+      self._shards.append(shard)
+    self._ends = np.cumsum([len(s) for s in self._shards])
+
+  def __len__(self) -> int:
+    return int(self._ends[-1]) if len(self._ends) else 0
+
+  def __repr__(self) -> str:
+    return f"RecordDataSource(data_dir={self.data_dir!r}, split={self.split!r}, len={len(self)})"
+
+  def locate(self, index: int) -> tuple[tfrecord.IndexedTFRecordFile, int]:
+    """Global record index -> (shard, record index within the shard)."""
+    if not 0 <= index < len(self):
+      raise IndexError(f"record {index} out of range for {self!r}")
+    shard = int(np.searchsorted(self._ends, index, side="right"))
+    return self._shards[shard], index - (int(self._ends[shard - 1]) if shard else 0)
+
+  def where(self, index: int) -> str:
+    """'SHARD_PATH: record I' for error messages."""
+    shard, local = self.locate(int(index))
+    return f"{shard.path}: record {local}"
+
+  def read(self, index: int) -> bytes:
+    """The serialized tf.train.Example of record `index` (no decoding, no checks)."""
+    shard, local = self.locate(int(index))
+    return shard[local]
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    shard, local = self.locate(int(index))
+    where = f"{shard.path}: record {local}"
+    try:
+      features = example_proto.decode_example(shard[local])
+    except example_proto.ProtoDecodeError as e:
+      raise ValueError(f"{where}: not a valid tf.train.Example: {e}") from e
+    out: dict[str, Any] = {}
+    for key in ("image_tokens", "text_tokens"):
+      ids = features.get(key)
+      if not isinstance(ids, np.ndarray) or ids.dtype != np.int64:
+        raise ValueError(f"{where}: feature {key!r} missing or not an int64 list")
+      limit = self._limits[key]
+      # As uint64, negative ids are huge: one max() checks both bounds.
+      bound = np.iinfo(np.int64).max if limit is None else limit
+      if len(ids) and ids.view(np.uint64).max() >= bound:
+        bad_L = (ids < 0) if limit is None else ((ids < 0) | (ids >= limit))
+        raise ValueError(f"{where}: {key} id {int(ids[bad_L][0])} outside the vocabulary "
+                         f"[0, {limit if limit is not None else 'inf'})")
+      out[key] = ids.astype(np.int32)
+    num_image = len(out["image_tokens"])
+    if num_image and self._image_seq_len is not None and num_image != self._image_seq_len:
+      raise ValueError(f"{where}: {len(out['image_tokens'])} image tokens, expected "
+                       f"image_seq_len={self._image_seq_len}")
+    for key in ("caption", "id"):
+      value = features.get(key)
+      if not isinstance(value, list) or len(value) != 1:
+        raise ValueError(f"{where}: feature {key!r} missing or not a single bytes value")
+      out[key] = value[0].decode("utf-8", errors="replace")
+    return out

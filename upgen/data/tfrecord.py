@@ -1,0 +1,339 @@
+"""TFRecord framing and CRC32C in pure python + numpy (no TensorFlow).
+
+A TFRecord file is a sequence of records, each framed as
+
+  uint64 length (little endian)
+  uint32 masked_crc32c(length bytes)
+  byte   data[length]
+  uint32 masked_crc32c(data)
+
+with masked_crc(c) = ((c >> 15) | (c << 17)) + 0xa282ead8 (mod 2**32) and CRC32C the
+Castagnoli CRC (reflected polynomial 0x82F63B78, preset and final xor 0xFFFFFFFF).
+
+CRCs of many messages are computed at once with numpy: every message is split into
+`_CHUNK`-byte chunks (front-padded with zeros, which leaves a CRC with zero preset
+unchanged), each chunk's CRC is an XOR of per-position table lookups (the CRC is linear
+over GF(2)), and chunks are chained with a "skip _CHUNK zero bytes" operator. The
+0xFFFFFFFF preset is the same as complementing the first 4 message bytes.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from typing import BinaryIO, Iterator, Sequence
+
+import numpy as np
+
+_POLY = 0x82F63B78
+_MASK_DELTA = 0xA282EAD8
+_CHUNK = 128  # Bytes per chunk of the vectorized CRC.
+_BLOCK_BYTES = 1 << 22  # Chunk bytes gathered per numpy block (bounds temporary memory).
+_HEADER_BYTES = 12  # uint64 length + uint32 masked crc.
+_FOOTER_BYTES = 4
+
+
+def _byte_table() -> np.ndarray:
+  """Standard byte-at-a-time table: T[b] = CRC register after shifting byte b in from 0."""
+  crc_256 = np.arange(256, dtype=np.uint32)
+  for _ in range(8):
+    crc_256 = np.where(crc_256 & 1, (crc_256 >> 1) ^ np.uint32(_POLY), crc_256 >> 1)
+  return crc_256.astype(np.uint32)
+
+
+_TABLE = _byte_table()
+_TABLE_LIST = [int(x) for x in _TABLE]
+
+
+def _advance_zero_bytes(state: np.ndarray, nbytes: int) -> np.ndarray:
+  """Feeds `nbytes` zero bytes into CRC registers `state` (init 0 semantics)."""
+  for _ in range(nbytes):
+    state = _TABLE[state & 0xFF] ^ (state >> 8)
+  return state
+
+
+def _position_tables() -> np.ndarray:
+  """P[j, b]: CRC (preset 0) contribution of byte b at position j of a _CHUNK-byte chunk."""
+  tables_CxB = np.empty((_CHUNK, 256), np.uint32)
+  state_256 = _TABLE.copy()  # Byte b as the last byte of the chunk.
+  for j in range(_CHUNK - 1, -1, -1):
+    tables_CxB[j] = state_256
+    state_256 = _advance_zero_bytes(state_256, 1)
+  return tables_CxB
+
+
+def _shift_tables() -> np.ndarray:
+  """S[k, b]: register (b << 8k) after _CHUNK zero bytes; XOR of the 4 gives any register."""
+  shifts_4x1 = (8 * np.arange(4, dtype=np.uint32))[:, None]
+  basis_4x256 = np.arange(256, dtype=np.uint32)[None, :] << shifts_4x1
+  return _advance_zero_bytes(basis_4x256, _CHUNK)
+
+
+_POSITION_CxB = _position_tables()
+_POSITIONS_C = np.arange(_CHUNK)
+
+
+_SHIFT_LEVELS = [_shift_tables()]  # Level l skips _CHUNK * 2**l zero bytes.
+
+
+def _shift(state: np.ndarray, level: int) -> np.ndarray:
+  """Feeds _CHUNK * 2**level zero bytes into registers `state` (four table lookups)."""
+  while len(_SHIFT_LEVELS) <= level:
+    _SHIFT_LEVELS.append(_shift(_SHIFT_LEVELS[-1], len(_SHIFT_LEVELS) - 1))
+  tables_4xB = _SHIFT_LEVELS[level]
+  return (tables_4xB[0, state & 0xFF] ^ tables_4xB[1, (state >> 8) & 0xFF]
+          ^ tables_4xB[2, (state >> 16) & 0xFF] ^ tables_4xB[3, state >> 24])
+
+
+def _chain_chunks(chunk_crc_K: np.ndarray, first_chunk_N: np.ndarray,
+                  num_chunks_N: np.ndarray) -> np.ndarray:
+  """Combines each message's consecutive chunk CRCs into the message CRC (preset 0).
+
+  Messages are bucketed by chunk count rounded up to a power of two, front-padded with zero
+  chunks (CRC 0, harmless), and reduced pairwise: crc(A || B) = shift(crc(A)) ^ crc(B).
+  """
+  out_N = np.zeros(len(num_chunks_N), np.uint32)
+  levels_N = np.ceil(np.log2(np.maximum(num_chunks_N, 1))).astype(np.int64)
+  for level in np.unique(levels_N).tolist():
+    members = np.flatnonzero(levels_N == level)
+    width = 1 << level
+    pad_M = width - num_chunks_N[members]
+    slots_MxW = np.zeros((len(members), width), np.uint32)
+    cols_W = np.arange(width)
+    take_MxW = cols_W[None, :] >= pad_M[:, None]
+    src_MxW = first_chunk_N[members][:, None] + cols_W[None, :] - pad_M[:, None]
+    slots_MxW[take_MxW] = chunk_crc_K[src_MxW[take_MxW]]
+    for step in range(level):
+      pairs_MxPx2 = slots_MxW.reshape(len(members), -1, 2)
+      slots_MxW = _shift(pairs_MxPx2[:, :, 0], step) ^ pairs_MxPx2[:, :, 1]
+    out_N[members] = slots_MxW[:, 0]
+  return out_N
+
+
+def _crc32c_python(data: bytes) -> int:
+  crc = 0xFFFFFFFF
+  table = _TABLE_LIST
+  for b in data:
+    crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+  return crc ^ 0xFFFFFFFF
+
+
+def crc32c_batch(buf: np.ndarray, offsets: Sequence[int], lengths: Sequence[int]) -> np.ndarray:
+  """CRC32C of the messages buf[offsets[i] : offsets[i] + lengths[i]] as a uint32 array."""
+  buf = np.asarray(buf, dtype=np.uint8)
+  offsets_N = np.asarray(offsets, dtype=np.int64)
+  lengths_N = np.asarray(lengths, dtype=np.int64)
+  out_N = np.zeros(len(offsets_N), np.uint32)
+  short = np.flatnonzero(lengths_N < 4)
+  for i in short:  # The preset trick needs 4 bytes; tiny messages go the slow way.
+    out_N[i] = _crc32c_python(buf[offsets_N[i]:offsets_N[i] + lengths_N[i]].tobytes())
+  long_idx = np.flatnonzero(lengths_N >= 4)
+  if len(long_idx) == 0:
+    return out_N
+  offsets_N, lengths_N = offsets_N[long_idx], lengths_N[long_idx]
+  num_chunks_N = (lengths_N + _CHUNK - 1) // _CHUNK
+  first_chunk_N = np.concatenate([[0], np.cumsum(num_chunks_N)[:-1]])
+  chunks_flat = np.zeros(int(num_chunks_N.sum()) * _CHUNK, np.uint8)
+  starts_N = first_chunk_N * _CHUNK + num_chunks_N * _CHUNK - lengths_N  # Front padding.
+  for off, length, start in zip(offsets_N.tolist(), lengths_N.tolist(), starts_N.tolist()):
+    chunks_flat[start:start + length] = buf[off:off + length]
+  for k in range(4):  # Preset 0xFFFFFFFF == complement of the first 4 bytes.
+    chunks_flat[starts_N + k] ^= 0xFF
+  chunks_KxC = chunks_flat.reshape(-1, _CHUNK)
+  chunk_crc_K = np.empty(len(chunks_KxC), np.uint32)
+  rows_per_block = max(1, _BLOCK_BYTES // _CHUNK)
+  for lo in range(0, len(chunks_KxC), rows_per_block):
+    block_KxC = chunks_KxC[lo:lo + rows_per_block]
+    chunk_crc_K[lo:lo + rows_per_block] = np.bitwise_xor.reduce(
+        _POSITION_CxB[_POSITIONS_C, block_KxC], axis=1)
+  result_N = _chain_chunks(chunk_crc_K, first_chunk_N, num_chunks_N) ^ np.uint32(0xFFFFFFFF)
+  out_N[long_idx] = result_N
+  return out_N
+
+
+def crc32c(data: bytes) -> int:
+  """CRC32C (Castagnoli) of `data`."""
+  if len(data) < 256:
+    return _crc32c_python(data)
+  return int(crc32c_batch(np.frombuffer(data, np.uint8), [0], [len(data)])[0])
+
+
+def mask_crc(crc: int | np.ndarray) -> int | np.ndarray:
+  """TFRecord's masking of a CRC (works on ints and uint32 arrays)."""
+  if isinstance(crc, np.ndarray):
+    crc = crc.astype(np.uint32)
+    return ((crc >> np.uint32(15)) | (crc << np.uint32(17))) + np.uint32(_MASK_DELTA)
+  return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def masked_crc32c(data: bytes) -> int:
+  return mask_crc(crc32c(data))
+
+
+class TFRecordWriter:
+  """Writes records to one TFRecord file; CRCs are computed in vectorized batches."""
+
+  def __init__(self, path: str | os.PathLike, flush_every: int = 1024):
+    self.path = os.fspath(path)
+    self._file: BinaryIO = open(self.path, "wb")
+    self._pending: list[bytes] = []
+    self._flush_every = flush_every
+    self.num_records = 0
+
+  def write(self, record: bytes) -> None:
+    self._pending.append(bytes(record))
+    self.num_records += 1
+    if len(self._pending) >= self._flush_every:
+      self._write_pending()
+
+  def flush(self) -> None:
+    """Writes buffered records and flushes the file (readers then see every record)."""
+    if self._pending:
+      self._write_pending()
+    self._file.flush()
+
+  def _write_pending(self) -> None:
+    lengths = [len(r) for r in self._pending]
+    headers = [struct.pack("<Q", n) for n in lengths]
+    header_crc = mask_crc(crc32c_batch(np.frombuffer(b"".join(headers), np.uint8),
+                                       np.arange(len(headers)) * 8, [8] * len(headers)))
+    data = b"".join(self._pending)
+    data_offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    data_crc = mask_crc(crc32c_batch(np.frombuffer(data, np.uint8), data_offsets, lengths))
+    parts = []
+    for header, h_crc, record, d_crc in zip(headers, header_crc.tolist(), self._pending,
+                                            data_crc.tolist()):
+      parts += [header, struct.pack("<I", h_crc), record, struct.pack("<I", d_crc)]
+    self._file.write(b"".join(parts))
+    self._pending = []
+
+  def close(self) -> None:
+    if self._file.closed:
+      return
+    self.flush()
+    self._file.close()
+
+  def __enter__(self) -> "TFRecordWriter":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+class CorruptRecordError(ValueError):
+  """A TFRecord file is truncated or fails a CRC check."""
+
+
+def index_records(path: str | os.PathLike, verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """One pass over a TFRecord file -> (data offsets, data lengths), int64 arrays.
+
+  With `verify`, both CRCs of every record are checked. A truncated file or a CRC mismatch
+  raises CorruptRecordError naming the file and the byte offset of the bad record.
+  """
+  path = os.fspath(path)
+  buf = np.fromfile(path, dtype=np.uint8)
+  size = len(buf)
+  raw = memoryview(buf)
+  record_starts, offsets, lengths = [], [], []
+  pos = 0
+  unpack = struct.Struct("<Q").unpack_from
+  while pos < size:
+    problem = None
+    if pos + _HEADER_BYTES > size:
+      problem = f"truncated record header at byte offset {pos} (file has {size} bytes)"
+    else:
+      (length,) = unpack(raw, pos)
+      end = pos + _HEADER_BYTES + length + _FOOTER_BYTES
+      if end > size:
+        problem = (f"truncated record at byte offset {pos}: length field says {length} data "
+                   f"bytes but the file ends at byte {size}")
+        stored_crc = struct.unpack_from("<I", raw, pos + 8)[0]
+        if verify and mask_crc(crc32c(bytes(raw[pos:pos + 8]))) != stored_crc:
+          problem = f"length CRC mismatch in record {len(offsets)} at byte offset {pos}"
+    if problem:
+      if verify and record_starts:  # An earlier corrupted length may have misaligned the walk.
+        _verify_crcs(path, buf, *(np.asarray(a, np.int64)
+                                  for a in (record_starts, offsets, lengths)))
+      raise CorruptRecordError(f"{path}: {problem}")
+    record_starts.append(pos)
+    offsets.append(pos + _HEADER_BYTES)
+    lengths.append(length)
+    pos = end
+  starts_N = np.asarray(record_starts, np.int64)
+  offsets_N = np.asarray(offsets, np.int64)
+  lengths_N = np.asarray(lengths, np.int64)
+  if verify and len(starts_N):
+    _verify_crcs(path, buf, starts_N, offsets_N, lengths_N)
+  return offsets_N, lengths_N
+
+
+def _read_u32(buf: np.ndarray, positions_N: np.ndarray) -> np.ndarray:
+  bytes_Nx4 = buf[positions_N[:, None] + np.arange(4)].astype(np.uint32)
+  return (bytes_Nx4[:, 0] | (bytes_Nx4[:, 1] << 8) | (bytes_Nx4[:, 2] << 16)
+          | (bytes_Nx4[:, 3] << 24))
+
+
+def _verify_crcs(path: str, buf: np.ndarray, starts_N: np.ndarray, offsets_N: np.ndarray,
+                 lengths_N: np.ndarray) -> None:
+  header_crc_N = mask_crc(crc32c_batch(buf, starts_N, np.full_like(starts_N, 8)))
+  header_ok = header_crc_N == _read_u32(buf, starts_N + 8)
+  data_crc_N = mask_crc(crc32c_batch(buf, offsets_N, lengths_N))
+  data_ok = data_crc_N == _read_u32(buf, offsets_N + lengths_N)
+  bad_header, bad_data = np.flatnonzero(~header_ok), np.flatnonzero(~data_ok)
+  if len(bad_header) and (not len(bad_data) or bad_header[0] <= bad_data[0]):
+    i = int(bad_header[0])
+    raise CorruptRecordError(
+        f"{path}: length CRC mismatch in record {i} at byte offset {int(starts_N[i])}")
+  if len(bad_data):
+    i = int(bad_data[0])
+    raise CorruptRecordError(
+        f"{path}: data CRC mismatch in record {i} at byte offset {int(starts_N[i])} "
+        f"(data bytes {int(offsets_N[i])}..{int(offsets_N[i] + lengths_N[i])})")
+
+
+def read_records(path: str | os.PathLike, verify: bool = True) -> Iterator[bytes]:
+  """Yields every record's data in file order (CRCs checked up front with `verify`)."""
+  offsets_N, lengths_N = index_records(path, verify=verify)
+  with open(path, "rb") as f:
+    for offset, length in zip(offsets_N.tolist(), lengths_N.tolist()):
+      f.seek(offset)
+      yield f.read(length)
+
+
+class IndexedTFRecordFile:
+  """Random access to the records of one TFRecord file through a prebuilt index.
+
+  Picklable: the file handle is opened lazily in each process and dropped on pickling.
+  """
+
+  def __init__(self, path: str | os.PathLike, verify: bool = True):
+    self.path = os.fspath(path)
+    self.offsets, self.lengths = index_records(self.path, verify=verify)
+    self._fd: int | None = None
+    self._lock = threading.Lock()
+
+  def __len__(self) -> int:
+    return len(self.offsets)
+
+  def __getitem__(self, index: int) -> bytes:
+    if self._fd is None:
+      with self._lock:
+        if self._fd is None:
+          self._fd = os.open(self.path, os.O_RDONLY)
+    length = int(self.lengths[index])
+    data = os.pread(self._fd, length, int(self.offsets[index]))
+    if len(data) != length:
+      raise CorruptRecordError(
+          f"{self.path}: record {index} at byte offset {int(self.offsets[index])} is "
+          f"truncated (the file changed after it was indexed)")
+    return data
+
+  def __getstate__(self) -> dict:
+    return {k: v for k, v in self.__dict__.items() if k not in ("_fd", "_lock")}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state, _fd=None, _lock=threading.Lock())
+
+  def __del__(self) -> None:
+    if getattr(self, "_fd", None) is not None:
+      os.close(self._fd)

@@ -1,0 +1,354 @@
+"""Transformer building blocks shared by every token family (UPGen, decoder-only, enc-dec).
+
+Every parameter carries logical axis names (configs/common.py DEFAULT_RULES: "embed", "mlp",
+"heads", "kv", "vocab"; scanned layers add a leading "layers" axis, which no rule maps, so it
+stays replicated) and large activations carry logical constraints, so the mesh rules alone
+decide data / FSDP / tensor parallelism.
+
+Pieces: `LayerNorm`, `Mlp`, `Attention` (self or cross, key mask, causal, KV-cache decode in
+the flax "cache" collection), `TransformerBlock` (pre-LN; optional cross-attention for an
+encoder-decoder), `TransformerStack` (N blocks, optional `nn.scan` over layers and `nn.remat`),
+`Embed` (with `attend` for weight tying), `Unembed` (output projection to a padded vocab),
+and fixed sinusoidal position tables (`sinusoidal_1d`, `sinusoidal_2d`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+ATTENTION_IMPLS = (None, "xla", "cudnn")
+REMAT_POLICIES: dict[str, Optional[Callable[..., Any]]] = {
+    "none": None,  # No rematerialization.
+    "full": jax.checkpoint_policies.nothing_saveable,  # Recompute the whole block.
+    "dots": jax.checkpoint_policies.checkpoint_dots,  # Save matmul outputs.
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+# Vocabulary-sized tables are padded to this multiple so "vocab" shards evenly over "tensor".
+VOCAB_PAD_MULTIPLE = 128
+
+dense_init = nn.initializers.xavier_uniform()
+# Unit-variance token embeddings, on the same scale as the fixed sinusoidal positions (flax lm1b).
+embed_init = nn.initializers.normal(stddev=1.0)
+small_init = nn.initializers.normal(stddev=0.02)
+
+
+def dtype_from_name(name: Any, key: str = "config.model.dtype") -> Any:
+  """"bfloat16" -> jnp.bfloat16 (a dtype passes through); clear error naming `key`."""
+  if not isinstance(name, str):
+    return jnp.dtype(name).type
+  if name not in DTYPES:
+    raise ValueError(f"{key}={name!r}: choose one of {sorted(DTYPES)}")
+  return DTYPES[name]
+
+
+def pad_vocab(size: int, multiple: int = VOCAB_PAD_MULTIPLE) -> int:
+  """Rounds a table size up to a multiple (extra rows / logits are never used)."""
+  return -(-size // multiple) * multiple
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Hyper-parameters of a stack of transformer blocks (families build it from config.model)."""
+  num_layers: int
+  emb_dim: int
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0  # On residual branches.
+  attention_dropout_rate: float = 0.0  # On attention weights (forces the "xla" einsum path).
+  dtype: Any = jnp.float32  # Compute dtype.
+  param_dtype: Any = jnp.float32  # Parameter storage dtype.
+  causal: bool = False  # Causal self-attention (decoder-only / decoder of an enc-dec).
+  cross_attention: bool = False  # Blocks attend to an encoder output (enc-dec decoder).
+  decode: bool = False  # Autoregressive decoding with a KV cache ("cache" collection).
+  attention_impl: Optional[str] = None  # jax.nn.dot_product_attention: None, "xla", "cudnn".
+  scan_layers: bool = False  # nn.scan over layers (params get a leading "layers" axis).
+  remat: str = "none"  # Rematerialization policy, a key of REMAT_POLICIES.
+
+  def __post_init__(self):
+    if self.emb_dim % self.num_heads:
+      raise ValueError(f"config.model.emb_dim={self.emb_dim} is not divisible by "
+                       f"config.model.num_heads={self.num_heads}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"attention_impl={self.attention_impl!r}: choose one of {ATTENTION_IMPLS}")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat={self.remat!r}: choose one of {sorted(REMAT_POLICIES)}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.emb_dim // self.num_heads
+
+
+def sinusoidal_1d(length: int, dim: int, max_period: float = 10_000.0) -> np.ndarray:
+  """Fixed position table LxD: [sin(p w_i), cos(p w_i)] with geometric frequencies w_i."""
+  if dim % 2:
+    raise ValueError(f"sinusoidal position embedding needs an even width, got {dim}")
+  half = dim // 2
+  freqs_D2 = np.exp(-np.log(max_period) * np.arange(half) / half)
+  angles_LxD2 = np.arange(length)[:, None] * freqs_D2[None, :]
+  return np.concatenate([np.sin(angles_LxD2), np.cos(angles_LxD2)], axis=1).astype(np.float32)
+
+
+def sinusoidal_2d(height: int, width: int, dim: int) -> np.ndarray:
+  """Fixed table (H*W)xD for a raster-order grid: half the channels code rows, half columns."""
+  if dim % 4:
+    raise ValueError(f"2D sinusoidal position embedding needs a width divisible by 4, got {dim}")
+  rows_HxD2 = sinusoidal_1d(height, dim // 2)
+  cols_WxD2 = sinusoidal_1d(width, dim // 2)
+  rows_HWxD2 = np.repeat(rows_HxD2, width, axis=0)
+  cols_HWxD2 = np.tile(cols_WxD2, (height, 1))
+  return np.concatenate([rows_HWxD2, cols_HWxD2], axis=1)
+
+
+def key_mask(valid_BxS: jax.Array) -> jax.Array:
+  """Key-padding mask Bx1x1xS for `Attention`: True where a key may be attended."""
+  return valid_BxS.astype(bool)[:, None, None, :]
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm with ("embed",) scale and bias."""
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return nn.LayerNorm(
+        epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(x)
+
+
+class Mlp(nn.Module):
+  """Dense(mlp_dim) -> gelu -> Dense(emb_dim)."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxE: jax.Array) -> jax.Array:
+    cfg = self.config
+    h_BxLxM = nn.Dense(
+        cfg.mlp_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="wi",
+        kernel_init=nn.with_logical_partitioning(dense_init, ("embed", "mlp")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x_BxLxE)
+    h_BxLxM = nn.with_logical_constraint(nn.gelu(h_BxLxM), ("batch", "length", "mlp"))
+    return nn.Dense(
+        cfg.emb_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="wo",
+        kernel_init=nn.with_logical_partitioning(dense_init, ("mlp", "embed")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(h_BxLxM)
+
+
+def manual_attention(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, mask, *, causal: bool,
+                     dropout_rate: float = 0.0, dropout_rng: Optional[jax.Array] = None):
+  """Einsum attention matching jax.nn.dot_product_attention's "xla" path, plus dropout."""
+  scale = 1.0 / np.sqrt(q_BxTxHxD.shape[-1])
+  logits_BxHxTxS = jnp.einsum("bthd,bshd->bhts", q_BxTxHxD, k_BxSxHxD,
+                              preferred_element_type=jnp.float32) * scale
+  t, s = logits_BxHxTxS.shape[-2:]
+  allowed = jnp.ones((1, 1, t, s), bool)
+  if mask is not None:
+    allowed = allowed & mask
+  if causal:
+    allowed = allowed & jnp.tril(jnp.ones((t, s), bool))[None, None]
+  logits_BxHxTxS = jnp.where(allowed, logits_BxHxTxS, jnp.finfo(jnp.float32).min)
+  probs_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1)
+  if dropout_rate > 0.0:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BxHxTxS.shape)
+    probs_BxHxTxS = jnp.where(keep, probs_BxHxTxS / (1.0 - dropout_rate), 0.0)
+  return jnp.einsum("bhts,bshd->bthd", probs_BxHxTxS.astype(v_BxSxHxD.dtype), v_BxSxHxD)
+
+
+class HeadsDense(nn.Module):
+  """Contracts the last `num_in` axes of x with a kernel of shape in_shape + features.
+
+  Like nn.DenseGeneral, but the kernel is created at its full shape, so its logical axis
+  names (e.g. ("embed", "heads", "kv")) hold at initialization under a mesh (DenseGeneral
+  initializes a flattened kernel). Xavier-uniform over (fan_in, fan_out) of those axes.
+  """
+  features: tuple[int, ...]
+  num_in: int
+  names: tuple[str, ...]
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    in_shape = x.shape[x.ndim - self.num_in:]
+    n_out = len(self.features)
+    init = nn.initializers.variance_scaling(
+        1.0, "fan_avg", "uniform", in_axis=tuple(range(self.num_in)),
+        out_axis=tuple(range(self.num_in, self.num_in + n_out)))
+    kernel = self.param("kernel", nn.with_logical_partitioning(init, self.names),
+                        tuple(in_shape) + tuple(self.features), self.param_dtype)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                           self.names[self.num_in:]),
+                      tuple(self.features), self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    contract = (tuple(range(x.ndim - self.num_in, x.ndim)), tuple(range(self.num_in)))
+    return jax.lax.dot_general(x, kernel, (contract, ((), ()))) + bias
+
+
+class Attention(nn.Module):
+  """Multi-head attention: q/k/v/out DenseGeneral, key mask, causal, KV-cache decode.
+
+  `mask` is boolean, broadcastable to BxHxTxS (e.g. `key_mask(valid_BxS)`), True = attend.
+  With `config.decode` (self-attention only) keys/values go to a "cache" collection sized
+  by the sequence given at `init`; each call then appends its T tokens (T=1 per step, or a
+  prompt prefill) and attends causally to everything cached so far.
+  """
+  config: TransformerConfig
+  is_cross: bool = False  # Cross-attention: never causal, never cached.
+
+  def _proj(self, name: str, x: jax.Array) -> jax.Array:
+    cfg = self.config
+    return HeadsDense((cfg.num_heads, cfg.head_dim), 1, ("embed", "heads", "kv"), cfg.dtype,
+                      cfg.param_dtype, name=name)(x)
+
+  def _update_cache(self, k_BxTxHxD, v_BxTxHxD, mask):
+    """Appends this call's keys/values to the cache: -> (k, v, mask, used_cache)."""
+    is_initialized = self.has_variable("cache", "cached_key")
+    cached_k = self.variable("cache", "cached_key", jnp.zeros, k_BxTxHxD.shape, k_BxTxHxD.dtype)
+    cached_v = self.variable("cache", "cached_value", jnp.zeros, v_BxTxHxD.shape,
+                             v_BxTxHxD.dtype)
+    index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    if not is_initialized:  # The init pass only creates the cache; attend as a full forward.
+      return k_BxTxHxD, v_BxTxHxD, mask, False
+    batch, max_len, heads, depth = cached_k.value.shape
+    if k_BxTxHxD.shape[0] != batch or k_BxTxHxD.shape[2:] != (heads, depth):
+      raise ValueError(f"decode: keys {k_BxTxHxD.shape} do not fit the cache {cached_k.value.shape}")
+    cur = index.value
+    t = k_BxTxHxD.shape[1]
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BxTxHxD, (0, cur, 0, 0))
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BxTxHxD, (0, cur, 0, 0))
+    index.value = cur + t
+    q_pos_T = cur + jnp.arange(t)
+    allowed_1x1xTxS = (jnp.arange(max_len)[None, :] <= q_pos_T[:, None])[None, None]
+    mask = allowed_1x1xTxS if mask is None else mask & allowed_1x1xTxS
+    return cached_k.value, cached_v.value, mask, True
+
+  @nn.compact
+  def __call__(self, x_BxTxE: jax.Array, kv_BxSxE: Optional[jax.Array] = None,
+               mask: Optional[jax.Array] = None, *, deterministic: bool) -> jax.Array:
+    cfg = self.config
+    kv_BxSxE = x_BxTxE if kv_BxSxE is None else kv_BxSxE
+    qkv_names = ("batch", "length", "heads", "kv")
+    q = nn.with_logical_constraint(self._proj("query", x_BxTxE), qkv_names)
+    k = nn.with_logical_constraint(self._proj("key", kv_BxSxE), qkv_names)
+    v = nn.with_logical_constraint(self._proj("value", kv_BxSxE), qkv_names)
+    causal = cfg.causal and not self.is_cross
+    if cfg.decode and not self.is_cross:
+      k, v, mask, used_cache = self._update_cache(k, v, mask)
+      causal = causal and not used_cache  # The cache mask is already causal.
+    dropout = 0.0 if deterministic else cfg.attention_dropout_rate
+    if dropout > 0.0:
+      out = manual_attention(q, k, v, mask, causal=causal, dropout_rate=dropout,
+                             dropout_rng=self.make_rng("dropout"))
+    else:
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
+                                         implementation=cfg.attention_impl)
+    out = nn.with_logical_constraint(out, qkv_names)
+    return HeadsDense((cfg.emb_dim,), 2, ("heads", "kv", "embed"), cfg.dtype, cfg.param_dtype,
+                      name="out")(out)
+
+
+class TransformerBlock(nn.Module):
+  """Pre-LN block: x + Attn(LN x) [+ CrossAttn(LN x, encoded)] + Mlp(LN x), dropout on branches."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxE: jax.Array, mask: Optional[jax.Array] = None,
+               encoded_BxSxE: Optional[jax.Array] = None, encoded_mask: Optional[jax.Array] = None,
+               deterministic: bool = True) -> jax.Array:
+    cfg = self.config
+    norm = functools.partial(LayerNorm, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    drop = nn.Dropout(cfg.dropout_rate)
+    names = ("batch", "length", "embed")
+    h = Attention(cfg, name="attn")(norm(name="ln_attn")(x_BxLxE), mask=mask,
+                                    deterministic=deterministic)
+    x_BxLxE = nn.with_logical_constraint(x_BxLxE + drop(h, deterministic=deterministic), names)
+    if cfg.cross_attention:
+      if encoded_BxSxE is None:
+        raise ValueError("TransformerBlock with cross_attention=True needs encoded_BxSxE")
+      h = Attention(cfg, is_cross=True, name="cross_attn")(
+          norm(name="ln_cross")(x_BxLxE), encoded_BxSxE, mask=encoded_mask,
+          deterministic=deterministic)
+      x_BxLxE = nn.with_logical_constraint(x_BxLxE + drop(h, deterministic=deterministic), names)
+    h = Mlp(cfg, name="mlp")(norm(name="ln_mlp")(x_BxLxE))
+    return nn.with_logical_constraint(x_BxLxE + drop(h, deterministic=deterministic), names)
+
+
+class TransformerStack(nn.Module):
+  """`config.num_layers` blocks (params "layers_0".. unrolled, or "layers" with a leading
+  layer axis under `scan_layers`), optionally rematerialized with `config.remat`."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxE: jax.Array, mask: Optional[jax.Array] = None,
+               encoded_BxSxE: Optional[jax.Array] = None, encoded_mask: Optional[jax.Array] = None,
+               *, deterministic: bool) -> jax.Array:
+    cfg = self.config
+    block_cls = TransformerBlock
+    if cfg.remat != "none":
+      # Argument 5 (self = 0) is `deterministic`, a Python bool.
+      block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[cfg.remat],
+                           prevent_cse=not cfg.scan_layers, static_argnums=(5,))
+    if not cfg.scan_layers:
+      for i in range(cfg.num_layers):
+        x_BxLxE = block_cls(cfg, name=f"layers_{i}")(x_BxLxE, mask, encoded_BxSxE, encoded_mask,
+                                                     deterministic)
+      return x_BxLxE
+
+    def body(block: nn.Module, carry, mask, encoded, encoded_mask):
+      return block(carry, mask, encoded, encoded_mask, deterministic), None
+
+    scanned = nn.scan(
+        body, variable_axes={"params": 0, "cache": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"})
+    x_BxLxE, _ = scanned(block_cls(cfg, name="layers"), x_BxLxE, mask, encoded_BxSxE,
+                         encoded_mask)
+    return x_BxLxE
+
+
+class Embed(nn.Module):
+  """Token embedding with a ("vocab", "embed") table; `attend` gives tied output logits."""
+  num_embeddings: int
+  features: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  embedding_init: Callable[..., jax.Array] = embed_init
+
+  def setup(self):
+    self.embedding = self.param(
+        "embedding", nn.with_logical_partitioning(self.embedding_init, ("vocab", "embed")),
+        (self.num_embeddings, self.features), self.param_dtype)
+
+  def __call__(self, ids_BxL: jax.Array) -> jax.Array:
+    out_BxLxE = jnp.take(jnp.asarray(self.embedding, self.dtype), ids_BxL, axis=0)
+    return nn.with_logical_constraint(out_BxLxE, ("batch", "length", "embed"))
+
+  def attend(self, x_BxLxE: jax.Array) -> jax.Array:
+    """Logits BxLxN against the embedding table (weight tying)."""
+    return jnp.einsum("ble,ne->bln", x_BxLxE, jnp.asarray(self.embedding, self.dtype))
+
+
+class Unembed(nn.Module):
+  """Output projection to `vocab_size` logits (float32); the kernel is padded to
+  `pad_vocab(vocab_size)` columns for even "vocab" sharding and the padding is sliced off."""
+  vocab_size: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxLxE: jax.Array) -> jax.Array:
+    logits_BxLxP = nn.Dense(
+        pad_vocab(self.vocab_size), dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.with_logical_partitioning(dense_init, ("embed", "vocab")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)))(x_BxLxE)
+    logits_BxLxP = nn.with_logical_constraint(logits_BxLxP, ("batch", "length", "vocab"))
+    return logits_BxLxP[..., :self.vocab_size].astype(jnp.float32)

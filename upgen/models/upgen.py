@@ -1,0 +1,300 @@
+"""UPGen: a bidirectional masked transformer over [image tokens; text tokens].
+
+Inputs are image token ids (codebook ids; id `image_vocab_size` is the image [MASK]) and text
+token ids (the text tokenizer's vocabulary; its [MASK] / [PAD] ids come from config.model).
+Embeddings: per-modality token tables + fixed sinusoidal positions over the joint sequence +
+a learned modality-type vector. Pre-LN blocks (upgen/models/layers.py), a final LayerNorm,
+and separate heads for image logits and text logits. Keys that carry no information are
+masked out of attention: text padding, and the image of text-only examples.
+
+Training (`loss_fn`) masks a random fraction r of each example's valid tokens (MaskGIT /
+MUSE style) and scores the masked positions only; see `sample_masks` for the ratios.
+Sampling lives in upgen/sampling/upgen_sampler.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import linen as nn
+
+from upgen.families import Batch, Family
+from upgen.models import layers
+from upgen.sampling import upgen_sampler
+
+MASK_SCHEDULES = ("uniform", "cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class UPGenConfig:
+  """Model hyper-parameters, built from config.model by `from_config`."""
+  num_layers: int
+  emb_dim: int
+  num_heads: int
+  mlp_dim: int
+  image_vocab_size: int
+  text_vocab_size: int
+  image_seq_len: int
+  text_seq_len: int
+  text_pad_id: int
+  text_mask_id: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  attention_impl: Optional[str] = None
+  scan_layers: bool = False
+  remat: str = "none"
+
+  @classmethod
+  def from_config(cls, m: ml_collections.ConfigDict) -> "UPGenConfig":
+    for key in ("image_vocab_size", "text_vocab_size", "image_seq_len", "text_seq_len",
+                "text_pad_id", "text_mask_id"):
+      if m[key] < 0:
+        raise ValueError(f"config.model.{key}={m[key]} is unresolved: set it or let the "
+                         "trainer read it from the data's metadata.json")
+    for key in ("text_pad_id", "text_mask_id"):
+      if m[key] >= m.text_vocab_size:
+        raise ValueError(f"config.model.{key}={m[key]} is outside the text vocabulary "
+                         f"(config.model.text_vocab_size={m.text_vocab_size})")
+    return cls(
+        num_layers=m.num_layers, emb_dim=m.emb_dim, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
+        image_vocab_size=m.image_vocab_size, text_vocab_size=m.text_vocab_size,
+        image_seq_len=m.image_seq_len, text_seq_len=m.text_seq_len,
+        text_pad_id=m.text_pad_id, text_mask_id=m.text_mask_id,
+        dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
+        dtype=layers.dtype_from_name(m.dtype, "config.model.dtype"),
+        param_dtype=layers.dtype_from_name(m.param_dtype, "config.model.param_dtype"),
+        attention_impl=m.get("attention_impl", None) or None,
+        scan_layers=bool(m.get("scan_layers", False)), remat=m.get("remat", "none"))
+
+  @property
+  def image_mask_id(self) -> int:
+    return self.image_vocab_size
+
+  def transformer(self) -> layers.TransformerConfig:
+    return layers.TransformerConfig(
+        num_layers=self.num_layers, emb_dim=self.emb_dim, num_heads=self.num_heads,
+        mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
+        param_dtype=self.param_dtype, attention_impl=self.attention_impl,
+        scan_layers=self.scan_layers, remat=self.remat)
+
+
+class UPGen(nn.Module):
+  """(image ids BxLi, text ids BxLt, text mask BxLt, has_image B) -> (image logits, text logits)."""
+  config: UPGenConfig
+
+  @nn.compact
+  def __call__(self, image_tokens_BxLi: jax.Array, text_tokens_BxLt: jax.Array,
+               text_mask_BxLt: jax.Array, has_image_B: Optional[jax.Array] = None, *,
+               train: bool = False) -> tuple[jax.Array, jax.Array]:
+    cfg = self.config
+    li, lt = image_tokens_BxLi.shape[1], text_tokens_BxLt.shape[1]
+    if (li, lt) != (cfg.image_seq_len, cfg.text_seq_len):
+      raise ValueError(f"UPGen got image/text lengths {(li, lt)}, config.model.image_seq_len/"
+                       f"text_seq_len say {(cfg.image_seq_len, cfg.text_seq_len)}")
+    embed = lambda n, name: layers.Embed(layers.pad_vocab(n), cfg.emb_dim, dtype=cfg.dtype,
+                                         param_dtype=cfg.param_dtype, name=name)
+    image_BxLixE = embed(cfg.image_vocab_size + 1, "image_embed")(image_tokens_BxLi)
+    text_BxLtxE = embed(cfg.text_vocab_size, "text_embed")(text_tokens_BxLt)
+    types_2xE = self.param("type_embed", nn.with_logical_partitioning(layers.small_init,
+                                                                      (None, "embed")),
+                           (2, cfg.emb_dim), cfg.param_dtype)
+    type_ids_L = np.concatenate([np.zeros(li, np.int32), np.ones(lt, np.int32)])
+    x_BxLxE = jnp.concatenate([image_BxLixE, text_BxLtxE], axis=1)
+    x_BxLxE = (x_BxLxE + jnp.asarray(layers.sinusoidal_1d(li + lt, cfg.emb_dim))[None]
+               + jnp.asarray(types_2xE)[type_ids_L][None]).astype(cfg.dtype)
+    x_BxLxE = nn.Dropout(cfg.dropout_rate)(x_BxLxE, deterministic=not train)
+    x_BxLxE = nn.with_logical_constraint(x_BxLxE, ("batch", "length", "embed"))
+
+    if has_image_B is None:
+      has_image_B = jnp.ones(image_tokens_BxLi.shape[:1], bool)
+    valid_BxL = jnp.concatenate([
+        jnp.broadcast_to(has_image_B.astype(bool)[:, None], image_tokens_BxLi.shape),
+        text_mask_BxLt.astype(bool)], axis=1)
+    x_BxLxE = layers.TransformerStack(cfg.transformer(), name="encoder")(
+        x_BxLxE, layers.key_mask(valid_BxL), deterministic=not train)
+    x_BxLxE = layers.LayerNorm(cfg.dtype, cfg.param_dtype, name="final_norm")(x_BxLxE)
+    head = lambda n, name: layers.Unembed(n, cfg.dtype, cfg.param_dtype, name=name)
+    image_logits_BxLixV = head(cfg.image_vocab_size, "image_head")(x_BxLxE[:, :li])
+    text_logits_BxLtxV = head(cfg.text_vocab_size, "text_head")(x_BxLxE[:, li:])
+    return image_logits_BxLixV, text_logits_BxLtxV
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskingConfig:
+  """Mask ratios and loss weights, built from config.model."""
+  mask_schedule: str = "uniform"
+  text_only_mask_ratio: float = 0.15
+  paired_image_weight: float = 1.0
+  paired_text_weight: float = 0.1
+  unpaired_image_weight: float = 1.0
+  unpaired_text_weight: float = 0.01
+
+  @classmethod
+  def from_config(cls, m: ml_collections.ConfigDict) -> "MaskingConfig":
+    out = cls(**{f.name: m[f.name] for f in dataclasses.fields(cls)})
+    if out.mask_schedule not in MASK_SCHEDULES:
+      raise ValueError(f"config.model.mask_schedule={out.mask_schedule!r}: choose one of "
+                       f"{MASK_SCHEDULES}")
+    if not 0.0 < out.text_only_mask_ratio <= 1.0:
+      raise ValueError(f"config.model.text_only_mask_ratio={out.text_only_mask_ratio}: "
+                       "must be in (0, 1]")
+    return out
+
+
+def sample_masks(rng: jax.Array, batch: Batch, settings: MaskingConfig
+                 ) -> tuple[jax.Array, jax.Array]:
+  """Which tokens to mask: (masked_image_BxLi, masked_text_BxLt), both bool.
+
+  Valid tokens: every image token of an example with an image, every non-pad text token of
+  an example with text. Paired and image-only examples draw r ~ U(0, 1] ("uniform") or
+  r = cos(pi/2 u), u ~ U[0, 1) ("cosine"); text-only examples use text_only_mask_ratio.
+  ceil(r * num_valid) (at least one) valid tokens are masked, chosen uniformly at random
+  over the example's joint sequence.
+  """
+  has_image_B = jnp.asarray(batch["has_image"], bool)
+  has_text_B = jnp.asarray(batch["has_text"], bool)
+  li = batch["image_tokens"].shape[1]
+  valid_BxL = jnp.concatenate([
+      jnp.broadcast_to(has_image_B[:, None], batch["image_tokens"].shape),
+      jnp.asarray(batch["text_mask"], bool) & has_text_B[:, None]], axis=1)
+  ratio_rng, order_rng = jax.random.split(rng)
+  u_B = jax.random.uniform(ratio_rng, has_image_B.shape)
+  r_B = 1.0 - u_B if settings.mask_schedule == "uniform" else jnp.cos(math.pi / 2 * u_B)
+  r_B = jnp.where(has_image_B, r_B, settings.text_only_mask_ratio)
+  num_valid_B = jnp.sum(valid_BxL, axis=1)
+  num_mask_B = jnp.clip(jnp.ceil(r_B * num_valid_B).astype(jnp.int32), 1, num_valid_B)
+  num_mask_B = jnp.where(num_valid_B > 0, num_mask_B, 0)
+  scores_BxL = jnp.where(valid_BxL, jax.random.uniform(order_rng, valid_BxL.shape), 2.0)
+  ranks_BxL = jnp.argsort(jnp.argsort(scores_BxL, axis=1), axis=1)
+  masked_BxL = ranks_BxL < num_mask_B[:, None]
+  return masked_BxL[:, :li], masked_BxL[:, li:]
+
+
+def _masked_mean(values_BxL: jax.Array, weights_BxL: jax.Array) -> jax.Array:
+  weights_BxL = weights_BxL.astype(jnp.float32)
+  return jnp.sum(values_BxL * weights_BxL) / jnp.maximum(jnp.sum(weights_BxL), 1.0)
+
+
+def loss_fn(params, batch: Batch, rng: jax.Array, *, model: UPGen,
+            config: ml_collections.ConfigDict, train: bool, step=None):
+  """Masked-token cross-entropy -> (total loss, metrics); `params` is the "params" collection.
+  (`step` is unused: the loss does not change over training.)
+
+  Draws the masks with `sample_masks` and scores them with `masked_loss`.
+  """
+  del step
+  settings = MaskingConfig.from_config(config.model)
+  mask_rng, dropout_rng = jax.random.split(rng)
+  masks = sample_masks(mask_rng, batch, settings)
+  return masked_loss(params, batch, masks, dropout_rng, model=model, settings=settings,
+                     train=train)
+
+
+def masked_loss(params, batch: Batch, masks: tuple[jax.Array, jax.Array], dropout_rng: jax.Array,
+                *, model: UPGen, settings: MaskingConfig, train: bool):
+  """Cross-entropy on the masked positions `masks` = (masked_image_BxLi, masked_text_BxLt).
+
+  Four terms, each a mean over its own masked tokens in the batch: paired image, paired text,
+  unpaired image (image-only examples), unpaired text (text-only examples), combined with
+  config.model.{paired,unpaired}_{image,text}_weight.
+  """
+  cfg = model.config
+  image_BxLi = jnp.asarray(batch["image_tokens"], jnp.int32)
+  text_BxLt = jnp.asarray(batch["text_tokens"], jnp.int32)
+  has_image_B = jnp.asarray(batch["has_image"], bool)
+  has_text_B = jnp.asarray(batch["has_text"], bool)
+  text_valid_BxLt = jnp.asarray(batch["text_mask"], bool) & has_text_B[:, None]
+  # Only valid tokens count as masked (absent images and text padding never do).
+  masked_image_BxLi = jnp.asarray(masks[0], bool) & has_image_B[:, None]
+  masked_text_BxLt = jnp.asarray(masks[1], bool) & text_valid_BxLt
+  image_logits, text_logits = model.apply(
+      {"params": params}, jnp.where(masked_image_BxLi, cfg.image_mask_id, image_BxLi),
+      jnp.where(masked_text_BxLt, cfg.text_mask_id, text_BxLt), text_valid_BxLt, has_image_B,
+      train=train, rngs={"dropout": dropout_rng})
+  ce_image_BxLi = optax.softmax_cross_entropy_with_integer_labels(image_logits, image_BxLi)
+  ce_text_BxLt = optax.softmax_cross_entropy_with_integer_labels(text_logits, text_BxLt)
+  paired_Bx1 = (has_image_B & has_text_B)[:, None]
+  losses = {
+      "loss_image": _masked_mean(ce_image_BxLi, masked_image_BxLi & paired_Bx1),
+      "loss_text": _masked_mean(ce_text_BxLt, masked_text_BxLt & paired_Bx1),
+      "loss_unpaired_image": _masked_mean(ce_image_BxLi, masked_image_BxLi & ~has_text_B[:, None]),
+      "loss_unpaired_text": _masked_mean(ce_text_BxLt, masked_text_BxLt & ~has_image_B[:, None]),
+  }
+  total = (settings.paired_image_weight * losses["loss_image"]
+           + settings.paired_text_weight * losses["loss_text"]
+           + settings.unpaired_image_weight * losses["loss_unpaired_image"]
+           + settings.unpaired_text_weight * losses["loss_unpaired_text"])
+  correct_image = jnp.argmax(image_logits, -1) == image_BxLi
+  correct_text = jnp.argmax(text_logits, -1) == text_BxLt
+  metrics = dict(
+      losses, loss=total,
+      acc_image=_masked_mean(correct_image, masked_image_BxLi),
+      acc_text=_masked_mean(correct_text, masked_text_BxLt),
+      num_masked_image=jnp.sum(masked_image_BxLi).astype(jnp.float32),
+      num_masked_text=jnp.sum(masked_text_BxLt).astype(jnp.float32))
+  return total, metrics
+
+
+def make_model(config: ml_collections.ConfigDict) -> UPGen:
+  return UPGen(UPGenConfig.from_config(config.model))
+
+
+def dummy_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
+  """A paired batch of the right shapes/dtypes (full-length captions; values arbitrary)."""
+  c = UPGenConfig.from_config(config.model)
+  text = np.arange(batch_size * c.text_seq_len).reshape(batch_size, c.text_seq_len)
+  return {
+      "image_tokens": np.zeros((batch_size, c.image_seq_len), np.int32),
+      "text_tokens": (text % c.text_vocab_size).astype(np.int32),
+      "text_mask": np.ones((batch_size, c.text_seq_len), bool),
+      "has_image": np.ones((batch_size,), bool),
+      "has_text": np.ones((batch_size,), bool),
+  }
+
+
+def init_variables(model: UPGen, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+  return model.init({"params": rng}, jnp.asarray(batch["image_tokens"], jnp.int32),
+                    jnp.asarray(batch["text_tokens"], jnp.int32),
+                    jnp.asarray(batch["text_mask"], bool), jnp.asarray(batch["has_image"], bool),
+                    train=False)
+
+
+def preview_fn(params, batch: Batch, rng: jax.Array, *, model: UPGen,
+               config: ml_collections.ConfigDict) -> jax.Array:
+  """Text->image for the batch's captions with config.sample. NOTE: returns image TOKEN ids
+  BxLi (int32), not pixels; the trainer decodes them with the image tokenizer."""
+  return upgen_sampler.text_to_image(params, model, jnp.asarray(batch["text_tokens"], jnp.int32),
+                                     jnp.asarray(batch["text_mask"], bool), rng, config.sample)
+
+
+def train_flops_per_example(config: ml_collections.ConfigDict) -> float:
+  """Forward + backward FLOPs for one example of L = Li + Lt tokens, width E, MLP width M:
+
+    matmuls:    6 * N * L,  N = layers * (4 E^2 + 2 E M)   (q, k, v, out; MLP in, out)
+    attention:  12 * layers * L^2 * E  (QK^T and AV: 2 * 2 L^2 E forward, x3 for fwd+bwd)
+    heads:      6 * E * (Li * Vi + Lt * Vt)  (image logits on image positions, text on text)
+
+  Embedding lookups, norms and softmax are ignored.
+  """
+  c = UPGenConfig.from_config(config.model)
+  e, m, n_layers = c.emb_dim, c.mlp_dim, c.num_layers
+  length = c.image_seq_len + c.text_seq_len
+  matmul_params = n_layers * (4 * e * e + 2 * e * m)
+  attention = 12 * n_layers * length ** 2 * e
+  heads = 6 * e * (c.image_seq_len * c.image_vocab_size + c.text_seq_len * c.text_vocab_size)
+  return float(6 * matmul_params * length + attention + heads)
+
+
+FAMILY = Family(
+    name="upgen", data_kind="tokens", make_model=make_model, dummy_batch=dummy_batch,
+    init_variables=init_variables, loss_fn=loss_fn, preview_fn=preview_fn,
+    train_flops_per_example=train_flops_per_example)

@@ -1,0 +1,179 @@
+"""VQGAN image tokenizer family: model, loss and the `FAMILY` record for the trainer.
+
+Parameters are one tree `{"vqgan": autoencoder, "disc": discriminator}` ("disc" only when
+`config.model.adversarial_weight > 0`). One optimizer and one backward pass train both: the
+generator's adversarial term sees stop_gradient(disc params) and the discriminator's hinge
+term sees stop_gradient(reconstructions), so each loss term only moves its own parameters.
+
+The adversarial terms switch on at optimizer step `config.model.adversarial_start` (the
+trainer passes `step` to the loss).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import linen as nn
+
+from upgen import families
+from upgen.models import vqgan_layers as layers
+from upgen.models.vqgan_layers import VQGANConfig
+
+
+class VQGAN(nn.Module):
+  """Autoencoder (encoder, quantizer, decoder) plus optional patch discriminator."""
+  cfg: VQGANConfig
+
+  def setup(self):
+    self.encoder = layers.Encoder(self.cfg)
+    self.quantizer = layers.VectorQuantizer(self.cfg)
+    self.decoder = layers.Decoder(self.cfg)
+
+  def __call__(self, x_BxHxWx3: jax.Array) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """Pixels in [-1, 1] -> (reconstruction, ids_Bxhxw, quantizer stats)."""
+    quantized, ids_Bxhxw, stats = self.quantizer(self.encoder(x_BxHxWx3))
+    return self.decoder(quantized), ids_Bxhxw, stats
+
+  def encode(self, x_BxHxWx3: jax.Array) -> jax.Array:
+    return self.quantizer.nearest(self.encoder(x_BxHxWx3))
+
+  def decode(self, ids_Bxhxw: jax.Array) -> jax.Array:
+    return self.decoder(self.quantizer.lookup(ids_Bxhxw))
+
+
+class VQGANModel(nn.Module):
+  """Top-level module of the family: params {"vqgan": ..., "disc": ...}."""
+  cfg: VQGANConfig
+
+  def setup(self):
+    self.vqgan = VQGAN(self.cfg)
+    if self.cfg.use_discriminator:
+      self.disc = layers.Discriminator(self.cfg)
+
+  def __call__(self, x_BxHxWx3: jax.Array) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    out = self.vqgan(x_BxHxWx3)
+    if self.cfg.use_discriminator:
+      self.disc(x_BxHxWx3)  # Creates the discriminator's params at init.
+    return out
+
+  def autoencode(self, x_BxHxWx3: jax.Array) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    return self.vqgan(x_BxHxWx3)
+
+  def encode(self, x_BxHxWx3: jax.Array) -> jax.Array:
+    return self.vqgan.encode(x_BxHxWx3)
+
+  def decode(self, ids_Bxhxw: jax.Array) -> jax.Array:
+    return self.vqgan.decode(ids_Bxhxw)
+
+  def discriminate(self, x_BxHxWx3: jax.Array) -> jax.Array:
+    return self.disc(x_BxHxWx3)
+
+
+def to_unit(image_BxHxWx3: jax.Array) -> jax.Array:
+  """uint8 pixels -> float32 in [-1, 1]."""
+  return jnp.asarray(image_BxHxWx3, jnp.float32) / 127.5 - 1.0
+
+
+def to_uint8(x_BxHxWx3: jax.Array) -> jax.Array:
+  """float pixels (clipped to [-1, 1]) -> uint8."""
+  return jnp.round((jnp.clip(x_BxHxWx3, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
+
+
+def make_model(config: ml_collections.ConfigDict) -> VQGANModel:
+  return VQGANModel(VQGANConfig.from_config(config))
+
+
+def dummy_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
+  size = int(config.model.image_size)
+  return {"image": np.zeros((batch_size, size, size, 3), np.uint8)}
+
+
+def init_variables(model: VQGANModel, rng: jax.Array, batch: families.Batch) -> dict[str, Any]:
+  return model.init(rng, to_unit(batch["image"]))
+
+
+def _adversarial_losses(params: dict[str, Any], x_BxHxWx3: jax.Array, recon_BxHxWx3: jax.Array,
+                        model: VQGANModel) -> tuple[jax.Array, jax.Array]:
+  """(generator loss, discriminator hinge loss) with the stop-gradient split."""
+  disc_sg = {"params": {"disc": jax.lax.stop_gradient(params["disc"])}}
+  disc = {"params": {"disc": params["disc"]}}
+  fake_logits = model.apply(disc_sg, recon_BxHxWx3, method=VQGANModel.discriminate)
+  generator_loss = -jnp.mean(fake_logits)
+  both = jnp.concatenate([x_BxHxWx3, jax.lax.stop_gradient(recon_BxHxWx3)], axis=0)
+  logits = model.apply(disc, both, method=VQGANModel.discriminate)
+  real_logits, fake_logits = jnp.split(logits, 2, axis=0)
+  disc_loss = jnp.mean(nn.relu(1.0 - real_logits)) + jnp.mean(nn.relu(1.0 + fake_logits))
+  return generator_loss, disc_loss
+
+
+def psnr(x_BxHxWx3: jax.Array, y_BxHxWx3: jax.Array) -> jax.Array:
+  """Mean PSNR (dB) of images in [-1, 1] (peak-to-peak 2)."""
+  mse_B = jnp.mean(jnp.square(x_BxHxWx3 - y_BxHxWx3), axis=(1, 2, 3))
+  return jnp.mean(10.0 * jnp.log10(4.0 / jnp.maximum(mse_B, 1e-10)))
+
+
+def code_stats(counts_K: jax.Array) -> dict[str, jax.Array]:
+  """Fraction of codes used and perplexity of the code histogram."""
+  probs_K = counts_K / jnp.maximum(jnp.sum(counts_K), 1.0)
+  entropy = -jnp.sum(jnp.where(probs_K > 0, probs_K * jnp.log(jnp.maximum(probs_K, 1e-12)), 0.0))
+  return {"codebook_usage": jnp.mean(counts_K > 0), "perplexity": jnp.exp(entropy)}
+
+
+def loss_fn(params: dict[str, Any], batch: families.Batch, rng: jax.Array, *,
+            model: VQGANModel, config: ml_collections.ConfigDict,
+            train: bool, step: jax.Array | int = 0) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Reconstruction (l1 + l2) + codebook/commitment (+ adversarial after the start step)."""
+  del rng, train  # Deterministic model: no dropout, no sampling.
+  m = config.model
+  x = to_unit(batch["image"])
+  recon, _, stats = model.apply({"params": {"vqgan": params["vqgan"]}}, x,
+                                method=VQGANModel.autoencode)
+  loss_l1 = jnp.mean(jnp.abs(recon - x))
+  loss_l2 = jnp.mean(jnp.square(recon - x))
+  loss = m.l1_weight * loss_l1 + m.l2_weight * loss_l2 + stats["loss_vq"]
+  metrics = {"loss_l1": loss_l1, "loss_l2": loss_l2, "loss_vq": stats["loss_vq"],
+             "psnr": psnr(jnp.clip(recon, -1.0, 1.0), x), **code_stats(stats["code_counts"])}
+  if model.cfg.use_discriminator:
+    active = jnp.asarray(step) >= m.adversarial_start
+    generator_loss, disc_loss = jax.lax.cond(
+        active, lambda: _adversarial_losses(params, x, recon, model),
+        lambda: (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)))
+    loss = loss + m.adversarial_weight * generator_loss + disc_loss
+    metrics.update(loss_gen=generator_loss, loss_disc=disc_loss,
+                   adversarial_active=active.astype(jnp.float32))
+  metrics["loss"] = loss
+  return loss, metrics
+
+
+def reconstruct(params: dict[str, Any], image_BxHxWx3: jax.Array, *,
+                model: VQGANModel) -> jax.Array:
+  """uint8 images -> uint8 reconstructions through the codebook."""
+  variables = {"params": {"vqgan": params["vqgan"]}}
+  ids_Bxhxw = model.apply(variables, to_unit(image_BxHxWx3), method=VQGANModel.encode)
+  return to_uint8(model.apply(variables, ids_Bxhxw, method=VQGANModel.decode))
+
+
+def preview_fn(params: dict[str, Any], batch: families.Batch, rng: jax.Array, *,
+               model: VQGANModel, config: ml_collections.ConfigDict) -> jax.Array:
+  del rng, config
+  return reconstruct(params, batch["image"], model=model)
+
+
+def train_flops_per_example(config: ml_collections.ConfigDict) -> float:
+  """Forward + backward (3x forward) FLOPs of the autoencoder, discriminator excluded."""
+  return 3.0 * layers.autoencoder_flops(VQGANConfig.from_config(config))
+
+
+FAMILY = families.Family(
+    name="vqgan",
+    data_kind="images",
+    make_model=make_model,
+    dummy_batch=dummy_batch,
+    init_variables=init_variables,
+    loss_fn=loss_fn,
+    preview_fn=preview_fn,
+    train_flops_per_example=train_flops_per_example,
+)

@@ -1,0 +1,257 @@
+"""Building blocks of the VQGAN family: conv encoder/decoder, vector quantizer, discriminator.
+
+The architecture follows MaskGIT's VQGAN (flax linen). Every parameter carries logical axis
+names so the same `config.mesh.rules` shard it: conv kernels are
+(None, None, "conv_in", "conv_out"), biases and norm scales ("conv_out",), the codebook
+("codebook", None).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import linen as nn
+
+KERNEL_AXES = (None, None, "conv_in", "conv_out")
+CHANNEL_AXES = ("conv_out",)
+CODEBOOK_AXES = ("codebook", None)
+
+
+@dataclasses.dataclass(frozen=True)
+class VQGANConfig:
+  """Frozen view of `config.model` for the VQGAN modules."""
+  image_size: int = 32
+  base_channels: int = 32
+  channel_multipliers: tuple[int, ...] = (1, 2)
+  num_res_blocks: int = 1
+  codebook_size: int = 64
+  embedding_dim: int = 16
+  commitment_cost: float = 0.25
+  codebook_l2_normalize: bool = False
+  conv_downsample: bool = False
+  disc_channels: int = 32
+  use_discriminator: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @property
+  def grid(self) -> int:
+    """Side of the token grid."""
+    return self.image_size // 2 ** (len(self.channel_multipliers) - 1)
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "VQGANConfig":
+    m = config.model
+    mults = tuple(int(v) for v in m.channel_multipliers)
+    if not mults:
+      raise ValueError("config.model.channel_multipliers must have at least one entry")
+    factor = 2 ** (len(mults) - 1)
+    if m.image_size % factor:
+      raise ValueError(
+          f"config.model.image_size={m.image_size} is not divisible by 2**(len("
+          f"config.model.channel_multipliers)-1)={factor}")
+    return cls(
+        image_size=int(m.image_size),
+        base_channels=int(m.base_channels),
+        channel_multipliers=mults,
+        num_res_blocks=int(m.num_res_blocks),
+        codebook_size=int(m.codebook_size),
+        embedding_dim=int(m.embedding_dim),
+        commitment_cost=float(m.commitment_cost),
+        codebook_l2_normalize=bool(m.get("codebook_l2_normalize", False)),
+        conv_downsample=bool(m.get("conv_downsample", False)),
+        disc_channels=int(m.disc_channels),
+        use_discriminator=float(m.adversarial_weight) > 0,
+        dtype=jnp.dtype(m.dtype),
+        param_dtype=jnp.dtype(m.param_dtype),
+    )
+
+
+def _conv(cfg: VQGANConfig, features: int, kernel: int, stride: int = 1,
+          name: str | None = None) -> nn.Conv:
+  return nn.Conv(
+      features, (kernel, kernel), strides=(stride, stride), padding="SAME",
+      dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), KERNEL_AXES),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), CHANNEL_AXES))
+
+
+def _norm(cfg: VQGANConfig, channels: int, name: str | None = None) -> nn.GroupNorm:
+  return nn.GroupNorm(
+      num_groups=math.gcd(32, channels), dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+      name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), CHANNEL_AXES),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), CHANNEL_AXES))
+
+
+class ResBlock(nn.Module):
+  """(GroupNorm -> swish -> conv3x3) x 2 plus a 1x1 shortcut when channels change."""
+  cfg: VQGANConfig
+  features: int
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+    h = _conv(self.cfg, self.features, 3)(nn.swish(_norm(self.cfg, x_BxHxWxC.shape[-1])(x_BxHxWxC)))
+    h = _conv(self.cfg, self.features, 3)(nn.swish(_norm(self.cfg, self.features)(h)))
+    shortcut = x_BxHxWxC
+    if x_BxHxWxC.shape[-1] != self.features:
+      shortcut = _conv(self.cfg, self.features, 1, name="shortcut")(x_BxHxWxC)
+    return shortcut + h
+
+
+class Encoder(nn.Module):
+  """Pixels in [-1, 1] -> continuous embeddings on the token grid."""
+  cfg: VQGANConfig
+
+  @nn.compact
+  def __call__(self, x_BxHxWx3: jax.Array) -> jax.Array:
+    cfg = self.cfg
+    h = _conv(cfg, cfg.base_channels * cfg.channel_multipliers[0], 3, name="conv_in")(x_BxHxWx3)
+    for level, mult in enumerate(cfg.channel_multipliers):
+      for _ in range(cfg.num_res_blocks):
+        h = ResBlock(cfg, cfg.base_channels * mult)(h)
+      if level < len(cfg.channel_multipliers) - 1:
+        if cfg.conv_downsample:
+          h = _conv(cfg, h.shape[-1], 3, stride=2)(h)
+        else:
+          h = nn.avg_pool(h, (2, 2), strides=(2, 2))
+    h = ResBlock(cfg, h.shape[-1], name="mid")(h)
+    h = nn.swish(_norm(cfg, h.shape[-1], name="norm_out")(h))
+    return _conv(cfg, cfg.embedding_dim, 1, name="conv_out")(h)
+
+
+class Decoder(nn.Module):
+  """Quantized embeddings on the grid -> pixels (unbounded; clip to [-1, 1] for images).
+
+  Mirrors the encoder; each nearest-neighbour upsample is followed by a conv that already
+  narrows to the next (finer) level's width, so the widest convs run at the coarsest grid.
+  """
+  cfg: VQGANConfig
+
+  @nn.compact
+  def __call__(self, z_Bxhxwxd: jax.Array) -> jax.Array:
+    cfg = self.cfg
+    mults = cfg.channel_multipliers
+    h = _conv(cfg, cfg.base_channels * mults[-1], 3, name="conv_in")(z_Bxhxwxd)
+    h = ResBlock(cfg, h.shape[-1], name="mid")(h)
+    for level in reversed(range(len(mults))):
+      for _ in range(cfg.num_res_blocks):
+        h = ResBlock(cfg, cfg.base_channels * mults[level])(h)
+      if level > 0:
+        h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
+        h = _conv(cfg, cfg.base_channels * mults[level - 1], 3)(h)
+    h = nn.swish(_norm(cfg, h.shape[-1], name="norm_out")(h))
+    return _conv(cfg, 3, 3, name="conv_out")(h).astype(jnp.float32)
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+  return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True) + 1e-12)
+
+
+class VectorQuantizer(nn.Module):
+  """Nearest-code lookup with a straight-through estimator.
+
+  Returns (quantized_Bxhxwxd, ids_Bxhxw, stats) where stats holds the codebook loss
+  ||sg(z) - e||^2 + beta ||z - sg(e)||^2 and the code histogram of the batch. With
+  `codebook_l2_normalize` both z and the codes live on the unit sphere (ViT-VQGAN).
+  """
+  cfg: VQGANConfig
+
+  def setup(self):
+    cfg = self.cfg
+    init = nn.initializers.variance_scaling(1.0, "fan_out", "uniform")
+    self.codebook = self.param(
+        "codebook", nn.with_logical_partitioning(init, CODEBOOK_AXES),
+        (cfg.codebook_size, cfg.embedding_dim), cfg.param_dtype)
+
+  def _codes(self) -> jax.Array:
+    codes_Kxd = jnp.asarray(self.codebook, jnp.float32)
+    return _l2_normalize(codes_Kxd) if self.cfg.codebook_l2_normalize else codes_Kxd
+
+  def _prepare(self, z: jax.Array) -> jax.Array:
+    z = z.astype(jnp.float32)
+    return _l2_normalize(z) if self.cfg.codebook_l2_normalize else z
+
+  def lookup(self, ids_Bxhxw: jax.Array) -> jax.Array:
+    """Code vectors of the given ids."""
+    return jnp.take(self._codes(), ids_Bxhxw, axis=0)
+
+  def nearest(self, z_Bxhxwxd: jax.Array) -> jax.Array:
+    """Ids of the nearest codes (L2)."""
+    z = self._prepare(z_Bxhxwxd)
+    codes_Kxd = self._codes()
+    dist_BxhxwxK = (jnp.sum(jnp.square(z), -1, keepdims=True) - 2 * z @ codes_Kxd.T
+                    + jnp.sum(jnp.square(codes_Kxd), -1))
+    return jnp.argmin(dist_BxhxwxK, axis=-1).astype(jnp.int32)
+
+  def __call__(self, z_Bxhxwxd: jax.Array) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    z = self._prepare(z_Bxhxwxd)
+    ids_Bxhxw = self.nearest(z_Bxhxwxd)
+    e = self.lookup(ids_Bxhxw)
+    codebook_loss = jnp.mean(jnp.square(jax.lax.stop_gradient(z) - e))
+    commitment_loss = jnp.mean(jnp.square(z - jax.lax.stop_gradient(e)))
+    quantized = z + jax.lax.stop_gradient(e - z)
+    counts_K = jnp.sum(jax.nn.one_hot(ids_Bxhxw.reshape(-1), self.cfg.codebook_size), axis=0)
+    stats = {
+        "loss_vq": codebook_loss + self.cfg.commitment_cost * commitment_loss,
+        "code_counts": counts_K,
+    }
+    return quantized, ids_Bxhxw, stats
+
+
+class Discriminator(nn.Module):
+  """PatchGAN-style conv discriminator: one real/fake logit per patch (no batch norm)."""
+  cfg: VQGANConfig
+
+  @nn.compact
+  def __call__(self, x_BxHxWx3: jax.Array) -> jax.Array:
+    cfg = self.cfg
+    h = nn.leaky_relu(_conv(cfg, cfg.disc_channels, 4, stride=2)(x_BxHxWx3), 0.2)
+    h = _conv(cfg, cfg.disc_channels * 2, 4, stride=2)(h)
+    h = nn.leaky_relu(_norm(cfg, cfg.disc_channels * 2)(h), 0.2)
+    h = _conv(cfg, cfg.disc_channels * 4, 3)(h)
+    h = nn.leaky_relu(_norm(cfg, cfg.disc_channels * 4)(h), 0.2)
+    return _conv(cfg, 1, 3, name="logits")(h)[..., 0].astype(jnp.float32)
+
+
+def conv_flops(size: int, k: int, cin: int, cout: int, stride: int = 1) -> float:
+  """Multiply-adds x 2 of one SAME conv on a size x size input."""
+  out = size // stride
+  return 2.0 * out * out * k * k * cin * cout
+
+
+def _res_flops(size: int, cin: int, cout: int) -> float:
+  flops = conv_flops(size, 3, cin, cout) + conv_flops(size, 3, cout, cout)
+  return flops + (conv_flops(size, 1, cin, cout) if cin != cout else 0.0)
+
+
+def autoencoder_flops(cfg: VQGANConfig) -> float:
+  """Forward FLOPs of encoder + quantizer + decoder for one image (convs and distances)."""
+  mults: Sequence[int] = cfg.channel_multipliers
+  size, ch = cfg.image_size, cfg.base_channels * mults[0]
+  enc = conv_flops(size, 3, 3, ch)
+  for level, mult in enumerate(mults):
+    for _ in range(cfg.num_res_blocks):
+      enc += _res_flops(size, ch, cfg.base_channels * mult)
+      ch = cfg.base_channels * mult
+    if level < len(mults) - 1:
+      enc += conv_flops(size, 3, ch, ch, 2) if cfg.conv_downsample else 0.0
+      size //= 2
+  enc += _res_flops(size, ch, ch) + conv_flops(size, 1, ch, cfg.embedding_dim)
+  vq = 2.0 * size * size * cfg.codebook_size * cfg.embedding_dim
+  ch = cfg.base_channels * mults[-1]
+  dec = conv_flops(size, 3, cfg.embedding_dim, ch) + _res_flops(size, ch, ch)
+  for level in reversed(range(len(mults))):
+    for _ in range(cfg.num_res_blocks):
+      dec += _res_flops(size, ch, cfg.base_channels * mults[level])
+      ch = cfg.base_channels * mults[level]
+    if level > 0:
+      size *= 2
+      dec += conv_flops(size, 3, ch, cfg.base_channels * mults[level - 1])
+      ch = cfg.base_channels * mults[level - 1]
+  dec += conv_flops(size, 3, ch, 3)
+  return enc + vq + dec

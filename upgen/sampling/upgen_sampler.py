@@ -1,0 +1,154 @@
+"""Samplers for the UPGen family: text->image, inpainting, unconditional image, image->text.
+
+All take `params` (the "params" collection), the `UPGen` module, and `cfg` = config.sample
+(num_steps, schedule, temperature, choice_temperature, guidance_scale, text_steps). They are
+jitted with the module and the settings static, and return token ids (int32); decoding image
+tokens to pixels is the image tokenizer's job.
+
+Classifier-free guidance (image decoding only): the unconditional prediction sees the text
+as all [PAD] with every text key masked out of attention, which is exactly how the model sees
+image-only examples in training (data.text_dropout), so no extra "null caption" is needed.
+Cond and uncond run as one forward pass over a 2B batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import linen as nn
+
+from upgen.sampling import mask_schedule, maskgit
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleSettings:
+  """config.sample as a hashable record (a static argument of the jitted samplers)."""
+  num_steps: int = 12
+  schedule: str = "cosine"
+  temperature: float = 1.0
+  choice_temperature: float = 4.5
+  guidance_scale: float = 0.0
+  text_steps: int = 4
+
+  @classmethod
+  def from_config(cls, cfg: ml_collections.ConfigDict) -> "SampleSettings":
+    fields = {f.name: type(f.default)(cfg.get(f.name, f.default)) for f in dataclasses.fields(cls)}
+    settings = cls(**fields)
+    mask_schedule.check_schedule(settings.schedule)
+    for name in ("num_steps", "text_steps"):
+      if int(getattr(settings, name)) < 1:
+        raise ValueError(f"config.sample.{name}={getattr(settings, name)}: must be >= 1")
+    for name in ("temperature", "choice_temperature"):
+      if float(getattr(settings, name)) < 0:
+        raise ValueError(f"config.sample.{name}={getattr(settings, name)}: must be >= 0")
+    return settings
+
+
+def _settings(cfg: Any) -> SampleSettings:
+  return cfg if isinstance(cfg, SampleSettings) else SampleSettings.from_config(cfg)
+
+
+def _apply(params, model: nn.Module, image_BxLi, text_BxLt, text_mask_BxLt):
+  has_image_B = jnp.ones(image_BxLi.shape[:1], bool)
+  return model.apply({"params": params}, image_BxLi, text_BxLt, text_mask_BxLt, has_image_B,
+                     train=False)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "settings"))
+def _decode_image(params, image_tokens_BxLi, known_BxLi, text_tokens_BxLt, text_mask_BxLt, rng,
+                  *, model: nn.Module, settings: SampleSettings) -> jax.Array:
+  cfg = model.config
+  text_mask_BxLt = text_mask_BxLt.astype(bool)
+  null_text_BxLt = jnp.full_like(text_tokens_BxLt, cfg.text_pad_id)
+  null_mask_BxLt = jnp.zeros_like(text_mask_BxLt)
+
+  def logits_fn(image_BxLi):
+    return _apply(params, model, image_BxLi, text_tokens_BxLt, text_mask_BxLt)[0]
+
+  def guided_logits_fn(image_BxLi):
+    both_image = jnp.concatenate([image_BxLi, image_BxLi], axis=0)
+    both_text = jnp.concatenate([text_tokens_BxLt, null_text_BxLt], axis=0)
+    both_mask = jnp.concatenate([text_mask_BxLt, null_mask_BxLt], axis=0)
+    logits_2BxLixV = _apply(params, model, both_image, both_text, both_mask)[0]
+    return jnp.split(logits_2BxLixV, 2, axis=0)
+
+  return maskgit.decode(
+      logits_fn, image_tokens_BxLi, known_BxLi, cfg.image_mask_id, rng, settings.num_steps,
+      settings.schedule, settings.temperature, settings.choice_temperature,
+      settings.guidance_scale, guided_logits_fn)
+
+
+def _check_text(model: nn.Module, text_tokens_BxLt, text_mask_BxLt):
+  lt = model.config.text_seq_len
+  if text_tokens_BxLt.shape[-1] != lt or text_mask_BxLt.shape != text_tokens_BxLt.shape:
+    raise ValueError(f"text tokens {text_tokens_BxLt.shape} / mask {text_mask_BxLt.shape} do not "
+                     f"match config.model.text_seq_len={lt}")
+
+
+def text_to_image(params, model: nn.Module, text_tokens_BxLt, text_mask_BxLt, rng,
+                  cfg) -> jax.Array:
+  """Image token ids BxLi (int32) for each caption, guided by cfg.guidance_scale."""
+  _check_text(model, text_tokens_BxLt, text_mask_BxLt)
+  shape = (text_tokens_BxLt.shape[0], model.config.image_seq_len)
+  return _decode_image(params, jnp.zeros(shape, jnp.int32), jnp.zeros(shape, bool),
+                       jnp.asarray(text_tokens_BxLt), jnp.asarray(text_mask_BxLt), rng,
+                       model=model, settings=_settings(cfg))
+
+
+def inpaint(params, model: nn.Module, image_tokens_BxLi, known_BxLi, text_tokens_BxLt,
+            text_mask_BxLt, rng, cfg) -> jax.Array:
+  """Re-generates image tokens where `known_BxLi` is False; known tokens are kept as given."""
+  _check_text(model, text_tokens_BxLt, text_mask_BxLt)
+  if image_tokens_BxLi.shape != known_BxLi.shape:
+    raise ValueError(f"inpaint: image tokens {image_tokens_BxLi.shape} and known mask "
+                     f"{known_BxLi.shape} differ in shape")
+  return _decode_image(params, jnp.asarray(image_tokens_BxLi), jnp.asarray(known_BxLi, bool),
+                       jnp.asarray(text_tokens_BxLt), jnp.asarray(text_mask_BxLt), rng,
+                       model=model, settings=_settings(cfg))
+
+
+def unconditional_image(params, model: nn.Module, batch_size: int, rng, cfg) -> jax.Array:
+  """Image token ids BxLi with no caption (the text is all [PAD], key-masked; no guidance)."""
+  c = model.config
+  text_BxLt = jnp.full((batch_size, c.text_seq_len), c.text_pad_id, jnp.int32)
+  settings = dataclasses.replace(_settings(cfg), guidance_scale=0.0)
+  shape = (batch_size, c.image_seq_len)
+  return _decode_image(params, jnp.zeros(shape, jnp.int32), jnp.zeros(shape, bool), text_BxLt,
+                       jnp.zeros(text_BxLt.shape, bool), rng, model=model, settings=settings)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "settings", "text_length"))
+def _decode_text(params, image_tokens_BxLi, rng, *, model: nn.Module, settings: SampleSettings,
+                 text_length: int) -> jax.Array:
+  c = model.config
+  batch = image_tokens_BxLi.shape[0]
+  active_BxLt = jnp.broadcast_to(jnp.arange(c.text_seq_len) < text_length,
+                                 (batch, c.text_seq_len))
+  init_BxLt = jnp.full(active_BxLt.shape, c.text_pad_id, jnp.int32)
+
+  def logits_fn(text_BxLt):
+    return _apply(params, model, image_tokens_BxLi, text_BxLt, active_BxLt)[1]
+
+  return maskgit.decode(logits_fn, init_BxLt, ~active_BxLt, c.text_mask_id, rng,
+                        settings.text_steps, settings.schedule, settings.temperature,
+                        settings.choice_temperature)
+
+
+def image_to_text(params, model: nn.Module, image_tokens_BxLi, rng, cfg,
+                  text_length: Optional[int] = None) -> jax.Array:
+  """Text token ids BxLt (int32): the first `text_length` positions (default all of
+  config.model.text_seq_len) are decoded in cfg.text_steps steps, the rest are [PAD]."""
+  c = model.config
+  text_length = c.text_seq_len if text_length is None else int(text_length)
+  if not 1 <= text_length <= c.text_seq_len:
+    raise ValueError(f"image_to_text: text_length={text_length} must be in "
+                     f"[1, config.model.text_seq_len={c.text_seq_len}]")
+  if image_tokens_BxLi.shape[-1] != c.image_seq_len:
+    raise ValueError(f"image tokens {image_tokens_BxLi.shape} do not match "
+                     f"config.model.image_seq_len={c.image_seq_len}")
+  return _decode_text(params, jnp.asarray(image_tokens_BxLi), rng, model=model,
+                      settings=_settings(cfg), text_length=text_length)

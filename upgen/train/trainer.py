@@ -1,0 +1,267 @@
+"""The family-agnostic training loop.
+
+`train(config, workdir)` resolves the config against the data, builds the mesh and a
+sharded state (or restores the latest checkpoint, data iterator included), then runs the
+pure `train_step` under jit with donated state. Logging reads step n's metrics after step
+n+1 has been dispatched, so the host never stalls the device.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import threading
+import time
+from typing import Any, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from upgen import families
+from upgen.data import pipeline
+from upgen.train import checkpoint as ckpt_lib
+from upgen.train import mesh as mesh_lib
+from upgen.train import optimizer as optimizer_lib
+from upgen.train import state as state_lib
+from upgen.train import step as step_lib
+from upgen.train import writers
+
+log = logging.getLogger("upgen.train")
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks between steps (then checkpoint and exit)."""
+
+  def __init__(self):
+    self.requested = threading.Event()
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def agreed(self) -> bool:
+    """True on every process once any process got SIGTERM."""
+    flag = self.requested.is_set()
+    if jax.process_count() == 1:
+      return flag
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def resolve_config(config: ml_collections.ConfigDict, family: families.Family
+                   ) -> ml_collections.ConfigDict:
+  """A copy of config with data-dependent fields (-1) filled in from the data's metadata."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  if family.data_kind == "tokens":
+    if not config.data.dir:
+      raise ValueError("config.data.dir is empty: point it at a directory of records "
+                       "written by `upgen tokenize` (with metadata.json)")
+    pipeline.resolve_model_config(config, pipeline.read_metadata(config.data.dir))
+  return config
+
+
+def _check_same_model(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+                      workdir: str) -> None:
+  diffs = [k for k in set(saved.model.keys()) | set(config.model.keys())
+           if saved.model.get(k) != config.model.get(k)]
+  if diffs:
+    k = sorted(diffs)[0]
+    raise ValueError(
+        f"{workdir}/config.json: config.model.{k}={saved.model.get(k)!r} there but "
+        f"{config.model.get(k)!r} now; resume with the same model or use a new --workdir")
+
+
+def make_iterators(config, family, process_index, process_count):
+  if family.data_kind == "tokens":
+    train_iter = pipeline.make_train_iterator(
+        config, process_index=process_index, process_count=process_count)
+    eval_fn = functools.partial(pipeline.make_eval_iterator, config, config.data.val_split,
+                                process_index=process_index, process_count=process_count)
+  else:
+    train_iter = pipeline.make_image_iterator(
+        config, config.data.train_split, process_index=process_index,
+        process_count=process_count, train=True)
+    eval_fn = functools.partial(pipeline.make_image_iterator, config, config.data.val_split,
+                                process_index=process_index, process_count=process_count,
+                                train=False)
+  return train_iter, eval_fn
+
+
+def _global_batch(batch: dict, sharding) -> dict:
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+def _tokens_per_example(batch: dict) -> int:
+  return sum(int(np.shape(batch[k])[1]) for k in ("image_tokens", "text_tokens") if k in batch)
+
+
+def evaluate(config, family, model, params, eval_iter_fn, batch_sharding, eval_fn) -> dict:
+  """Mean eval metrics over config.train.eval_batches validation batches."""
+  try:
+    it = eval_iter_fn()
+  except (FileNotFoundError, KeyError, ValueError) as e:
+    log.warning("no validation data (%s); skipping eval", e)
+    return {}
+  totals, n = {}, 0
+  rng = jax.random.key(config.seed + 1)
+  for i, batch in enumerate(it):
+    if i >= config.train.eval_batches:
+      break
+    out = jax.device_get(eval_fn(params, _global_batch(batch, batch_sharding),
+                                 jax.random.fold_in(rng, i)))
+    for k, v in out.items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+    n += 1
+  return {f"val_{k}": v / n for k, v in totals.items()} if n else {}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) the run in `workdir`. Returns a summary of the run."""
+  family = families.get_family(config.model.family)
+  config = resolve_config(config, family)
+  try:
+    saved = ckpt_lib.load_config(workdir)
+  except FileNotFoundError:
+    saved = None
+  if saved is not None:
+    _check_same_model(saved, config, workdir)
+  ckpt_lib.save_config(workdir, config)
+
+  mesh = mesh_lib.make_mesh(config.mesh)
+  model = family.make_model(config)
+  tx = optimizer_lib.make_optimizer(config.optim, config.train.steps)
+  abstract, shardings = state_lib.abstract_state(family, model, tx, config, mesh)
+  batch_sharding = mesh_lib.batch_sharding(mesh, config.mesh)
+  train_iter, eval_iter_fn = make_iterators(
+      config, family, jax.process_index(), jax.process_count())
+
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    _, restored, data_state = checkpointer.restore(ckpt_lib.state_dict(abstract), latest)
+    state = state_lib.TrainState(tx=tx, **restored)
+    if data_state:
+      train_iter.set_state(data_state)
+    writers.truncate_metrics(workdir, latest)
+    log.info("resumed %s from step %d", workdir, latest)
+  else:
+    state = state_lib.create_state(family, model, tx, config, mesh, jax.random.key(config.seed))
+  step = int(jax.device_get(state.step))
+  num_params = state_lib.count_params(state.params)
+
+  state_shardings = state_lib.TrainState(tx=tx, **ckpt_lib.state_dict(shardings))
+  replicated = mesh_lib.replicated(mesh)
+  p_train = jax.jit(
+      functools.partial(step_lib.train_step, family=family, model=model, config=config),
+      in_shardings=(state_shardings, batch_sharding, replicated),
+      out_shardings=(state_shardings, replicated), donate_argnums=0)
+  p_eval = jax.jit(functools.partial(step_lib.eval_step, family=family, model=model,
+                                     config=config))
+  rng = jax.random.key(config.seed)
+  writer = writers.MetricWriter(workdir)
+  total = int(config.train.steps)
+  progress = None
+  if config.train.progress and jax.process_index() == 0:
+    import tqdm
+    progress = tqdm.tqdm(total=total, initial=step, desc=f"train {family.name}",
+                         dynamic_ncols=True)
+  log.info("%s: %d parameters, mesh %s, steps %d -> %d", family.name, num_params,
+           dict(mesh.shape), step, total)
+
+  def save(at_step: int) -> None:
+    checkpointer.save(at_step, ckpt_lib.state_dict(state), train_iter.get_state(), force=True)
+
+  interval: dict[str, float] = {}
+  interval_n, interval_examples, interval_tokens = 0, 0, 0
+  t_interval = time.perf_counter()
+  t_start = time.perf_counter()
+  pending = None  # (step number after the update, device metrics) of the last step.
+  stopped_reason = "completed"
+  last_metrics: dict[str, float] = {}
+
+  def consume(done_step: int, metrics_dev) -> None:
+    """Host side of a finished step: non-finite check, interval means, logging."""
+    nonlocal interval, interval_n, interval_examples, interval_tokens, t_interval, last_metrics
+    m = {k: float(v) for k, v in jax.device_get(metrics_dev).items()}
+    if m.pop("finite") < 1.0:
+      msg = (f"non-finite loss at step {done_step} (loss={m.get('loss')}, "
+             f"grad_norm={m.get('grad_norm')}); parameters were not updated")
+      if config.train.on_nonfinite == "stop":
+        raise NonFiniteLossError(
+            msg + f". Stopping; the latest checkpoint ({checkpointer.latest_step()}) is "
+            "untouched. Set --config.train.on_nonfinite=skip to skip such steps.")
+      log.warning("%s; skipping it", msg)
+      m["skipped"] = 1.0
+    for k, v in m.items():
+      interval[k] = interval.get(k, 0.0) + v
+    interval_n += 1
+    last_metrics = m
+    if progress is not None:
+      progress.update(1)
+      if done_step % max(config.train.log_every, 1) == 0:
+        progress.set_postfix(loss=f"{m['loss']:.4f}")
+    if done_step % config.train.log_every == 0 or done_step == total:
+      dt = time.perf_counter() - t_interval
+      row = {k: v / interval_n for k, v in interval.items()}
+      row["examples_per_sec"] = interval_examples / dt
+      if interval_tokens:
+        row["tokens_per_sec"] = interval_tokens / dt
+      row["steps_per_sec"] = interval_n / dt
+      writer.write_scalars(done_step, row)
+      interval, interval_n, interval_examples, interval_tokens = {}, 0, 0, 0
+      t_interval = time.perf_counter()
+
+  with _Preemption() as preemption, mesh_lib.activate(mesh, config.mesh):
+    try:
+      while step < total:
+        batch = next(train_iter)
+        tokens = _tokens_per_example(batch) * config.data.batch_size
+        state, metrics = p_train(state, _global_batch(batch, batch_sharding), rng)
+        if pending is not None:
+          consume(*pending)
+        step += 1
+        interval_examples += config.data.batch_size
+        interval_tokens += tokens
+        pending = (step, metrics)
+        out_of_time = (config.train.max_minutes > 0 and
+                       time.perf_counter() - t_start > 60 * config.train.max_minutes)
+        preempted = preemption.agreed()
+        if (step % config.train.checkpoint_every == 0 or step == total or out_of_time
+            or preempted):
+          consume(*pending)  # A checkpoint only ever holds a state whose step was checked.
+          pending = None
+          save(step)
+        if config.train.eval_every and step % config.train.eval_every == 0:
+          writer.write_scalars(step, evaluate(config, family, model, state.params,
+                                              eval_iter_fn, batch_sharding, p_eval))
+        if preempted or out_of_time:
+          stopped_reason = "preempted" if preempted else "time budget"
+          log.warning("stopping at step %d (%s); checkpoint saved", step, stopped_reason)
+          break
+      if pending is not None:
+        consume(*pending)
+      final_eval = {} if stopped_reason == "preempted" else evaluate(
+          config, family, model, state.params, eval_iter_fn, batch_sharding, p_eval)
+      if final_eval:
+        writer.write_scalars(step, final_eval)
+    finally:
+      checkpointer.close()
+      writer.close()
+      if progress is not None:
+        progress.close()
+  return {"step": step, "stopped": stopped_reason, "num_params": num_params,
+          "seconds": time.perf_counter() - t_start, "last": last_metrics,
+          "eval": final_eval}
