@@ -31,6 +31,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.model.mlp_dim = mlp  # Hidden width of the MLP.
   c.model.dropout_rate = 0.0  # Dropout on residual branches and embeddings.
   c.model.attention_dropout_rate = 0.0  # Dropout on attention weights.
+  c.model.attention_impl = None  # jax.nn.dot_product_attention: None (auto), "xla", "cudnn".
+  c.model.scan_layers = False  # nn.scan over blocks (faster compiles for deep models).
+  c.model.remat = "none"  # Rematerialization: "none", "full", "dots", "dots_no_batch".
   # Vocabulary and lengths. -1 = read from the data's metadata.json; a set value must
   # agree with the metadata or training stops with an error naming the key.
   c.model.image_vocab_size = -1  # Image tokenizer codebook size.
@@ -38,7 +41,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.model.image_seq_len = -1  # Image tokens per example (grid height x width).
   c.model.text_pad_id = -1  # From metadata: the text tokenizer's [PAD] id.
   c.model.text_mask_id = -1  # From metadata: the text tokenizer's [MASK] id.
-  c.model.text_seq_len = 16  # Text tokens per example (captions truncated / padded).
+  c.model.text_seq_len = 12  # Text tokens per example (captions truncated / padded).
   # Masking and loss.
   c.model.mask_schedule = "uniform"  # Mask ratio r ~ U(0,1]: "uniform" or "cosine" (cos(pi/2 u)).
   c.model.text_only_mask_ratio = 0.15  # Fixed mask ratio for text-only examples.

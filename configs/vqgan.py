@@ -19,11 +19,14 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.model.size = arg
   c.model.image_size = 32  # Training / tokenization resolution (square).
   c.model.base_channels = 32  # Channels at full resolution.
-  c.model.channel_multipliers = (1, 2)  # One entry per resolution; len-1 downsamplings.
+  c.model.channel_multipliers = (1, 2, 4)  # One entry per resolution; len-1 downsamplings.
   c.model.num_res_blocks = 1  # Residual blocks per resolution.
   c.model.codebook_size = 64  # Number of codes.
   c.model.embedding_dim = 16  # Code vector width.
   c.model.commitment_cost = 0.25  # Beta of the commitment loss.
+  c.model.codebook_l2_normalize = False  # Look up codes by cosine (l2-normalized, ViT-VQGAN).
+  c.model.conv_downsample = False  # Downsample by strided conv (True) or 2x2 average pool.
+  c.model.norm = "group"  # Normalization in residual blocks: "group" (GroupNorm) or "none".
   c.model.l1_weight = 1.0  # Pixel reconstruction loss weights.
   c.model.l2_weight = 1.0
   c.model.adversarial_weight = 0.0  # Patch discriminator loss weight (0 = off).

@@ -34,9 +34,7 @@ REMAT_POLICIES: dict[str, Optional[Callable[..., Any]]] = {
 VOCAB_PAD_MULTIPLE = 128
 
 dense_init = nn.initializers.xavier_uniform()
-# Unit-variance token embeddings, on the same scale as the fixed sinusoidal positions (flax lm1b).
-embed_init = nn.initializers.normal(stddev=1.0)
-small_init = nn.initializers.normal(stddev=0.02)
+embed_init = nn.initializers.normal(stddev=0.02)  # BERT / MaskGIT token embeddings.
 
 
 def dtype_from_name(name: Any, key: str = "config.model.dtype") -> Any:
@@ -198,7 +196,8 @@ class Attention(nn.Module):
   `mask` is boolean, broadcastable to BxHxTxS (e.g. `key_mask(valid_BxS)`), True = attend.
   With `config.decode` (self-attention only) keys/values go to a "cache" collection sized
   by the sequence given at `init`; each call then appends its T tokens (T=1 per step, or a
-  prompt prefill) and attends causally to everything cached so far.
+  prompt prefill) and attends causally to everything cached so far. Writing past the cache
+  length is not detected (it happens inside jit); the caller bounds the number of steps.
   """
   config: TransformerConfig
   is_cross: bool = False  # Cross-attention: never causal, never cached.
@@ -219,7 +218,8 @@ class Attention(nn.Module):
       return k_BxTxHxD, v_BxTxHxD, mask, False
     batch, max_len, heads, depth = cached_k.value.shape
     if k_BxTxHxD.shape[0] != batch or k_BxTxHxD.shape[2:] != (heads, depth):
-      raise ValueError(f"decode: keys {k_BxTxHxD.shape} do not fit the cache {cached_k.value.shape}")
+      raise ValueError(f"decode: keys {k_BxTxHxD.shape} do not fit the cache "
+                       f"{cached_k.value.shape}")
     cur = index.value
     t = k_BxTxHxD.shape[1]
     cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BxTxHxD, (0, cur, 0, 0))

@@ -104,7 +104,7 @@ class UPGen(nn.Module):
                                          param_dtype=cfg.param_dtype, name=name)
     image_BxLixE = embed(cfg.image_vocab_size + 1, "image_embed")(image_tokens_BxLi)
     text_BxLtxE = embed(cfg.text_vocab_size, "text_embed")(text_tokens_BxLt)
-    types_2xE = self.param("type_embed", nn.with_logical_partitioning(layers.small_init,
+    types_2xE = self.param("type_embed", nn.with_logical_partitioning(layers.embed_init,
                                                                       (None, "embed")),
                            (2, cfg.emb_dim), cfg.param_dtype)
     type_ids_L = np.concatenate([np.zeros(li, np.int32), np.ones(lt, np.int32)])
@@ -294,7 +294,22 @@ def train_flops_per_example(config: ml_collections.ConfigDict) -> float:
   return float(6 * matmul_params * length + attention + heads)
 
 
+def sample_images(params, text_tokens_BxLt, text_mask_BxLt, rng, *, model: UPGen,
+                  config: ml_collections.ConfigDict) -> jax.Array:
+  """`upgen sample`: text->image token ids BxLi with MaskGIT settings from config.sample."""
+  return upgen_sampler.text_to_image(params, model, text_tokens_BxLt, text_mask_BxLt, rng,
+                                     config.sample)
+
+
+def caption_images(params, image_tokens_BxLi, rng, *, model: UPGen,
+                   config: ml_collections.ConfigDict) -> jax.Array:
+  """`upgen sample --captions-for`: image->text token ids BxLt (length picked per image)."""
+  return upgen_sampler.image_to_text_best_length(params, model, image_tokens_BxLi, rng,
+                                                 config.sample)
+
+
 FAMILY = Family(
     name="upgen", data_kind="tokens", make_model=make_model, dummy_batch=dummy_batch,
     init_variables=init_variables, loss_fn=loss_fn, preview_fn=preview_fn,
+    sample_images=sample_images, caption_images=caption_images,
     train_flops_per_example=train_flops_per_example)

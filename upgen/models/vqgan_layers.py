@@ -33,6 +33,7 @@ class VQGANConfig:
   commitment_cost: float = 0.25
   codebook_l2_normalize: bool = False
   conv_downsample: bool = False
+  norm: str = "group"
   disc_channels: int = 32
   use_discriminator: bool = False
   dtype: Any = jnp.float32
@@ -49,6 +50,8 @@ class VQGANConfig:
     mults = tuple(int(v) for v in m.channel_multipliers)
     if not mults:
       raise ValueError("config.model.channel_multipliers must have at least one entry")
+    if m.norm not in ("group", "none"):
+      raise ValueError(f"config.model.norm={m.norm!r}: expected 'group' or 'none'")
     factor = 2 ** (len(mults) - 1)
     if m.image_size % factor:
       raise ValueError(
@@ -62,8 +65,9 @@ class VQGANConfig:
         codebook_size=int(m.codebook_size),
         embedding_dim=int(m.embedding_dim),
         commitment_cost=float(m.commitment_cost),
-        codebook_l2_normalize=bool(m.get("codebook_l2_normalize", False)),
-        conv_downsample=bool(m.get("conv_downsample", False)),
+        codebook_l2_normalize=bool(m.codebook_l2_normalize),
+        conv_downsample=bool(m.conv_downsample),
+        norm=str(m.norm),
         disc_channels=int(m.disc_channels),
         use_discriminator=float(m.adversarial_weight) > 0,
         dtype=jnp.dtype(m.dtype),
@@ -80,12 +84,16 @@ def _conv(cfg: VQGANConfig, features: int, kernel: int, stride: int = 1,
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), CHANNEL_AXES))
 
 
-def _norm(cfg: VQGANConfig, channels: int, name: str | None = None) -> nn.GroupNorm:
+def _norm(cfg: VQGANConfig, x: jax.Array, name: str | None = None) -> jax.Array:
+  """GroupNorm (up to 32 groups) or identity, per `cfg.norm`."""
+  if cfg.norm == "none":
+    return x
+  channels = x.shape[-1]
   return nn.GroupNorm(
       num_groups=math.gcd(32, channels), dtype=cfg.dtype, param_dtype=cfg.param_dtype,
       name=name,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), CHANNEL_AXES),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), CHANNEL_AXES))
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), CHANNEL_AXES))(x)
 
 
 class ResBlock(nn.Module):
@@ -95,8 +103,8 @@ class ResBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
-    h = _conv(self.cfg, self.features, 3)(nn.swish(_norm(self.cfg, x_BxHxWxC.shape[-1])(x_BxHxWxC)))
-    h = _conv(self.cfg, self.features, 3)(nn.swish(_norm(self.cfg, self.features)(h)))
+    h = _conv(self.cfg, self.features, 3)(nn.swish(_norm(self.cfg, x_BxHxWxC)))
+    h = _conv(self.cfg, self.features, 3)(nn.swish(_norm(self.cfg, h)))
     shortcut = x_BxHxWxC
     if x_BxHxWxC.shape[-1] != self.features:
       shortcut = _conv(self.cfg, self.features, 1, name="shortcut")(x_BxHxWxC)
@@ -120,7 +128,7 @@ class Encoder(nn.Module):
         else:
           h = nn.avg_pool(h, (2, 2), strides=(2, 2))
     h = ResBlock(cfg, h.shape[-1], name="mid")(h)
-    h = nn.swish(_norm(cfg, h.shape[-1], name="norm_out")(h))
+    h = nn.swish(_norm(cfg, h, name="norm_out"))
     return _conv(cfg, cfg.embedding_dim, 1, name="conv_out")(h)
 
 
@@ -144,7 +152,7 @@ class Decoder(nn.Module):
       if level > 0:
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
         h = _conv(cfg, cfg.base_channels * mults[level - 1], 3)(h)
-    h = nn.swish(_norm(cfg, h.shape[-1], name="norm_out")(h))
+    h = nn.swish(_norm(cfg, h, name="norm_out"))
     return _conv(cfg, 3, 3, name="conv_out")(h).astype(jnp.float32)
 
 
@@ -212,9 +220,9 @@ class Discriminator(nn.Module):
     cfg = self.cfg
     h = nn.leaky_relu(_conv(cfg, cfg.disc_channels, 4, stride=2)(x_BxHxWx3), 0.2)
     h = _conv(cfg, cfg.disc_channels * 2, 4, stride=2)(h)
-    h = nn.leaky_relu(_norm(cfg, cfg.disc_channels * 2)(h), 0.2)
+    h = nn.leaky_relu(_norm(cfg, h), 0.2)
     h = _conv(cfg, cfg.disc_channels * 4, 3)(h)
-    h = nn.leaky_relu(_norm(cfg, cfg.disc_channels * 4)(h), 0.2)
+    h = nn.leaky_relu(_norm(cfg, h), 0.2)
     return _conv(cfg, 1, 3, name="logits")(h)[..., 0].astype(jnp.float32)
 
 

@@ -121,13 +121,10 @@ def unconditional_image(params, model: nn.Module, batch_size: int, rng, cfg) -> 
                        jnp.zeros(text_BxLt.shape, bool), rng, model=model, settings=settings)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "settings", "text_length"))
-def _decode_text(params, image_tokens_BxLi, rng, *, model: nn.Module, settings: SampleSettings,
-                 text_length: int) -> jax.Array:
+def _decode_text_impl(params, image_tokens_BxLi, length_B, rng, *, model: nn.Module,
+                      settings: SampleSettings) -> jax.Array:
   c = model.config
-  batch = image_tokens_BxLi.shape[0]
-  active_BxLt = jnp.broadcast_to(jnp.arange(c.text_seq_len) < text_length,
-                                 (batch, c.text_seq_len))
+  active_BxLt = jnp.arange(c.text_seq_len)[None, :] < length_B[:, None]
   init_BxLt = jnp.full(active_BxLt.shape, c.text_pad_id, jnp.int32)
 
   def logits_fn(text_BxLt):
@@ -136,6 +133,15 @@ def _decode_text(params, image_tokens_BxLi, rng, *, model: nn.Module, settings: 
   return maskgit.decode(logits_fn, init_BxLt, ~active_BxLt, c.text_mask_id, rng,
                         settings.text_steps, settings.schedule, settings.temperature,
                         settings.choice_temperature)
+
+
+_decode_text = jax.jit(_decode_text_impl, static_argnames=("model", "settings"))
+
+
+def _check_image(model: nn.Module, image_tokens_BxLi) -> None:
+  if image_tokens_BxLi.shape[-1] != model.config.image_seq_len:
+    raise ValueError(f"image tokens {image_tokens_BxLi.shape} do not match "
+                     f"config.model.image_seq_len={model.config.image_seq_len}")
 
 
 def image_to_text(params, model: nn.Module, image_tokens_BxLi, rng, cfg,
@@ -147,8 +153,38 @@ def image_to_text(params, model: nn.Module, image_tokens_BxLi, rng, cfg,
   if not 1 <= text_length <= c.text_seq_len:
     raise ValueError(f"image_to_text: text_length={text_length} must be in "
                      f"[1, config.model.text_seq_len={c.text_seq_len}]")
-  if image_tokens_BxLi.shape[-1] != c.image_seq_len:
-    raise ValueError(f"image tokens {image_tokens_BxLi.shape} do not match "
-                     f"config.model.image_seq_len={c.image_seq_len}")
-  return _decode_text(params, jnp.asarray(image_tokens_BxLi), rng, model=model,
-                      settings=_settings(cfg), text_length=text_length)
+  _check_image(model, image_tokens_BxLi)
+  length_B = jnp.full(image_tokens_BxLi.shape[:1], text_length, jnp.int32)
+  return _decode_text(params, jnp.asarray(image_tokens_BxLi), length_B, rng, model=model,
+                      settings=_settings(cfg))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "settings"))
+def _best_length(params, image_tokens_BxLi, rng, *, model: nn.Module, settings: SampleSettings):
+  c = model.config
+  batch = image_tokens_BxLi.shape[0]
+  masked_BxLt = jnp.full((batch, c.text_seq_len), c.text_mask_id, jnp.int32)
+
+  def candidate(length):
+    length_B = jnp.full((batch,), length, jnp.int32)
+    text_BxLt = _decode_text_impl(params, image_tokens_BxLi, length_B,
+                                  jax.random.fold_in(rng, length), model=model,
+                                  settings=settings)
+    active_BxLt = jnp.arange(c.text_seq_len)[None, :] < length_B[:, None]
+    logits = _apply(params, model, image_tokens_BxLi, masked_BxLt, active_BxLt)[1]
+    logp_BxLt = jnp.take_along_axis(jax.nn.log_softmax(logits), text_BxLt[..., None], -1)[..., 0]
+    score_B = jnp.sum(jnp.where(active_BxLt, logp_BxLt, 0.0), -1) / length
+    return text_BxLt, score_B
+
+  texts_NxBxLt, scores_NxB = jax.lax.map(candidate, jnp.arange(1, c.text_seq_len + 1))
+  best_B = jnp.argmax(scores_NxB, axis=0)
+  return jnp.take_along_axis(texts_NxBxLt, best_B[None, :, None], 0)[0]
+
+
+def image_to_text_best_length(params, model: nn.Module, image_tokens_BxLi, rng, cfg) -> jax.Array:
+  """Image->text with the caption length chosen per image: decode at every length 1..Lt and
+  keep the text whose tokens are most likely (mean log-prob) under the model's prediction
+  from the image alone (all text positions of that length masked)."""
+  _check_image(model, image_tokens_BxLi)
+  return _best_length(params, jnp.asarray(image_tokens_BxLi), rng, model=model,
+                      settings=_settings(cfg))

@@ -192,9 +192,23 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   stopped_reason = "completed"
   last_metrics: dict[str, float] = {}
 
+  def flush_interval(done_step: int) -> None:
+    nonlocal interval, interval_n, interval_examples, interval_tokens, t_interval
+    if not interval_n:
+      return
+    dt = time.perf_counter() - t_interval
+    row = {k: v / interval_n for k, v in interval.items()}
+    row["examples_per_sec"] = interval_examples / dt
+    if interval_tokens:
+      row["tokens_per_sec"] = interval_tokens / dt
+    row["steps_per_sec"] = interval_n / dt
+    writer.write_scalars(done_step, row)
+    interval, interval_n, interval_examples, interval_tokens = {}, 0, 0, 0
+    t_interval = time.perf_counter()
+
   def consume(done_step: int, metrics_dev) -> None:
     """Host side of a finished step: non-finite check, interval means, logging."""
-    nonlocal interval, interval_n, interval_examples, interval_tokens, t_interval, last_metrics
+    nonlocal interval, interval_n, last_metrics
     m = {k: float(v) for k, v in jax.device_get(metrics_dev).items()}
     if m.pop("finite") < 1.0:
       msg = (f"non-finite loss at step {done_step} (loss={m.get('loss')}, "
@@ -214,15 +228,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       if done_step % max(config.train.log_every, 1) == 0:
         progress.set_postfix(loss=f"{m['loss']:.4f}")
     if done_step % config.train.log_every == 0 or done_step == total:
-      dt = time.perf_counter() - t_interval
-      row = {k: v / interval_n for k, v in interval.items()}
-      row["examples_per_sec"] = interval_examples / dt
-      if interval_tokens:
-        row["tokens_per_sec"] = interval_tokens / dt
-      row["steps_per_sec"] = interval_n / dt
-      writer.write_scalars(done_step, row)
-      interval, interval_n, interval_examples, interval_tokens = {}, 0, 0, 0
-      t_interval = time.perf_counter()
+      flush_interval(done_step)
 
   with _Preemption() as preemption, mesh_lib.activate(mesh, config.mesh):
     try:
@@ -253,6 +259,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           break
       if pending is not None:
         consume(*pending)
+      flush_interval(step)  # A run stopped early logs its last partial interval.
       final_eval = {} if stopped_reason == "preempted" else evaluate(
           config, family, model, state.params, eval_iter_fn, batch_sharding, p_eval)
       if final_eval:

@@ -1,0 +1,240 @@
+"""Tests for upgen/models/upgen.py (model, masking, loss) and upgen/sampling/upgen_sampler.py."""
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+
+from configs import upgen as upgen_config
+from upgen.models import upgen
+from upgen.sampling import upgen_sampler
+
+LI, LT, VI, VT, PAD, MASK = 16, 6, 8, 20, 0, 1
+
+
+def _config(num_layers=1, **model):
+  c = upgen_config.get_config("tiny")
+  m = c.model
+  m.num_layers, m.emb_dim, m.num_heads, m.mlp_dim = num_layers, 32, 2, 64
+  m.image_vocab_size, m.text_vocab_size, m.image_seq_len, m.text_seq_len = VI, VT, LI, LT
+  m.text_pad_id, m.text_mask_id = PAD, MASK
+  for k, v in model.items():
+    m[k] = v
+  return c
+
+
+def _batch(kinds, seed=0):
+  """kinds: string of p (paired), i (image-only), t (text-only), one char per example."""
+  rng = np.random.default_rng(seed)
+  b = len(kinds)
+  lengths = rng.integers(1, LT + 1, b)
+  text_mask = np.arange(LT)[None] < lengths[:, None]
+  has_image = np.array([k in "pi" for k in kinds])
+  has_text = np.array([k in "pt" for k in kinds])
+  text_mask &= has_text[:, None]
+  text = np.where(text_mask, rng.integers(2, VT, (b, LT)), PAD).astype(np.int32)
+  image = np.where(has_image[:, None], rng.integers(0, VI, (b, LI)), 0).astype(np.int32)
+  return dict(image_tokens=image, text_tokens=text, text_mask=text_mask, has_image=has_image,
+              has_text=has_text)
+
+
+def _init(model, batch):
+  return nn.unbox(jax.jit(upgen.init_variables, static_argnums=0)(model, jax.random.key(0),
+                                                                  batch)["params"])
+
+
+def test_shapes_flops_and_config_errors():
+  c = _config(num_layers=2)
+  model = upgen.FAMILY.make_model(c)
+  batch = upgen.FAMILY.dummy_batch(c, 3)
+  assert {k: v.shape for k, v in batch.items()} == {
+      "image_tokens": (3, LI), "text_tokens": (3, LT), "text_mask": (3, LT),
+      "has_image": (3,), "has_text": (3,)}
+  params = jax.eval_shape(lambda r: upgen.init_variables(model, r, batch),
+                          jax.random.key(0))["params"]
+  assert nn.unbox(params)["image_embed"]["embedding"].shape == (128, 32)  # VI + 1, padded.
+  assert set(nn.unbox(params)["encoder"]) == {"layers_0", "layers_1"}
+  image_logits, text_logits = jax.eval_shape(
+      lambda p: model.apply({"params": p}, batch["image_tokens"], batch["text_tokens"],
+                            batch["text_mask"]), nn.unbox(params))
+  assert (image_logits.shape, text_logits.shape) == ((3, LI, VI), (3, LT, VT))
+  e, m, length = 32, 64, LI + LT
+  want = 6 * 2 * (4 * e * e + 2 * e * m) * length + 12 * 2 * length ** 2 * e \
+      + 6 * e * (LI * VI + LT * VT)
+  assert upgen.FAMILY.train_flops_per_example(c) == want
+  with pytest.raises(ValueError, match="config.model.image_vocab_size"):
+    upgen.FAMILY.make_model(_config(image_vocab_size=-1))
+  with pytest.raises(ValueError, match="config.model.text_mask_id"):
+    upgen.FAMILY.make_model(_config(text_mask_id=VT))
+  with pytest.raises(ValueError, match="config.model.mask_schedule"):
+    upgen.MaskingConfig.from_config(_config(mask_schedule="linear").model)
+
+
+@pytest.mark.parametrize("schedule", ["uniform", "cosine"])
+def test_mask_sampling_distribution(schedule):
+  batch = _batch("p" * 1500 + "i" * 500 + "t" * 500 + "n", seed=1)
+  settings = upgen.MaskingConfig.from_config(_config(mask_schedule=schedule).model)
+  masks = jax.jit(upgen.sample_masks, static_argnums=2)(jax.random.key(0), batch, settings)
+  image_m, text_m = (np.asarray(x) for x in masks)
+  valid_i = np.broadcast_to(batch["has_image"][:, None], image_m.shape)
+  valid_t = batch["text_mask"]
+  assert not (image_m & ~valid_i).any() and not (text_m & ~valid_t).any()
+  n_valid = valid_i.sum(1) + valid_t.sum(1)
+  n_masked = image_m.sum(1) + text_m.sum(1)
+  assert (n_masked[n_valid > 0] >= 1).all() and n_masked[-1] == 0  # "n": nothing valid.
+  text_only = slice(2000, 2500)
+  np.testing.assert_array_equal(n_masked[text_only], np.ceil(0.15 * n_valid[text_only]))
+  # Mean masked fraction of paired / image-only examples vs. the ratio law, by Monte Carlo.
+  u = np.random.default_rng(0).uniform(size=20000)
+  r = 1.0 - u if schedule == "uniform" else np.cos(math.pi / 2 * u)
+  for rows in (slice(0, 1500), slice(1500, 2000)):
+    n = n_valid[rows]
+    want = np.mean([np.mean(np.ceil(r * k) / k) for k in n])
+    frac = n_masked[rows] / n
+    assert abs(frac.mean() - want) < 4 * frac.std() / np.sqrt(len(n)), (rows, want)
+
+
+ZERO_LAYER = upgen.FAMILY.make_model(_config(num_layers=0))
+
+
+@jax.jit
+@functools.partial(jax.value_and_grad, has_aux=True)
+def _zero_layer_loss(params, batch, masks, weights_4):
+  """masked_loss of a 0-layer model (each position's logits depend on its own input only),
+  with the four loss weights traced so that one compilation serves every weighting."""
+  settings = upgen.MaskingConfig(*(["uniform", 0.15] + list(weights_4)))
+  return upgen.masked_loss(params, batch, masks, jax.random.key(0), model=ZERO_LAYER,
+                           settings=settings, train=False)
+
+
+def test_loss_only_on_masked_positions_and_padding_excluded():
+  batch = _batch("ppit", seed=2)
+  params = _init(ZERO_LAYER, batch)
+  loss = lambda p, b, m: _zero_layer_loss(p, b, m, jnp.ones(4))[0]
+  image_m = np.zeros((4, LI), bool)
+  image_m[:3, ::3] = True
+  text_m = batch["text_mask"] & (np.arange(LT)[None] % 2 == 0)
+  text_m[2] = False
+  masks = (image_m, text_m)
+  base, metrics = loss(params, batch, masks)
+  assert metrics["num_masked_image"] == image_m.sum()
+  assert metrics["num_masked_text"] == text_m.sum()
+
+  def changed(key, row, col, value):
+    b = {k: v.copy() for k, v in batch.items()}
+    b[key][row, col] = value
+    return float(loss(params, b, masks)[0])
+
+  unmasked_col = 1  # Column 1 of the image is never masked.
+  assert changed("image_tokens", 0, unmasked_col, (batch["image_tokens"][0, 1] + 1) % VI) \
+      == pytest.approx(float(base), rel=1e-6)
+  pad_row = int(np.argmin(batch["text_mask"][:, -1]))
+  assert not batch["text_mask"][pad_row, -1]
+  assert changed("text_tokens", pad_row, LT - 1, 7) == pytest.approx(float(base), rel=1e-6)
+  assert changed("image_tokens", 0, 0, (batch["image_tokens"][0, 0] + 1) % VI) \
+      != pytest.approx(float(base), rel=1e-4)
+
+
+def test_loss_weights_control_each_term():
+  batch = _batch("ppit", seed=3)
+  rng = np.random.default_rng(3)
+  masks = (rng.random((4, LI)) < 0.5, batch["text_mask"] & (rng.random((4, LT)) < 0.5))
+  masks[1][:, 0] = batch["text_mask"][:, 0]  # Every text-bearing example has a masked token.
+  params = _init(ZERO_LAYER, batch)
+  terms = ("loss_image", "loss_text", "loss_unpaired_image", "loss_unpaired_text")
+  # (weights, text head gets gradient, image head gets gradient)
+  cases = [((1.0, 0.1, 1.0, 0.01), True, True), ((1.0, 0.0, 1.0, 0.0), False, True),
+           ((0.0, 0.0, 0.0, 0.5), True, False), ((0.0, 0.3, 0.0, 0.0), True, False)]
+  for weights, text_grad, image_grad in cases:
+    (total, m), grads = _zero_layer_loss(params, batch, masks, jnp.array(weights))
+    assert all(float(m[k]) > 0 for k in terms)
+    want = sum(w * float(m[k]) for w, k in zip(weights, terms))
+    assert float(total) == pytest.approx(want, rel=1e-5)
+    assert (float(optax.tree.norm(grads["text_head"])) > 0) == text_grad, weights
+    assert (float(optax.tree.norm(grads["image_head"])) > 0) == image_grad, weights
+
+
+@pytest.fixture(scope="module")
+def overfit():
+  """A 1-layer model trained for 300 Adam steps on 4 paired examples (one scanned jit)."""
+  c = _config(mask_schedule="cosine")
+  model = upgen.FAMILY.make_model(c)
+  batch = _batch("pppp", seed=4)
+  lengths = np.array([4, 5, 3, 6])  # Captions of disjoint token sets.
+  batch["text_mask"] = np.arange(LT)[None] < lengths[:, None]
+  tokens = np.random.default_rng(4).permutation(np.arange(2, VT))[:lengths.sum()]
+  batch["text_tokens"] = np.full((4, LT), PAD, np.int32)
+  batch["text_tokens"][batch["text_mask"]] = tokens
+  opt = optax.flatten(optax.adam(3e-3))
+
+  # The run itself is tiny: skipping LLVM optimization halves the compile time on CPU.
+  @functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+  def train(params):
+    def step(carry, rng):
+      params, opt_state = carry
+      grad_fn = jax.value_and_grad(upgen.loss_fn, has_aux=True)
+      (loss, _), grads = grad_fn(params, batch, rng, model=model, config=c, train=True)
+      updates, opt_state = opt.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), loss
+    rngs = jax.random.split(jax.random.key(1), 300)
+    (params, _), losses = jax.lax.scan(step, (params, opt.init(params)), rngs)
+    return params, losses
+
+  params, losses = train(_init(model, batch))
+  c.sample.temperature = 0.0
+  return dict(config=c, model=model, batch=batch, params=params, losses=np.asarray(losses))
+
+
+def test_overfit_drives_loss_down(overfit):
+  losses = overfit["losses"]
+  assert losses[-20:].mean() < 0.15 * losses[:10].mean(), (losses[:10], losses[-20:])
+
+
+def test_text_to_image_recovers_memorized_tokens(overfit):
+  c, model, batch, params = (overfit[k] for k in ("config", "model", "batch", "params"))
+  for scale in (0.0, 1.0):
+    c.sample.guidance_scale = scale
+    out = np.asarray(upgen_sampler.text_to_image(params, model, batch["text_tokens"],
+                                                 batch["text_mask"], jax.random.key(0), c.sample))
+    assert out.dtype == np.int32 and out.shape == (4, LI)
+    assert ((out >= 0) & (out < VI)).all()
+    assert (out == batch["image_tokens"]).mean() >= 0.9, (scale, out, batch["image_tokens"])
+  preview = upgen.FAMILY.preview_fn(params, batch, jax.random.key(0), model=model, config=c)
+  np.testing.assert_array_equal(preview, out)
+
+
+def test_inpaint_unconditional_image_to_text_and_key_masks(overfit):
+  c, model, batch, params = (overfit[k] for k in ("config", "model", "batch", "params"))
+  c.sample.guidance_scale = 1.0
+  known = np.zeros((4, LI), bool)
+  known[:, :LI // 2] = True
+  start = np.where(known, batch["image_tokens"], (batch["image_tokens"] + 1) % VI)
+  out = np.asarray(upgen_sampler.inpaint(params, model, start, known, batch["text_tokens"],
+                                         batch["text_mask"], jax.random.key(2), c.sample))
+  np.testing.assert_array_equal(out[known], start[known])
+  assert (out == batch["image_tokens"]).mean() >= 0.9
+  uncond = np.asarray(upgen_sampler.unconditional_image(params, model, 4, jax.random.key(3),
+                                                        c.sample))
+  assert uncond.shape == (4, LI) and ((uncond >= 0) & (uncond < VI)).all()
+  text = np.asarray(upgen_sampler.image_to_text(params, model, batch["image_tokens"],
+                                                jax.random.key(4), c.sample, text_length=4))
+  assert text.shape == (4, LT) and (text[:, 4:] == PAD).all() and (text != MASK).all()
+  with pytest.raises(ValueError, match="text_length"):
+    upgen_sampler.image_to_text(params, model, batch["image_tokens"], jax.random.key(4),
+                                c.sample, text_length=LT + 1)
+  # Text padding and the image of a text-only example are masked out of attention.
+  forward = jax.jit(lambda b: model.apply({"params": params}, b["image_tokens"],
+                                          b["text_tokens"], b["text_mask"], b["has_image"]))
+  b2 = {k: v.copy() for k, v in batch.items()}
+  b2["text_tokens"] = np.where(batch["text_mask"], batch["text_tokens"], 9)
+  b2["has_image"][3] = False
+  b3 = {k: v.copy() for k, v in b2.items()}
+  b3["image_tokens"][3] = (b3["image_tokens"][3] + 1) % VI
+  (i1, t1), (i2, t2), (i3, t3) = forward(batch), forward(b2), forward(b3)
+  np.testing.assert_allclose(i1[:3], i2[:3], atol=1e-5)
+  np.testing.assert_allclose(t2[3], t3[3], atol=1e-5)
+  assert np.abs(np.asarray(i2[3] - i3[3])).max() > 1e-3  # Queries still see their own input.

@@ -1,0 +1,255 @@
+"""VQGAN family (model, quantizer, loss, adversarial split) and the image tokenizer wrapper."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+
+from configs import vqgan as vqgan_config
+from upgen import families
+from upgen.data import shapes
+from upgen.models import vqgan
+from upgen.models import vqgan_layers as layers
+from upgen.tokenizers import image
+
+
+def small_config(**model):
+  config = vqgan_config.get_config("tiny")
+  config.model.image_size = 16
+  config.model.base_channels = 4
+  config.model.channel_multipliers = (1, 2)
+  config.model.num_res_blocks = 1
+  config.model.codebook_size = 8
+  config.model.embedding_dim = 4
+  config.model.norm = "group"
+  config.model.update(model)
+  return config
+
+
+def init_params(config, seed=0):
+  model = vqgan.make_model(config)
+  variables = vqgan.init_variables(model, jax.random.key(seed), vqgan.dummy_batch(config, 2))
+  return model, nn.meta.unbox(variables["params"])
+
+
+def shapes_images(n, size=16, seed=0):
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n):
+    _, objects, masks = shapes.sample_one_object(rng, size)
+    out.append(shapes.render(objects, masks))
+  return np.stack(out)
+
+
+def test_family_export_and_variants():
+  family = families.get_family("vqgan")
+  assert family is vqgan.FAMILY and family.data_kind == "images"
+  for variant in ("tiny", "base"):
+    config = vqgan_config.get_config(variant)
+    model = family.make_model(config)
+    shapes_ = jax.eval_shape(lambda r: family.init_variables(
+        model, r, family.dummy_batch(config, 1)), jax.random.key(0))
+    codebook = nn.meta.unbox(shapes_["params"]["vqgan"]["quantizer"]["codebook"])
+    assert codebook.shape == (config.model.codebook_size, config.model.embedding_dim)
+    assert ("disc" in shapes_["params"]) == (config.model.adversarial_weight > 0)
+    assert family.train_flops_per_example(config) > 0
+  assert vqgan.make_model(vqgan_config.get_config("tiny")).cfg.grid == 8
+  with pytest.raises(ValueError, match="config.model.norm"):
+    vqgan.make_model(small_config(norm="batch"))
+  with pytest.raises(ValueError, match="image_size=12"):
+    vqgan.make_model(small_config(image_size=12, channel_multipliers=(1, 2, 2, 2)))
+
+
+@pytest.mark.parametrize("norm", ["group", "none"])
+def test_every_param_has_logical_axes(norm):
+  config = small_config(adversarial_weight=0.1, norm=norm)
+  model = vqgan.make_model(config)
+  boxed = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
+  leaves = jax.tree_util.tree_flatten_with_path(
+      boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))[0]
+  assert {"vqgan", "disc"} == set(boxed)
+  for path, leaf in leaves:
+    name = jax.tree_util.keystr(path)
+    assert isinstance(leaf, nn.LogicallyPartitioned), name
+    assert len(leaf.names) == leaf.value.ndim, name
+    if name.endswith("['kernel']"):
+      assert leaf.names == layers.KERNEL_AXES, name
+    if name.endswith("['codebook']"):
+      assert leaf.names == layers.CODEBOOK_AXES, name
+
+
+@pytest.mark.parametrize("l2_normalize", [False, True])
+def test_quantizer_nearest_code_and_straight_through(l2_normalize):
+  cfg = layers.VQGANConfig(codebook_size=8, embedding_dim=4, codebook_l2_normalize=l2_normalize)
+  quantizer = layers.VectorQuantizer(cfg)
+  z = jax.random.normal(jax.random.key(1), (2, 3, 3, 4))
+  params = nn.meta.unbox(quantizer.init(jax.random.key(0), z)["params"])
+  quantized, ids, stats = quantizer.apply({"params": params}, z)
+  codes = np.asarray(params["codebook"])
+  zz = np.asarray(z).reshape(-1, 4)
+  if l2_normalize:
+    codes = codes / np.linalg.norm(codes, axis=-1, keepdims=True)
+    zz = zz / np.linalg.norm(zz, axis=-1, keepdims=True)
+  expected = np.argmin(((zz[:, None] - codes[None]) ** 2).sum(-1), axis=1)
+  np.testing.assert_array_equal(np.asarray(ids).reshape(-1), expected)
+  np.testing.assert_allclose(np.asarray(quantized).reshape(-1, 4), codes[expected], atol=1e-5)
+  vq = (1 + cfg.commitment_cost) * np.mean((zz - codes[expected]) ** 2)
+  np.testing.assert_allclose(stats["loss_vq"], vq, rtol=1e-4)
+  assert float(stats["code_counts"].sum()) == 18
+  if not l2_normalize:  # Straight-through: d(sum(w * quantized))/dz == w.
+    w = jax.random.normal(jax.random.key(2), z.shape)
+    grad = jax.grad(lambda v: jnp.sum(w * quantizer.apply({"params": params}, v)[0]))(z)
+    np.testing.assert_allclose(grad, w, atol=1e-6)
+  # The codebook loss pulls only the codes that were used.
+  grads = jax.grad(lambda p: quantizer.apply({"params": p}, z)[2]["loss_vq"])(params)
+  moved = np.abs(np.asarray(grads["codebook"])).sum(-1) > 0
+  np.testing.assert_array_equal(moved, np.bincount(expected, minlength=8) > 0)
+
+
+def test_metrics_helpers():
+  x = jnp.zeros((2, 4, 4, 3))
+  np.testing.assert_allclose(vqgan.psnr(x, x + 0.2), 10 * np.log10(4 / 0.04), rtol=1e-5)
+  stats = vqgan.code_stats(jnp.array([2.0, 2.0, 0.0, 0.0]))
+  np.testing.assert_allclose(stats["codebook_usage"], 0.5)
+  np.testing.assert_allclose(stats["perplexity"], 2.0, rtol=1e-5)
+  pixels = np.array([0, 1, 127, 128, 255], np.uint8)
+  np.testing.assert_array_equal(vqgan.to_uint8(vqgan.to_unit(pixels)), pixels)
+
+
+def test_loss_metrics_and_gradients():
+  config = small_config()
+  model, params = init_params(config)
+  batch = {"image": shapes_images(4)}
+  loss_fn = jax.jit(jax.value_and_grad(
+      lambda p, b: vqgan.loss_fn(p, b, jax.random.key(0), model=model, config=config,
+                                 train=True), has_aux=True))
+  (loss, metrics), grads = loss_fn(params, batch)
+  assert {"loss", "loss_l1", "loss_l2", "loss_vq", "psnr", "codebook_usage",
+          "perplexity"} <= set(metrics)
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+  np.testing.assert_allclose(
+      loss, metrics["loss_l1"] + metrics["loss_l2"] + metrics["loss_vq"], rtol=1e-5)
+  # Gradients reach the encoder (straight-through) and the codebook.
+  assert float(optax.global_norm(grads["vqgan"]["encoder"])) > 0
+  assert float(jnp.abs(grads["vqgan"]["quantizer"]["codebook"]).sum()) > 0
+
+
+def test_adversarial_terms_train_only_their_own_params():
+  config = small_config(adversarial_weight=0.5, adversarial_start=10)
+  model, params = init_params(config)
+  batch = {"image": shapes_images(4)}
+
+  def grads_at(step):
+    fn = lambda p: vqgan.loss_fn(p, batch, jax.random.key(0), model=model, config=config,
+                                 train=True, step=step)
+    return jax.grad(fn, has_aux=True)(params)
+
+  before, metrics_before = grads_at(jnp.int32(9))
+  after, metrics_after = grads_at(jnp.int32(10))
+  assert float(metrics_before["adversarial_active"]) == 0
+  assert float(metrics_after["adversarial_active"]) == 1
+  assert float(optax.global_norm(before["disc"])) == 0
+  assert float(optax.global_norm(after["disc"])) > 0
+  x = vqgan.to_unit(batch["image"])
+
+  def term(p, index):
+    recon = model.apply({"params": {"vqgan": p["vqgan"]}}, x,
+                        method=vqgan.VQGANModel.autoencode)[0]
+    return vqgan._adversarial_losses(p, x, recon, model)[index]
+
+  generator = jax.grad(term)(params, 0)
+  discriminator = jax.grad(term)(params, 1)
+  assert float(optax.global_norm(generator["disc"])) == 0
+  assert float(optax.global_norm(generator["vqgan"]["decoder"])) > 0
+  assert float(optax.global_norm(discriminator["vqgan"])) == 0
+  assert float(optax.global_norm(discriminator["disc"])) > 0
+
+
+def test_training_improves_reconstructions():
+  config = small_config(norm="none", num_res_blocks=0, base_channels=8, codebook_size=16)
+  model, params = init_params(config)
+  images = shapes_images(32, seed=1)
+  tx = optax.adam(1e-2)
+
+  @jax.jit
+  def step(params, opt_state, batch):
+    (_, metrics), grads = jax.value_and_grad(vqgan.loss_fn, has_aux=True)(
+        params, batch, jax.random.key(0), model=model, config=config, train=True)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, metrics
+
+  opt_state = tx.init(params)
+  psnrs = []
+  for i in range(120):
+    params, opt_state, metrics = step(params, opt_state, {"image": images[i % 4 * 8:][:8]})
+    psnrs.append(float(metrics["psnr"]))
+  assert np.mean(psnrs[-10:]) > np.mean(psnrs[:10]) + 6
+  preview = vqgan.preview_fn(params, {"image": images[:4]}, jax.random.key(0), model=model,
+                             config=config)
+  assert preview.shape == (4, 16, 16, 3) and preview.dtype == jnp.uint8
+
+
+def test_flops_estimate_matches_xla():
+  config = small_config(base_channels=8, num_res_blocks=1)
+  model, params = init_params(config)
+  x = jnp.zeros((1, 16, 16, 3))
+  forward = lambda p, v: model.apply({"params": p}, v, method=vqgan.VQGANModel.autoencode)[0]
+  cost = jax.jit(forward).lower(params, x).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  estimate = layers.autoencoder_flops(model.cfg)
+  assert 0.8 < estimate / cost["flops"] < 1.05
+
+
+def test_image_tokenizer_batches_and_round_trip():
+  config = small_config()
+  model, params = init_params(config)
+  tok = image.ImageTokenizer(config, params, path="/runs/x", batch_size=4)
+  assert (tok.codebook_size, tok.grid, tok.image_size) == (8, (8, 8), 16)
+  images = shapes_images(7)
+  ids = tok.encode(images)
+  assert ids.shape == (7, 8, 8) and ids.dtype == np.int32
+  assert ids.min() >= 0 and ids.max() < 8
+  direct = model.apply({"params": params}, vqgan.to_unit(images), method=vqgan.VQGANModel.encode)
+  np.testing.assert_array_equal(ids, direct)
+  decoded = tok.decode(ids)
+  assert decoded.shape == (7, 16, 16, 3) and decoded.dtype == np.uint8
+  np.testing.assert_array_equal(decoded, vqgan.reconstruct(params, images, model=model))
+  assert tok.encode(images[:0]).shape == (0, 8, 8)
+  with pytest.raises(ValueError, match="uint8 images of shape"):
+    tok.encode(images[:, :8])
+  with pytest.raises(ValueError, match=r"ids must lie in \[0, 8\)"):
+    tok.decode(ids + 8)
+
+
+def test_image_tokenizer_identity():
+  config = small_config()
+  _, params = init_params(config)
+  identity = image.ImageTokenizer(config, params, path="/runs/x").identity()
+  assert identity["family"] == "vqgan" and identity["path"] == "/runs/x"
+  assert identity["config"]["codebook_size"] == 8
+  json.dumps(identity)
+  assert image.ImageTokenizer(config, params).identity()["sha256"] == identity["sha256"]
+  _, other = init_params(config, seed=1)
+  assert image.ImageTokenizer(config, other).identity()["sha256"] != identity["sha256"]
+  with pytest.raises(ValueError, match="'vqgan' entry"):
+    image.ImageTokenizer(config, params["vqgan"])
+
+
+def test_load_restores_a_training_checkpoint(tmp_path):
+  from upgen.train import checkpoint, mesh as mesh_lib, optimizer, state as state_lib
+  config = small_config()
+  model = vqgan.FAMILY.make_model(config)
+  tx = optimizer.make_optimizer(config.optim, config.train.steps)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  state = state_lib.create_state(vqgan.FAMILY, model, tx, config, mesh, jax.random.key(3))
+  checkpoint.save_config(str(tmp_path), config)
+  ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+  ckpt.save(5, checkpoint.state_dict(state))
+  ckpt.close()
+  tok = image.load(str(tmp_path))
+  assert tok.path == str(tmp_path) and tok.grid == (8, 8)
+  expected = image.ImageTokenizer(config, state.params).identity()["sha256"]
+  assert tok.identity()["sha256"] == expected

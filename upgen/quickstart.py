@@ -1,0 +1,248 @@
+"""`upgen quickstart`: the whole pipeline on CPU, from pixels to scored samples.
+
+  upgen quickstart --workdir W [--minutes M] [--source DIR]
+
+1. data:      captioned shapes (or --source, a folder of images with captions.jsonl)
+2. text:      BPE tokenizer trained on the training captions           -> W/text_tokenizer
+3. image:     VQGAN tokenizer trained by the same trainer              -> W/vqgan
+4. tokenize:  pre-tokenized TFRecords + metadata.json                  -> W/data
+5. train:     UPGen tiny on the records for --minutes                  -> W/model
+6. sample:    held-out test captions and validation captions           -> W/samples, W/samples_val
+7. score:     caption fidelity (shapes only), written to W/summary.json
+
+Every stage is resumable: re-running the command reuses finished stages and resumes
+training from the newest checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+
+DEFAULT_MINUTES = 8.0  # UPGen training budget that keeps the whole job under 15 minutes.
+
+
+def _log(msg: str) -> None:
+  print(f"[quickstart {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _read_jsonl(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _write_jsonl(path: str, rows: list[dict]) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    for row in rows:
+      f.write(json.dumps(row) + "\n")
+
+
+def prepare_source(source: str, out: str, val_fraction: float, seed: int) -> str:
+  """A user folder -> out/{train,val}/captions.jsonl (absolute image paths), deterministic."""
+  if os.path.exists(os.path.join(source, "train", "captions.jsonl")):
+    return source
+  path = os.path.join(source, "captions.jsonl")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"--source {source}: no captions.jsonl (one "
+                            '{"image": relative path, "caption": text} per line)')
+  rows = _read_jsonl(path)
+  for i, row in enumerate(rows):
+    if "image" not in row or "caption" not in row:
+      raise ValueError(f"{path}:{i + 1}: needs keys 'image' and 'caption'")
+    row["image"] = os.path.abspath(os.path.join(source, row["image"]))
+  order = np.random.default_rng(seed).permutation(len(rows))
+  num_val = max(1, int(round(val_fraction * len(rows))))
+  if len(rows) - num_val < 1:
+    raise ValueError(f"{path}: {len(rows)} examples are too few to hold out a validation set")
+  _write_jsonl(os.path.join(out, "val", "captions.jsonl"), [rows[i] for i in order[:num_val]])
+  _write_jsonl(os.path.join(out, "train", "captions.jsonl"), [rows[i] for i in order[num_val:]])
+  return out
+
+
+def train_text_tokenizer(images_dir: str, out: str, vocab_size: int):
+  from upgen.tokenizers import text
+  if os.path.exists(os.path.join(out, "tokenizer.json")):
+    return text.load(out)
+  captions = [r["caption"] for r in _read_jsonl(os.path.join(images_dir, "train", "captions.jsonl"))]
+  return text.train_bpe(captions, vocab_size, out)
+
+
+def train_image_tokenizer(images_dir: str, out: str, overrides: dict):
+  from configs import vqgan
+  from upgen.tokenizers import image
+  from upgen.train import trainer
+  config = vqgan.get_config("tiny")
+  config.data.dir = images_dir
+  config.update_from_flattened_dict(overrides)
+  trainer.train(config, out)
+  return image.load(out)
+
+
+def tokenize(images_dir: str, out: str, text_tok, image_tok, splits: list[str]) -> None:
+  from upgen.data import sources
+  from upgen.data import tokenize as tokenize_lib
+  if os.path.exists(os.path.join(out, "metadata.json")):
+    return
+  tokenize_lib.tokenize_folder(
+      {s: sources.ImageFolderSource(os.path.join(images_dir, s), image_tok.image_size)
+       for s in splits}, out, text_tok, image_tok)
+
+
+def sample_and_score(run, captions: list[str], per_prompt: int, out: str, score: bool,
+                     seed: int) -> Optional[dict]:
+  from upgen import sample
+  from upgen.data import shapes_eval
+  images = sample.generate_images(run, captions, per_prompt, seed=seed)
+  manifest = sample.write_samples(out, captions, per_prompt, images)
+  if not score:
+    return None
+  result = shapes_eval.evaluate_pairs(shapes_eval.read_pairs(manifest, "prompt"), manifest)
+  with open(os.path.join(out, "fidelity.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  return result
+
+
+def reconstruction_report(image_tok, images_dir: str, split: str, limit: int, score: bool) -> dict:
+  from upgen.data import shapes_eval
+  from upgen.data import sources
+  src = sources.ImageFolderSource(os.path.join(images_dir, split), image_tok.image_size)
+  n = min(limit, len(src))
+  examples = [src[i] for i in range(n)]
+  images = np.stack([e["image"] for e in examples])
+  recon = image_tok.decode(image_tok.encode(images))
+  mse = np.mean((images.astype(np.float64) - recon.astype(np.float64)) ** 2)
+  report = {"split": split, "num": n, "psnr": float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))}
+  if score:
+    report["caption_fidelity"] = shapes_eval.caption_fidelity(
+        list(recon), [e["caption"] for e in examples])
+  return report
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog="upgen quickstart", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
+                      help="Training budget of the text-to-image model, in minutes.")
+  parser.add_argument("--source", help="Folder of images with captions.jsonl instead of shapes.")
+  parser.add_argument("--family", default="upgen", help="Model family to train.")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--num-train", type=int, default=20000, help="Shapes training examples.")
+  parser.add_argument("--num-val", type=int, default=1000, help="Shapes validation examples.")
+  parser.add_argument("--num-test", type=int, default=1000, help="Shapes test examples.")
+  parser.add_argument("--max-captions", type=int, default=200,
+                      help="Distinct captions sampled per split for scoring.")
+  parser.add_argument("--image-size", type=int, default=32)
+  parser.add_argument("--text-vocab-size", type=int, default=128)
+  parser.add_argument("--vqgan-steps", type=int, default=None)
+  parser.add_argument("--per-prompt", type=int, default=2)
+  parser.add_argument("--val-fraction", type=float, default=0.05)
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.WARNING)
+  t0 = time.time()
+  w = os.path.abspath(args.workdir)
+  os.makedirs(w, exist_ok=True)
+  timings = {}
+
+  def stage(name, t):
+    timings[name] = round(time.time() - t, 1)
+    _log(f"{name}: {timings[name]:.1f} s")
+
+  t = time.time()
+  shapes_mode = args.source is None
+  if shapes_mode:
+    from upgen.data import shapes
+    images_dir = os.path.join(w, "shapes")
+    if not os.path.exists(os.path.join(images_dir, "shapes.json")):
+      shapes.generate(images_dir, image_size=args.image_size, num_train=args.num_train,
+                      num_val=args.num_val, num_test=args.num_test, seed=args.seed)
+    splits = ["train", "val", "test"]
+  else:
+    images_dir = prepare_source(args.source, os.path.join(w, "source"), args.val_fraction,
+                                args.seed)
+    splits = [s for s in ("train", "val", "test")
+              if os.path.exists(os.path.join(images_dir, s, "captions.jsonl"))]
+  stage("data", t)
+
+  t = time.time()
+  text_tok = train_text_tokenizer(images_dir, os.path.join(w, "text_tokenizer"),
+                                  args.text_vocab_size)
+  stage("text tokenizer", t)
+
+  t = time.time()
+  overrides = {"model.image_size": args.image_size, "seed": args.seed}
+  if args.vqgan_steps:
+    overrides["train.steps"] = args.vqgan_steps
+  image_tok = train_image_tokenizer(images_dir, os.path.join(w, "vqgan"), overrides)
+  recon = reconstruction_report(image_tok, images_dir, "val", 500, shapes_mode)
+  _log(f"image tokenizer reconstructions: {recon}")
+  stage("image tokenizer", t)
+
+  t = time.time()
+  tokenize(images_dir, os.path.join(w, "data"), text_tok, image_tok, splits)
+  stage("tokenize", t)
+
+  t = time.time()
+  from upgen import sample
+  from upgen.train import trainer
+  config = _family_config(args.family)
+  config.data.dir = os.path.join(w, "data")
+  config.seed = args.seed
+  config.train.max_minutes = args.minutes
+  config.train.steps = _steps_for_budget(config, args.minutes)
+  summary = trainer.train(config, os.path.join(w, "model"))
+  _log(f"trained {args.family}: step {summary['step']} ({summary['stopped']}), "
+       f"val {summary['eval']}")
+  stage("train", t)
+
+  t = time.time()
+  run = sample.load_run(os.path.join(w, "model"))
+  results = {"timings_s": timings, "reconstruction": recon, "train": {
+      "steps": summary["step"], "stopped": summary["stopped"], "val": summary["eval"]}}
+  for split, out in (("test", "samples"), ("val", "samples_val")):
+    if split not in splits:
+      continue
+    rows = _read_jsonl(os.path.join(images_dir, split, "captions.jsonl"))
+    distinct = sorted({r["caption"] for r in rows})
+    order = np.random.default_rng(args.seed).permutation(len(distinct))[:args.max_captions]
+    captions = [distinct[i] for i in sorted(order)]
+    res = sample_and_score(run, captions, args.per_prompt, os.path.join(w, out), shapes_mode,
+                           args.seed)
+    if res is not None:
+      results[f"fidelity_{split}"] = res["caption_fidelity"]
+      _log(f"caption fidelity on {split} captions: {res['caption_fidelity']:.3f} "
+           f"({res['num_ok']}/{res['num']})")
+  stage("sample", t)
+  results["total_s"] = round(time.time() - t0, 1)
+  with open(os.path.join(w, "summary.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  _log(f"done in {results['total_s']:.0f} s; summary in {os.path.join(w, 'summary.json')}, "
+       f"sample grid in {os.path.join(w, 'samples', 'grid.png')}")
+  return 0
+
+
+def _family_config(family: str):
+  import importlib
+  try:
+    module = importlib.import_module(f"configs.{family}")
+  except ModuleNotFoundError as e:
+    raise SystemExit(f"upgen quickstart: --family {family}: no configs/{family}.py") from e
+  return module.get_config("tiny")
+
+
+def _steps_for_budget(config, minutes: float) -> int:
+  """Steps that fit the budget at this machine's measured speed (a few timed steps)."""
+  from upgen import bench
+  seconds_per_step = bench.time_train_steps(config, num_steps=5)
+  return max(50, int(minutes * 60 / seconds_per_step))
+
+
+if __name__ == "__main__":
+  sys.exit(main())

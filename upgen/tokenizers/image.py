@@ -1,0 +1,122 @@
+"""Image tokenizer: a trained VQGAN as jitted, batched encode (pixels -> ids) / decode.
+
+  tok = image.load("/tmp/vqgan")          # latest checkpoint of a VQGAN training run
+  ids_Nxhxw = tok.encode(images_NxHxWx3)  # uint8 in, int32 out
+  images = tok.decode(ids_Nxhxw)          # uint8 out
+
+Inputs of any length are processed in fixed-size batches (the last one padded), so each
+function compiles once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import linen as nn
+
+from upgen.models import vqgan
+
+
+def params_sha256(params: Any) -> str:
+  """sha256 over (path, dtype, shape, bytes) of every leaf, in path order."""
+  digest = hashlib.sha256()
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+    value = np.asarray(jax.device_get(leaf))
+    digest.update(f"{jax.tree_util.keystr(path)}|{value.dtype}|{value.shape}".encode())
+    digest.update(np.ascontiguousarray(value).tobytes())
+  return digest.hexdigest()
+
+
+class ImageTokenizer:
+  """A VQGAN (family "vqgan") with its params: uint8 images <-> int32 token grids."""
+
+  def __init__(self, config: ml_collections.ConfigDict, params: Any, path: str = "",
+               batch_size: int = 64):
+    if config.model.family != "vqgan":
+      raise ValueError(f"{path or 'config'}: config.model.family={config.model.family!r}, "
+                       "an image tokenizer needs a 'vqgan' model")
+    if "vqgan" not in params:
+      raise ValueError(f"{path or 'params'}: expected the VQGAN family's params tree with a "
+                       f"'vqgan' entry, got keys {sorted(params)}")
+    if batch_size < 1:
+      raise ValueError(f"batch_size={batch_size} must be >= 1")
+    self._config = config
+    self._model = vqgan.make_model(config)
+    self._params = {"vqgan": nn.meta.unbox(params["vqgan"])}
+    self._path = path
+    self._batch_size = batch_size
+    self._sha256 = ""
+    model = self._model
+    self._encode = jax.jit(lambda p, x: model.apply(
+        {"params": p}, vqgan.to_unit(x), method=vqgan.VQGANModel.encode))
+    self._decode = jax.jit(lambda p, ids: vqgan.to_uint8(model.apply(
+        {"params": p}, ids, method=vqgan.VQGANModel.decode)))
+
+  @property
+  def codebook_size(self) -> int:
+    return int(self._config.model.codebook_size)
+
+  @property
+  def image_size(self) -> int:
+    return int(self._config.model.image_size)
+
+  @property
+  def grid(self) -> tuple[int, int]:
+    side = self._model.cfg.grid
+    return side, side
+
+  @property
+  def path(self) -> str:
+    return self._path
+
+  def identity(self) -> dict[str, Any]:
+    """What makes token ids comparable: family, model config, params hash, source path."""
+    if not self._sha256:
+      self._sha256 = params_sha256(self._params)
+    return {"family": "vqgan", "config": json.loads(self._config.model.to_json()),
+            "sha256": self._sha256, "path": self._path}
+
+  def _batched(self, fn, inputs: np.ndarray) -> np.ndarray:
+    n = inputs.shape[0]
+    pad = (-n) % self._batch_size
+    padded = np.concatenate([inputs, np.zeros((pad,) + inputs.shape[1:], inputs.dtype)])
+    outs = [np.asarray(fn(self._params, padded[i:i + self._batch_size]))
+            for i in range(0, n + pad, self._batch_size)]
+    return np.concatenate(outs)[:n]
+
+  def encode(self, images_NxHxWx3: np.ndarray) -> np.ndarray:
+    """uint8 images (image_size square, RGB) -> int32 ids N x h x w."""
+    images = np.asarray(images_NxHxWx3)
+    expected = (self.image_size, self.image_size, 3)
+    if images.ndim != 4 or images.shape[1:] != expected or images.dtype != np.uint8:
+      raise ValueError(f"encode expects uint8 images of shape (N, {expected[0]}, {expected[1]}, "
+                       f"3), got {images.dtype} {images.shape}")
+    if images.shape[0] == 0:
+      return np.zeros((0,) + self.grid, np.int32)
+    return self._batched(self._encode, images).astype(np.int32)
+
+  def decode(self, tokens_Nxhxw: np.ndarray) -> np.ndarray:
+    """int ids N x h x w -> uint8 images N x H x W x 3."""
+    tokens = np.asarray(tokens_Nxhxw)
+    if tokens.ndim != 3 or tokens.shape[1:] != self.grid:
+      raise ValueError(f"decode expects ids of shape (N, {self.grid[0]}, {self.grid[1]}), "
+                       f"got {tokens.shape}")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= self.codebook_size):
+      raise ValueError(f"decode: ids must lie in [0, {self.codebook_size}), got "
+                       f"[{tokens.min()}, {tokens.max()}]")
+    if tokens.shape[0] == 0:
+      return np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
+    return self._batched(self._decode, tokens.astype(np.int32))
+
+
+def load(workdir: str, batch_size: int = 64) -> ImageTokenizer:
+  """The image tokenizer of the latest checkpoint of a VQGAN training run directory."""
+  from upgen.train import checkpoint  # The trainer's restore; heavy imports only here.
+  config, params = checkpoint.restore_params(workdir)
+  return ImageTokenizer(config, params, path=os.path.abspath(workdir), batch_size=batch_size)

@@ -1,0 +1,286 @@
+"""Text tokenizers: our BPE trained on captions, or any local Hugging Face tokenizer.
+
+Our BPE (`train_bpe`) uses the HF `tokenizers` library: NFKC + lowercase + whitespace
+collapsing, a Metaspace ("▁") pre-tokenizer with punctuation split off, and a Metaspace decoder,
+so `decode(encode(s))` gives back the normalized text. Special tokens have fixed ids:
+[PAD]=0, [MASK]=1, [UNK]=2, [BOS]=3, [EOS]=4. It is saved as `out_dir/tokenizer.json`.
+
+`load(path)` opens our tokenizer.json (a file or a directory holding it) or a Hugging Face
+tokenizer directory (one with tokenizer_config.json, via transformers.AutoTokenizer, offline).
+
+CLI: `upgen tokenizer text --captions DIR_OR_JSONL --vocab-size N --out DIR`.
+"""
+from __future__ import annotations
+
+import abc
+import argparse
+import hashlib
+import json
+import os
+import string
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import tokenizers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+SPECIAL_TOKENS = ("[PAD]", "[MASK]", "[UNK]", "[BOS]", "[EOS]")
+# Characters always in the vocabulary (text is lowercased), so plain English prompts encode
+# without [UNK] even when the captions never used a character.
+BASE_ALPHABET = tuple(string.ascii_lowercase + string.digits + ".,;:!?'\"-()")
+TOKENIZER_FILE = "tokenizer.json"
+HF_CONFIG_FILE = "tokenizer_config.json"
+# Files that define a Hugging Face tokenizer (hashed into its identity; weights are not).
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                      "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
+                      "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+
+
+def _sha256_files(paths: Sequence[str]) -> str:
+  digest = hashlib.sha256()
+  for path in paths:
+    digest.update(os.path.basename(path).encode() + b"\0")
+    with open(path, "rb") as f:
+      digest.update(f.read())
+  return digest.hexdigest()
+
+
+class TextTokenizer(abc.ABC):
+  """Common interface; subclasses supply `_encode_batch`, `_decode` and the special ids."""
+
+  kind = ""
+
+  def __init__(self, path: str, files: Sequence[str], vocab_size: int, pad_id: int,
+               mask_id: int, bos_id: Optional[int], eos_id: Optional[int]):
+    self._path = path
+    self._files = tuple(files)
+    self._vocab_size = int(vocab_size)
+    self._pad_id, self._mask_id = int(pad_id), int(mask_id)
+    self._bos_id, self._eos_id = bos_id, eos_id
+
+  @property
+  def vocab_size(self) -> int:
+    return self._vocab_size
+
+  @property
+  def pad_id(self) -> int:
+    return self._pad_id
+
+  @property
+  def mask_id(self) -> int:
+    return self._mask_id
+
+  @property
+  def bos_id(self) -> Optional[int]:
+    return self._bos_id
+
+  @property
+  def eos_id(self) -> Optional[int]:
+    return self._eos_id
+
+  @property
+  def path(self) -> str:
+    return self._path
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids per text: no padding, no BOS/EOS."""
+    return self._encode_batch(list(texts))
+
+  def encode(self, text: str) -> list[int]:
+    return self.encode_batch([text])[0]
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Text of the ids, skipping [PAD] and [MASK]."""
+    kept = [int(i) for i in ids if int(i) not in (self._pad_id, self._mask_id)]
+    return self._decode(kept)
+
+  def pad_batch(self, ids: Sequence[Sequence[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids_BxL int32 padded with [PAD] / truncated to `length`, mask_BxL bool of real tokens)."""
+    ids_BxL = np.full((len(ids), length), self._pad_id, np.int32)
+    mask_BxL = np.zeros((len(ids), length), bool)
+    for row, seq in enumerate(ids):
+      seq = list(seq)[:length]
+      ids_BxL[row, :len(seq)] = seq
+      mask_BxL[row, :len(seq)] = True
+    return ids_BxL, mask_BxL
+
+  def identity(self) -> dict[str, Any]:
+    """What makes token ids comparable (the path is not part of it)."""
+    return {"kind": self.kind, "sha256": _sha256_files(self._files),
+            "vocab_size": self._vocab_size}
+
+  @abc.abstractmethod
+  def _encode_batch(self, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, without specials."""
+
+  @abc.abstractmethod
+  def _decode(self, ids: list[int]) -> str:
+    """Text of ids that hold no [PAD] / [MASK]."""
+
+
+class BpeTokenizer(TextTokenizer):
+  """Our caption BPE (a `tokenizers.Tokenizer` with the fixed special ids)."""
+
+  kind = "bpe"
+
+  def __init__(self, tokenizer: tokenizers.Tokenizer, file: str):
+    ids = {}
+    for token, expected in zip(SPECIAL_TOKENS, range(len(SPECIAL_TOKENS))):
+      ids[token] = tokenizer.token_to_id(token)
+      if ids[token] != expected:
+        raise ValueError(f"{file}: special token {token} has id {ids[token]}, expected "
+                         f"{expected} (not a tokenizer written by upgen's train_bpe?)")
+    super().__init__(os.path.dirname(os.path.abspath(file)), [file],
+                     tokenizer.get_vocab_size(with_added_tokens=True), ids["[PAD]"],
+                     ids["[MASK]"], ids["[BOS]"], ids["[EOS]"])
+    self._tokenizer = tokenizer
+
+  def _encode_batch(self, texts: list[str]) -> list[list[int]]:
+    return [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+  def _decode(self, ids: list[int]) -> str:
+    return self._tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def _first_id(tok: Any, attrs: Sequence[str], avoid: Sequence[int] = ()) -> Optional[int]:
+  for attr in attrs:
+    value = getattr(tok, attr, None)
+    if value is not None and value not in avoid:
+      return int(value)
+  return None
+
+
+class HFTokenizer(TextTokenizer):
+  """A local Hugging Face tokenizer directory (transformers.AutoTokenizer, offline).
+
+  [PAD] falls back to the tokenizer's EOS / SEP token and [MASK] to its UNK token when they
+  are missing; if that leaves no distinct pad and mask ids, loading fails.
+  """
+
+  kind = "hf"
+
+  def __init__(self, directory: str):
+    from transformers import AutoTokenizer  # Heavy import, only for HF directories.
+    try:
+      tok = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as e:
+      raise ValueError(f"{directory}: cannot load a Hugging Face tokenizer ({e})") from e
+    pad_id = _first_id(tok, ("pad_token_id", "eos_token_id", "sep_token_id"))
+    if pad_id is None:
+      raise ValueError(f"{directory}: tokenizer has no pad, eos or sep token to use as [PAD]")
+    mask_id = _first_id(tok, ("mask_token_id", "unk_token_id"), avoid=(pad_id,))
+    if mask_id is None:
+      raise ValueError(f"{directory}: tokenizer has no mask token and no unk token distinct "
+                       f"from its pad id {pad_id} to use as [MASK]; add a mask_token to "
+                       f"{HF_CONFIG_FILE}")
+    files = [os.path.join(directory, f) for f in HF_TOKENIZER_FILES
+             if os.path.isfile(os.path.join(directory, f))]
+    super().__init__(os.path.abspath(directory), files, len(tok), pad_id, mask_id,
+                     _first_id(tok, ("bos_token_id", "cls_token_id")),
+                     _first_id(tok, ("eos_token_id", "sep_token_id")))
+    self._tok = tok
+
+  def _encode_batch(self, texts: list[str]) -> list[list[int]]:
+    if not texts:
+      return []
+    return [list(ids) for ids in self._tok(texts, add_special_tokens=False)["input_ids"]]
+
+  def _decode(self, ids: list[int]) -> str:
+    return self._tok.decode(ids, skip_special_tokens=False)
+
+
+def _new_bpe() -> tokenizers.Tokenizer:
+  tok = tokenizers.Tokenizer(models.BPE(unk_token="[UNK]"))
+  tok.normalizer = normalizers.Sequence([
+      normalizers.NFKC(), normalizers.Lowercase(),
+      normalizers.Replace(tokenizers.Regex(r"\s+"), " "), normalizers.Strip()])
+  tok.pre_tokenizer = pre_tokenizers.Sequence(
+      [pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()])
+  tok.decoder = decoders.Metaspace()
+  return tok
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str) -> BpeTokenizer:
+  """Trains the caption BPE and writes `out_dir/tokenizer.json`.
+
+  The vocabulary holds the specials, BASE_ALPHABET, the text's other characters and merges;
+  it may come out smaller than `vocab_size` when the text has fewer merges.
+  """
+  if vocab_size <= len(SPECIAL_TOKENS):
+    raise ValueError(f"vocab_size={vocab_size} must exceed the {len(SPECIAL_TOKENS)} special tokens")
+  tok = _new_bpe()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                initial_alphabet=list(BASE_ALPHABET), show_progress=False)
+  tok.train_from_iterator(texts, trainer)
+  if tok.get_vocab_size() <= len(SPECIAL_TOKENS):
+    raise ValueError("train_bpe: no text to train on")
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, TOKENIZER_FILE)
+  tok.save(path)
+  return BpeTokenizer(tokenizers.Tokenizer.from_file(path), path)
+
+
+def load(path: str) -> TextTokenizer:
+  """Our tokenizer.json (file or its directory), or a local Hugging Face tokenizer directory."""
+  if os.path.isfile(path):
+    return BpeTokenizer(tokenizers.Tokenizer.from_file(path), path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path}: no such tokenizer file or directory")
+  if os.path.isfile(os.path.join(path, HF_CONFIG_FILE)):
+    return HFTokenizer(path)
+  ours = os.path.join(path, TOKENIZER_FILE)
+  if os.path.isfile(ours):
+    return BpeTokenizer(tokenizers.Tokenizer.from_file(ours), ours)
+  raise FileNotFoundError(f"{path}: neither {TOKENIZER_FILE} (upgen BPE) nor {HF_CONFIG_FILE} "
+                          "(Hugging Face tokenizer) found")
+
+
+def captions_file(path: str) -> str:
+  """A captions.jsonl path given the file itself, DIR/captions.jsonl or DIR/train/captions.jsonl."""
+  if os.path.isfile(path):
+    return path
+  for candidate in (os.path.join(path, "captions.jsonl"),
+                    os.path.join(path, "train", "captions.jsonl")):
+    if os.path.isfile(candidate):
+      return candidate
+  raise FileNotFoundError(f"--captions {path}: not a file, and no captions.jsonl in it or in "
+                          "its train/ folder")
+
+
+def read_captions(path: str, key: str = "caption") -> list[str]:
+  """The `key` string of every JSON line of a captions.jsonl file."""
+  captions = []
+  with open(path) as f:
+    for line_number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        caption = json.loads(line)[key]
+      except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}:{line_number}: expected a JSON object with a {key!r} "
+                         f"string ({e!r})") from e
+      if not isinstance(caption, str):
+        raise ValueError(f"{path}:{line_number}: {key!r} is {type(caption).__name__}, not str")
+      captions.append(caption)
+  if not captions:
+    raise ValueError(f"{path}: no captions")
+  return captions
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+  """`upgen tokenizer text`: trains the caption BPE."""
+  parser = argparse.ArgumentParser(prog="upgen tokenizer text",
+                                   description="Train a BPE text tokenizer on captions.")
+  parser.add_argument("--captions", required=True,
+                      help="captions.jsonl, or a folder with captions.jsonl or train/captions.jsonl.")
+  parser.add_argument("--vocab-size", type=int, required=True,
+                      help="Vocabulary size, special tokens included.")
+  parser.add_argument("--out", required=True, help="Output folder for tokenizer.json.")
+  parser.add_argument("--caption-key", default="caption", help="JSON key of the caption text.")
+  args = parser.parse_args(argv)
+  source = captions_file(args.captions)
+  captions = read_captions(source, args.caption_key)
+  tok = train_bpe(captions, args.vocab_size, args.out)
+  print(f"trained on {len(captions)} captions from {source}: vocab_size={tok.vocab_size}, "
+        f"wrote {os.path.join(args.out, TOKENIZER_FILE)}")
+  return 0
