@@ -30,9 +30,23 @@ def small_config(**model):
 
 
 def init_params(config, seed=0):
+  """Params of the model's shapes filled from numpy (jit-compiling the PRNG-based init costs
+  tens of seconds on a small CPU; `model.init` itself is traced in the eval_shape tests)."""
   model = vqgan.make_model(config)
-  variables = vqgan.init_variables(model, jax.random.key(seed), vqgan.dummy_batch(config, 2))
-  return model, nn.meta.unbox(variables["params"])
+  abstract = jax.eval_shape(lambda: vqgan.init_variables(
+      model, jax.random.key(0), vqgan.dummy_batch(config, 1)))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['kernel']"):
+      return rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
+    if name.endswith("['codebook']"):
+      return rng.uniform(-1, 1, leaf.shape) * np.sqrt(3 / leaf.shape[-1])
+    return np.ones(leaf.shape) if name.endswith("['scale']") else np.zeros(leaf.shape)
+
+  params = jax.tree_util.tree_map_with_path(fill, nn.meta.unbox(abstract["params"]))
+  return model, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
 
 
 def shapes_images(n, size=16, seed=0):
@@ -67,46 +81,64 @@ def test_family_export_and_variants():
 def test_every_param_has_logical_axes(norm):
   config = small_config(adversarial_weight=0.1, norm=norm)
   model = vqgan.make_model(config)
-  boxed = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
+  boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
   leaves = jax.tree_util.tree_flatten_with_path(
       boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))[0]
   assert {"vqgan", "disc"} == set(boxed)
   for path, leaf in leaves:
     name = jax.tree_util.keystr(path)
     assert isinstance(leaf, nn.LogicallyPartitioned), name
-    assert len(leaf.names) == leaf.value.ndim, name
+    assert len(leaf.names) == len(leaf.value.shape), name
     if name.endswith("['kernel']"):
       assert leaf.names == layers.KERNEL_AXES, name
     if name.endswith("['codebook']"):
       assert leaf.names == layers.CODEBOOK_AXES, name
 
 
-@pytest.mark.parametrize("l2_normalize", [False, True])
-def test_quantizer_nearest_code_and_straight_through(l2_normalize):
-  cfg = layers.VQGANConfig(codebook_size=8, embedding_dim=4, codebook_l2_normalize=l2_normalize)
+@pytest.mark.parametrize("l2_normalize,revive", [(False, 0.0), (True, 0.0), (False, 0.5)])
+def test_quantizer_nearest_code_and_straight_through(l2_normalize, revive):
+  cfg = layers.VQGANConfig(codebook_size=8, embedding_dim=4, codebook_l2_normalize=l2_normalize,
+                           codebook_revive_weight=revive)
   quantizer = layers.VectorQuantizer(cfg)
-  z = jax.random.normal(jax.random.key(1), (2, 3, 3, 4))
-  params = nn.meta.unbox(quantizer.init(jax.random.key(0), z)["params"])
-  quantized, ids, stats = quantizer.apply({"params": params}, z)
+  rng = np.random.default_rng(0)
+  z = jnp.asarray(rng.normal(size=(2, 3, 3, 4)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=z.shape), jnp.float32)
+  params = {"codebook": jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)}
+
+  @jax.jit
+  def run(params, z):
+    quantized, ids, stats = quantizer.apply({"params": params}, z)
+    grad_z = jax.grad(lambda v: jnp.sum(w * quantizer.apply({"params": params}, v)[0]))(z)
+    grad_codes = jax.grad(lambda p: quantizer.apply({"params": p}, z)[2]["loss_vq"])(params)
+    encoded = quantizer.apply({"params": params}, z, method=layers.VectorQuantizer.nearest)
+    return quantized, ids, stats, grad_z, grad_codes["codebook"], encoded
+
+  quantized, ids, stats, grad_z, grad_codes, encoded = run(params, z)
   codes = np.asarray(params["codebook"])
   zz = np.asarray(z).reshape(-1, 4)
   if l2_normalize:
     codes = codes / np.linalg.norm(codes, axis=-1, keepdims=True)
     zz = zz / np.linalg.norm(zz, axis=-1, keepdims=True)
-  expected = np.argmin(((zz[:, None] - codes[None]) ** 2).sum(-1), axis=1)
+  dist = ((zz[:, None] - codes[None]) ** 2).sum(-1)
+  expected = np.argmin(dist, axis=1)
   np.testing.assert_array_equal(np.asarray(ids).reshape(-1), expected)
+  np.testing.assert_array_equal(encoded, ids)
   np.testing.assert_allclose(np.asarray(quantized).reshape(-1, 4), codes[expected], atol=1e-5)
-  vq = (1 + cfg.commitment_cost) * np.mean((zz - codes[expected]) ** 2)
+  anchors = zz[np.argmin(dist, axis=0)]
+  vq = ((1 + cfg.commitment_cost) * np.mean((zz - codes[expected]) ** 2)
+        + revive * np.mean((anchors - codes) ** 2))
   np.testing.assert_allclose(stats["loss_vq"], vq, rtol=1e-4)
-  assert float(stats["code_counts"].sum()) == 18
-  if not l2_normalize:  # Straight-through: d(sum(w * quantized))/dz == w.
-    w = jax.random.normal(jax.random.key(2), z.shape)
-    grad = jax.grad(lambda v: jnp.sum(w * quantizer.apply({"params": params}, v)[0]))(z)
-    np.testing.assert_allclose(grad, w, atol=1e-6)
-  # The codebook loss pulls only the codes that were used.
-  grads = jax.grad(lambda p: quantizer.apply({"params": p}, z)[2]["loss_vq"])(params)
-  moved = np.abs(np.asarray(grads["codebook"])).sum(-1) > 0
-  np.testing.assert_array_equal(moved, np.bincount(expected, minlength=8) > 0)
+  used = np.bincount(expected, minlength=8) > 0
+  np.testing.assert_array_equal(stats["code_counts"], np.bincount(expected, minlength=8))
+  assert not used.all()  # Some codes are dead: the revival term is what moves them.
+  if not l2_normalize:
+    # Straight-through: d(sum(w * quantized))/dz == w.
+    np.testing.assert_allclose(grad_z, w, atol=1e-6)
+    # A dead code moves only by the revival term, toward its nearest encoder output.
+    np.testing.assert_allclose(np.asarray(grad_codes)[~used],
+                               revive * 2 * (codes - anchors)[~used] / codes.size, atol=1e-6)
+  moved = np.abs(np.asarray(grad_codes)).sum(-1) > 0
+  np.testing.assert_array_equal(moved, used | (revive > 0))
 
 
 def test_metrics_helpers():
@@ -133,39 +165,39 @@ def test_loss_metrics_and_gradients():
   np.testing.assert_allclose(
       loss, metrics["loss_l1"] + metrics["loss_l2"] + metrics["loss_vq"], rtol=1e-5)
   # Gradients reach the encoder (straight-through) and the codebook.
-  assert float(optax.global_norm(grads["vqgan"]["encoder"])) > 0
+  assert float(optax.tree.norm(grads["vqgan"]["encoder"])) > 0
   assert float(jnp.abs(grads["vqgan"]["quantizer"]["codebook"]).sum()) > 0
 
 
 def test_adversarial_terms_train_only_their_own_params():
-  config = small_config(adversarial_weight=0.5, adversarial_start=10)
+  config = small_config(adversarial_weight=0.5, adversarial_start=10, num_res_blocks=0,
+                        norm="none")
   model, params = init_params(config)
-  batch = {"image": shapes_images(4)}
+  x = vqgan.to_unit(shapes_images(4))
 
-  def grads_at(step):
-    fn = lambda p: vqgan.loss_fn(p, batch, jax.random.key(0), model=model, config=config,
-                                 train=True, step=step)
-    return jax.grad(fn, has_aux=True)(params)
+  @jax.jit
+  def grads(params, step):
+    loss_grads, metrics = jax.grad(lambda p: vqgan.loss_fn(
+        p, {"image": shapes_images(4)}, jax.random.key(0), model=model, config=config,
+        train=True, step=step), has_aux=True)(params)
 
-  before, metrics_before = grads_at(jnp.int32(9))
-  after, metrics_after = grads_at(jnp.int32(10))
+    def terms(p):
+      recon = model.apply({"params": {"vqgan": p["vqgan"]}}, x,
+                          method=vqgan.VQGANModel.autoencode)[0]
+      return jnp.stack(vqgan.adversarial_losses(p, x, recon, model))
+
+    term_grads = jax.jacrev(terms)(params)
+    return (loss_grads, metrics, jax.tree.map(lambda g: g[0], term_grads),
+            jax.tree.map(lambda g: g[1], term_grads))
+
+  norm = lambda tree: float(optax.tree.norm(tree))
+  before, metrics_before, _, _ = grads(params, jnp.int32(9))
+  after, metrics_after, generator, discriminator = grads(params, jnp.int32(10))
   assert float(metrics_before["adversarial_active"]) == 0
   assert float(metrics_after["adversarial_active"]) == 1
-  assert float(optax.global_norm(before["disc"])) == 0
-  assert float(optax.global_norm(after["disc"])) > 0
-  x = vqgan.to_unit(batch["image"])
-
-  def term(p, index):
-    recon = model.apply({"params": {"vqgan": p["vqgan"]}}, x,
-                        method=vqgan.VQGANModel.autoencode)[0]
-    return vqgan._adversarial_losses(p, x, recon, model)[index]
-
-  generator = jax.grad(term)(params, 0)
-  discriminator = jax.grad(term)(params, 1)
-  assert float(optax.global_norm(generator["disc"])) == 0
-  assert float(optax.global_norm(generator["vqgan"]["decoder"])) > 0
-  assert float(optax.global_norm(discriminator["vqgan"])) == 0
-  assert float(optax.global_norm(discriminator["disc"])) > 0
+  assert norm(before["disc"]) == 0 and norm(after["disc"]) > 0
+  assert norm(generator["disc"]) == 0 and norm(generator["vqgan"]["decoder"]) > 0
+  assert norm(discriminator["vqgan"]) == 0 and norm(discriminator["disc"]) > 0
 
 
 def test_training_improves_reconstructions():
@@ -187,8 +219,8 @@ def test_training_improves_reconstructions():
     params, opt_state, metrics = step(params, opt_state, {"image": images[i % 4 * 8:][:8]})
     psnrs.append(float(metrics["psnr"]))
   assert np.mean(psnrs[-10:]) > np.mean(psnrs[:10]) + 6
-  preview = vqgan.preview_fn(params, {"image": images[:4]}, jax.random.key(0), model=model,
-                             config=config)
+  preview = jax.jit(lambda p, b: vqgan.preview_fn(p, b, jax.random.key(0), model=model,
+                                                  config=config))(params, {"image": images[:4]})
   assert preview.shape == (4, 16, 16, 3) and preview.dtype == jnp.uint8
 
 
@@ -200,7 +232,8 @@ def test_flops_estimate_matches_xla():
   cost = jax.jit(forward).lower(params, x).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   estimate = layers.autoencoder_flops(model.cfg)
-  assert 0.8 < estimate / cost["flops"] < 1.05
+  # XLA skips the taps that fall on SAME padding; the estimate counts them.
+  assert 0.9 < estimate / cost["flops"] < 1.2
 
 
 def test_image_tokenizer_batches_and_round_trip():
@@ -211,12 +244,13 @@ def test_image_tokenizer_batches_and_round_trip():
   images = shapes_images(7)
   ids = tok.encode(images)
   assert ids.shape == (7, 8, 8) and ids.dtype == np.int32
-  assert ids.min() >= 0 and ids.max() < 8
-  direct = model.apply({"params": params}, vqgan.to_unit(images), method=vqgan.VQGANModel.encode)
-  np.testing.assert_array_equal(ids, direct)
+  assert ids.min() >= 0 and ids.max() < 8 and len(np.unique(ids)) > 1
+  # Padding the last batch does not change the ids of the real images.
+  np.testing.assert_array_equal(ids, np.concatenate([tok.encode(images[:4]), tok.encode(images[4:])]))
   decoded = tok.decode(ids)
   assert decoded.shape == (7, 16, 16, 3) and decoded.dtype == np.uint8
-  np.testing.assert_array_equal(decoded, vqgan.reconstruct(params, images, model=model))
+  reference = jax.jit(lambda p, x: vqgan.reconstruct(p, x, model=model))(params, images)
+  np.testing.assert_array_equal(decoded, reference)
   assert tok.encode(images[:0]).shape == (0, 8, 8)
   with pytest.raises(ValueError, match="uint8 images of shape"):
     tok.encode(images[:, :8])
@@ -239,17 +273,15 @@ def test_image_tokenizer_identity():
 
 
 def test_load_restores_a_training_checkpoint(tmp_path):
-  from upgen.train import checkpoint, mesh as mesh_lib, optimizer, state as state_lib
+  from upgen.train import checkpoint, optimizer
   config = small_config()
-  model = vqgan.FAMILY.make_model(config)
-  tx = optimizer.make_optimizer(config.optim, config.train.steps)
-  mesh = mesh_lib.make_mesh(config.mesh)
-  state = state_lib.create_state(vqgan.FAMILY, model, tx, config, mesh, jax.random.key(3))
+  _, params = init_params(config, seed=3)
+  state = {"step": jnp.int32(5), "params": params,
+           "opt_state": optimizer.make_optimizer(config.optim, config.train.steps).init(params)}
   checkpoint.save_config(str(tmp_path), config)
   ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
-  ckpt.save(5, checkpoint.state_dict(state))
+  ckpt.save(5, state)
   ckpt.close()
   tok = image.load(str(tmp_path))
   assert tok.path == str(tmp_path) and tok.grid == (8, 8)
-  expected = image.ImageTokenizer(config, state.params).identity()["sha256"]
-  assert tok.identity()["sha256"] == expected
+  assert tok.identity()["sha256"] == image.params_sha256({"vqgan": params["vqgan"]})

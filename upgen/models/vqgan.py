@@ -24,7 +24,7 @@ from upgen.models.vqgan_layers import VQGANConfig
 
 
 class VQGAN(nn.Module):
-  """Autoencoder (encoder, quantizer, decoder) plus optional patch discriminator."""
+  """The autoencoder: encoder, vector quantizer, decoder."""
   cfg: VQGANConfig
 
   def setup(self):
@@ -95,7 +95,7 @@ def init_variables(model: VQGANModel, rng: jax.Array, batch: families.Batch) -> 
   return model.init(rng, to_unit(batch["image"]))
 
 
-def _adversarial_losses(params: dict[str, Any], x_BxHxWx3: jax.Array, recon_BxHxWx3: jax.Array,
+def adversarial_losses(params: dict[str, Any], x_BxHxWx3: jax.Array, recon_BxHxWx3: jax.Array,
                         model: VQGANModel) -> tuple[jax.Array, jax.Array]:
   """(generator loss, discriminator hinge loss) with the stop-gradient split."""
   disc_sg = {"params": {"disc": jax.lax.stop_gradient(params["disc"])}}
@@ -139,7 +139,7 @@ def loss_fn(params: dict[str, Any], batch: families.Batch, rng: jax.Array, *,
   if model.cfg.use_discriminator:
     active = jnp.asarray(step) >= m.adversarial_start
     generator_loss, disc_loss = jax.lax.cond(
-        active, lambda: _adversarial_losses(params, x, recon, model),
+        active, lambda: adversarial_losses(params, x, recon, model),
         lambda: (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)))
     loss = loss + m.adversarial_weight * generator_loss + disc_loss
     metrics.update(loss_gen=generator_loss, loss_disc=disc_loss,

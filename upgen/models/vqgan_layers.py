@@ -3,7 +3,7 @@
 The architecture follows MaskGIT's VQGAN (flax linen). Every parameter carries logical axis
 names so the same `config.mesh.rules` shard it: conv kernels are
 (None, None, "conv_in", "conv_out"), biases and norm scales ("conv_out",), the codebook
-("codebook", None).
+("codebook", None). Feature maps are constrained to ("batch", None, None, "conv_out").
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from flax import linen as nn
 KERNEL_AXES = (None, None, "conv_in", "conv_out")
 CHANNEL_AXES = ("conv_out",)
 CODEBOOK_AXES = ("codebook", None)
+ACTIVATION_AXES = ("batch", None, None, "conv_out")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,7 @@ class VQGANConfig:
   embedding_dim: int = 16
   commitment_cost: float = 0.25
   codebook_l2_normalize: bool = False
+  codebook_revive_weight: float = 0.0
   conv_downsample: bool = False
   norm: str = "group"
   disc_channels: int = 32
@@ -66,6 +68,7 @@ class VQGANConfig:
         embedding_dim=int(m.embedding_dim),
         commitment_cost=float(m.commitment_cost),
         codebook_l2_normalize=bool(m.codebook_l2_normalize),
+        codebook_revive_weight=float(m.get("codebook_revive_weight", 0.0)),
         conv_downsample=bool(m.conv_downsample),
         norm=str(m.norm),
         disc_channels=int(m.disc_channels),
@@ -76,12 +79,17 @@ class VQGANConfig:
 
 
 def _conv(cfg: VQGANConfig, features: int, kernel: int, stride: int = 1,
-          name: str | None = None) -> nn.Conv:
+          name: str | None = None, zero_init: bool = False) -> nn.Conv:
+  init = nn.initializers.zeros_init() if zero_init else nn.initializers.lecun_normal()
   return nn.Conv(
       features, (kernel, kernel), strides=(stride, stride), padding="SAME",
       dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), KERNEL_AXES),
+      kernel_init=nn.with_logical_partitioning(init, KERNEL_AXES),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), CHANNEL_AXES))
+
+
+def _constrain(x_BxHxWxC: jax.Array) -> jax.Array:
+  return nn.with_logical_constraint(x_BxHxWxC, ACTIVATION_AXES)
 
 
 def _norm(cfg: VQGANConfig, x: jax.Array, name: str | None = None) -> jax.Array:
@@ -97,18 +105,22 @@ def _norm(cfg: VQGANConfig, x: jax.Array, name: str | None = None) -> jax.Array:
 
 
 class ResBlock(nn.Module):
-  """(GroupNorm -> swish -> conv3x3) x 2 plus a 1x1 shortcut when channels change."""
+  """(GroupNorm -> swish -> conv3x3) x 2 plus a 1x1 shortcut when channels change.
+
+  The second conv starts at zero, so each block starts as its shortcut: without
+  normalization (`norm="none"`) this keeps high learning rates stable.
+  """
   cfg: VQGANConfig
   features: int
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
     h = _conv(self.cfg, self.features, 3)(nn.swish(_norm(self.cfg, x_BxHxWxC)))
-    h = _conv(self.cfg, self.features, 3)(nn.swish(_norm(self.cfg, h)))
+    h = _conv(self.cfg, self.features, 3, zero_init=True)(nn.swish(_norm(self.cfg, h)))
     shortcut = x_BxHxWxC
     if x_BxHxWxC.shape[-1] != self.features:
       shortcut = _conv(self.cfg, self.features, 1, name="shortcut")(x_BxHxWxC)
-    return shortcut + h
+    return _constrain(shortcut + h)
 
 
 class Encoder(nn.Module):
@@ -119,6 +131,7 @@ class Encoder(nn.Module):
   def __call__(self, x_BxHxWx3: jax.Array) -> jax.Array:
     cfg = self.cfg
     h = _conv(cfg, cfg.base_channels * cfg.channel_multipliers[0], 3, name="conv_in")(x_BxHxWx3)
+    h = _constrain(h)
     for level, mult in enumerate(cfg.channel_multipliers):
       for _ in range(cfg.num_res_blocks):
         h = ResBlock(cfg, cfg.base_channels * mult)(h)
@@ -144,14 +157,14 @@ class Decoder(nn.Module):
   def __call__(self, z_Bxhxwxd: jax.Array) -> jax.Array:
     cfg = self.cfg
     mults = cfg.channel_multipliers
-    h = _conv(cfg, cfg.base_channels * mults[-1], 3, name="conv_in")(z_Bxhxwxd)
+    h = _constrain(_conv(cfg, cfg.base_channels * mults[-1], 3, name="conv_in")(z_Bxhxwxd))
     h = ResBlock(cfg, h.shape[-1], name="mid")(h)
     for level in reversed(range(len(mults))):
       for _ in range(cfg.num_res_blocks):
         h = ResBlock(cfg, cfg.base_channels * mults[level])(h)
       if level > 0:
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
-        h = _conv(cfg, cfg.base_channels * mults[level - 1], 3)(h)
+        h = _constrain(_conv(cfg, cfg.base_channels * mults[level - 1], 3)(h))
     h = nn.swish(_norm(cfg, h, name="norm_out"))
     return _conv(cfg, 3, 3, name="conv_out")(h).astype(jnp.float32)
 
@@ -163,9 +176,12 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
 class VectorQuantizer(nn.Module):
   """Nearest-code lookup with a straight-through estimator.
 
-  Returns (quantized_Bxhxwxd, ids_Bxhxw, stats) where stats holds the codebook loss
-  ||sg(z) - e||^2 + beta ||z - sg(e)||^2 and the code histogram of the batch. With
-  `codebook_l2_normalize` both z and the codes live on the unit sphere (ViT-VQGAN).
+  Returns (quantized_Bxhxwxd, ids_Bxhxw, stats); stats["loss_vq"] is the codebook loss
+  ||sg(z) - e||^2 + beta ||z - sg(e)||^2 plus `codebook_revive_weight` times the revival
+  loss ||sg(z_k) - e_k||^2, where z_k is the encoder output nearest to code k in the batch:
+  it drags codes that no output chose (dead codes) back to the data, at the speed Adam moves
+  every parameter, so a high learning rate cannot leave the codebook behind the encoder.
+  With `codebook_l2_normalize` both z and the codes live on the unit sphere (ViT-VQGAN).
   """
   cfg: VQGANConfig
 
@@ -184,6 +200,11 @@ class VectorQuantizer(nn.Module):
     z = z.astype(jnp.float32)
     return _l2_normalize(z) if self.cfg.codebook_l2_normalize else z
 
+  @staticmethod
+  def _distances(z_Nxd: jax.Array, codes_Kxd: jax.Array) -> jax.Array:
+    return (jnp.sum(jnp.square(z_Nxd), -1, keepdims=True) - 2 * z_Nxd @ codes_Kxd.T
+            + jnp.sum(jnp.square(codes_Kxd), -1))
+
   def lookup(self, ids_Bxhxw: jax.Array) -> jax.Array:
     """Code vectors of the given ids."""
     return jnp.take(self._codes(), ids_Bxhxw, axis=0)
@@ -191,24 +212,26 @@ class VectorQuantizer(nn.Module):
   def nearest(self, z_Bxhxwxd: jax.Array) -> jax.Array:
     """Ids of the nearest codes (L2)."""
     z = self._prepare(z_Bxhxwxd)
-    codes_Kxd = self._codes()
-    dist_BxhxwxK = (jnp.sum(jnp.square(z), -1, keepdims=True) - 2 * z @ codes_Kxd.T
-                    + jnp.sum(jnp.square(codes_Kxd), -1))
-    return jnp.argmin(dist_BxhxwxK, axis=-1).astype(jnp.int32)
+    dist_NxK = self._distances(z.reshape(-1, z.shape[-1]), self._codes())
+    return jnp.argmin(dist_NxK, axis=-1).astype(jnp.int32).reshape(z.shape[:-1])
 
   def __call__(self, z_Bxhxwxd: jax.Array) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     z = self._prepare(z_Bxhxwxd)
-    ids_Bxhxw = self.nearest(z_Bxhxwxd)
-    e = self.lookup(ids_Bxhxw)
+    codes_Kxd = self._codes()
+    z_Nxd = jax.lax.stop_gradient(z.reshape(-1, z.shape[-1]))
+    dist_NxK = self._distances(z_Nxd, jax.lax.stop_gradient(codes_Kxd))
+    ids_N = jnp.argmin(dist_NxK, axis=-1).astype(jnp.int32)
+    ids_Bxhxw = ids_N.reshape(z.shape[:-1])
+    e = jnp.take(codes_Kxd, ids_Bxhxw, axis=0)
     codebook_loss = jnp.mean(jnp.square(jax.lax.stop_gradient(z) - e))
     commitment_loss = jnp.mean(jnp.square(z - jax.lax.stop_gradient(e)))
+    anchors_Kxd = jnp.take(z_Nxd, jnp.argmin(dist_NxK, axis=0), axis=0)
+    revive_loss = jnp.mean(jnp.square(anchors_Kxd - codes_Kxd))
     quantized = z + jax.lax.stop_gradient(e - z)
-    counts_K = jnp.sum(jax.nn.one_hot(ids_Bxhxw.reshape(-1), self.cfg.codebook_size), axis=0)
-    stats = {
-        "loss_vq": codebook_loss + self.cfg.commitment_cost * commitment_loss,
-        "code_counts": counts_K,
-    }
-    return quantized, ids_Bxhxw, stats
+    counts_K = jnp.zeros((self.cfg.codebook_size,), jnp.float32).at[ids_N].add(1.0)
+    loss_vq = (codebook_loss + self.cfg.commitment_cost * commitment_loss
+               + self.cfg.codebook_revive_weight * revive_loss)
+    return quantized, ids_Bxhxw, {"loss_vq": loss_vq, "code_counts": counts_K}
 
 
 class Discriminator(nn.Module):
