@@ -49,6 +49,7 @@ def parse(argv: list[str], extra_flags=None) -> flags.FlagValues:
 def main(argv: list[str]) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                       stream=sys.stderr)
+  logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO.
   try:
     fv = parse(argv)
   except flags.Error as e:

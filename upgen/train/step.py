@@ -56,7 +56,7 @@ def train_step(state: TrainState, batch: Any, rng: jax.Array, *, family: familie
     ((loss, aux), grads), _ = jax.lax.scan(body, zeros, (jnp.arange(num_micro), micro))
     loss, aux, grads = jax.tree.map(lambda x: x / num_micro, (loss, aux, grads))
 
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updated = state.apply_gradients(grads)
   kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
@@ -65,7 +65,7 @@ def train_step(state: TrainState, batch: Any, rng: jax.Array, *, family: familie
   schedule = optimizer_lib.learning_rate_schedule(config.optim, config.train.steps)
   metrics = dict(aux)
   metrics.update(
-      loss=loss, grad_norm=grad_norm, param_norm=optax.global_norm(new_state.params),
+      loss=loss, grad_norm=grad_norm, param_norm=optax.tree.norm(new_state.params),
       learning_rate=schedule(state.step), finite=finite.astype(jnp.float32))
   return new_state, metrics
 
