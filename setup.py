@@ -23,7 +23,7 @@ setuptools.setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "tfds": ["tensorflow-cpu==2.21.0", "tensorflow-datasets>=4.9"],
+        "tfds": ["tensorflow-cpu==2.21.0", "tensorflow-datasets>=4.9", "importlib_resources>=6"],
         "test": ["pytest>=8"],
     },
     entry_points={"console_scripts": ["upgen=upgen.cli:main"]},

@@ -56,7 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3  # Keep the newest N checkpoints.
   c.train.eval_every = 0  # Validation loss every N steps (0 = only at the end).
   c.train.eval_batches = 4  # Validation batches per evaluation.
-  c.train.sample_every = 0  # Write a sample grid to TensorBoard every N steps (0 = never).
+  c.train.sample_every = 0  # Sample grid to TensorBoard every N steps and at the end (0 = never).
+  c.train.sample_examples = 8  # Validation examples in the grid (references above samples).
   c.train.on_nonfinite = "stop"  # Non-finite loss: "stop" (error, no checkpoint) or "skip".
   c.train.max_minutes = 0.0  # Stop (with a checkpoint) after this much wall time; 0 = no limit.
   c.train.progress = True  # Console progress bar.

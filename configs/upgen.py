@@ -31,6 +31,13 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.model.mlp_dim = mlp  # Hidden width of the MLP.
   c.model.dropout_rate = 0.0  # Dropout on residual branches and embeddings.
   c.model.attention_dropout_rate = 0.0  # Dropout on attention weights.
+  # Fixed sin-cos positions: "2d" (image grid rows/cols, then 1D over the text) or "1d"
+  # (one sequence over [image; text]).
+  c.model.position_embedding = "2d"
+  # Token embedding init std. The sin-cos table has entries in [-1, 1]; tokens initialized
+  # much smaller (BERT's 0.02) start as a faint signal under the positions, and on CPU
+  # budgets the model then learns layout words long before it uses colour or shape words.
+  c.model.embed_init_std = 1.0
   c.model.attention_impl = None  # jax.nn.dot_product_attention: None (auto), "xla", "cudnn".
   c.model.scan_layers = False  # nn.scan over blocks (faster compiles for deep models).
   c.model.remat = "none"  # Rematerialization: "none", "full", "dots", "dots_no_batch".
@@ -39,11 +46,16 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.model.image_vocab_size = -1  # Image tokenizer codebook size.
   c.model.text_vocab_size = -1  # Text tokenizer vocabulary size (incl. specials).
   c.model.image_seq_len = -1  # Image tokens per example (grid height x width).
+  c.model.image_grid_width = -1  # Columns of the image token grid (raster order).
   c.model.text_pad_id = -1  # From metadata: the text tokenizer's [PAD] id.
   c.model.text_mask_id = -1  # From metadata: the text tokenizer's [MASK] id.
   c.model.text_seq_len = 12  # Text tokens per example (captions truncated / padded).
   # Masking and loss.
   c.model.mask_schedule = "uniform"  # Mask ratio r ~ U(0,1]: "uniform" or "cosine" (cos(pi/2 u)).
+  # "joint": one ratio over [image; text] (UPGen); "independent": image and text of a paired
+  # example draw their own ratios, so training also sees a fully masked image beside its
+  # whole caption, which is the text->image sampling task.
+  c.model.paired_masking = "joint"
   c.model.text_only_mask_ratio = 0.15  # Fixed mask ratio for text-only examples.
   c.model.paired_image_weight = 1.0  # Loss weight, image tokens of paired examples.
   c.model.paired_text_weight = 0.1  # Loss weight, text tokens of paired examples.
@@ -70,13 +82,19 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.sample.per_prompt = 4  # Samples per prompt in `upgen sample`.
 
   if arg == "tiny":
-    c.data.batch_size = 64
-    c.optim.lr = 2e-3
+    # Chosen for learning per CPU-second (docs/results.md): batch 32 at ~0.42 s/step on 2
+    # cores learns more per second than batch 64 at ~0.78 s/step; the cosine mask ratio and
+    # independent caption masking put more of the steps on the text->image task itself.
+    c.model.mask_schedule = "cosine"
+    c.model.paired_masking = "independent"
+    c.data.batch_size = 32
+    c.optim.lr = 3e-3
     c.optim.warmup_steps = 50
     c.optim.weight_decay = 0.01
     c.train.steps = 1000
     c.train.log_every = 10
     c.train.checkpoint_every = 200
+    c.train.sample_every = 250
   else:
     c.data.batch_size = 512
     c.optim.lr = 4e-4
@@ -84,6 +102,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.train.steps = 200_000
     c.train.log_every = 100
     c.train.checkpoint_every = 2000
+    c.train.sample_every = 5000
     c.model.dtype = "bfloat16"
     c.model.dropout_rate = 0.1
     c.model.text_seq_len = 64

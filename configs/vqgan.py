@@ -58,6 +58,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.train.steps = 1600
     c.train.log_every = 50
     c.train.checkpoint_every = 800
+    c.train.sample_every = 400
   else:
     c.model.image_size = 256
     c.model.base_channels = 128
@@ -72,4 +73,5 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.optim.lr = 1e-4
     c.train.steps = 500_000
     c.train.checkpoint_every = 5000
+    c.train.sample_every = 5000
   return c

@@ -6,8 +6,14 @@ import os
 import subprocess
 import sys
 
+import io
+
 import numpy as np
 from PIL import Image
+
+from tests import test_writers
+from upgen.data import records
+from upgen.data import tfrecord
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,6 +26,17 @@ def _upgen(*args):
 def _jsonl(path):
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def _tensorboard_images(run_dir, tag):
+  event_cls = test_writers._event_class()
+  out = []
+  for path in sorted((run_dir / "tensorboard").iterdir()):
+    for r in tfrecord.read_records(str(path)):
+      for v in event_cls.FromString(r).summary.value:
+        if v.tag == tag and v.HasField("image"):
+          out.append(np.asarray(Image.open(io.BytesIO(v.image.encoded_image_string))))
+  return out
 
 
 def test_quickstart_train_and_sample_contract(tmp_path):
@@ -46,6 +63,30 @@ def test_quickstart_train_and_sample_contract(tmp_path):
   for key in ("fidelity_test", "fidelity_val"):
     assert 0.0 <= summary[key] <= 1.0
   assert summary["reconstruction"]["psnr"] > 10
+  # Both runs put a sample grid in TensorBoard: 8 validation references above 8 samples.
+  for run in ("vqgan", "model"):
+    (grid,) = _tensorboard_images(w / run, "samples")
+    assert grid.shape == (2 * 33 + 1, 8 * 33 + 1, 3), run
+    cells = [grid[1:33, 1 + 33 * i:33 + 33 * i] for i in range(8)]
+    assert len({c.tobytes() for c in cells}) == 8, run  # Eight different validation images.
+  # The VQGAN's references are the original pixels: saturated shapes on black.
+  (grid,) = _tensorboard_images(w / "vqgan", "samples")
+  assert (grid[1:33].max(axis=-1) > 200).mean() > 0.05
+
+  # `upgen tokenize` from the command line with the quickstart's BPE and VQGAN gives the
+  # records the quickstart wrote.
+  t = tmp_path / "retokenized"
+  _upgen("tokenize", "--source", w / "shapes", "--text-tokenizer", w / "text_tokenizer",
+         "--image-tokenizer", w / "vqgan", "--out", t, "--splits", "val")
+  ours, theirs = records.RecordDataSource(str(t), "val"), records.RecordDataSource(str(w / "data"), "val")
+  assert len(ours) == len(theirs) == 64
+  by_id = {theirs[i]["id"]: theirs[i] for i in range(len(theirs))}
+  for i in range(len(ours)):
+    a = ours[i]
+    b = by_id[a["id"]]
+    assert a["caption"] == b["caption"]
+    np.testing.assert_array_equal(a["image_tokens"], b["image_tokens"])
+    np.testing.assert_array_equal(a["text_tokens"], b["text_tokens"])
 
   # `upgen train` on the quickstart's records, as the script contract says.
   r = tmp_path / "run"

@@ -21,7 +21,7 @@ def _config(num_layers=1, **model):
   m = c.model
   m.num_layers, m.emb_dim, m.num_heads, m.mlp_dim = num_layers, 32, 2, 64
   m.image_vocab_size, m.text_vocab_size, m.image_seq_len, m.text_seq_len = VI, VT, LI, LT
-  m.text_pad_id, m.text_mask_id = PAD, MASK
+  m.text_pad_id, m.text_mask_id, m.image_grid_width = PAD, MASK, 4
   for k, v in model.items():
     m[k] = v
   return c
@@ -72,12 +72,27 @@ def test_shapes_flops_and_config_errors():
     upgen.FAMILY.make_model(_config(text_mask_id=VT))
   with pytest.raises(ValueError, match="config.model.mask_schedule"):
     upgen.MaskingConfig.from_config(_config(mask_schedule="linear").model)
+  with pytest.raises(ValueError, match="image_seq_len=15 is not a grid of config.model.image_grid_width=4"):
+    upgen.FAMILY.make_model(_config(image_seq_len=15))
+  with pytest.raises(ValueError, match="config.model.image_grid_width=-1 is unresolved"):
+    upgen.FAMILY.make_model(_config(image_grid_width=-1))
+  # "2d": image token (r, c) gets row r's and column c's sin-cos; "1d": one joint sequence.
+  pos = upgen.UPGenConfig.from_config(_config().model).positions()
+  assert pos.shape == (LI + LT, 32)
+  side = 4  # Columns of the 4x4 grid.
+  np.testing.assert_array_equal(pos[1, :16], pos[0, :16])  # Same row, other column.
+  np.testing.assert_array_equal(pos[side, 16:], pos[0, 16:])  # Same column, other row.
+  assert not np.allclose(pos[side, :16], pos[0, :16])
+  np.testing.assert_array_equal(pos[LI:], upgen.layers.sinusoidal_1d(LT, 32))
+  pos_1d = upgen.UPGenConfig.from_config(_config(position_embedding="1d").model).positions()
+  np.testing.assert_array_equal(pos_1d, upgen.layers.sinusoidal_1d(LI + LT, 32))
 
 
 @pytest.mark.parametrize("schedule", ["uniform", "cosine"])
 def test_mask_sampling_distribution(schedule):
   batch = _batch("p" * 1500 + "i" * 500 + "t" * 500 + "n", seed=1)
-  settings = upgen.MaskingConfig.from_config(_config(mask_schedule=schedule).model)
+  settings = upgen.MaskingConfig.from_config(
+      _config(mask_schedule=schedule, paired_masking="joint").model)
   masks = jax.jit(upgen.sample_masks, static_argnums=2)(jax.random.key(0), batch, settings)
   image_m, text_m = (np.asarray(x) for x in masks)
   valid_i = np.broadcast_to(batch["has_image"][:, None], image_m.shape)
@@ -98,6 +113,32 @@ def test_mask_sampling_distribution(schedule):
     assert abs(frac.mean() - want) < 4 * frac.std() / np.sqrt(len(n)), (rows, want)
 
 
+def test_independent_masking_keeps_whole_captions_for_text_to_image():
+  batch = _batch("p" * 2000 + "i" * 300 + "t" * 300, seed=4)
+  settings = upgen.MaskingConfig.from_config(
+      _config(paired_masking="independent", mask_schedule="uniform").model)
+  masks = jax.jit(upgen.sample_masks, static_argnums=2)(jax.random.key(1), batch, settings)
+  image_m, text_m = (np.asarray(x) for x in masks)
+  valid_t = batch["text_mask"]
+  assert not (text_m & ~valid_t).any() and not image_m[2300:].any()
+  paired, image_only, text_only = slice(0, 2000), slice(2000, 2300), slice(2300, 2600)
+  # Images: ceil(r * Li) of r ~ U(0, 1] on their own, whatever the caption drew.
+  n_img = image_m[paired].sum(1)
+  assert n_img.min() >= 1 and abs(n_img.mean() / LI - np.mean(np.ceil(
+      (1 - np.random.default_rng(0).uniform(size=20000)) * LI) / LI)) < 0.03
+  assert (image_m[image_only].sum(1) >= 1).all() and not text_m[image_only].any()
+  # Captions of paired examples: floor(u' * n) tokens, so whole captions are common and the
+  # count does not follow the image's ratio.
+  n_txt, n_valid = text_m[paired].sum(1), valid_t[paired].sum(1)
+  assert (n_txt < n_valid).all()
+  assert abs(np.mean(n_txt == 0) - np.mean(1.0 / n_valid)) < 0.03
+  assert abs(np.mean(n_txt) - np.mean((n_valid - 1) / 2)) < 0.2
+  assert abs(np.corrcoef(n_img, n_txt / n_valid)[0, 1]) < 0.1
+  np.testing.assert_array_equal(text_m[text_only].sum(1), np.ceil(0.15 * valid_t[text_only].sum(1)))
+  with pytest.raises(ValueError, match="config.model.paired_masking"):
+    upgen.MaskingConfig.from_config(_config(paired_masking="both").model)
+
+
 ZERO_LAYER = upgen.FAMILY.make_model(_config(num_layers=0))
 
 
@@ -106,7 +147,9 @@ ZERO_LAYER = upgen.FAMILY.make_model(_config(num_layers=0))
 def _zero_layer_loss(params, batch, masks, weights_4):
   """masked_loss of a 0-layer model (each position's logits depend on its own input only),
   with the four loss weights traced so that one compilation serves every weighting."""
-  settings = upgen.MaskingConfig(*(["uniform", 0.15] + list(weights_4)))
+  names = ("paired_image_weight", "paired_text_weight", "unpaired_image_weight",
+           "unpaired_text_weight")
+  settings = upgen.MaskingConfig(**dict(zip(names, weights_4)))
   return upgen.masked_loss(params, batch, masks, jax.random.key(0), model=ZERO_LAYER,
                            settings=settings, train=False)
 
@@ -161,7 +204,8 @@ def test_loss_weights_control_each_term():
 @pytest.fixture(scope="module")
 def overfit():
   """A 1-layer model trained for 300 Adam steps on 4 paired examples (one scanned jit)."""
-  c = _config(mask_schedule="cosine")
+  # Memorizing random ids with a 1-layer, width-32 model goes faster from small embeddings.
+  c = _config(mask_schedule="cosine", paired_masking="joint", embed_init_std=0.02)
   model = upgen.FAMILY.make_model(c)
   batch = _batch("pppp", seed=4)
   lengths = np.array([4, 5, 3, 6])  # Captions of disjoint token sets.

@@ -38,19 +38,9 @@ class Run:
   image_tokenizer: Any
 
 
-def _tokenizer_path(data_dir: str, entry: dict, key: str) -> str:
-  path = entry.get("path", "")
-  if path and not os.path.isabs(path):
-    path = os.path.join(data_dir, path)
-  if not path or not os.path.exists(path):
-    raise FileNotFoundError(
-        f"{os.path.join(data_dir, 'metadata.json')}: {key}.path={entry.get('path')!r} does "
-        "not exist; the tokenizers must stay where `upgen tokenize` found them")
-  return path
-
-
 def load_run(workdir: str) -> Run:
   from upgen.data import pipeline
+  from upgen.data import records
   from upgen.tokenizers import image as image_tok_lib
   from upgen.tokenizers import text as text_tok_lib
   from upgen.train import checkpoint
@@ -59,9 +49,9 @@ def load_run(workdir: str) -> Run:
   family = families.get_family(config.model.family)
   metadata = pipeline.read_metadata(config.data.dir)
   text_tok = text_tok_lib.load(
-      _tokenizer_path(config.data.dir, metadata["text_tokenizer"], "text_tokenizer"))
+      records.tokenizer_path(config.data.dir, metadata, "text_tokenizer"))
   image_tok = image_tok_lib.load(
-      _tokenizer_path(config.data.dir, metadata["image_tokenizer"], "image_tokenizer"))
+      records.tokenizer_path(config.data.dir, metadata, "image_tokenizer"))
   return Run(config, family, family.make_model(config), params, text_tok, image_tok)
 
 

@@ -41,6 +41,7 @@ _MODEL_FIELDS = {
                          lambda m: m["image_tokenizer"]["codebook_size"]),
     "image_seq_len": ("image_tokenizer.grid",
                       lambda m: int(np.prod(m["image_tokenizer"]["grid"]))),
+    "image_grid_width": ("image_tokenizer.grid", lambda m: m["image_tokenizer"]["grid"][1]),
     "text_vocab_size": ("text_tokenizer.vocab_size", lambda m: m["text_tokenizer"]["vocab_size"]),
     "text_pad_id": ("text_tokenizer.pad_id", lambda m: m["text_tokenizer"]["pad_id"]),
     "text_mask_id": ("text_tokenizer.mask_id", lambda m: m["text_tokenizer"]["mask_id"]),
@@ -79,17 +80,19 @@ def model_fields(config: ml_collections.ConfigDict, metadata: Mapping[str, Any],
   Fields whose tokenizer is absent from the metadata (text-only / image-only data) are
   skipped unless the config sets them.
   """
-  return _resolve_fields({k: int(config.model[k]) for k in _MODEL_FIELDS}, metadata, where)
+  return _resolve_fields({k: int(config.model[k]) for k in _MODEL_FIELDS if k in config.model},
+                         metadata, where)
 
 
 def resolve_model_config(config: ml_collections.ConfigDict,
                          metadata: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """Fills config.model image_vocab_size, text_vocab_size, image_seq_len, text_pad_id,
-  text_mask_id where they are -1 (in place, returns config); errors on disagreement."""
+  """Fills config.model image_vocab_size, image_seq_len, image_grid_width, text_vocab_size,
+  text_pad_id, text_mask_id where the config declares them as -1 (in place, returns config);
+  errors on disagreement."""
   where = (os.path.join(config.data.dir, records.METADATA_FILE) if config.data.dir
            else records.METADATA_FILE)
   for key, value in model_fields(config, metadata, where).items():
-    if config.model[key] == -1:
+    if key in config.model and config.model[key] == -1:
       config.model[key] = value
   return config
 

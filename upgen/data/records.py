@@ -256,6 +256,18 @@ def read_metadata(data_dir: str) -> dict[str, Any]:
   return meta
 
 
+def tokenizer_path(data_dir: str, metadata: Mapping[str, Any], key: str) -> str:
+  """Where metadata[key] (text_tokenizer / image_tokenizer) says the tokenizer lives."""
+  path = metadata.get(key, {}).get("path", "")
+  if path and not os.path.isabs(path):
+    path = os.path.join(data_dir, path)
+  if not path or not os.path.exists(path):
+    raise FileNotFoundError(
+        f"{os.path.join(data_dir, METADATA_FILE)}: {key}.path={metadata.get(key, {}).get('path')!r}"
+        " does not exist; the tokenizers must stay where `upgen tokenize` found them")
+  return path
+
+
 def split_info(meta: Mapping[str, Any], data_dir: str, split: str) -> Mapping[str, Any]:
   if split not in meta["splits"]:
     raise MetadataError(f"{os.path.join(data_dir, METADATA_FILE)}: key 'splits.{split}' is "

@@ -2,8 +2,8 @@
 
 Inputs are image token ids (codebook ids; id `image_vocab_size` is the image [MASK]) and text
 token ids (the text tokenizer's vocabulary; its [MASK] / [PAD] ids come from config.model).
-Embeddings: per-modality token tables + fixed sinusoidal positions over the joint sequence +
-a learned modality-type vector. Pre-LN blocks (upgen/models/layers.py), a final LayerNorm,
+Embeddings: per-modality token tables + fixed sinusoidal positions (2D over the image grid,
+1D over the text; or 1D over the joint sequence) + a learned modality-type vector. Pre-LN blocks (upgen/models/layers.py), a final LayerNorm,
 and separate heads for image logits and text logits. Keys that carry no information are
 masked out of attention: text padding, and the image of text-only examples.
 
@@ -29,6 +29,7 @@ from upgen.models import layers
 from upgen.sampling import upgen_sampler
 
 MASK_SCHEDULES = ("uniform", "cosine")
+PAIRED_MASKING = ("joint", "independent")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,7 @@ class UPGenConfig:
   image_vocab_size: int
   text_vocab_size: int
   image_seq_len: int
+  image_grid_width: int
   text_seq_len: int
   text_pad_id: int
   text_mask_id: int
@@ -51,11 +53,13 @@ class UPGenConfig:
   attention_impl: Optional[str] = None
   scan_layers: bool = False
   remat: str = "none"
+  position_embedding: str = "2d"
+  embed_init_std: float = 1.0
 
   @classmethod
   def from_config(cls, m: ml_collections.ConfigDict) -> "UPGenConfig":
-    for key in ("image_vocab_size", "text_vocab_size", "image_seq_len", "text_seq_len",
-                "text_pad_id", "text_mask_id"):
+    for key in ("image_vocab_size", "text_vocab_size", "image_seq_len", "image_grid_width",
+                "text_seq_len", "text_pad_id", "text_mask_id"):
       if m[key] < 0:
         raise ValueError(f"config.model.{key}={m[key]} is unresolved: set it or let the "
                          "trainer read it from the data's metadata.json")
@@ -66,13 +70,25 @@ class UPGenConfig:
     return cls(
         num_layers=m.num_layers, emb_dim=m.emb_dim, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
         image_vocab_size=m.image_vocab_size, text_vocab_size=m.text_vocab_size,
-        image_seq_len=m.image_seq_len, text_seq_len=m.text_seq_len,
+        image_seq_len=m.image_seq_len, image_grid_width=m.image_grid_width,
+        text_seq_len=m.text_seq_len,
         text_pad_id=m.text_pad_id, text_mask_id=m.text_mask_id,
         dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
         dtype=layers.dtype_from_name(m.dtype, "config.model.dtype"),
         param_dtype=layers.dtype_from_name(m.param_dtype, "config.model.param_dtype"),
         attention_impl=m.get("attention_impl", None) or None,
-        scan_layers=bool(m.get("scan_layers", False)), remat=m.get("remat", "none"))
+        scan_layers=bool(m.get("scan_layers", False)), remat=m.get("remat", "none"),
+        position_embedding=_check_positions(m),
+        embed_init_std=float(m.get("embed_init_std", 1.0)))
+
+  def positions(self) -> np.ndarray:
+    """Fixed (Li + Lt) x E table: 2D sin-cos over the image grid then 1D over the text
+    ("2d"), or 1D over the joint sequence ("1d")."""
+    li, lt, e = self.image_seq_len, self.text_seq_len, self.emb_dim
+    if self.position_embedding == "1d":
+      return layers.sinusoidal_1d(li + lt, e)
+    w = self.image_grid_width
+    return np.concatenate([layers.sinusoidal_2d(li // w, w, e), layers.sinusoidal_1d(lt, e)])
 
   @property
   def image_mask_id(self) -> int:
@@ -85,6 +101,19 @@ class UPGenConfig:
         attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
         param_dtype=self.param_dtype, attention_impl=self.attention_impl,
         scan_layers=self.scan_layers, remat=self.remat)
+
+
+def _check_positions(m: ml_collections.ConfigDict) -> str:
+  kind = m.get("position_embedding", "2d")
+  if kind not in ("1d", "2d"):
+    raise ValueError(f"config.model.position_embedding={kind!r}: choose '1d' or '2d'")
+  if m.image_grid_width < 1 or m.image_seq_len % m.image_grid_width:
+    raise ValueError(f"config.model.image_seq_len={m.image_seq_len} is not a grid of "
+                     f"config.model.image_grid_width={m.image_grid_width} columns")
+  if kind == "2d" and m.emb_dim % 4:
+    raise ValueError(f"config.model.position_embedding='2d' needs config.model.emb_dim "
+                     f"divisible by 4, got {m.emb_dim}")
+  return kind
 
 
 class UPGen(nn.Module):
@@ -100,8 +129,10 @@ class UPGen(nn.Module):
     if (li, lt) != (cfg.image_seq_len, cfg.text_seq_len):
       raise ValueError(f"UPGen got image/text lengths {(li, lt)}, config.model.image_seq_len/"
                        f"text_seq_len say {(cfg.image_seq_len, cfg.text_seq_len)}")
+    init = nn.initializers.normal(stddev=cfg.embed_init_std)
     embed = lambda n, name: layers.Embed(layers.pad_vocab(n), cfg.emb_dim, dtype=cfg.dtype,
-                                         param_dtype=cfg.param_dtype, name=name)
+                                         param_dtype=cfg.param_dtype, embedding_init=init,
+                                         name=name)
     image_BxLixE = embed(cfg.image_vocab_size + 1, "image_embed")(image_tokens_BxLi)
     text_BxLtxE = embed(cfg.text_vocab_size, "text_embed")(text_tokens_BxLt)
     types_2xE = self.param("type_embed", nn.with_logical_partitioning(layers.embed_init,
@@ -109,7 +140,7 @@ class UPGen(nn.Module):
                            (2, cfg.emb_dim), cfg.param_dtype)
     type_ids_L = np.concatenate([np.zeros(li, np.int32), np.ones(lt, np.int32)])
     x_BxLxE = jnp.concatenate([image_BxLixE, text_BxLtxE], axis=1)
-    x_BxLxE = (x_BxLxE + jnp.asarray(layers.sinusoidal_1d(li + lt, cfg.emb_dim))[None]
+    x_BxLxE = (x_BxLxE + jnp.asarray(cfg.positions())[None]
                + jnp.asarray(types_2xE)[type_ids_L][None]).astype(cfg.dtype)
     x_BxLxE = nn.Dropout(cfg.dropout_rate)(x_BxLxE, deterministic=not train)
     x_BxLxE = nn.with_logical_constraint(x_BxLxE, ("batch", "length", "embed"))
@@ -132,6 +163,7 @@ class UPGen(nn.Module):
 class MaskingConfig:
   """Mask ratios and loss weights, built from config.model."""
   mask_schedule: str = "uniform"
+  paired_masking: str = "joint"
   text_only_mask_ratio: float = 0.15
   paired_image_weight: float = 1.0
   paired_text_weight: float = 0.1
@@ -144,10 +176,32 @@ class MaskingConfig:
     if out.mask_schedule not in MASK_SCHEDULES:
       raise ValueError(f"config.model.mask_schedule={out.mask_schedule!r}: choose one of "
                        f"{MASK_SCHEDULES}")
+    if out.paired_masking not in PAIRED_MASKING:
+      raise ValueError(f"config.model.paired_masking={out.paired_masking!r}: choose one of "
+                       f"{PAIRED_MASKING}")
     if not 0.0 < out.text_only_mask_ratio <= 1.0:
       raise ValueError(f"config.model.text_only_mask_ratio={out.text_only_mask_ratio}: "
                        "must be in (0, 1]")
     return out
+
+
+def _ratios(u_B: jax.Array, schedule: str) -> jax.Array:
+  """u ~ U[0, 1) -> mask ratio in (0, 1]: 1 - u ("uniform") or cos(pi/2 u) ("cosine")."""
+  return 1.0 - u_B if schedule == "uniform" else jnp.cos(math.pi / 2 * u_B)
+
+
+def _num_to_mask(r_B: jax.Array, valid_BxL: jax.Array) -> jax.Array:
+  """ceil(r * num_valid), at least one where a row has any valid token."""
+  num_valid_B = jnp.sum(valid_BxL, axis=1)
+  return jnp.clip(jnp.ceil(r_B * num_valid_B).astype(jnp.int32), jnp.minimum(num_valid_B, 1),
+                  num_valid_B)
+
+
+def _choose(rng: jax.Array, valid_BxL: jax.Array, num_mask_B: jax.Array) -> jax.Array:
+  """Masks num_mask valid tokens per row, chosen uniformly at random."""
+  scores_BxL = jnp.where(valid_BxL, jax.random.uniform(rng, valid_BxL.shape), 2.0)
+  ranks_BxL = jnp.argsort(jnp.argsort(scores_BxL, axis=1), axis=1)
+  return ranks_BxL < num_mask_B[:, None]
 
 
 def sample_masks(rng: jax.Array, batch: Batch, settings: MaskingConfig
@@ -157,26 +211,30 @@ def sample_masks(rng: jax.Array, batch: Batch, settings: MaskingConfig
   Valid tokens: every image token of an example with an image, every non-pad text token of
   an example with text. Paired and image-only examples draw r ~ U(0, 1] ("uniform") or
   r = cos(pi/2 u), u ~ U[0, 1) ("cosine"); text-only examples use text_only_mask_ratio.
-  ceil(r * num_valid) (at least one) valid tokens are masked, chosen uniformly at random
-  over the example's joint sequence.
+  With paired_masking="joint" ceil(r * num_valid) (at least one) valid tokens are masked,
+  chosen uniformly at random over the example's joint sequence. With "independent" the image
+  and the text are masked separately: the image by r as above, the caption of a paired
+  example by floor(u' * num_text) tokens, u' ~ U[0, 1) (often none), so training also sees a
+  fully masked image beside an intact caption, which is the text->image sampling task.
   """
   has_image_B = jnp.asarray(batch["has_image"], bool)
   has_text_B = jnp.asarray(batch["has_text"], bool)
   li = batch["image_tokens"].shape[1]
-  valid_BxL = jnp.concatenate([
-      jnp.broadcast_to(has_image_B[:, None], batch["image_tokens"].shape),
-      jnp.asarray(batch["text_mask"], bool) & has_text_B[:, None]], axis=1)
-  ratio_rng, order_rng = jax.random.split(rng)
-  u_B = jax.random.uniform(ratio_rng, has_image_B.shape)
-  r_B = 1.0 - u_B if settings.mask_schedule == "uniform" else jnp.cos(math.pi / 2 * u_B)
+  image_valid_BxLi = jnp.broadcast_to(has_image_B[:, None], batch["image_tokens"].shape)
+  text_valid_BxLt = jnp.asarray(batch["text_mask"], bool) & has_text_B[:, None]
+  ratio_rng, text_ratio_rng, order_rng, text_order_rng = jax.random.split(rng, 4)
+  r_B = _ratios(jax.random.uniform(ratio_rng, has_image_B.shape), settings.mask_schedule)
   r_B = jnp.where(has_image_B, r_B, settings.text_only_mask_ratio)
-  num_valid_B = jnp.sum(valid_BxL, axis=1)
-  num_mask_B = jnp.clip(jnp.ceil(r_B * num_valid_B).astype(jnp.int32), 1, num_valid_B)
-  num_mask_B = jnp.where(num_valid_B > 0, num_mask_B, 0)
-  scores_BxL = jnp.where(valid_BxL, jax.random.uniform(order_rng, valid_BxL.shape), 2.0)
-  ranks_BxL = jnp.argsort(jnp.argsort(scores_BxL, axis=1), axis=1)
-  masked_BxL = ranks_BxL < num_mask_B[:, None]
-  return masked_BxL[:, :li], masked_BxL[:, li:]
+  if settings.paired_masking == "joint":
+    valid_BxL = jnp.concatenate([image_valid_BxLi, text_valid_BxLt], axis=1)
+    masked_BxL = _choose(order_rng, valid_BxL, _num_to_mask(r_B, valid_BxL))
+    return masked_BxL[:, :li], masked_BxL[:, li:]
+  masked_image_BxLi = _choose(order_rng, image_valid_BxLi, _num_to_mask(r_B, image_valid_BxLi))
+  num_text_B = jnp.sum(text_valid_BxLt, axis=1)
+  paired_num_B = jnp.floor(jax.random.uniform(text_ratio_rng, has_image_B.shape)
+                           * num_text_B).astype(jnp.int32)
+  num_mask_B = jnp.where(has_image_B, paired_num_B, _num_to_mask(r_B, text_valid_BxLt))
+  return masked_image_BxLi, _choose(text_order_rng, text_valid_BxLt, num_mask_B)
 
 
 def _masked_mean(values_BxL: jax.Array, weights_BxL: jax.Array) -> jax.Array:

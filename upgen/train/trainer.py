@@ -24,6 +24,7 @@ from upgen.data import pipeline
 from upgen.train import checkpoint as ckpt_lib
 from upgen.train import mesh as mesh_lib
 from upgen.train import optimizer as optimizer_lib
+from upgen.train import preview as preview_lib
 from upgen.train import state as state_lib
 from upgen.train import step as step_lib
 from upgen.train import writers
@@ -172,6 +173,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                      config=config))
   rng = jax.random.key(config.seed)
   writer = writers.MetricWriter(workdir)
+  previewer = preview_lib.make(config, family, model, replicated)
+  preview_batch = []  # The first validation batch, loaded on first use.
   total = int(config.train.steps)
   progress = None
   if config.train.progress and jax.process_index() == 0:
@@ -183,6 +186,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   def save(at_step: int) -> None:
     checkpointer.save(at_step, ckpt_lib.state_dict(state), train_iter.get_state(), force=True)
+
+  def write_preview(at_step: int) -> None:
+    nonlocal previewer
+    if not preview_batch:
+      try:
+        preview_batch.append(_global_batch(next(iter(eval_iter_fn())), batch_sharding))
+      except (FileNotFoundError, KeyError, ValueError, StopIteration) as e:
+        log.warning("no validation batch for sample grids (%s); not writing them", e)
+        previewer = None
+        return
+    grid = previewer(state.params, preview_batch[0], jax.random.key(config.seed + 2))
+    writer.write_images(at_step, {"samples": grid})
 
   interval: dict[str, float] = {}
   interval_n, interval_examples, interval_tokens = 0, 0, 0
@@ -253,6 +268,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         if config.train.eval_every and step % config.train.eval_every == 0:
           writer.write_scalars(step, evaluate(config, family, model, state.params,
                                               eval_iter_fn, batch_sharding, p_eval))
+        if previewer is not None and step % config.train.sample_every == 0:
+          write_preview(step)
         if preempted or out_of_time:
           stopped_reason = "preempted" if preempted else "time budget"
           log.warning("stopping at step %d (%s); checkpoint saved", step, stopped_reason)
@@ -264,6 +281,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           config, family, model, state.params, eval_iter_fn, batch_sharding, p_eval)
       if final_eval:
         writer.write_scalars(step, final_eval)
+      if (previewer is not None and stopped_reason != "preempted"
+          and step % config.train.sample_every != 0):
+        write_preview(step)  # The final model's samples.
     finally:
       checkpointer.close()
       writer.close()
