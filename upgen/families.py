@@ -61,6 +61,20 @@ class Family:
   train_flops_per_example: Optional[Callable[[ml_collections.ConfigDict], float]] = None
 
 
+def paired_token_batch(batch_size: int, image_seq_len: int, text_seq_len: int,
+                       text_vocab_size: int) -> dict[str, np.ndarray]:
+  """A paired "tokens" batch of the right shapes/dtypes (full-length captions, values
+  arbitrary): what token families return from dummy_batch."""
+  text = np.arange(batch_size * text_seq_len).reshape(batch_size, text_seq_len)
+  return {
+      "image_tokens": np.zeros((batch_size, image_seq_len), np.int32),
+      "text_tokens": (text % text_vocab_size).astype(np.int32),
+      "text_mask": np.ones((batch_size, text_seq_len), bool),
+      "has_image": np.ones((batch_size,), bool),
+      "has_text": np.ones((batch_size,), bool),
+  }
+
+
 def get_family(name: str) -> Family:
   """Imports `upgen.models.<name>` and returns its FAMILY."""
   try:

@@ -55,15 +55,20 @@ def load_run(workdir: str) -> Run:
   return Run(config, family, family.make_model(config), params, text_tok, image_tok)
 
 
-def _batches(n: int, batch_size: int):
-  for start in range(0, n, batch_size):
-    yield start, min(start + batch_size, n)
-
-
-def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
-  if x.shape[0] == rows:
-    return x
-  return np.concatenate([x, np.repeat(x[-1:], rows - x.shape[0], axis=0)], axis=0)
+def _run_batched(fn, arrays: list[np.ndarray], batch_size: int, seed: int) -> np.ndarray:
+  """fn(*batch_arrays, rng) over rows in fixed-size batches (the last padded by repeating its
+  final row, so fn compiles once); batch i gets fold_in(key(seed), i). Outputs concatenated."""
+  n = len(arrays[0])
+  rows = min(batch_size, n)
+  rng = jax.random.key(seed)
+  out = []
+  for i, start in enumerate(range(0, n, batch_size)):
+    stop = min(start + batch_size, n)
+    padded = [jnp.asarray(np.concatenate([x[start:stop], np.repeat(x[stop - 1:stop],
+                                                                   rows - (stop - start), 0)]))
+              for x in arrays]
+    out.append(np.asarray(fn(*padded, jax.random.fold_in(rng, i)))[:stop - start])
+  return np.concatenate(out, axis=0)
 
 
 def generate_images(run: Run, prompts: list[str], per_prompt: int, *, seed: int = 0,
@@ -74,16 +79,9 @@ def generate_images(run: Run, prompts: list[str], per_prompt: int, *, seed: int 
   captions = [p for p in prompts for _ in range(per_prompt)]
   ids, mask = run.text_tokenizer.pad_batch(
       run.text_tokenizer.encode_batch(captions), run.config.model.text_seq_len)
-  sample = jax.jit(functools.partial(run.family.sample_images, model=run.model,
+  sample = jax.jit(functools.partial(run.family.sample_images, run.params, model=run.model,
                                      config=run.config))
-  rng = jax.random.key(seed)
-  out = []
-  for i, (a, b) in enumerate(_batches(len(captions), batch_size)):
-    rows = min(batch_size, len(captions))
-    tokens = sample(run.params, jnp.asarray(_pad_rows(ids[a:b], rows)),
-                    jnp.asarray(_pad_rows(mask[a:b], rows)), jax.random.fold_in(rng, i))
-    out.append(np.asarray(tokens)[:b - a])
-  tokens = np.concatenate(out, axis=0)
+  tokens = _run_batched(sample, [ids, mask], batch_size, seed)
   h, w = run.image_tokenizer.grid
   return run.image_tokenizer.decode(tokens.reshape(-1, h, w))
 
@@ -93,16 +91,10 @@ def caption_images(run: Run, images: np.ndarray, *, seed: int = 0, batch_size: i
   if run.family.caption_images is None:
     raise ValueError(f"family {run.family.name!r} has no image->text sampler")
   tokens = run.image_tokenizer.encode(images).reshape(len(images), -1)
-  caption = jax.jit(functools.partial(run.family.caption_images, model=run.model,
+  caption = jax.jit(functools.partial(run.family.caption_images, run.params, model=run.model,
                                       config=run.config))
-  rng = jax.random.key(seed)
-  texts = []
-  for i, (a, b) in enumerate(_batches(len(images), batch_size)):
-    rows = min(batch_size, len(images))
-    ids = np.asarray(caption(run.params, jnp.asarray(_pad_rows(tokens[a:b], rows)),
-                             jax.random.fold_in(rng, i)))[:b - a]
-    texts += [run.text_tokenizer.decode([int(t) for t in row]) for row in ids]
-  return texts
+  ids = _run_batched(caption, [tokens], batch_size, seed)
+  return [run.text_tokenizer.decode([int(t) for t in row]) for row in ids]
 
 
 def write_samples(out_dir: str, prompts: list[str], per_prompt: int, images: np.ndarray

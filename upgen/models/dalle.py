@@ -34,6 +34,7 @@ import numpy as np
 import optax
 from flax import linen as nn
 
+from upgen import families
 from upgen.families import Batch, Family
 from upgen.models import layers
 from upgen.sampling import autoregressive
@@ -289,14 +290,8 @@ def make_model(config: ml_collections.ConfigDict) -> Dalle:
 def dummy_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
   """A paired batch of the right shapes/dtypes (full-length captions; values arbitrary)."""
   c = DalleConfig.from_config(config.model)
-  text = np.arange(batch_size * c.text_seq_len).reshape(batch_size, c.text_seq_len)
-  return {
-      "image_tokens": np.zeros((batch_size, c.image_seq_len), np.int32),
-      "text_tokens": (text % c.text_vocab_size).astype(np.int32),
-      "text_mask": np.ones((batch_size, c.text_seq_len), bool),
-      "has_image": np.ones((batch_size,), bool),
-      "has_text": np.ones((batch_size,), bool),
-  }
+  return families.paired_token_batch(batch_size, c.image_seq_len, c.text_seq_len,
+                                     c.text_vocab_size)
 
 
 def init_variables(model: Dalle, rng: jax.Array, batch: Batch) -> dict[str, Any]:
