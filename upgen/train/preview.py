@@ -40,6 +40,7 @@ class Previewer:
                replicated: jax.sharding.Sharding):
     self.num = int(config.train.sample_examples)
     self._decode: Optional[Callable[[np.ndarray], np.ndarray]] = None
+    self._batch: Optional[dict] = None  # The global batch previewed at every call.
     if family.data_kind == "tokens":
       self._decode = _image_decoder(config)
     num = self.num
@@ -62,9 +63,20 @@ class Previewer:
       raise ValueError(f"preview returned {x.dtype} {x.shape}: token ids need a tokens family")
     return self._decode(x)
 
-  def __call__(self, params: Any, global_batch: dict, rng: jax.Array) -> np.ndarray:
-    """A uint8 grid: references on top, previews below, one column per example."""
-    reference, preview = jax.device_get(self._fn(params, global_batch, rng))
+  def __call__(self, params: Any, first_batch: Callable[[], dict], rng: jax.Array
+               ) -> Optional[np.ndarray]:
+    """A uint8 grid: references on top, previews below, one column per example. The batch
+    comes from `first_batch()` on the first call and is kept; None (with a warning, once)
+    when there is no such batch."""
+    if self._batch is None:
+      try:
+        self._batch = first_batch()
+      except (FileNotFoundError, KeyError, ValueError, StopIteration) as e:
+        log.warning("no validation batch for sample grids (%s); not writing them", e)
+        self._batch = {}
+    if not self._batch:
+      return None
+    reference, preview = jax.device_get(self._fn(params, self._batch, rng))
     images = np.concatenate([self._pixels(reference), self._pixels(preview)])
     return writers.image_grid(images, columns=len(images) // 2)
 

@@ -174,7 +174,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   rng = jax.random.key(config.seed)
   writer = writers.MetricWriter(workdir)
   previewer = preview_lib.make(config, family, model, replicated)
-  preview_batch = []  # The first validation batch, loaded on first use.
   total = int(config.train.steps)
   progress = None
   if config.train.progress and jax.process_index() == 0:
@@ -188,16 +187,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     checkpointer.save(at_step, ckpt_lib.state_dict(state), train_iter.get_state(), force=True)
 
   def write_preview(at_step: int) -> None:
-    nonlocal previewer
-    if not preview_batch:
-      try:
-        preview_batch.append(_global_batch(next(iter(eval_iter_fn())), batch_sharding))
-      except (FileNotFoundError, KeyError, ValueError, StopIteration) as e:
-        log.warning("no validation batch for sample grids (%s); not writing them", e)
-        previewer = None
-        return
-    grid = previewer(state.params, preview_batch[0], jax.random.key(config.seed + 2))
-    writer.write_images(at_step, {"samples": grid})
+    grid = previewer(state.params,
+                     lambda: _global_batch(next(iter(eval_iter_fn())), batch_sharding),
+                     jax.random.key(config.seed + 2))
+    if grid is not None:
+      writer.write_images(at_step, {"samples": grid})
 
   interval: dict[str, float] = {}
   interval_n, interval_examples, interval_tokens = 0, 0, 0
