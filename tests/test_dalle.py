@@ -137,9 +137,9 @@ def test_variants_logical_axes_flops_and_config_errors():
   assert params["embed"]["embedding"].shape == (128, 32)  # VT + LT pads + START + VI + BOI.
   assert params["text_pos"].shape == (LT + 1, 32) and params["image_row"].shape == (2, 32)
   e, m, length = 32, 64, LT + 1 + LI
-  want = 6 * 2 * (4 * e * e + 2 * e * m) * length + 12 * 2 * length ** 2 * e \
-      + 6 * e * (LT * VT + LI * VI)
-  assert dalle.FAMILY.train_flops_per_example(c) == want
+  want = 6 * 2 * (4 * e * e + 2 * e * m) * length + 6 * 2 * length ** 2 * e \
+      + 6 * e * (LT * VT + LI * VI)  # Causal: half of the 12 L^2 E attention term.
+  assert dalle.FAMILY.train_flops_per_example(c).total == want
   for key, value in [("image_vocab_size", -1), ("image_grid_width", -1), ("text_pad_id", VT),
                      ("image_grid_width", 3), ("caption_dropout", 1.5),
                      ("text_loss_weight", -1.0)]:

@@ -103,14 +103,22 @@ def test_epochs_are_permutations_and_differ(data_dir):
 
 def test_processes_are_disjoint_and_cover_the_global_batch(data_dir):
   global_batches = _take(pipeline.make_train_iterator(_config(data_dir)), 7)
-  per_process = [_take(pipeline.make_train_iterator(_config(data_dir), process_index=p,
-                                                    process_count=2), 7) for p in range(2)]
+  per_process = [_take(pipeline.make_train_iterator(_config(data_dir), rows=rows), 7)
+                 for rows in (range(0, 4), range(4, 8))]
   for step, g in enumerate(global_batches):
     a, b = _ids(per_process[0][step]), _ids(per_process[1][step])
     assert len(a) == len(b) == 4 and not set(a) & set(b)
-    assert sorted(a + b) == sorted(_ids(g))
-  with pytest.raises(ValueError, match=r"config\.data\.batch_size=8"):
-    pipeline.make_train_iterator(_config(data_dir), process_index=0, process_count=3)
+    assert a + b == _ids(g)  # Each process's rows, where a one-process run has them.
+  # Over the first epoch (5 batches of 8 of 40 records): every record once, in one process.
+  epoch = [sum((_ids(batch) for batch in batches[:5]), []) for batches in per_process]
+  assert not set(epoch[0]) & set(epoch[1])
+  assert sorted(epoch[0] + epoch[1]) == list(range(40))
+  scattered = pipeline.make_train_iterator(_config(data_dir), rows=[0, 1, 6, 7])
+  for g in global_batches[:3]:
+    assert _ids(next(scattered)) == [_ids(g)[r] for r in (0, 1, 6, 7)]
+  for bad in ([8], [3, 2], [1, 1], []):
+    with pytest.raises(ValueError, match=r"config\.data\.batch_size=8"):
+      pipeline.make_train_iterator(_config(data_dir), rows=bad)
 
 
 def test_get_state_set_state_resumes_exactly(data_dir):
@@ -161,9 +169,9 @@ def test_eval_iterator_is_one_deterministic_pass(data_dir):
   ids = sum((_ids(b) for b in batches), [])
   assert sorted(ids) == sorted(set(ids)) and len(ids) == 36
   assert ids == sum((_ids(b) for b in pipeline.make_eval_iterator(c, "train")), [])
-  halves = [list(pipeline.make_eval_iterator(c, "train", process_index=p, process_count=2))
-            for p in range(2)]
-  assert [sorted(_ids(a) + _ids(b)) for a, b in zip(*halves)] == [sorted(_ids(b)) for b in batches]
+  halves = [list(pipeline.make_eval_iterator(c, "train", rows=rows))
+            for rows in (range(0, 6), range(6, 12))]
+  assert [_ids(a) + _ids(b) for a, b in zip(*halves)] == [_ids(b) for b in batches]
 
 
 def _image_folder(root, sizes):
@@ -216,9 +224,9 @@ def test_image_iterator_shards_shuffles_and_resumes(tmp_path):
   restored.set_state(state)
   for want, got in zip(expected, _take(restored, 4)):
     np.testing.assert_array_equal(want["image"], got["image"])
-  parts = [next(pipeline.make_image_iterator(c, "train", process_index=p, process_count=2))["image"]
-           for p in range(2)]
-  np.testing.assert_array_equal(np.concatenate(parts)[[0, 2, 1, 3]], first)
+  parts = [next(pipeline.make_image_iterator(c, "train", rows=rows))["image"]
+           for rows in ([0, 1], [2, 3])]
+  np.testing.assert_array_equal(np.concatenate(parts), first)
   assert len(list(pipeline.make_image_iterator(c, "train", train=False))) == 3
 
 

@@ -65,7 +65,7 @@ def test_shapes_flops_and_config_errors():
   e, m, length = 32, 64, LI + LT
   want = 6 * 2 * (4 * e * e + 2 * e * m) * length + 12 * 2 * length ** 2 * e \
       + 6 * e * (LI * VI + LT * VT)
-  assert upgen.FAMILY.train_flops_per_example(c) == want
+  assert upgen.FAMILY.train_flops_per_example(c).total == want
   with pytest.raises(ValueError, match="config.model.image_vocab_size"):
     upgen.FAMILY.make_model(_config(image_vocab_size=-1))
   with pytest.raises(ValueError, match="config.model.text_mask_id"):
@@ -137,6 +137,21 @@ def test_independent_masking_keeps_whole_captions_for_text_to_image():
   np.testing.assert_array_equal(text_m[text_only].sum(1), np.ceil(0.15 * valid_t[text_only].sum(1)))
   with pytest.raises(ValueError, match="config.model.paired_masking"):
     upgen.MaskingConfig.from_config(_config(paired_masking="both").model)
+
+
+def test_paired_text_mask_max_caps_caption_masking():
+  batch = _batch("p" * 2000, seed=5)
+  valid_t = batch["text_mask"]
+  for cap in (0.0, 0.25):
+    settings = upgen.MaskingConfig.from_config(
+        _config(paired_masking="independent", paired_text_mask_max=cap).model)
+    _, text_m = jax.jit(upgen.sample_masks, static_argnums=2)(jax.random.key(2), batch, settings)
+    n_txt, n_valid = np.asarray(text_m).sum(1), valid_t.sum(1)
+    # floor(u * n), u ~ U[0, cap): never more than floor(cap * n) tokens.
+    assert (n_txt <= np.floor(cap * n_valid)).all()
+    assert abs(np.mean(n_txt == 0) - np.mean(np.minimum(1.0, 1.0 / (cap * n_valid + 1e-9)))) < 0.03
+  with pytest.raises(ValueError, match="config.model.paired_text_mask_max"):
+    upgen.MaskingConfig.from_config(_config(paired_text_mask_max=1.5).model)
 
 
 ZERO_LAYER = upgen.FAMILY.make_model(_config(num_layers=0))

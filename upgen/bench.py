@@ -1,58 +1,190 @@
-"""`upgen bench ...`: throughput measurements (never timed tests).
+"""`upgen bench ...`: throughput measurements (never timed tests). Results go in
+docs/performance.md with their command, device and date.
 
-  upgen bench data --data-dir W/data [--split train] [--batch-size 64] [--seconds 10]
+  upgen bench train --config configs/upgen.py:large [--config.KEY=VALUE ...] [--steps 20]
+      Train steps on synthetic token batches of the real shapes (no input pipeline),
+      compilation excluded: step time, tokens/s, peak device memory, and MFU with the FLOP
+      count written out (upgen/flops.py).
+  upgen bench sample --config configs/upgen.py:large [--batch-sizes 1,8,32,128]
+      Text->image sampling with config.sample (random weights: speed does not depend on
+      them): images/s and image tokens/s per batch size, next to the FLOP bound and the
+      memory-bandwidth bound of the device.
+  upgen bench data --data-dir W/data [--split train] [--batch-size 64] [--config C]
       records/s per process through the grain pipeline, beside the records/s the train step
-      of --config would consume (if given).
+      of --config consumes.
+
+Configs whose vocabularies and grid come from data (-1) take them from --data-dir's
+metadata.json, else from --image-grid/--image-vocab/--text-vocab (synthetic shapes).
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import functools
+import json
+import statistics
 import sys
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import ml_collections
 import numpy as np
 
 from upgen import families
+from upgen import flops as flops_lib
+
+USAGE = """usage:
+  upgen bench train  --config FILE:ARG [--config.KEY=V ...] [--steps N] [--json OUT]
+  upgen bench sample --config FILE:ARG [--config.KEY=V ...] [--batch-sizes 1,8,32] [--json OUT]
+  upgen bench data   --data-dir DIR [--split S] [--batch-size B] [--seconds T] [--config FILE:ARG]"""
 
 
-def _train_setup(config: ml_collections.ConfigDict):
+def synthetic_metadata(image_grid: int, image_vocab: int, text_vocab: int) -> dict:
+  """metadata.json's tokenizer fields for synthetic token batches (pad 0, mask 1)."""
+  return {"image_tokenizer": {"codebook_size": image_vocab, "grid": [image_grid, image_grid]},
+          "text_tokenizer": {"vocab_size": text_vocab, "pad_id": 0, "mask_id": 1}}
+
+
+def resolve(config: ml_collections.ConfigDict, metadata: Optional[dict] = None
+            ) -> tuple[ml_collections.ConfigDict, families.Family]:
+  """The config with data-dependent fields filled in: from config.data.dir's metadata, else
+  from `metadata` (synthetic)."""
+  from upgen.data import pipeline
+  from upgen.train import trainer
+  family = families.get_family(config.model.family)
+  if config.data.dir or family.data_kind != "tokens":
+    return trainer.resolve_config(config, family), family
+  config = ml_collections.ConfigDict(config.to_dict())
+  pipeline.resolve_model_config(config, metadata or synthetic_metadata(16, 8192, 32768))
+  return config, family
+
+
+def _setup(config: ml_collections.ConfigDict, family: families.Family):
   from upgen.train import mesh as mesh_lib
   from upgen.train import optimizer as optimizer_lib
   from upgen.train import state as state_lib
-  from upgen.train import step as step_lib
-  from upgen.train import trainer
-
-  family = families.get_family(config.model.family)
-  config = trainer.resolve_config(config, family)
   mesh = mesh_lib.make_mesh(config.mesh)
   model = family.make_model(config)
   tx = optimizer_lib.make_optimizer(config.optim, config.train.steps)
   state = state_lib.create_state(family, model, tx, config, mesh, jax.random.key(config.seed))
-  batch_sharding = mesh_lib.batch_sharding(mesh, config.mesh)
-  batch = {k: jax.device_put(v, batch_sharding)
+  return mesh, model, state
+
+
+def _peak_memory() -> Optional[int]:
+  stats = [d.memory_stats() or {} for d in jax.local_devices()]
+  peaks = [s.get("peak_bytes_in_use") for s in stats]
+  return max(peaks) if peaks and all(p is not None for p in peaks) else None
+
+
+def _device_peaks(peak_tflops: Optional[float], bandwidth_tbs: Optional[float]):
+  known = flops_lib.device_peaks(jax.devices()[0].device_kind) or (None, None)
+  return (peak_tflops * 1e12 if peak_tflops else known[0],
+          bandwidth_tbs * 1e12 if bandwidth_tbs else known[1])
+
+
+def _device_line() -> str:
+  return f"{jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()})"
+
+
+def bench_train(config: ml_collections.ConfigDict, family: families.Family, steps: int,
+                peak_flops: Optional[float]) -> dict[str, Any]:
+  """Times `steps` train steps after a compile step and one warm-up step."""
+  from upgen.train import mesh as mesh_lib
+  from upgen.train import step as step_lib
+  mesh, model, state = _setup(config, family)
+  sharding = mesh_lib.batch_sharding(mesh, config.mesh)
+  batch = {k: jax.device_put(v, sharding)
            for k, v in family.dummy_batch(config, config.data.batch_size).items()}
   step = jax.jit(functools.partial(step_lib.train_step, family=family, model=model,
                                    config=config), donate_argnums=0)
-  return config, mesh, state, batch, step
+  rng = jax.random.key(0)
+  with mesh_lib.activate(mesh, config.mesh):
+    start = time.perf_counter()
+    state, metrics = step(state, batch, rng)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
+    state, metrics = step(state, batch, rng)  # Warm-up (allocator, autotuning).
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(steps):
+      state, metrics = step(state, batch, rng)
+    jax.block_until_ready(metrics)
+    step_s = (time.perf_counter() - start) / steps
+  loss = float(metrics["loss"])
+  if not np.isfinite(loss):
+    raise RuntimeError(f"bench train: non-finite loss {loss} on synthetic batches")
+  example = family.dummy_batch(config, 1)
+  tokens_per_example = sum(int(example[k].shape[1]) for k in ("image_tokens", "text_tokens")
+                           if k in example)
+  count = family.train_flops_per_example(config) if family.train_flops_per_example else None
+  batch_size = config.data.batch_size
+  out = {
+      "bench": "train", "config": config.model.family, "size": config.model.get("size", ""),
+      "device": _device_line(), "batch_size": batch_size,
+      "tokens_per_example": tokens_per_example, "step_ms": step_s * 1e3,
+      "compile_s": compile_s, "examples_per_s": batch_size / step_s,
+      "tokens_per_s": batch_size * tokens_per_example / step_s,
+      "peak_memory_gib": (_peak_memory() or 0) / 2 ** 30 or None,
+      "num_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
+      "dtype": config.model.dtype, "param_dtype": config.model.param_dtype,
+  }
+  if count is not None:
+    out["flops_per_example"] = count.total
+    out["flops_terms"] = count.describe()
+    out["tflops_per_s"] = count.total * batch_size / step_s / 1e12
+    if peak_flops:
+      out["peak_tflops_per_device"] = peak_flops / 1e12
+      out["mfu"] = flops_lib.mfu(count.total * batch_size, step_s, jax.device_count(),
+                                 peak_flops)
+  return out
 
 
 def time_train_steps(config: ml_collections.ConfigDict, num_steps: int = 5) -> float:
   """Seconds per train step on synthetic batches of the real shapes, compilation excluded."""
-  config, mesh, state, batch, step = _train_setup(config)
-  from upgen.train import mesh as mesh_lib
-  rng = jax.random.key(0)
-  with mesh_lib.activate(mesh, config.mesh):
-    state, metrics = step(state, batch, rng)  # Compile.
-    jax.block_until_ready(metrics)
+  config, family = resolve(config)
+  return bench_train(config, family, num_steps, None)["step_ms"] / 1e3
+
+
+def bench_sample(config: ml_collections.ConfigDict, family: families.Family,
+                 batch_sizes: list[int], repeats: int, peak_flops: Optional[float],
+                 bandwidth: Optional[float]) -> list[dict[str, Any]]:
+  """Times family.sample_images per batch size (compile excluded, median of `repeats`)."""
+  if family.sample_images is None:
+    raise ValueError(f"family {family.name!r} has no text->image sampler")
+  _, model, state = _setup(config, family)
+  params = state.params
+  param_bytes = int(sum(x.nbytes for x in jax.tree.leaves(params)))
+  image_seq_len = int(family.dummy_batch(config, 1)["image_tokens"].shape[1])
+  sample = jax.jit(functools.partial(family.sample_images, model=model, config=config))
+  rows = []
+  for b in batch_sizes:
+    batch = family.dummy_batch(config, b)
+    args = (params, batch["text_tokens"], batch["text_mask"])
     start = time.perf_counter()
-    for _ in range(num_steps):
-      state, metrics = step(state, batch, rng)
-    jax.block_until_ready(metrics)
-  return (time.perf_counter() - start) / num_steps
+    jax.block_until_ready(sample(*args, jax.random.key(0)))
+    compile_s = time.perf_counter() - start
+    times = []
+    for i in range(repeats):
+      start = time.perf_counter()
+      jax.block_until_ready(sample(*args, jax.random.key(i + 1)))
+      times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    row = {"bench": "sample", "config": config.model.family,
+           "size": config.model.get("size", ""), "device": _device_line(), "batch_size": b,
+           "seconds": seconds, "compile_s": compile_s, "images_per_s": b / seconds,
+           "image_tokens_per_s": b * image_seq_len / seconds,
+           "sample": dict(config.sample.to_dict())}
+    if family.sample_cost is not None:
+      cost = family.sample_cost(config, b, param_bytes)
+      row["cost"] = cost.note
+      row["tflops_per_s"] = cost.flops / seconds / 1e12
+      if peak_flops:
+        row["flop_bound_images_per_s"] = b * jax.device_count() * peak_flops / cost.flops
+      if bandwidth:
+        row["bandwidth_bound_images_per_s"] = b * jax.device_count() * bandwidth / cost.bytes
+    rows.append(row)
+  return rows
 
 
 def bench_data(data_dir: str, split: str, batch_size: int, seconds: float) -> dict:
@@ -61,19 +193,130 @@ def bench_data(data_dir: str, split: str, batch_size: int, seconds: float) -> di
   return {"records_per_sec_per_process": rate, "processes": jax.process_count()}
 
 
+def _load_config(argv: list[str], extra) -> tuple[ml_collections.ConfigDict, Any]:
+  """--config FILE:ARG with --config.KEY=V overrides (locked), plus the bench's own flags."""
+  from absl import flags
+  from ml_collections import config_flags
+  from upgen.train.main import config_path
+  argv = ["--config=" + config_path(a[len("--config="):]) if a.startswith("--config=") else a
+          for a in argv]
+  if "--config" in argv and argv.index("--config") + 1 < len(argv):
+    i = argv.index("--config") + 1
+    argv[i] = config_path(argv[i])
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "configs/<family>.py:<variant>",
+                                  flag_values=fv, lock_config=True,
+                                  sys_argv=["upgen bench"] + argv)
+  extra(fv)
+  fv(["upgen bench"] + argv)
+  if fv.config is None:
+    raise SystemExit("upgen bench: --config is required")
+  return fv.config, fv
+
+
+def _common_flags(fv) -> None:
+  from absl import flags
+  flags.DEFINE_integer("image_grid", 16, "Synthetic image grid side (configs reading data).",
+                       flag_values=fv)
+  flags.DEFINE_integer("image_vocab", 8192, "Synthetic image codebook size.", flag_values=fv)
+  flags.DEFINE_integer("text_vocab", 32768, "Synthetic text vocabulary.", flag_values=fv)
+  flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s per device (default: from the "
+                     "device kind, e.g. 989 for an H100).", flag_values=fv)
+  flags.DEFINE_float("bandwidth_tbs", None, "Memory bandwidth TB/s per device (default: "
+                     "from the device kind).", flag_values=fv)
+  flags.DEFINE_string("json", None, "Append result lines (JSON) to this file.", flag_values=fv)
+
+
+def _write_json(path: Optional[str], rows: list[dict], argv: list[str]) -> None:
+  if not path:
+    return
+  stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+  with open(path, "a") as f:
+    for row in rows:
+      f.write(json.dumps(dict(row, command="upgen bench " + " ".join(argv), date=stamp)) + "\n")
+
+
+def _print_train(r: dict) -> None:
+  print(f"device: {r['device']}\nconfig: {r['config']}:{r['size']}  {r['num_params']:,} params  "
+        f"batch {r['batch_size']} x {r['tokens_per_example']} tokens  dtype {r['dtype']} "
+        f"(params {r['param_dtype']})")
+  mem = f"{r['peak_memory_gib']:.2f} GiB" if r["peak_memory_gib"] else "n/a on this backend"
+  print(f"step: {r['step_ms']:.1f} ms (compile {r['compile_s']:.1f} s)  "
+        f"{r['tokens_per_s']:,.0f} tokens/s  {r['examples_per_s']:,.1f} examples/s  "
+        f"peak memory {mem}")
+  if "flops_per_example" in r:
+    print(f"FLOPs per example (forward + backward):\n{r['flops_terms']}")
+    line = f"achieved: {r['tflops_per_s']:.2f} TFLOP/s"
+    if "mfu" in r:
+      line += (f"  MFU {100 * r['mfu']:.1f}% of {jax.device_count()} x "
+               f"{r['peak_tflops_per_device']:.0f} TFLOP/s")
+    print(line)
+
+
+def _print_sample(r: dict) -> None:
+  bounds = "".join(f"  {name} bound {r[key]:,.1f} img/s" for name, key in
+                   (("FLOP", "flop_bound_images_per_s"),
+                    ("bandwidth", "bandwidth_bound_images_per_s")) if key in r)
+  print(f"batch {r['batch_size']:>4}: {r['seconds'] * 1e3:9.1f} ms  {r['images_per_s']:9.2f} "
+        f"images/s  {r['image_tokens_per_s']:11,.0f} image tokens/s{bounds}")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
   argv = list(argv or [])
-  if not argv or argv[0] != "data":
-    print("usage: upgen bench data --data-dir DIR [--split S] [--batch-size B] [--seconds T]",
-          file=sys.stderr)
+  if not argv or argv[0] not in ("train", "sample", "data"):
+    print(USAGE, file=sys.stderr)
     return 2
+  command, rest = argv[0], argv[1:]
+  if command == "data":
+    return _main_data(rest)
+  from absl import flags
+
+  def extra(fv):
+    _common_flags(fv)
+    if command == "train":
+      flags.DEFINE_integer("steps", 10, "Timed steps.", flag_values=fv)
+    else:
+      flags.DEFINE_string("batch_sizes", "1,8,32", "Comma-separated batch sizes.",
+                          flag_values=fv)
+      flags.DEFINE_integer("repeats", 3, "Timed calls per batch size (median).", flag_values=fv)
+
+  try:
+    raw, fv = _load_config(rest, extra)
+  except flags.Error as e:
+    print(f"upgen bench {command}: {e}", file=sys.stderr)
+    return 2
+  except (AttributeError, KeyError) as e:
+    from upgen.train.main import override_error
+    print(f"upgen bench {command}: {override_error(rest, e)}", file=sys.stderr)
+    return 2
+  config, family = resolve(raw, synthetic_metadata(fv.image_grid, fv.image_vocab,
+                                                   fv.text_vocab))
+  peak_flops, bandwidth = _device_peaks(fv.peak_tflops, fv.bandwidth_tbs)
+  if command == "train":
+    result = bench_train(config, family, fv.steps, peak_flops)
+    _print_train(result)
+    _write_json(fv.json, [result], argv)
+  else:
+    sizes = [int(s) for s in fv.batch_sizes.split(",") if s]
+    rows = bench_sample(config, family, sizes, fv.repeats, peak_flops, bandwidth)
+    print(f"device: {rows[0]['device']}\nconfig: {config.model.family}:"
+          f"{config.model.get('size', '')}  sample {dict(config.sample.to_dict())}")
+    for r in rows:
+      _print_sample(r)
+    if rows and "cost" in rows[-1]:
+      print(f"cost at batch {rows[-1]['batch_size']}: {rows[-1]['cost']}")
+    _write_json(fv.json, rows, argv)
+  return 0
+
+
+def _main_data(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(prog="upgen bench data")
   parser.add_argument("--data-dir", required=True)
   parser.add_argument("--split", default="train")
   parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument("--seconds", type=float, default=10.0)
   parser.add_argument("--config", help="Also time this config's train step (configs/x.py:arg).")
-  args = parser.parse_args(argv[1:])
+  args = parser.parse_args(argv)
   result = bench_data(args.data_dir, args.split, args.batch_size, args.seconds)
   print(f"data: {result['records_per_sec_per_process']:.0f} records/s per process "
         f"(batch {args.batch_size}, split {args.split})")
@@ -86,9 +329,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     spec.loader.exec_module(module)
     config = module.get_config(arg) if arg else module.get_config()
     config.data.dir = args.data_dir
-    sec = time_train_steps(config)
-    consumed = config.data.batch_size / sec / jax.process_count()
-    print(f"train step: {sec * 1e3:.1f} ms/step -> consumes {consumed:.0f} records/s per process")
+    step_s = time_train_steps(config)
+    consumed = config.data.batch_size / step_s / jax.process_count()
+    print(f"train step: {step_s * 1e3:.1f} ms/step -> consumes {consumed:.0f} records/s "
+          "per process")
   return 0
 
 

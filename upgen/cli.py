@@ -7,6 +7,7 @@
   upgen tokenize --source DIR --out DIR --text-tokenizer DIR --image-tokenizer RUN_DIR
   upgen train --config configs/upgen.py:tiny --workdir W [--config.KEY=VALUE ...]
   upgen sample --workdir W --prompts FILE --per-prompt K --out DIR
+  upgen bench train|sample --config configs/upgen.py:large [--config.KEY=VALUE ...]
   upgen bench data --data-dir DIR
 """
 from __future__ import annotations
@@ -23,6 +24,8 @@ COMMANDS = {
     ("tokenize",): "upgen.data.tokenize",
     ("train",): "upgen.train.main",
     ("sample",): "upgen.sample",
+    ("bench", "train"): "upgen.bench",
+    ("bench", "sample"): "upgen.bench",
     ("bench", "data"): "upgen.bench",
 }
 

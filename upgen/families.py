@@ -57,8 +57,21 @@ class Family:
   # Optional, for `upgen sample --captions-for`: image->text. (params, image_tokens_BxLi, rng,
   # *, model, config) -> int32 text token ids BxLt.
   caption_images: Optional[Callable[..., jax.Array]] = None
-  # Optional: (config) -> FLOPs per example of one forward+backward (for MFU in bench).
-  train_flops_per_example: Optional[Callable[[ml_collections.ConfigDict], float]] = None
+  # Optional: (config) -> flops.FlopCount of one example's forward+backward (MFU in bench).
+  train_flops_per_example: Optional[Callable[[ml_collections.ConfigDict], Any]] = None
+  # Optional: (config, batch_size, param_bytes) -> SampleCost of one sample_images call on
+  # batch_size prompts with config.sample (`upgen bench sample` sets these beside its bounds).
+  sample_cost: Optional[Callable[[ml_collections.ConfigDict, int, int], "SampleCost"]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleCost:
+  """The work of one text->image sampling call: model FLOPs, and the device-memory bytes
+  it cannot avoid reading (the parameters once per decoding step, plus the KV cache for
+  cached decoding). FLOPs bound large batches; bytes bound cached decoding at small ones."""
+  flops: float
+  bytes: float
+  note: str  # How both were counted, with the numbers in.
 
 
 def paired_token_batch(batch_size: int, image_seq_len: int, text_seq_len: int,

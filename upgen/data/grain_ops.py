@@ -13,7 +13,7 @@ record, hence EpochShuffle and BatchDataset.
 from __future__ import annotations
 
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import grain
 import numpy as np
@@ -98,23 +98,30 @@ class EpochShuffle(grain.MapDataset):
 class BatchDataset(grain.MapDataset):
   """Batches of `batch_size` consecutive elements (remainder dropped), fetched with one
   `_getitems` call down the pipeline (grain 0.2's own batch() reads element by element,
-  paying its per-element bookkeeping for each) and combined by `batch_fn`."""
+  paying its per-element bookkeeping for each) and combined by `batch_fn`.
 
-  def __init__(self, parent: grain.MapDataset, batch_size: int, batch_fn: Any):
+  `rows` (sorted, in [0, batch_size)) keeps only those rows of every batch: batch i is the
+  elements i * batch_size + r for r in rows. A process loads the rows of each global batch
+  that its devices hold.
+  """
+
+  def __init__(self, parent: grain.MapDataset, batch_size: int, batch_fn: Any,
+               rows: Optional[Sequence[int]] = None):
     super().__init__(parent)
     self._batch_size, self._batch_fn = batch_size, batch_fn
+    self._rows = tuple(range(batch_size) if rows is None else rows)
 
   def __len__(self) -> int:
     return len(self._parent) // self._batch_size
 
   def __str__(self) -> str:
-    return f"BatchDataset(batch_size={self._batch_size})"
+    return f"BatchDataset(batch_size={self._batch_size}, rows={len(self._rows)})"
 
   def __getitem__(self, index):
     if isinstance(index, slice):
       return self.slice(index)
     start = index * self._batch_size
-    indices = range(start, start + self._batch_size)
+    indices = [start + r for r in self._rows]
     return self._batch_fn(self._parent._getitems(indices))  # pylint: disable=protected-access
 
 

@@ -6,11 +6,16 @@ RecordDataSource, globally shuffled with its own seed (derived from config.seed)
 repeated with a new permutation each epoch; sources are interleaved deterministically in
 proportion to their weights (grain MapDataset.mix), then data.text_dropout / image_dropout
 turn paired examples into image-only / text-only ones with a per-example rng. That gives
-one global, infinite example order. Process p of P takes the examples p, p + P, p + 2P, ...
-of it and batches them data.batch_size / P at a time, so at step s the P processes hold
-exactly the global examples [s * B, (s + 1) * B), disjoint. Iterators are grain
-DatasetIterators: `get_state()` is a small JSON-serializable dict, `set_state()` resumes
-exactly (grain.checkpoint.CheckpointSave / CheckpointRestore save it with orbax).
+one global, infinite example order, cut into global batches of B = data.batch_size: batch s
+is the examples [s * B, (s + 1) * B). Each process loads only `rows` of every global batch:
+the rows its devices hold in the sharded batch (the trainer takes them from the batch
+sharding, `upgen.train.mesh.process_rows`; with the usual meshes process p of P gets the
+block [p * B / P, (p + 1) * B / P)). So the processes together hold each global batch
+exactly, no example twice, every row where a one-process run has it: the batches (and any
+per-row randomness of the step) do not depend on the number of processes. Iterators are
+grain DatasetIterators: `get_state()` is a small JSON-serializable dict (the global batch
+index, the same on every process), `set_state()` resumes exactly, also with another number
+of processes (grain.checkpoint.CheckpointSave / CheckpointRestore save it with orbax).
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import hashlib
 import os
 import threading
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from absl import flags
 import grain
@@ -116,21 +121,26 @@ def parse_extra_sources(spec: str) -> list[tuple[str, float, str]]:
   return out
 
 
-def _local_batch_size(config: ml_collections.ConfigDict, process_count: int) -> int:
+def _checked_rows(config: ml_collections.ConfigDict, rows: Optional[Sequence[int]]
+                  ) -> tuple[int, ...]:
+  """The rows of each global batch to load (all when None), checked against the batch size."""
   batch_size = int(config.data.batch_size)
-  if batch_size <= 0 or batch_size % process_count:
-    raise ValueError(f"config.data.batch_size={batch_size} must be a positive multiple of the "
-                     f"process count {process_count}")
-  return batch_size // process_count
+  if batch_size <= 0:
+    raise ValueError(f"config.data.batch_size={batch_size} must be positive")
+  rows = tuple(range(batch_size) if rows is None else (int(r) for r in rows))
+  if not rows or list(rows) != sorted(set(rows)) or not 0 <= rows[0] <= rows[-1] < batch_size:
+    raise ValueError(f"rows {rows} are not sorted distinct rows of a batch of "
+                     f"config.data.batch_size={batch_size}")
+  return rows
 
 
-def _finish(ds: grain.MapDataset, config: ml_collections.ConfigDict, process_index: int,
-            process_count: int, batch_fn: Optional[Any] = None) -> grain.DatasetIterator:
-  """Per-process slice, batching, prefetch (threads, optional worker processes) -> iterator."""
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index={process_index} not in [0, {process_count})")
-  ds = grain_ops.BatchDataset(ds[process_index::process_count],
-                              _local_batch_size(config, process_count), batch_fn or grain_ops.stack)
+def _finish(ds: grain.MapDataset, config: ml_collections.ConfigDict,
+            rows: Optional[Sequence[int]], batch_fn: Optional[Any] = None
+            ) -> grain.DatasetIterator:
+  """This process's rows of each global batch, prefetch (threads, optional worker
+  processes) -> iterator."""
+  ds = grain_ops.BatchDataset(ds, int(config.data.batch_size), batch_fn or grain_ops.stack,
+                              _checked_rows(config, rows))
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=PREFETCH_THREADS,
                                                prefetch_buffer_size=PREFETCH_BATCHES))
   num_workers = int(config.data.get("num_workers", 0))
@@ -204,13 +214,13 @@ def _batcher(srcs: list[tuple[str, float, records.RecordDataSource]], fields: Ma
       text_vocab_size=fields["text_vocab_size"])
 
 
-def make_train_iterator(config: ml_collections.ConfigDict, *, process_index: int = 0,
-                        process_count: int = 1) -> grain.DatasetIterator:
+def make_train_iterator(config: ml_collections.ConfigDict, *,
+                        rows: Optional[Sequence[int]] = None) -> grain.DatasetIterator:
   """Infinite iterator of this process's token batches (see the module docstring).
 
   Batches: image_tokens int32 [b, image_seq_len], text_tokens int32 [b, text_seq_len],
-  text_mask bool [b, text_seq_len], has_image bool [b], has_text bool [b], with
-  b = config.data.batch_size / process_count.
+  text_mask bool [b, text_seq_len], has_image bool [b], has_text bool [b], with b = len(rows)
+  (rows: sorted rows of each global batch to load; None = all, one process).
   """
   split = config.data.get("train_split", "train")
   srcs, fields = _token_sources(config, split, extra=True)
@@ -229,8 +239,7 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, process_index: int
     ds = ds.random_map(functools.partial(grain_ops.modality_dropout, text_dropout=text_dropout,
                                          image_dropout=image_dropout, paired_sources=paired),
                        seed=_derive_seed(config.seed, "modality_dropout"))
-  return _finish(ds, config, process_index, process_count,
-                 _batcher(srcs, fields, int(config.model.text_seq_len)))
+  return _finish(ds, config, rows, _batcher(srcs, fields, int(config.model.text_seq_len)))
 
 
 def _one_pass(ds: grain.MapDataset, config: ml_collections.ConfigDict,
@@ -245,16 +254,15 @@ def _one_pass(ds: grain.MapDataset, config: ml_collections.ConfigDict,
   return ds[:usable]
 
 
-def make_eval_iterator(config: ml_collections.ConfigDict, split: str, *, process_index: int = 0,
-                       process_count: int = 1) -> grain.DatasetIterator:
+def make_eval_iterator(config: ml_collections.ConfigDict, split: str, *,
+                       rows: Optional[Sequence[int]] = None) -> grain.DatasetIterator:
   """One deterministic pass over data.dir's `split` in record order, no shuffle, no dropout.
 
   The last partial global batch is dropped (fewer than config.data.batch_size examples).
   """
   srcs, fields = _token_sources(config, split, extra=False)
   ds = grain.MapDataset.source(grain_ops.RawRecords(srcs[0][2], 0))
-  return _finish(_one_pass(ds, config, f"{config.data.dir} split {split!r}"), config,
-                 process_index, process_count,
+  return _finish(_one_pass(ds, config, f"{config.data.dir} split {split!r}"), config, rows,
                  _batcher(srcs, fields, int(config.model.text_seq_len)))
 
 
@@ -295,8 +303,9 @@ def _image_only(example: Mapping[str, Any]) -> dict[str, np.ndarray]:
   return {"image": example["image"]}
 
 
-def make_image_iterator(config: ml_collections.ConfigDict, split: str, *, process_index: int = 0,
-                        process_count: int = 1, train: bool = True) -> grain.DatasetIterator:
+def make_image_iterator(config: ml_collections.ConfigDict, split: str, *,
+                        rows: Optional[Sequence[int]] = None, train: bool = True
+                        ) -> grain.DatasetIterator:
   """Batches {"image": uint8 [b, S, S, 3]} from config.data.dir/<split> (ImageFolderSource at
   S = config.model.image_size). train: infinite, shuffled per epoch (seed = config.seed);
   else one pass in file order, remainder dropped. Sharded like make_train_iterator."""
@@ -311,7 +320,7 @@ def make_image_iterator(config: ml_collections.ConfigDict, split: str, *, proces
     ds = grain_ops.EpochShuffle(ds, seed=_derive_seed(config.seed, "images", split))
   else:
     ds = _one_pass(ds, config, f"{config.data.dir}/{split}")
-  return _finish(ds.map(_image_only), config, process_index, process_count)
+  return _finish(ds.map(_image_only), config, rows)
 
 
 def records_per_second(data_dir: str, split: str, batch_size: int, seconds: float) -> float:

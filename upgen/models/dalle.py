@@ -35,6 +35,7 @@ import optax
 from flax import linen as nn
 
 from upgen import families
+from upgen import flops
 from upgen.families import Batch, Family
 from upgen.models import layers
 from upgen.sampling import autoregressive
@@ -300,18 +301,15 @@ def init_variables(model: Dalle, rng: jax.Array, batch: Batch) -> dict[str, Any]
                     jnp.asarray(batch["image_tokens"], jnp.int32), train=False)
 
 
-def train_flops_per_example(config: ml_collections.ConfigDict) -> float:
-  """Forward + backward FLOPs for one stream of L = Lt + 1 + Li inputs (UPGen's formula):
-
-    matmuls:    6 * N * L,  N = layers * (4 E^2 + 2 E M)
-    attention:  12 * layers * L^2 * E  (full L x L; the causal half is not subtracted)
-    heads:      6 * E * (Lt * Vt + Li * Vi)
-  """
+def train_flops_per_example(config: ml_collections.ConfigDict) -> flops.FlopCount:
+  """Forward + backward FLOPs of one stream of L = Lt + 1 + Li inputs: 6N x L, causal
+  attention 6 x layers x L^2 x E (the half a causal kernel computes), text logits on the
+  text targets and image logits on the image targets (see upgen/flops.py)."""
   c = DalleConfig.from_config(config.model)
-  e, m, n_layers, length = c.emb_dim, c.mlp_dim, c.num_layers, c.stream_len
-  matmul_params = n_layers * (4 * e * e + 2 * e * m)
-  heads = 6 * e * (c.text_seq_len * c.text_vocab_size + c.image_seq_len * c.image_vocab_size)
-  return float(6 * matmul_params * length + 12 * n_layers * length ** 2 * e + heads)
+  return flops.Transformer(
+      c.num_layers, c.emb_dim, c.mlp_dim, c.stream_len, causal=True,
+      heads=((c.text_seq_len, c.text_vocab_size), (c.image_seq_len, c.image_vocab_size))
+  ).train_flops()
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -425,6 +423,27 @@ def preview_fn(params, batch: Batch, rng: jax.Array, *, model: Dalle,
   return text_to_image(params, model, batch["text_tokens"], valid_BxLt, rng, config.sample)
 
 
+def sample_cost(config: ml_collections.ConfigDict, batch_size: int, param_bytes: int
+                ) -> families.SampleCost:
+  """KV-cache decoding: the prompt is prefilled, then each of the Li image tokens is one
+  step over all rows (x2 with guidance) that reads the parameters and the cache so far.
+  FLOPs: one causal forward over the stream per row."""
+  c = DalleConfig.from_config(config.model)
+  s = SampleSettings.from_config(config.sample)
+  rows = batch_size * (2 if s.guidance_scale > 0 else 1) * max(s.beam_size, 1)
+  forward = train_flops_per_example(config).total / 3
+  itemsize = jnp.dtype(c.dtype).itemsize
+  prompt = c.text_seq_len + 1
+  mean_context = prompt + (c.image_seq_len - 1) / 2
+  cache_bytes = 2 * c.num_layers * c.emb_dim * itemsize * rows * mean_context
+  return families.SampleCost(
+      flops=rows * forward,
+      bytes=c.image_seq_len * (param_bytes + cache_bytes),
+      note=(f"{rows} rows x {forward / 1e9:.3f} GFLOP causal forward; {c.image_seq_len} "
+            f"steps x ({param_bytes / 1e6:.1f} MB parameters + K,V cache of {rows} rows x "
+            f"{mean_context:.0f} positions on average)"))
+
+
 def sample_images(params, text_tokens_BxLt, text_mask_BxLt, rng, *, model: Dalle,
                   config: ml_collections.ConfigDict) -> jax.Array:
   """`upgen sample`: image token ids BxLi, one per caption row (it repeats prompts itself)."""
@@ -435,4 +454,4 @@ FAMILY = Family(
     name="dalle", data_kind="tokens", make_model=make_model, dummy_batch=dummy_batch,
     init_variables=init_variables, loss_fn=loss_fn, preview_fn=preview_fn,
     sample_images=sample_images, caption_images=None,
-    train_flops_per_example=train_flops_per_example)
+    train_flops_per_example=train_flops_per_example, sample_cost=sample_cost)

@@ -25,6 +25,7 @@ import optax
 from flax import linen as nn
 
 from upgen import families
+from upgen import flops
 from upgen.families import Batch, Family
 from upgen.models import layers
 from upgen.sampling import upgen_sampler
@@ -166,6 +167,7 @@ class MaskingConfig:
   mask_schedule: str = "uniform"
   paired_masking: str = "joint"
   text_only_mask_ratio: float = 0.15
+  paired_text_mask_max: float = 1.0
   paired_image_weight: float = 1.0
   paired_text_weight: float = 0.1
   unpaired_image_weight: float = 1.0
@@ -183,6 +185,9 @@ class MaskingConfig:
     if not 0.0 < out.text_only_mask_ratio <= 1.0:
       raise ValueError(f"config.model.text_only_mask_ratio={out.text_only_mask_ratio}: "
                        "must be in (0, 1]")
+    if not 0.0 <= out.paired_text_mask_max <= 1.0:
+      raise ValueError(f"config.model.paired_text_mask_max={out.paired_text_mask_max}: "
+                       "must be in [0, 1]")
     return out
 
 
@@ -215,8 +220,9 @@ def sample_masks(rng: jax.Array, batch: Batch, settings: MaskingConfig
   With paired_masking="joint" ceil(r * num_valid) (at least one) valid tokens are masked,
   chosen uniformly at random over the example's joint sequence. With "independent" the image
   and the text are masked separately: the image by r as above, the caption of a paired
-  example by floor(u' * num_text) tokens, u' ~ U[0, 1) (often none), so training also sees a
-  fully masked image beside an intact caption, which is the text->image sampling task.
+  example by floor(u' * num_text) tokens, u' ~ U[0, paired_text_mask_max) (often none), so
+  training also sees a fully masked image beside an intact caption, which is the
+  text->image sampling task.
   """
   has_image_B = jnp.asarray(batch["has_image"], bool)
   has_text_B = jnp.asarray(batch["has_text"], bool)
@@ -232,8 +238,9 @@ def sample_masks(rng: jax.Array, batch: Batch, settings: MaskingConfig
     return masked_BxL[:, :li], masked_BxL[:, li:]
   masked_image_BxLi = _choose(order_rng, image_valid_BxLi, _num_to_mask(r_B, image_valid_BxLi))
   num_text_B = jnp.sum(text_valid_BxLt, axis=1)
-  paired_num_B = jnp.floor(jax.random.uniform(text_ratio_rng, has_image_B.shape)
-                           * num_text_B).astype(jnp.int32)
+  u_B = jax.random.uniform(text_ratio_rng, has_image_B.shape,
+                           maxval=settings.paired_text_mask_max)
+  paired_num_B = jnp.floor(u_B * num_text_B).astype(jnp.int32)
   num_mask_B = jnp.where(has_image_B, paired_num_B, _num_to_mask(r_B, text_valid_BxLt))
   return masked_image_BxLi, _choose(text_order_rng, text_valid_BxLt, num_mask_B)
 
@@ -329,22 +336,30 @@ def preview_fn(params, batch: Batch, rng: jax.Array, *, model: UPGen,
                                      jnp.asarray(batch["text_mask"], bool), rng, config.sample)
 
 
-def train_flops_per_example(config: ml_collections.ConfigDict) -> float:
-  """Forward + backward FLOPs for one example of L = Li + Lt tokens, width E, MLP width M:
-
-    matmuls:    6 * N * L,  N = layers * (4 E^2 + 2 E M)   (q, k, v, out; MLP in, out)
-    attention:  12 * layers * L^2 * E  (QK^T and AV: 2 * 2 L^2 E forward, x3 for fwd+bwd)
-    heads:      6 * E * (Li * Vi + Lt * Vt)  (image logits on image positions, text on text)
-
-  Embedding lookups, norms and softmax are ignored.
-  """
+def train_flops_per_example(config: ml_collections.ConfigDict) -> flops.FlopCount:
+  """Forward + backward FLOPs of one example over L = Li + Lt tokens: 6N x L, bidirectional
+  attention 12 x layers x L^2 x E, image logits on image positions and text logits on text
+  positions (see upgen/flops.py)."""
   c = UPGenConfig.from_config(config.model)
-  e, m, n_layers = c.emb_dim, c.mlp_dim, c.num_layers
-  length = c.image_seq_len + c.text_seq_len
-  matmul_params = n_layers * (4 * e * e + 2 * e * m)
-  attention = 12 * n_layers * length ** 2 * e
-  heads = 6 * e * (c.image_seq_len * c.image_vocab_size + c.text_seq_len * c.text_vocab_size)
-  return float(6 * matmul_params * length + attention + heads)
+  return flops.Transformer(
+      c.num_layers, c.emb_dim, c.mlp_dim, c.image_seq_len + c.text_seq_len, causal=False,
+      heads=((c.image_seq_len, c.image_vocab_size), (c.text_seq_len, c.text_vocab_size))
+  ).train_flops()
+
+
+def sample_cost(config: ml_collections.ConfigDict, batch_size: int, param_bytes: int
+                ) -> families.SampleCost:
+  """MaskGIT text->image: every step runs the whole [image; text] sequence forward, twice
+  with guidance (conditioned and text-masked rows), and reads the parameters once."""
+  s = upgen_sampler.SampleSettings.from_config(config.sample)
+  streams = 2 if s.guidance_scale > 0 else 1
+  forward = train_flops_per_example(config).total / 3
+  return families.SampleCost(
+      flops=s.num_steps * streams * batch_size * forward,
+      bytes=float(s.num_steps * param_bytes),
+      note=(f"{s.num_steps} steps x {streams} stream(s) x {batch_size} x "
+            f"{forward / 1e9:.3f} GFLOP forward; {s.num_steps} x {param_bytes / 1e6:.1f} MB "
+            "of parameters"))
 
 
 def sample_images(params, text_tokens_BxLt, text_mask_BxLt, rng, *, model: UPGen,
@@ -365,4 +380,4 @@ FAMILY = Family(
     name="upgen", data_kind="tokens", make_model=make_model, dummy_batch=dummy_batch,
     init_variables=init_variables, loss_fn=loss_fn, preview_fn=preview_fn,
     sample_images=sample_images, caption_images=caption_images,
-    train_flops_per_example=train_flops_per_example)
+    train_flops_per_example=train_flops_per_example, sample_cost=sample_cost)

@@ -19,6 +19,7 @@ import numpy as np
 from flax import linen as nn
 
 from upgen import families
+from upgen import flops
 from upgen.models import vqgan_layers as layers
 from upgen.models.vqgan_layers import VQGANConfig
 
@@ -162,9 +163,11 @@ def preview_fn(params: dict[str, Any], batch: families.Batch, rng: jax.Array, *,
   return reconstruct(params, batch["image"], model=model)
 
 
-def train_flops_per_example(config: ml_collections.ConfigDict) -> float:
+def train_flops_per_example(config: ml_collections.ConfigDict) -> flops.FlopCount:
   """Forward + backward (3x forward) FLOPs of the autoencoder, discriminator excluded."""
-  return 3.0 * layers.autoencoder_flops(VQGANConfig.from_config(config))
+  cfg = VQGANConfig.from_config(config)
+  return flops.FlopCount((("convolutions", 3.0 * layers.autoencoder_flops(cfg),
+                           f"3 x forward conv FLOPs at {cfg.image_size}px"),))
 
 
 FAMILY = families.Family(

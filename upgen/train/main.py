@@ -2,6 +2,10 @@
 
 Configs are ml_collections files with get_config(arg), locked: a misspelt override is an
 error. Re-running the same command resumes from the newest checkpoint in W.
+
+Many processes (docs/scaling.md): every process runs the same command; on TPU VM slices,
+under SLURM and under mpirun they find each other by themselves, elsewhere add
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from absl import flags
 from ml_collections import config_flags
 
 import upgen
+from upgen.train import distributed
 
 
 def config_path(path_and_arg: str) -> str:
@@ -27,23 +32,33 @@ def config_path(path_and_arg: str) -> str:
 
 
 def parse(argv: list[str], extra_flags=None) -> flags.FlagValues:
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "Config file (configs/<family>.py:<variant>).",
-                                  flag_values=fv, lock_config=True)
-  flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, config).",
-                      flag_values=fv)
-  if extra_flags:
-    extra_flags(fv)
   argv = [a if not a.startswith("--config=") else "--config=" + config_path(a[len("--config="):])
           for a in argv]
   if "--config" in argv:
     i = argv.index("--config")
     if i + 1 < len(argv):
       argv[i + 1] = config_path(argv[i + 1])
+  fv = flags.FlagValues()
+  # sys_argv: overrides (--config.KEY=V) are read from argv, not from the process's sys.argv.
+  config_flags.DEFINE_config_file("config", None, "Config file (configs/<family>.py:<variant>).",
+                                  flag_values=fv, lock_config=True,
+                                  sys_argv=["upgen train"] + argv)
+  flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, config).",
+                      flag_values=fv)
+  distributed.define_flags(fv)
+  if extra_flags:
+    extra_flags(fv)
   fv(["upgen train"] + argv)
   if fv.config is None or fv.workdir is None:
     raise SystemExit("upgen train: --config and --workdir are required")
   return fv
+
+
+def override_error(argv: list[str], error: Exception) -> str:
+  """A locked config rejects a key it does not have; name the override that did it."""
+  overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  return (f"no config key {error} (misspelt override? configs are locked); overrides given: "
+          f"{' '.join(overrides) or 'none'}")
 
 
 def main(argv: list[str]) -> int:
@@ -52,8 +67,12 @@ def main(argv: list[str]) -> int:
   logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO.
   try:
     fv = parse(argv)
-  except flags.Error as e:
+    distributed.initialize(**distributed.flag_values(fv))  # Before any jax backend exists.
+  except (flags.Error, ValueError) as e:
     print(f"upgen train: {e}", file=sys.stderr)
+    return 2
+  except (AttributeError, KeyError) as e:
+    print(f"upgen train: {override_error(argv, e)}", file=sys.stderr)
     return 2
   from upgen.train import trainer
   summary = trainer.train(fv.config, fv.workdir)

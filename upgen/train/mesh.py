@@ -72,5 +72,20 @@ def batch_sharding(mesh: Mesh, mesh_config: ml_collections.ConfigDict) -> NamedS
   return NamedSharding(mesh, P(*spec))
 
 
+def process_rows(sharding: jax.sharding.Sharding, batch_size: int) -> tuple[int, ...]:
+  """The rows of a global batch of `batch_size` that this process's devices hold under
+  `sharding` (sorted): the rows its input pipeline must load. Rows held by several
+  processes (a batch not split across them) are loaded by each of them."""
+  try:
+    index_map = sharding.addressable_devices_indices_map((batch_size,))
+  except ValueError as e:
+    raise ValueError(f"config.data.batch_size={batch_size} does not split evenly over the "
+                     f"mesh axes that shard the batch ({e})") from e
+  rows = set()
+  for (rows_slice,) in index_map.values():
+    rows.update(range(*rows_slice.indices(batch_size)))
+  return tuple(sorted(rows))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())

@@ -52,13 +52,18 @@ class _Preemption:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
 
-  def agreed(self) -> bool:
-    """True on every process once any process got SIGTERM."""
-    flag = self.requested.is_set()
-    if jax.process_count() == 1:
-      return flag
-    from jax.experimental import multihost_utils
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+  def agreed(self, out_of_time: bool, step: int, every: int) -> tuple[bool, bool]:
+    """(preempted, out of time), the same on every process: each is True once it is True on
+    any process (clocks differ; a process that stopped alone would hang the others).
+    With several processes the flags are exchanged only every `every` steps: the exchange
+    waits for the step in flight, so doing it each step would stall the host's dispatch."""
+    flags = np.asarray([self.requested.is_set(), out_of_time])
+    if jax.process_count() > 1:
+      if step % every:
+        return False, False
+      from jax.experimental import multihost_utils
+      flags = np.any(multihost_utils.process_allgather(flags), axis=0)
+    return bool(flags[0]), bool(flags[1])
 
 
 def resolve_config(config: ml_collections.ConfigDict, family: families.Family
@@ -84,25 +89,24 @@ def _check_same_model(saved: ml_collections.ConfigDict, config: ml_collections.C
         f"{config.model.get(k)!r} now; resume with the same model or use a new --workdir")
 
 
-def make_iterators(config, family, process_index, process_count):
+def make_iterators(config, family, rows):
+  """(train iterator, eval iterator factory) loading `rows` of each global batch."""
   if family.data_kind == "tokens":
-    train_iter = pipeline.make_train_iterator(
-        config, process_index=process_index, process_count=process_count)
+    train_iter = pipeline.make_train_iterator(config, rows=rows)
     eval_fn = functools.partial(pipeline.make_eval_iterator, config, config.data.val_split,
-                                process_index=process_index, process_count=process_count)
+                                rows=rows)
   else:
-    train_iter = pipeline.make_image_iterator(
-        config, config.data.train_split, process_index=process_index,
-        process_count=process_count, train=True)
+    train_iter = pipeline.make_image_iterator(config, config.data.train_split, rows=rows,
+                                              train=True)
     eval_fn = functools.partial(pipeline.make_image_iterator, config, config.data.val_split,
-                                process_index=process_index, process_count=process_count,
-                                train=False)
+                                rows=rows, train=False)
   return train_iter, eval_fn
 
 
-def _global_batch(batch: dict, sharding) -> dict:
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items()}
+def _global_batch(batch: dict, sharding, batch_size: int) -> dict:
+  """This process's rows (mesh_lib.process_rows) -> global arrays of batch_size rows."""
+  return {k: jax.make_array_from_process_local_data(
+      sharding, np.asarray(v), (batch_size,) + np.shape(v)[1:]) for k, v in batch.items()}
 
 
 def _tokens_per_example(batch: dict) -> int:
@@ -121,8 +125,9 @@ def evaluate(config, family, model, params, eval_iter_fn, batch_sharding, eval_f
   for i, batch in enumerate(it):
     if i >= config.train.eval_batches:
       break
-    out = jax.device_get(eval_fn(params, _global_batch(batch, batch_sharding),
-                                 jax.random.fold_in(rng, i)))
+    out = jax.device_get(eval_fn(
+        params, _global_batch(batch, batch_sharding, config.data.batch_size),
+        jax.random.fold_in(rng, i)))
     for k, v in out.items():
       totals[k] = totals.get(k, 0.0) + float(v)
     n += 1
@@ -147,7 +152,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   abstract, shardings = state_lib.abstract_state(family, model, tx, config, mesh)
   batch_sharding = mesh_lib.batch_sharding(mesh, config.mesh)
   train_iter, eval_iter_fn = make_iterators(
-      config, family, jax.process_index(), jax.process_count())
+      config, family, mesh_lib.process_rows(batch_sharding, config.data.batch_size))
 
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   latest = checkpointer.latest_step()
@@ -170,7 +175,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       in_shardings=(state_shardings, batch_sharding, replicated),
       out_shardings=(state_shardings, replicated), donate_argnums=0)
   p_eval = jax.jit(functools.partial(step_lib.eval_step, family=family, model=model,
-                                     config=config))
+                                     config=config), out_shardings=replicated)
   rng = jax.random.key(config.seed)
   writer = writers.MetricWriter(workdir)
   previewer = preview_lib.make(config, family, model, replicated)
@@ -188,7 +193,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   def write_preview(at_step: int) -> None:
     grid = previewer(state.params,
-                     lambda: _global_batch(next(iter(eval_iter_fn())), batch_sharding),
+                     lambda: _global_batch(next(iter(eval_iter_fn())), batch_sharding,
+                                           config.data.batch_size),
                      jax.random.key(config.seed + 2))
     if grid is not None:
       writer.write_images(at_step, {"samples": grid})
@@ -244,16 +250,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       while step < total:
         batch = next(train_iter)
         tokens = _tokens_per_example(batch) * config.data.batch_size
-        state, metrics = p_train(state, _global_batch(batch, batch_sharding), rng)
+        state, metrics = p_train(
+            state, _global_batch(batch, batch_sharding, config.data.batch_size), rng)
         if pending is not None:
           consume(*pending)
         step += 1
         interval_examples += config.data.batch_size
         interval_tokens += tokens
         pending = (step, metrics)
-        out_of_time = (config.train.max_minutes > 0 and
-                       time.perf_counter() - t_start > 60 * config.train.max_minutes)
-        preempted = preemption.agreed()
+        preempted, out_of_time = preemption.agreed(
+            config.train.max_minutes > 0 and
+            time.perf_counter() - t_start > 60 * config.train.max_minutes,
+            step, config.train.stop_check_every)
         if (step % config.train.checkpoint_every == 0 or step == total or out_of_time
             or preempted):
           consume(*pending)  # A checkpoint only ever holds a state whose step was checked.
