@@ -116,7 +116,8 @@ def test_mask_sampling_distribution(schedule):
 def test_independent_masking_keeps_whole_captions_for_text_to_image():
   batch = _batch("p" * 2000 + "i" * 300 + "t" * 300, seed=4)
   settings = upgen.MaskingConfig.from_config(
-      _config(paired_masking="independent", mask_schedule="uniform").model)
+      _config(paired_masking="independent", mask_schedule="uniform",
+              paired_text_mask_max=1.0).model)
   masks = jax.jit(upgen.sample_masks, static_argnums=2)(jax.random.key(1), batch, settings)
   image_m, text_m = (np.asarray(x) for x in masks)
   valid_t = batch["text_mask"]
