@@ -16,7 +16,7 @@ usage: launch/gpu_hosts.sh COMMAND (--hosts H1,H2,... | --hostfile FILE) [option
 
 commands:
   setup    copy this checkout to every host and install it there (launch/worker.sh
-           setup: .venv with requirements-lock.txt, upgen, jax[cuda12])
+           setup: .venv with requirements-lock.txt, upgen with gcsfs, jax[cuda12])
   train    start `upgen train` on every host (process i on host i, all pointed at the
            first host as coordinator), then follow the first host's log (--detach:
            return at once)
@@ -46,8 +46,9 @@ options:
   -h, --help            this help
 
 UPGEN_TRAIN_ARGS (after --) go to `upgen train` unchanged on every host; the workdir
-must be on a filesystem every host sees under the same path (NFS, Lustre, a gcsfuse
-mount): process 0 writes config and metrics, every process writes its checkpoint shards.
+must be a gs:// URL or on a filesystem every host sees under the same path (NFS, Lustre,
+a gcsfuse mount): process 0 writes config and metrics, every process writes its
+checkpoint shards.
 
 example:
   launch/gpu_hosts.sh all --hosts gpu0,gpu1,gpu2,gpu3 -- \

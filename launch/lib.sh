@@ -85,8 +85,8 @@ need_value() {
   [[ ${3-} != --* ]] || die "$1 needs a value (got the option '$3')"
 }
 
-# check_train_args ARG...: the arguments of `upgen train` name --config and --workdir,
-# and no gs:// path (upgen reads and writes through the local filesystem).
+# check_train_args ARG...: the arguments of `upgen train` name --config and --workdir.
+# (gs:// paths are fine: upgen reads and writes them through gcsfs, which setup installs.)
 check_train_args() {
   local a has_config=0 has_workdir=0
   for a in "$@"; do
@@ -94,12 +94,6 @@ check_train_args() {
       --config | --config=*) has_config=1 ;;
       --workdir | --workdir=*) has_workdir=1 ;;
     esac
-    if [[ $a == *gs://* ]]; then
-      die "upgen train argument '$a': gs:// paths are not supported (upgen opens files" \
-        "with the local filesystem API, so a gs:// --workdir would be written to each" \
-        "machine's local disk as ./gs:/...). Mount the bucket (tpu_vm.sh setup --bucket" \
-        "BUCKET mounts it at /gcs/BUCKET) and pass the mounted path."
-    fi
   done
   ((has_config)) || die "--config is required in the upgen train arguments after --" \
     "(e.g. -- --config configs/upgen.py:large --workdir DIR --config.data.dir=DATA)"

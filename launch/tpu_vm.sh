@@ -17,8 +17,8 @@ commands:
            gcloud compute tpus queued-resources create with --queued-resource)
   wait     wait until the queued resource is ACTIVE
   setup    copy this checkout to every worker and install it there (launch/worker.sh
-           setup: .venv with requirements-lock.txt, upgen, jax[tpu]); --bucket mounts
-           GCS buckets with gcsfuse
+           setup: .venv with requirements-lock.txt, upgen with gcsfs, jax[tpu]);
+           --bucket also mounts GCS buckets with gcsfuse
   train    start `upgen train UPGEN_TRAIN_ARGS` on every worker (--worker=all), then
            follow worker 0's log (--detach: return at once)
   logs     follow the training log of --worker (default 0; "all" interleaves them)
@@ -52,13 +52,13 @@ options:
   -h, --help               this help
 
 UPGEN_TRAIN_ARGS (after --) go to `upgen train` unchanged on every worker. Paths must be
-visible to every worker under the same name (a gcsfuse mount from --bucket; gs:// URLs
-are refused: upgen opens files through the local filesystem).
+visible to every worker under the same name: gs:// URLs (upgen reads and writes them
+through gcsfs) or a gcsfuse mount from --bucket.
 
 example:
   launch/tpu_vm.sh all --name upgen-v4 --zone us-central2-b --type v4-32 --spot \
-      --bucket my-bucket -- --config configs/upgen.py:large \
-      --workdir /gcs/my-bucket/runs/large --config.data.dir=/gcs/my-bucket/data \
+      -- --config configs/upgen.py:large \
+      --workdir gs://my-bucket/runs/large --config.data.dir=gs://my-bucket/data \
       --config.mesh.data=1 --config.mesh.fsdp=16
 EOF
 }

@@ -15,8 +15,8 @@ usage: launch/worker.sh COMMAND [options] [-- UPGEN_TRAIN_ARGS...]
 Runs on one training machine, in the upgen checkout that holds this script.
 
 commands:
-  setup   make .venv with the locked requirements, upgen (editable) and jax for the
-          accelerator; optionally mount GCS buckets with gcsfuse
+  setup   make .venv with the locked requirements, upgen (editable, with gcsfs for gs://
+          paths) and jax for the accelerator; optionally mount GCS buckets with gcsfuse
   start   start `upgen train UPGEN_TRAIN_ARGS` in the background (nohup); output is
           appended to logs/train-HOST.log, the process id written to logs/train-HOST.pid
   stop    send SIGTERM to that process (the trainer saves a checkpoint and exits)
@@ -91,7 +91,8 @@ do_setup() {
     uv=(python3 -m uv)
   fi
   run "${uv[@]}" venv --allow-existing --python "$python" .venv
-  run "${uv[@]}" pip install --python .venv/bin/python -r requirements-lock.txt -e . "${spec[@]}"
+  # The gcs extra (gcsfs, google-cloud-storage) lets --workdir and --config.data.dir be gs://.
+  run "${uv[@]}" pip install --python .venv/bin/python -r requirements-lock.txt -e ".[gcs]" "${spec[@]}"
   run .venv/bin/python -c 'import jax, upgen; print("upgen installed; jax", jax.__version__)'
   for b in "${buckets[@]}"; do
     [[ $b =~ ^[a-z0-9][a-z0-9._-]*$ ]] || die "--bucket '$b': give the bucket name, not a gs:// URL"

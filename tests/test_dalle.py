@@ -209,6 +209,11 @@ def test_loss_is_a_per_modality_mean_over_the_documented_stream():
                                          rel=1e-5)
   assert (m["num_text_tokens"], m["num_image_tokens"], m["captions_dropped"]) == tuple(
       counts) + (1,)
+  # `upgen eval nll`: per example, the image tokens' summed cross-entropy of the same stream.
+  paired = {k: v[[0, 3]] for k, v in batch.items()}
+  (_, want_paired), _ = _reference_losses(params, paired, np.zeros(2, bool))
+  nll = np.asarray(dalle.image_nll(params, paired, model=ZERO_LAYER, config=None))
+  assert nll.shape == (2,) and nll.mean() / LI == pytest.approx(want_paired, rel=1e-5)
   # Values under the text padding are never read (each pad position has its own token).
   noisy = dict(batch, text_tokens=np.where(batch["text_mask"], batch["text_tokens"], 7))
   assert float(_zero_layer_loss(params, noisy, dropped, jnp.ones(2))[0]) == pytest.approx(

@@ -9,6 +9,7 @@ import sys
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests import test_writers
@@ -96,6 +97,12 @@ def test_quickstart_train_and_sample_contract(tmp_path):
          "--config.model.num_layers=1", "--config.model.emb_dim=32", "--config.model.num_heads=2",
          "--config.model.mlp_dim=64")
   assert [row["step"] for row in _jsonl(r / "metrics.jsonl") if "loss" in row] == [1, 2, 3]
+  # `upgen eval nll`: the run's likelihood of the validation images, per image token.
+  nll = json.loads(_upgen("eval", "nll", "--workdir", r, "--num", 40, "--batch-size", 32
+                          ).stdout.strip().splitlines()[-1])
+  assert nll["family"] == "upgen" and nll["num"] == 40 and nll["split"] == "val"
+  assert 0 < nll["nll_per_image_token"] < 10 and nll["bits_per_image_token"] == pytest.approx(
+      nll["nll_per_image_token"] / np.log(2))
 
   # `upgen sample`: one PNG per sample, manifest, grid; then captions for images.
   prompts = tmp_path / "prompts.txt"

@@ -298,3 +298,23 @@ def test_inpaint_unconditional_image_to_text_and_key_masks(overfit):
   np.testing.assert_allclose(i1[:3], i2[:3], atol=1e-5)
   np.testing.assert_allclose(t2[3], t3[3], atol=1e-5)
   assert np.abs(np.asarray(i2[3] - i3[3])).max() > 1e-3  # Queries still see their own input.
+
+
+def test_raster_image_nll_is_the_one_token_per_step_factorization(overfit):
+  model, batch, params = (overfit[k] for k in ("model", "batch", "params"))
+  nll = np.asarray(upgen_sampler.raster_image_nll(
+      params, batch["image_tokens"], batch["text_tokens"], batch["text_mask"], model=model))
+  # The same sum, one forward per position, written plainly.
+  mask_id, want = model.config.image_mask_id, np.zeros(4)
+  for i in range(LI):
+    image = np.where(np.arange(LI)[None] < i, batch["image_tokens"], mask_id)
+    logits = model.apply({"params": params}, image, batch["text_tokens"], batch["text_mask"],
+                         np.ones(4, bool))[0]
+    logp = np.asarray(jax.nn.log_softmax(logits[:, i]))
+    want -= logp[np.arange(4), batch["image_tokens"][:, i]]
+  np.testing.assert_allclose(nll, want, rtol=1e-4)
+  # The memorized images are likely; the same images under the wrong captions are not.
+  swapped = np.asarray(upgen_sampler.raster_image_nll(
+      params, batch["image_tokens"], batch["text_tokens"][::-1], batch["text_mask"][::-1],
+      model=model))
+  assert nll.max() / LI < 0.3 and (swapped > nll + LI * 0.5).all(), (nll, swapped)

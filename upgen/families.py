@@ -57,6 +57,9 @@ class Family:
   # Optional, for `upgen sample --captions-for`: image->text. (params, image_tokens_BxLi, rng,
   # *, model, config) -> int32 text token ids BxLt.
   caption_images: Optional[Callable[..., jax.Array]] = None
+  # Optional, for `upgen eval nll`: (params, batch, *, model, config) -> float32 B, the
+  # -log p(image tokens | caption) of each paired example in nats (exact or an upper bound).
+  image_nll: Optional[Callable[..., jax.Array]] = None
   # Optional: (config) -> flops.FlopCount of one example's forward+backward (MFU in bench).
   train_flops_per_example: Optional[Callable[[ml_collections.ConfigDict], Any]] = None
   # Optional: (config, batch_size, param_bytes) -> SampleCost of one sample_images call on

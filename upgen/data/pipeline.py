@@ -31,6 +31,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from upgen import paths
 from upgen.data import grain_ops
 from upgen.data import records
 from upgen.data import sources
@@ -152,17 +153,17 @@ def _finish(ds: grain.MapDataset, config: ml_collections.ConfigDict,
 
 
 @functools.lru_cache(maxsize=16)
-def _open_split(directory: str, split: str, metadata_mtime_ns: int) -> records.RecordDataSource:
+def _open_split(directory: str, split: str, metadata_version: Any) -> records.RecordDataSource:
   """Indexed (CRC-verified) records of a split, reused while metadata.json is unchanged, so
   repeated evaluations do not re-read the shards."""
-  del metadata_mtime_ns  # Only part of the cache key.
+  del metadata_version  # Only part of the cache key.
   return records.RecordDataSource(directory, split)
 
 
 def _record_source(directory: str, split: str, role: str,
                    config_key: str) -> records.RecordDataSource:
-  mtime_ns = os.stat(os.path.join(directory, records.METADATA_FILE)).st_mtime_ns
-  src = _open_split(os.path.abspath(directory), split, mtime_ns)
+  version = paths.version(paths.join(directory, records.METADATA_FILE))
+  src = _open_split(paths.absolute(directory), split, version)
   if src.kind not in ROLES[role]:
     raise ValueError(f"{config_key}: {directory} split {split!r} holds {src.kind!r} records, "
                      f"which cannot be used as {role!r}")

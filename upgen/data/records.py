@@ -6,18 +6,20 @@ Each record is a tf.train.Example with features
   caption       bytes       utf-8 caption
   id            bytes       example id
 written to `DIR/{split}-{i:05d}-of-{n:05d}.tfrecord`, with `DIR/metadata.json` describing
-the tokenizers and every split's shards.
+the tokenizers and every split's shards. DIR may be a URL (gs://bucket/data; upgen.paths).
 """
 from __future__ import annotations
 
+import fnmatch
 import glob
 import hashlib
 import json
 import os
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from upgen import paths
 from upgen.data import example_proto
 from upgen.data import tfrecord
 
@@ -65,7 +67,7 @@ def encode_record(example: Example) -> bytes:
 
 def _sha256(path: str) -> str:
   digest = hashlib.sha256()
-  with open(path, "rb") as f:
+  with paths.open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
       digest.update(block)
   return digest.hexdigest()
@@ -83,11 +85,12 @@ def write_split(out_dir: str, split: str, examples_iter: Iterable[Example], num_
     raise ValueError(f"num_shards must be >= 1, got {num_shards}")
   if kind is not None and kind not in KINDS:
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-  os.makedirs(out_dir, exist_ok=True)
-  for old in glob.glob(os.path.join(glob.escape(out_dir), f"{glob.escape(split)}-*-of-*.tfrecord")):
-    os.remove(old)
+  paths.makedirs(out_dir)
+  old_shards = f"{glob.escape(split)}-*-of-*.tfrecord"
+  for old in fnmatch.filter(paths.list_names(out_dir), old_shards):
+    paths.remove(paths.join(out_dir, old))
   names = [shard_name(split, i, num_shards) for i in range(num_shards)]
-  tmp_paths = [os.path.join(out_dir, name + ".tmp") for name in names]
+  tmp_paths = [paths.join(out_dir, name + ".tmp") for name in names]
   writers = [tfrecord.TFRecordWriter(p) for p in tmp_paths]
   max_text_len, count = 0, 0
   try:
@@ -105,25 +108,25 @@ def write_split(out_dir: str, split: str, examples_iter: Iterable[Example], num_
   except BaseException:
     for w, p in zip(writers, tmp_paths):
       w.close()
-      os.remove(p)
+      paths.remove(p)
     raise
   for w in writers:
     w.close()
   counts = [w.num_records for w in writers]
   for tmp, name in zip(tmp_paths, names):
-    os.replace(tmp, os.path.join(out_dir, name))
+    paths.replace(tmp, paths.join(out_dir, name))
   return {
       "kind": kind,
       "shards": names,
       "records_per_shard": counts,
-      "sha256": [_sha256(os.path.join(out_dir, n)) for n in names],
+      "sha256": [_sha256(paths.join(out_dir, n)) for n in names],
       "max_text_len": max_text_len,
   }
 
 
 def _abs_path(path: Any) -> str:
-  """Absolute path when `path` exists on disk (readers load tokenizers from it), else as given."""
-  return os.path.abspath(path) if os.path.exists(str(path)) else str(path)
+  """Absolute path when `path` exists (readers load tokenizers from it), else as given."""
+  return paths.absolute(path) if paths.exists(str(path)) else str(path)
 
 
 def text_tokenizer_info(tok: Any) -> dict[str, Any]:
@@ -141,11 +144,7 @@ def image_tokenizer_info(tok: Any) -> dict[str, Any]:
 
 
 def _write_json_atomic(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+  paths.write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def compatible_splits(out_dir: str, split: str, text_tokenizer: Optional[Mapping[str, Any]],
@@ -154,8 +153,8 @@ def compatible_splits(out_dir: str, split: str, text_tokenizer: Optional[Mapping
   """The splits of an existing out_dir/metadata.json that `split` can join: all of them when
   the tokenizer entries are equal; none with `replace` (their shards are deleted); otherwise
   a MetadataError naming the file and the differing key. Call before writing shards."""
-  path = os.path.join(out_dir, METADATA_FILE)
-  if not os.path.exists(path):
+  path = paths.join(out_dir, METADATA_FILE)
+  if not paths.exists(path):
     return {}
   try:
     old = read_metadata(out_dir)
@@ -172,8 +171,8 @@ def compatible_splits(out_dir: str, split: str, text_tokenizer: Optional[Mapping
   for name, info in old["splits"].items():
     if name != split:
       for shard in info["shards"]:
-        if os.path.exists(os.path.join(out_dir, shard)):
-          os.remove(os.path.join(out_dir, shard))
+        if paths.exists(paths.join(out_dir, shard)):
+          paths.remove(paths.join(out_dir, shard))
   return {}
 
 
@@ -186,7 +185,7 @@ def update_metadata(out_dir: str, split: str, split_info: Mapping[str, Any],
           "image_tokenizer": image_tokenizer,
           "splits": compatible_splits(out_dir, split, text_tokenizer, image_tokenizer, replace)}
   meta["splits"][split] = dict(split_info)
-  _write_json_atomic(os.path.join(out_dir, METADATA_FILE), meta)
+  _write_json_atomic(paths.join(out_dir, METADATA_FILE), meta)
   return meta
 
 
@@ -210,11 +209,11 @@ def _check_fields(obj: Any, path: str, prefix: str, fields: Mapping[str, Any]) -
 
 def read_metadata(data_dir: str) -> dict[str, Any]:
   """Loads and validates data_dir/metadata.json; errors name the file and the key."""
-  path = os.path.join(data_dir, METADATA_FILE)
-  if not os.path.exists(path):
+  path = paths.join(data_dir, METADATA_FILE)
+  if not paths.exists(path):
     raise MetadataError(f"{path}: not found (run `upgen tokenize` to create records)")
   try:
-    with open(path) as f:
+    with paths.open(path) as f:
       meta = json.load(f)
   except json.JSONDecodeError as e:
     raise MetadataError(f"{path}: not valid JSON: {e}") from e
@@ -259,11 +258,11 @@ def read_metadata(data_dir: str) -> dict[str, Any]:
 def tokenizer_path(data_dir: str, metadata: Mapping[str, Any], key: str) -> str:
   """Where metadata[key] (text_tokenizer / image_tokenizer) says the tokenizer lives."""
   path = metadata.get(key, {}).get("path", "")
-  if path and not os.path.isabs(path):
-    path = os.path.join(data_dir, path)
-  if not path or not os.path.exists(path):
+  if path and not (os.path.isabs(path) or paths.is_remote(path)):
+    path = paths.join(data_dir, path)
+  if not path or not paths.exists(path):
     raise FileNotFoundError(
-        f"{os.path.join(data_dir, METADATA_FILE)}: {key}.path={metadata.get(key, {}).get('path')!r}"
+        f"{paths.join(data_dir, METADATA_FILE)}: {key}.path={metadata.get(key, {}).get('path')!r}"
         " does not exist; the tokenizers must stay where `upgen tokenize` found them")
   return path
 
@@ -280,9 +279,9 @@ def verify_sha256(data_dir: str, split: str) -> None:
   meta = read_metadata(data_dir)
   info = split_info(meta, data_dir, split)
   for name, want in zip(info["shards"], info["sha256"]):
-    got = _sha256(os.path.join(data_dir, name))
+    got = _sha256(paths.join(data_dir, name))
     if got != want:
-      raise MetadataError(f"{os.path.join(data_dir, name)}: sha256 {got} differs from "
+      raise MetadataError(f"{paths.join(data_dir, name)}: sha256 {got} differs from "
                           f"{want} recorded in metadata.json")
 
 
@@ -307,8 +306,8 @@ class RecordDataSource:
     self._image_seq_len = image_seq_len
     self._shards = []
     for name, want in zip(self.info["shards"], self.info["records_per_shard"]):
-      path = os.path.join(data_dir, name)
-      if not os.path.exists(path):
+      path = paths.join(data_dir, name)
+      if not paths.exists(path):
         raise MetadataError(f"{path}: shard listed in metadata.json is missing")
       shard = tfrecord.IndexedTFRecordFile(path, verify=verify)
       if len(shard) != want:
@@ -339,6 +338,19 @@ class RecordDataSource:
     """The serialized tf.train.Example of record `index` (no decoding, no checks)."""
     shard, local = self.locate(int(index))
     return shard[local]
+
+  def read_many(self, indices: Sequence[int]) -> list[bytes]:
+    """`read` of every index, one batched read per shard (remote shards: ranged reads)."""
+    located = [self.locate(int(i)) for i in indices]
+    by_shard: dict[int, list[int]] = {}
+    for position, (shard, _) in enumerate(located):
+      by_shard.setdefault(id(shard), []).append(position)
+    out: list[bytes] = [b""] * len(located)
+    for positions in by_shard.values():
+      shard = located[positions[0]][0]
+      for position, data in zip(positions, shard.read_many([located[p][1] for p in positions])):
+        out[position] = data
+    return out
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     shard, local = self.locate(int(index))

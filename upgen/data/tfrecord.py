@@ -15,15 +15,20 @@ CRCs of many messages are computed at once with numpy: every message is split in
 unchanged), each chunk's CRC is an XOR of per-position table lookups (the CRC is linear
 over GF(2)), and chunks are chained with a "skip _CHUNK zero bytes" operator. The
 0xFFFFFFFF preset is the same as complementing the first 4 message bytes.
+
+Paths may be URLs (gs://...; upgen.paths): local files are read with os.pread, remote ones
+with batched ranged reads (`IndexedTFRecordFile.read_many`).
 """
 from __future__ import annotations
 
 import os
 import struct
 import threading
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO, Iterator, Optional, Sequence
 
 import numpy as np
+
+from upgen import paths
 
 _POLY = 0x82F63B78
 _MASK_DELTA = 0xA282EAD8
@@ -173,9 +178,12 @@ def masked_crc32c(data: bytes) -> int:
 class TFRecordWriter:
   """Writes records to one TFRecord file; CRCs are computed in vectorized batches."""
 
-  def __init__(self, path: str | os.PathLike, flush_every: int = 1024):
+  def __init__(self, path: str | os.PathLike, flush_every: int = 1024, *,
+               file: Optional[BinaryIO] = None):
+    """`file`: an open binary file to write to instead of opening `path` (which then only
+    names it), e.g. upgen.paths.open_synced for logs that must be visible while written."""
     self.path = os.fspath(path)
-    self._file: BinaryIO = open(self.path, "wb")
+    self._file: BinaryIO = file if file is not None else paths.open(self.path, "wb")
     self._pending: list[bytes] = []
     self._flush_every = flush_every
     self.num_records = 0
@@ -231,7 +239,7 @@ def index_records(path: str | os.PathLike, verify: bool = True) -> tuple[np.ndar
   raises CorruptRecordError naming the file and the byte offset of the bad record.
   """
   path = os.fspath(path)
-  buf = np.fromfile(path, dtype=np.uint8)
+  buf = _read_all(path)
   size = len(buf)
   raw = memoryview(buf)
   record_starts, offsets, lengths = [], [], []
@@ -267,6 +275,12 @@ def index_records(path: str | os.PathLike, verify: bool = True) -> tuple[np.ndar
   return offsets_N, lengths_N
 
 
+def _read_all(path: str) -> np.ndarray:
+  if paths.is_remote(path):
+    return np.frombuffer(paths.read_bytes(path), np.uint8)
+  return np.fromfile(path, dtype=np.uint8)
+
+
 def _read_u32(buf: np.ndarray, positions_N: np.ndarray) -> np.ndarray:
   bytes_Nx4 = buf[positions_N[:, None] + np.arange(4)].astype(np.uint32)
   return (bytes_Nx4[:, 0] | (bytes_Nx4[:, 1] << 8) | (bytes_Nx4[:, 2] << 16)
@@ -294,7 +308,7 @@ def _verify_crcs(path: str, buf: np.ndarray, starts_N: np.ndarray, offsets_N: np
 def read_records(path: str | os.PathLike, verify: bool = True) -> Iterator[bytes]:
   """Yields every record's data in file order (CRCs checked up front with `verify`)."""
   offsets_N, lengths_N = index_records(path, verify=verify)
-  with open(path, "rb") as f:
+  with paths.open(path, "rb") as f:
     for offset, length in zip(offsets_N.tolist(), lengths_N.tolist()):
       f.seek(offset)
       yield f.read(length)
@@ -304,29 +318,45 @@ class IndexedTFRecordFile:
   """Random access to the records of one TFRecord file through a prebuilt index.
 
   Picklable: the file handle is opened lazily in each process and dropped on pickling.
+  A remote file (a URL) is downloaded once to build the index, then read by byte ranges.
   """
 
   def __init__(self, path: str | os.PathLike, verify: bool = True):
     self.path = os.fspath(path)
     self.offsets, self.lengths = index_records(self.path, verify=verify)
+    self._remote = paths.is_remote(self.path)
     self._fd: int | None = None
     self._lock = threading.Lock()
 
   def __len__(self) -> int:
     return len(self.offsets)
 
-  def __getitem__(self, index: int) -> bytes:
-    if self._fd is None:
-      with self._lock:
-        if self._fd is None:
-          self._fd = os.open(self.path, os.O_RDONLY)
-    length = int(self.lengths[index])
-    data = os.pread(self._fd, length, int(self.offsets[index]))
-    if len(data) != length:
+  def _checked(self, index: int, data: bytes) -> bytes:
+    if len(data) != int(self.lengths[index]):
       raise CorruptRecordError(
           f"{self.path}: record {index} at byte offset {int(self.offsets[index])} is "
           f"truncated (the file changed after it was indexed)")
     return data
+
+  def __getitem__(self, index: int) -> bytes:
+    if self._remote:
+      return self.read_many([index])[0]
+    if self._fd is None:
+      with self._lock:
+        if self._fd is None:
+          self._fd = os.open(self.path, os.O_RDONLY)
+    data = os.pread(self._fd, int(self.lengths[index]), int(self.offsets[index]))
+    return self._checked(index, data)
+
+  def read_many(self, indices: Sequence[int]) -> list[bytes]:
+    """Records `indices`; for a remote file in one call of concurrent ranged reads."""
+    if not self._remote:
+      return [self[i] for i in indices]
+    indices = [int(i) for i in indices]
+    starts = self.offsets[indices]
+    datas = paths.read_ranges(self.path, starts.tolist(),
+                              (starts + self.lengths[indices]).tolist())
+    return [self._checked(i, d) for i, d in zip(indices, datas)]
 
   def __getstate__(self) -> dict:
     return {k: v for k, v in self.__dict__.items() if k not in ("_fd", "_lock")}

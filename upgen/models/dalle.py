@@ -423,6 +423,21 @@ def preview_fn(params, batch: Batch, rng: jax.Array, *, model: Dalle,
   return text_to_image(params, model, batch["text_tokens"], valid_BxLt, rng, config.sample)
 
 
+def image_nll(params, batch: Batch, *, model: Dalle, config: ml_collections.ConfigDict
+              ) -> jax.Array:
+  """`upgen eval nll`: -log p(image | caption) per example, the sum of the image tokens'
+  next-token cross-entropies (teacher forcing, no caption dropout)."""
+  del config
+  image_BxLi = jnp.asarray(batch["image_tokens"], jnp.int32)
+  text_valid_BxLt = (jnp.asarray(batch["text_mask"], bool)
+                     & jnp.asarray(batch["has_text"], bool)[:, None])
+  _, image_logits = model.apply({"params": params}, jnp.asarray(batch["text_tokens"], jnp.int32),
+                                text_valid_BxLt, image_BxLi, train=False)
+  ce_BxLi = optax.softmax_cross_entropy_with_integer_labels(
+      image_logits.astype(jnp.float32), image_BxLi)
+  return jnp.sum(ce_BxLi, axis=1)
+
+
 def sample_cost(config: ml_collections.ConfigDict, batch_size: int, param_bytes: int
                 ) -> families.SampleCost:
   """KV-cache decoding: the prompt is prefilled, then each of the Li image tokens is one
@@ -454,4 +469,5 @@ FAMILY = Family(
     name="dalle", data_kind="tokens", make_model=make_model, dummy_batch=dummy_batch,
     init_variables=init_variables, loss_fn=loss_fn, preview_fn=preview_fn,
     sample_images=sample_images, caption_images=None,
-    train_flops_per_example=train_flops_per_example, sample_cost=sample_cost)
+    train_flops_per_example=train_flops_per_example, sample_cost=sample_cost,
+    image_nll=image_nll)

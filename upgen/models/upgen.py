@@ -362,6 +362,17 @@ def sample_cost(config: ml_collections.ConfigDict, batch_size: int, param_bytes:
             "of parameters"))
 
 
+def image_nll(params, batch: Batch, *, model: UPGen, config: ml_collections.ConfigDict
+              ) -> jax.Array:
+  """`upgen eval nll`: -log p(image | caption) per example, one token per step in raster
+  order (upgen_sampler.raster_image_nll)."""
+  del config
+  return upgen_sampler.raster_image_nll(
+      params, jnp.asarray(batch["image_tokens"], jnp.int32),
+      jnp.asarray(batch["text_tokens"], jnp.int32), jnp.asarray(batch["text_mask"], bool),
+      model=model)
+
+
 def sample_images(params, text_tokens_BxLt, text_mask_BxLt, rng, *, model: UPGen,
                   config: ml_collections.ConfigDict) -> jax.Array:
   """`upgen sample`: text->image token ids BxLi with MaskGIT settings from config.sample."""
@@ -380,4 +391,5 @@ FAMILY = Family(
     name="upgen", data_kind="tokens", make_model=make_model, dummy_batch=dummy_batch,
     init_variables=init_variables, loss_fn=loss_fn, preview_fn=preview_fn,
     sample_images=sample_images, caption_images=caption_images,
-    train_flops_per_example=train_flops_per_example, sample_cost=sample_cost)
+    train_flops_per_example=train_flops_per_example, sample_cost=sample_cost,
+    image_nll=image_nll)

@@ -82,6 +82,27 @@ def _decode_image(params, image_tokens_BxLi, known_BxLi, text_tokens_BxLt, text_
       settings.guidance_scale, guided_logits_fn)
 
 
+@functools.partial(jax.jit, static_argnames=("model",))
+def raster_image_nll(params, image_tokens_BxLi, text_tokens_BxLt, text_mask_BxLt, *,
+                     model: nn.Module) -> jax.Array:
+  """-log p(image | caption) per example (nats), decoding one token per step in raster order:
+  step i scores token i with tokens < i given and tokens >= i masked. Any fixed order of
+  one-token steps is an exact factorization, so this is a likelihood the masked model
+  assigns (with its own order), comparable per token with an autoregressive model's loss."""
+  cfg = model.config
+  text_mask_BxLt = text_mask_BxLt.astype(bool)
+  positions_Li = jnp.arange(cfg.image_seq_len)
+
+  def step(total_B, i):
+    image_BxLi = jnp.where(positions_Li[None] < i, image_tokens_BxLi, cfg.image_mask_id)
+    logits_BxLixV = _apply(params, model, image_BxLi, text_tokens_BxLt, text_mask_BxLt)[0]
+    logp_BxV = jax.nn.log_softmax(logits_BxLixV[:, i].astype(jnp.float32))
+    return total_B - jnp.take_along_axis(logp_BxV, image_tokens_BxLi[:, i, None], 1)[:, 0], None
+
+  total_B, _ = jax.lax.scan(step, jnp.zeros(image_tokens_BxLi.shape[:1]), positions_Li)
+  return total_B
+
+
 def _check_text(model: nn.Module, text_tokens_BxLt, text_mask_BxLt):
   lt = model.config.text_seq_len
   if text_tokens_BxLt.shape[-1] != lt or text_mask_BxLt.shape != text_tokens_BxLt.shape:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import Any
 
 import jax
@@ -19,6 +18,7 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
+from upgen import paths
 from upgen.models import vqgan
 
 
@@ -119,4 +119,4 @@ def load(workdir: str, batch_size: int = 64) -> ImageTokenizer:
   """The image tokenizer of the latest checkpoint of a VQGAN training run directory."""
   from upgen.train import checkpoint  # The trainer's restore; heavy imports only here.
   config, params = checkpoint.restore_params(workdir)
-  return ImageTokenizer(config, params, path=os.path.abspath(workdir), batch_size=batch_size)
+  return ImageTokenizer(config, params, path=paths.absolute(workdir), batch_size=batch_size)

@@ -5,8 +5,9 @@ collapsing, a Metaspace ("▁") pre-tokenizer with punctuation split off, and a 
 so `decode(encode(s))` gives back the normalized text. Special tokens have fixed ids:
 [PAD]=0, [MASK]=1, [UNK]=2, [BOS]=3, [EOS]=4. It is saved as `out_dir/tokenizer.json`.
 
-`load(path)` opens our tokenizer.json (a file or a directory holding it) or a Hugging Face
-tokenizer directory (one with tokenizer_config.json, via transformers.AutoTokenizer, offline).
+`load(path)` opens our tokenizer.json (a file or a directory holding it, also in cloud
+storage: gs://...) or a local Hugging Face tokenizer directory (one with
+tokenizer_config.json, via transformers.AutoTokenizer, offline).
 
 CLI: `upgen tokenizer text --captions DIR_OR_JSONL --vocab-size N --out DIR`.
 """
@@ -24,6 +25,8 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
+from upgen import paths
+
 SPECIAL_TOKENS = ("[PAD]", "[MASK]", "[UNK]", "[BOS]", "[EOS]")
 # Characters always in the vocabulary (text is lowercased), so plain English prompts encode
 # without [UNK] even when the captions never used a character.
@@ -36,11 +39,11 @@ HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens
                       "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
 
 
-def _sha256_files(paths: Sequence[str]) -> str:
+def _sha256_files(files: Sequence[str]) -> str:
   digest = hashlib.sha256()
-  for path in paths:
+  for path in files:
     digest.update(os.path.basename(path).encode() + b"\0")
-    with open(path, "rb") as f:
+    with paths.open(path, "rb") as f:
       digest.update(f.read())
   return digest.hexdigest()
 
@@ -130,7 +133,7 @@ class BpeTokenizer(TextTokenizer):
       if ids[token] != expected:
         raise ValueError(f"{file}: special token {token} has id {ids[token]}, expected "
                          f"{expected} (not a tokenizer written by upgen's train_bpe?)")
-    super().__init__(os.path.dirname(os.path.abspath(file)), [file],
+    super().__init__(os.path.dirname(paths.absolute(file)), [file],
                      tokenizer.get_vocab_size(with_added_tokens=True), ids["[PAD]"],
                      ids["[MASK]"], ids["[BOS]"], ids["[EOS]"])
     self._tokenizer = tokenizer
@@ -220,8 +223,21 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str) -> BpeTokeniz
   return BpeTokenizer(tokenizers.Tokenizer.from_file(path), path)
 
 
+def _load_remote_bpe(path: str) -> BpeTokenizer:
+  """Our tokenizer.json in cloud storage (the file or its directory)."""
+  file = path if paths.isfile(path) else paths.join(path, TOKENIZER_FILE)
+  if not paths.isfile(file):
+    raise FileNotFoundError(f"{path}: no {TOKENIZER_FILE} (from cloud storage only upgen BPE "
+                            "tokenizers load; copy a Hugging Face tokenizer to local disk)")
+  with paths.open(file) as f:
+    return BpeTokenizer(tokenizers.Tokenizer.from_str(f.read()), file)
+
+
 def load(path: str) -> TextTokenizer:
-  """Our tokenizer.json (file or its directory), or a local Hugging Face tokenizer directory."""
+  """Our tokenizer.json (file or its directory, local or remote), or a local Hugging Face
+  tokenizer directory."""
+  if paths.is_remote(path):
+    return _load_remote_bpe(path)
   if os.path.isfile(path):
     return BpeTokenizer(tokenizers.Tokenizer.from_file(path), path)
   if not os.path.isdir(path):

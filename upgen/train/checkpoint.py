@@ -10,11 +10,14 @@ Layout of a run directory (the trainer's workdir):
 orbax commits a checkpoint by renaming a finished temporary directory, so a process killed
 mid-save leaves the previous checkpoint as the latest one. The trainer never hands a state
 with a non-finite loss to `save`.
+
+The workdir may be a gs:// URL: config.json goes through upgen.paths, and the checkpoint
+directory is handed to orbax as the URL itself (orbax writes it with epath and tensorstore,
+and on GCS marks a finished checkpoint with a commit file instead of renaming it).
 """
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Optional
 
 import jax
@@ -22,6 +25,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from upgen import families
+from upgen import paths
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -30,12 +34,9 @@ CHECKPOINT_DIR = "checkpoints"
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(tmp, path)
+  paths.makedirs(workdir)
+  paths.write_atomic(paths.join(workdir, CONFIG_FILE),
+                     config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def _to_tuples(x):
@@ -48,11 +49,11 @@ def _to_tuples(x):
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  path = paths.join(workdir, CONFIG_FILE)
+  if not paths.exists(path):
     raise FileNotFoundError(f"{path}: no config.json - is {workdir!r} a upgen run directory?")
   try:
-    with open(path) as f:
+    with paths.open(path) as f:
       raw = json.load(f)
   except json.JSONDecodeError as e:
     raise ValueError(f"{path}: not valid JSON ({e})") from e
@@ -63,11 +64,12 @@ class Checkpointer:
   """Saves and restores {"state", "data"} under workdir/checkpoints with keep-N."""
 
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    self.directory = paths.absolute(paths.join(workdir, CHECKPOINT_DIR))
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("state", "data"))
+    with paths.remote_errors(self.directory):  # Orbax needs gcsfs for gs:// directories too.
+      self._manager = ocp.CheckpointManager(
+          self.directory, options=options, item_names=("state", "data"))
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()

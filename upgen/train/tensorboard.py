@@ -10,7 +10,6 @@ the protobuf wire format:
 from __future__ import annotations
 
 import io
-import os
 import socket
 import struct
 import time
@@ -18,6 +17,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from upgen import paths
 from upgen.data import tfrecord
 
 
@@ -73,13 +73,14 @@ def image_value(tag: str, image_HxWxC: np.ndarray) -> bytes:
 
 
 class EventWriter:
-  """Appends events to logdir/events.out.tfevents.<time>.<host>."""
+  """Appends events to logdir/events.out.tfevents.<time>.<host> (logdir may be a gs://
+  URL: the file is then uploaded whole on flush, see upgen.paths.open_synced)."""
 
   def __init__(self, logdir: str):
-    os.makedirs(logdir, exist_ok=True)
+    paths.makedirs(logdir)
     name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
-    self.path = os.path.join(logdir, name)
-    self._records = tfrecord.TFRecordWriter(self.path)
+    self.path = paths.join(logdir, name)
+    self._records = tfrecord.TFRecordWriter(self.path, file=paths.open_synced(self.path, "wb"))
     self._records.write(encode_event(time.time(), 0, file_version="brain.Event:2"))
 
   def scalar(self, tag: str, value: float, step: int) -> None:

@@ -1,17 +1,19 @@
 """Metric sinks: W/metrics.jsonl (one object per logged step) and TensorBoard event files.
 
 Only process 0 writes. TensorBoard events are written without TensorFlow (see
-`upgen.train.tensorboard`).
+`upgen.train.tensorboard`). In cloud storage (a gs:// workdir) both files are uploaded whole
+on flush, at most every upgen.paths.SYNC_SECONDS, and on close.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
+
+from upgen import paths
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -25,11 +27,11 @@ def _jsonable(v: Any) -> Any:
 
 def truncate_metrics(workdir: str, last_step: int) -> None:
   """Drops rows logged after `last_step` (a resumed run re-logs those steps)."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if jax.process_index() != 0 or not os.path.exists(path):
+  path = paths.join(workdir, METRICS_FILE)
+  if jax.process_index() != 0 or not paths.exists(path):
     return
   kept = []
-  with open(path) as f:
+  with paths.open(path) as f:
     for line in f:
       try:
         row = json.loads(line)
@@ -37,14 +39,11 @@ def truncate_metrics(workdir: str, last_step: int) -> None:
         continue  # A line cut short by a kill.
       if int(row.get("step", 0)) <= last_step:
         kept.append(line if line.endswith("\n") else line + "\n")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(kept)
-  os.replace(tmp, path)
+  paths.write_atomic(path, "".join(kept))
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, METRICS_FILE)) as f:
+  with paths.open(paths.join(workdir, METRICS_FILE)) as f:
     return [json.loads(line) for line in f if line.strip()]
 
 
@@ -57,11 +56,11 @@ class MetricWriter:
     self._tb = None
     if not self.active:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
+    paths.makedirs(workdir)
+    self._jsonl = paths.open_synced(paths.join(workdir, METRICS_FILE), "a")
     if tensorboard:
       from upgen.train import tensorboard as tb
-      self._tb = tb.EventWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = tb.EventWriter(paths.join(workdir, "tensorboard"))
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     if not self.active:

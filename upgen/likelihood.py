@@ -1,0 +1,65 @@
+"""`upgen eval nll --workdir W [--split val] [--num 256]`: how likely a trained model finds
+the held-out images given their captions, in nats per image token.
+
+The families report comparable numbers: the decoder-only model's is its exact next-token
+likelihood; UPGen's factorizes the same joint one token per step in raster order (each
+step scores one token with the earlier ones given and the rest masked), which is a
+likelihood the masked model defines. Both read the records in file order, so two runs on
+the same data score the same examples.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from typing import Optional
+
+import jax
+import numpy as np
+
+
+def image_nll(workdir: str, split: str = "val", num: int = 256, batch_size: int = 64) -> dict:
+  """Mean -log p(image | caption) over the first `num` paired examples of `split`."""
+  from upgen import sample
+  from upgen.data import pipeline
+  run = sample.load_run(workdir)
+  if run.family.image_nll is None:
+    raise ValueError(f"family {run.family.name!r} has no image likelihood")
+  config = run.config.copy_and_resolve_references()
+  config.data.batch_size = batch_size
+  score = jax.jit(functools.partial(run.family.image_nll, run.params, model=run.model,
+                                    config=config))
+  totals, image_tokens = [], 0
+  for batch in pipeline.make_eval_iterator(config, split):
+    paired = np.asarray(batch["has_image"], bool) & np.asarray(batch["has_text"], bool)
+    nll = np.asarray(score(batch))[paired]
+    totals.extend(nll.tolist())
+    image_tokens = int(np.shape(batch["image_tokens"])[1])
+    if len(totals) >= num:
+      break
+  if not totals:
+    raise ValueError(f"{config.data.dir}: no paired examples in split {split!r} (need at least "
+                     f"one full batch of {batch_size})")
+  totals = totals[:num]
+  per_image = float(np.mean(totals))
+  return {"family": run.family.name, "split": split, "num": len(totals),
+          "nll_per_image": per_image, "nll_per_image_token": per_image / image_tokens,
+          "bits_per_image_token": per_image / image_tokens / np.log(2)}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog="upgen eval nll", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True, help="Run directory of `upgen train`.")
+  parser.add_argument("--split", default="val")
+  parser.add_argument("--num", type=int, default=256, help="Examples scored (file order).")
+  parser.add_argument("--batch-size", type=int, default=64)
+  args = parser.parse_args(argv)
+  result = image_nll(args.workdir, args.split, args.num, args.batch_size)
+  print(json.dumps(result))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
