@@ -84,22 +84,23 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.sample.per_prompt = 4  # Samples per prompt in `upgen sample`.
 
   if arg == "tiny":
-    # Chosen for learning per CPU-second (docs/results.md): batch 32 at ~0.42 s/step on 2
-    # cores learns more per second than batch 64 at ~0.78 s/step; the cosine mask ratio,
+    # Chosen for learning per CPU-second (docs/results.md): the step is compute bound
+    # (batch 64 ~0.78 s, 32 ~0.4 s, 16 ~0.2 s on 2 cores), and at the same examples seen
+    # batch 16 learned more than 32, and 32 no less than 64; the cosine mask ratio,
     # independent and capped caption masking put more of the steps on the text->image task.
     c.model.mask_schedule = "cosine"
     c.model.paired_masking = "independent"
     # Caption masking at most a quarter of the tokens: more steps see the whole caption
     # beside a masked image (docs/results.md: fidelity 0.20 -> 0.35 at 1100 steps).
     c.model.paired_text_mask_max = 0.25
-    c.data.batch_size = 32
+    c.data.batch_size = 16
     c.optim.lr = 3e-3
     c.optim.warmup_steps = 50
     c.optim.weight_decay = 0.01
     c.train.steps = 1000
     c.train.log_every = 10
-    c.train.checkpoint_every = 200
-    c.train.sample_every = 250
+    c.train.checkpoint_every = 500
+    c.train.sample_every = 500
   else:
     c.data.batch_size = 512
     c.optim.lr = 4e-4
