@@ -195,18 +195,8 @@ def bench_data(data_dir: str, split: str, batch_size: int, seconds: float) -> di
 
 def _load_config(argv: list[str], extra) -> tuple[ml_collections.ConfigDict, Any]:
   """--config FILE:ARG with --config.KEY=V overrides (locked), plus the bench's own flags."""
-  from absl import flags
-  from ml_collections import config_flags
-  from upgen.train.main import config_path
-  argv = ["--config=" + config_path(a[len("--config="):]) if a.startswith("--config=") else a
-          for a in argv]
-  if "--config" in argv and argv.index("--config") + 1 < len(argv):
-    i = argv.index("--config") + 1
-    argv[i] = config_path(argv[i])
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "configs/<family>.py:<variant>",
-                                  flag_values=fv, lock_config=True,
-                                  sys_argv=["upgen bench"] + argv)
+  from upgen.train.main import config_flags_for
+  fv, argv = config_flags_for(argv, "upgen bench")
   extra(fv)
   fv(["upgen bench"] + argv)
   if fv.config is None:

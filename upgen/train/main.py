@@ -31,7 +31,9 @@ def config_path(path_and_arg: str) -> str:
   return path + sep + arg
 
 
-def parse(argv: list[str], extra_flags=None) -> flags.FlagValues:
+def config_flags_for(argv: list[str], prog: str) -> tuple[flags.FlagValues, list[str]]:
+  """FlagValues holding --config (configs/x.py[:arg], found as `config_path` does, locked,
+  with --config.KEY=V overrides read from `argv`), and argv with the config path resolved."""
   argv = [a if not a.startswith("--config=") else "--config=" + config_path(a[len("--config="):])
           for a in argv]
   if "--config" in argv:
@@ -41,8 +43,12 @@ def parse(argv: list[str], extra_flags=None) -> flags.FlagValues:
   fv = flags.FlagValues()
   # sys_argv: overrides (--config.KEY=V) are read from argv, not from the process's sys.argv.
   config_flags.DEFINE_config_file("config", None, "Config file (configs/<family>.py:<variant>).",
-                                  flag_values=fv, lock_config=True,
-                                  sys_argv=["upgen train"] + argv)
+                                  flag_values=fv, lock_config=True, sys_argv=[prog] + argv)
+  return fv, argv
+
+
+def parse(argv: list[str], extra_flags=None) -> flags.FlagValues:
+  fv, argv = config_flags_for(argv, "upgen train")
   flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, config).",
                       flag_values=fv)
   distributed.define_flags(fv)
