@@ -15,7 +15,7 @@ setuptools.setup(
         "ml-collections>=1.1.0,<2",
         "clu>=0.0.12",
         "grain>=0.2.18,<0.3",
-        "tokenizers>=0.22,<0.23",
+        "tokenizers>=0.22,<0.24",
         "transformers>=4.57.6,<6",
         "numpy>=1.26",
         "pillow>=10",

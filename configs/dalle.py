@@ -32,7 +32,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.model.mlp_dim = mlp  # Hidden width of the MLP.
   c.model.dropout_rate = 0.0  # Dropout on residual branches and embeddings.
   c.model.attention_dropout_rate = 0.0  # Dropout on attention weights.
-  c.model.attention_impl = None  # jax.nn.dot_product_attention: None (auto), "xla", "cudnn".
+  c.model.attention_impl = ""  # jax.nn.dot_product_attention: "" (jax picks), "xla", "cudnn".
   # nn.scan over blocks: one compiled block instead of N (faster compiles for deep models).
   c.model.scan_layers = arg == "large"
   c.model.remat = "none"  # Rematerialization: "none", "full", "dots", "dots_no_batch".

@@ -110,6 +110,23 @@ def test_manual_attention_matches_jax_attention():
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("length", [5, 6])
+def test_fused_attention_pads_to_the_kernels_shapes(length):
+  """The cuDNN wrapper's broadcast mask and odd-length padding (run through the XLA kernel
+  here: CPU has no cuDNN) leave every real position's output unchanged."""
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, length, 2, 4)) for i in range(3))
+  valid = np.ones((2, length), bool)
+  valid[0, 3:] = False  # Trailing padding.
+  valid[1, :2] = False  # Leading keys masked (UPGen's text-only rows mask the image part).
+  for mask in (layers.key_mask(jnp.asarray(valid)), None):
+    for causal in (False, True):
+      ref = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
+      out = layers.fused_attention(q, k, v, mask, causal=causal, implementation="xla")
+      assert out.shape == ref.shape
+      rows = slice(None) if mask is None or not causal else slice(2, None)  # Rows with a key.
+      np.testing.assert_allclose(out[:, rows], ref[:, rows], atol=1e-5)
+
+
 @pytest.mark.parametrize("scan", [False, True])
 def test_kv_cache_decode_equals_full_forward(params, scan):
   cfg = _cfg(causal=True, scan_layers=scan)

@@ -117,7 +117,7 @@ def test_independent_masking_keeps_whole_captions_for_text_to_image():
   batch = _batch("p" * 2000 + "i" * 300 + "t" * 300, seed=4)
   settings = upgen.MaskingConfig.from_config(
       _config(paired_masking="independent", mask_schedule="uniform",
-              paired_text_mask_max=1.0).model)
+              paired_text_mask_max=1.0, paired_text_mask_prob=1.0).model)
   masks = jax.jit(upgen.sample_masks, static_argnums=2)(jax.random.key(1), batch, settings)
   image_m, text_m = (np.asarray(x) for x in masks)
   valid_t = batch["text_mask"]
@@ -145,7 +145,8 @@ def test_paired_text_mask_max_caps_caption_masking():
   valid_t = batch["text_mask"]
   for cap in (0.0, 0.25):
     settings = upgen.MaskingConfig.from_config(
-        _config(paired_masking="independent", paired_text_mask_max=cap).model)
+        _config(paired_masking="independent", paired_text_mask_max=cap,
+                paired_text_mask_prob=1.0).model)
     _, text_m = jax.jit(upgen.sample_masks, static_argnums=2)(jax.random.key(2), batch, settings)
     n_txt, n_valid = np.asarray(text_m).sum(1), valid_t.sum(1)
     # floor(u * n), u ~ U[0, cap): never more than floor(cap * n) tokens.
@@ -153,6 +154,26 @@ def test_paired_text_mask_max_caps_caption_masking():
     assert abs(np.mean(n_txt == 0) - np.mean(np.minimum(1.0, 1.0 / (cap * n_valid + 1e-9)))) < 0.03
   with pytest.raises(ValueError, match="config.model.paired_text_mask_max"):
     upgen.MaskingConfig.from_config(_config(paired_text_mask_max=1.5).model)
+
+
+def test_paired_text_mask_prob_picks_the_captions_that_are_masked():
+  batch = _batch("p" * 3000, seed=6)
+  n_valid = batch["text_mask"].sum(1)
+  settings = lambda prob: upgen.MaskingConfig.from_config(_config(
+      paired_masking="independent", paired_text_mask_max=1.0, paired_text_mask_prob=prob).model)
+  sample = jax.jit(upgen.sample_masks, static_argnums=2)
+  for prob in (0.0, 0.1, 1.0):
+    image_m, text_m = (np.asarray(x) for x in sample(jax.random.key(3), batch, settings(prob)))
+    n_txt = text_m.sum(1)
+    # A masked caption loses floor(u * n) tokens, u ~ U[0, 1): none with chance 1 / n.
+    want_none = (1 - prob) + prob * np.mean(1.0 / n_valid)
+    assert abs(np.mean(n_txt == 0) - want_none) < 0.02, prob
+    assert (image_m.sum(1) >= 1).all()
+  # The image masks do not depend on the caption draw.
+  np.testing.assert_array_equal(sample(jax.random.key(3), batch, settings(0.0))[0],
+                                sample(jax.random.key(3), batch, settings(0.5))[0])
+  with pytest.raises(ValueError, match="config.model.paired_text_mask_prob"):
+    upgen.MaskingConfig.from_config(_config(paired_text_mask_prob=-0.1).model)
 
 
 ZERO_LAYER = upgen.FAMILY.make_model(_config(num_layers=0))

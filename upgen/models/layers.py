@@ -140,6 +140,36 @@ class Mlp(nn.Module):
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(h_BxLxM)
 
 
+def fused_attention(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, mask, *, causal: bool,
+                    implementation: str = "cudnn") -> jax.Array:
+  """jax.nn.dot_product_attention(implementation="cudnn") for any mask shape and length.
+
+  cuDNN's fused kernel takes a mask only at full BxHxTxS extent (a key-padding mask
+  Bx1x1xS is broadcast here), and it trains only on even lengths: an odd T or S gets one
+  padding position that no real query attends to and that is cut from the output.
+  `implementation` is a parameter so the padding can be checked on CPU with "xla".
+  """
+  b, t, _, _ = q_BxTxHxD.shape
+  s = k_BxSxHxD.shape[1]
+  pad_t, pad_s = t % 2, s % 2
+  if mask is None:
+    if not (pad_t or pad_s):
+      return jax.nn.dot_product_attention(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, is_causal=causal,
+                                          implementation=implementation)
+    mask = jnp.ones((1, 1, 1, s), bool)
+  mask = jnp.broadcast_to(jnp.asarray(mask, bool), (b, mask.shape[1], t, s))
+  if pad_t or pad_s:
+    pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n), (0, 0), (0, 0)))
+    q_BxTxHxD, k_BxSxHxD, v_BxSxHxD = (pad(q_BxTxHxD, pad_t), pad(k_BxSxHxD, pad_s),
+                                       pad(v_BxSxHxD, pad_s))
+    # The padded query row may attend anything (it is dropped); the padded key nothing.
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad_t), (0, 0)), constant_values=True)
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, 0), (0, pad_s)), constant_values=False)
+  out = jax.nn.dot_product_attention(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, mask=mask,
+                                     is_causal=causal, implementation=implementation)
+  return out[:, :t]
+
+
 def manual_attention(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, mask, *, causal: bool,
                      dropout_rate: float = 0.0, dropout_rng: Optional[jax.Array] = None):
   """Einsum attention matching jax.nn.dot_product_attention's "xla" path, plus dropout."""
@@ -240,6 +270,7 @@ class Attention(nn.Module):
     k = nn.with_logical_constraint(self._proj("key", kv_BxSxE), qkv_names)
     v = nn.with_logical_constraint(self._proj("value", kv_BxSxE), qkv_names)
     causal = cfg.causal and not self.is_cross
+    used_cache = False
     if cfg.decode and not self.is_cross:
       k, v, mask, used_cache = self._update_cache(k, v, mask)
       causal = causal and not used_cache  # The cache mask is already causal.
@@ -247,9 +278,13 @@ class Attention(nn.Module):
     if dropout > 0.0:
       out = manual_attention(q, k, v, mask, causal=causal, dropout_rate=dropout,
                              dropout_rng=self.make_rng("dropout"))
+    elif cfg.attention_impl == "cudnn" and not used_cache:
+      out = fused_attention(q, k, v, mask, causal=causal)
     else:
+      # A KV-cache step (one query against the cache) runs the XLA path.
+      impl = None if used_cache else cfg.attention_impl
       out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
-                                         implementation=cfg.attention_impl)
+                                         implementation=impl)
     out = nn.with_logical_constraint(out, qkv_names)
     return HeadsDense((cfg.emb_dim,), 2, ("heads", "kv", "embed"), cfg.dtype, cfg.param_dtype,
                       name="out")(out)

@@ -168,6 +168,7 @@ class MaskingConfig:
   paired_masking: str = "joint"
   text_only_mask_ratio: float = 0.15
   paired_text_mask_max: float = 1.0
+  paired_text_mask_prob: float = 1.0
   paired_image_weight: float = 1.0
   paired_text_weight: float = 0.1
   unpaired_image_weight: float = 1.0
@@ -185,6 +186,9 @@ class MaskingConfig:
     if not 0.0 < out.text_only_mask_ratio <= 1.0:
       raise ValueError(f"config.model.text_only_mask_ratio={out.text_only_mask_ratio}: "
                        "must be in (0, 1]")
+    if not 0.0 <= out.paired_text_mask_prob <= 1.0:
+      raise ValueError(f"config.model.paired_text_mask_prob={out.paired_text_mask_prob}: "
+                       "must be in [0, 1]")
     if not 0.0 <= out.paired_text_mask_max <= 1.0:
       raise ValueError(f"config.model.paired_text_mask_max={out.paired_text_mask_max}: "
                        "must be in [0, 1]")
@@ -220,9 +224,10 @@ def sample_masks(rng: jax.Array, batch: Batch, settings: MaskingConfig
   With paired_masking="joint" ceil(r * num_valid) (at least one) valid tokens are masked,
   chosen uniformly at random over the example's joint sequence. With "independent" the image
   and the text are masked separately: the image by r as above, the caption of a paired
-  example by floor(u' * num_text) tokens, u' ~ U[0, paired_text_mask_max) (often none), so
-  training also sees a fully masked image beside an intact caption, which is the
-  text->image sampling task.
+  example, with probability paired_text_mask_prob, by floor(u' * num_text) tokens,
+  u' ~ U[0, paired_text_mask_max) (else not at all), so training also sees a fully masked
+  image beside an intact caption (the text->image sampling task) and, in the examples whose
+  caption is masked, the image->text task.
   """
   has_image_B = jnp.asarray(batch["has_image"], bool)
   has_text_B = jnp.asarray(batch["has_text"], bool)
@@ -240,7 +245,9 @@ def sample_masks(rng: jax.Array, batch: Batch, settings: MaskingConfig
   num_text_B = jnp.sum(text_valid_BxLt, axis=1)
   u_B = jax.random.uniform(text_ratio_rng, has_image_B.shape,
                            maxval=settings.paired_text_mask_max)
-  paired_num_B = jnp.floor(u_B * num_text_B).astype(jnp.int32)
+  caption_task_B = jax.random.bernoulli(jax.random.fold_in(text_ratio_rng, 1),
+                                        settings.paired_text_mask_prob, has_image_B.shape)
+  paired_num_B = jnp.where(caption_task_B, jnp.floor(u_B * num_text_B), 0).astype(jnp.int32)
   num_mask_B = jnp.where(has_image_B, paired_num_B, _num_to_mask(r_B, text_valid_BxLt))
   return masked_image_BxLi, _choose(text_order_rng, text_valid_BxLt, num_mask_B)
 
