@@ -131,3 +131,34 @@ def test_guidance_scale_zero_is_bit_exact_and_guidance_applies():
                                 [[1, 1, 1]])
   with pytest.raises(ValueError, match="guided_logits_fn"):
     maskgit.decode(cond_fn, t0, f0, VOCAB, jax.random.key(0), 2, guidance_scale=1.0)
+
+
+def test_linear_temperature_schedule_sharpens_late_steps():
+  """Fixed logits with p(token 0) = 0.6, p(token 1) = 0.4 at every position. At a constant
+  temperature 1 the decoded tokens follow that law; with the linear schedule the steps that
+  decode most tokens (cosine schedule: the late ones) sample at temperature ~1/N, so token 0
+  dominates. A one-step linear schedule is the constant one."""
+  logp_V = jnp.log(jnp.array([0.6, 0.4] + [1e-9] * (VOCAB - 2)))
+  logits_fn = lambda tokens_BxL: jnp.broadcast_to(logp_V, tokens_BxL.shape + (VOCAB,))
+  tokens = jnp.zeros((64, 64), jnp.int32)
+  fixed = jnp.zeros((64, 64), bool)
+  # Confidence noise that swamps the log-probs: positions are kept in random order, so
+  # which positions are decoded does not depend on the token they drew.
+  kw = dict(num_steps=12, schedule="cosine", temperature=1.0, choice_temperature=1e6)
+  constant = _decode(logits_fn, tokens, fixed, jax.random.key(0), **kw)
+  linear = _decode(logits_fn, tokens, fixed, jax.random.key(0), temperature_schedule="linear",
+                   **kw)
+  assert abs(np.mean(constant == 0) - 0.6) < 0.03
+  # Expected share of token 0: each step's decoded count times p0 at that step's temperature.
+  keep_T = np.asarray(_all_counts("cosine", 12, np.array([64])))[0]
+  decoded_T = np.concatenate([[64], keep_T[:-1]]) - keep_T
+  t_T = 1.0 - np.arange(12) / 12
+  p0_T = 0.6 ** (1 / t_T) / (0.6 ** (1 / t_T) + 0.4 ** (1 / t_T))
+  want = float(np.sum(decoded_T * p0_T) / 64)
+  assert want > 0.7 and abs(np.mean(linear == 0) - want) < 0.03, want
+  one = dict(kw, num_steps=1)
+  np.testing.assert_array_equal(
+      _decode(logits_fn, tokens, fixed, jax.random.key(1), **one),
+      _decode(logits_fn, tokens, fixed, jax.random.key(1), temperature_schedule="linear", **one))
+  with pytest.raises(ValueError, match="temperature_schedule"):
+    _decode(logits_fn, tokens, fixed, jax.random.key(1), temperature_schedule="cosine", **kw)

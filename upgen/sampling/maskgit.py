@@ -4,7 +4,8 @@
 one `lax.fori_loop` (trace it under `jax.jit`; `upgen_sampler` does). Each step:
 
   1. logits for the current tokens (guided: (1 + s) * cond - s * uncond),
-  2. sample every still-masked position (temperature; 0 = argmax),
+  2. sample every still-masked position (temperature; 0 = argmax; with
+     temperature_schedule="linear" it falls as temperature * (1 - step / num_steps)),
   3. confidence = log-prob of the sampled token + Gumbel noise scaled by
      choice_temperature * (1 - (step + 1) / num_steps); fixed and already decoded
      positions get +inf,
@@ -21,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from upgen.sampling import mask_schedule
+
+TEMPERATURE_SCHEDULES = ("constant", "linear")
 
 # tokens_BxL -> logits_BxLxV.
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -60,7 +63,8 @@ def _step_logits(logits_fn: LogitsFn, guided_logits_fn: Optional[GuidedLogitsFn]
 def decode(logits_fn: LogitsFn, tokens_BxL: jax.Array, fixed_BxL: jax.Array, mask_id: int,
            rng: jax.Array, num_steps: int, schedule: str = "cosine", temperature: float = 1.0,
            choice_temperature: float = 4.5, guidance_scale: float = 0.0,
-           guided_logits_fn: Optional[GuidedLogitsFn] = None) -> jax.Array:
+           guided_logits_fn: Optional[GuidedLogitsFn] = None,
+           temperature_schedule: str = "constant") -> jax.Array:
   """Decodes every position where `fixed_BxL` is False; returns int32 tokens BxL.
 
   Fixed positions keep their input value. `guidance_scale`, `num_steps`, `schedule` and
@@ -75,6 +79,9 @@ def decode(logits_fn: LogitsFn, tokens_BxL: jax.Array, fixed_BxL: jax.Array, mas
   if temperature < 0 or choice_temperature < 0:
     raise ValueError(f"temperature={temperature} and choice_temperature={choice_temperature} "
                      "must be >= 0")
+  if temperature_schedule not in TEMPERATURE_SCHEDULES:
+    raise ValueError(f"temperature_schedule={temperature_schedule!r}: choose one of "
+                     f"{TEMPERATURE_SCHEDULES}")
   fixed_BxL = fixed_BxL.astype(bool)
   tokens_BxL = jnp.where(fixed_BxL, tokens_BxL.astype(jnp.int32), mask_id)
   num_unknown_B = jnp.sum(~fixed_BxL, axis=-1).astype(jnp.int32)
@@ -84,7 +91,9 @@ def decode(logits_fn: LogitsFn, tokens_BxL: jax.Array, fixed_BxL: jax.Array, mas
     rng, sample_rng, choice_rng = jax.random.split(rng, 3)
     logits_BxLxV = _step_logits(logits_fn, guided_logits_fn, guidance_scale, tokens_BxL, mask_id)
     if temperature > 0:
-      logits_BxLxV = logits_BxLxV / temperature
+      # Linear: the first step samples at `temperature`, the last at temperature / num_steps.
+      t = temperature * (1.0 - i / num_steps) if temperature_schedule == "linear" else temperature
+      logits_BxLxV = logits_BxLxV / t
       # Gumbel-max: the same distribution as jax.random.categorical.
       sampled_BxL = jnp.argmax(logits_BxLxV + gumbel_like(sample_rng, logits_BxLxV), axis=-1)
     else:

@@ -1,7 +1,8 @@
 """Samplers for the UPGen family: text->image, inpainting, unconditional image, image->text.
 
 All take `params` (the "params" collection), the `UPGen` module, and `cfg` = config.sample
-(num_steps, schedule, temperature, choice_temperature, guidance_scale, text_steps). They are
+(num_steps, schedule, temperature, temperature_schedule, choice_temperature, guidance_scale,
+text_steps). They are
 jitted with the module and the settings static, and return token ids (int32); decoding image
 tokens to pixels is the image tokenizer's job.
 
@@ -30,6 +31,7 @@ class SampleSettings:
   num_steps: int = 12
   schedule: str = "cosine"
   temperature: float = 1.0
+  temperature_schedule: str = "constant"
   choice_temperature: float = 4.5
   guidance_scale: float = 0.0
   text_steps: int = 4
@@ -39,6 +41,9 @@ class SampleSettings:
     fields = {f.name: type(f.default)(cfg.get(f.name, f.default)) for f in dataclasses.fields(cls)}
     settings = cls(**fields)
     mask_schedule.check_schedule(settings.schedule)
+    if settings.temperature_schedule not in maskgit.TEMPERATURE_SCHEDULES:
+      raise ValueError(f"config.sample.temperature_schedule={settings.temperature_schedule!r}: "
+                       f"choose one of {maskgit.TEMPERATURE_SCHEDULES}")
     for name in ("num_steps", "text_steps"):
       if int(getattr(settings, name)) < 1:
         raise ValueError(f"config.sample.{name}={getattr(settings, name)}: must be >= 1")
@@ -79,7 +84,7 @@ def _decode_image(params, image_tokens_BxLi, known_BxLi, text_tokens_BxLt, text_
   return maskgit.decode(
       logits_fn, image_tokens_BxLi, known_BxLi, cfg.image_mask_id, rng, settings.num_steps,
       settings.schedule, settings.temperature, settings.choice_temperature,
-      settings.guidance_scale, guided_logits_fn)
+      settings.guidance_scale, guided_logits_fn, settings.temperature_schedule)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -153,7 +158,8 @@ def _decode_text_impl(params, image_tokens_BxLi, length_B, rng, *, model: nn.Mod
 
   return maskgit.decode(logits_fn, init_BxLt, ~active_BxLt, c.text_mask_id, rng,
                         settings.text_steps, settings.schedule, settings.temperature,
-                        settings.choice_temperature)
+                        settings.choice_temperature,
+                        temperature_schedule=settings.temperature_schedule)
 
 
 _decode_text = jax.jit(_decode_text_impl, static_argnames=("model", "settings"))
