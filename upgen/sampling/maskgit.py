@@ -31,6 +31,12 @@ LogitsFn = Callable[[jax.Array], jax.Array]
 GuidedLogitsFn = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 
 
+def check_temperature_schedule(name: str, key: str = "config.sample.temperature_schedule") -> str:
+  if name not in TEMPERATURE_SCHEDULES:
+    raise ValueError(f"{key}={name!r}: choose one of {TEMPERATURE_SCHEDULES}")
+  return name
+
+
 def guide(cond_BxLxV: jax.Array, uncond_BxLxV: jax.Array, scale: float) -> jax.Array:
   """Classifier-free guidance: (1 + s) * cond - s * uncond."""
   return (1.0 + scale) * cond_BxLxV - scale * uncond_BxLxV
@@ -79,9 +85,7 @@ def decode(logits_fn: LogitsFn, tokens_BxL: jax.Array, fixed_BxL: jax.Array, mas
   if temperature < 0 or choice_temperature < 0:
     raise ValueError(f"temperature={temperature} and choice_temperature={choice_temperature} "
                      "must be >= 0")
-  if temperature_schedule not in TEMPERATURE_SCHEDULES:
-    raise ValueError(f"temperature_schedule={temperature_schedule!r}: choose one of "
-                     f"{TEMPERATURE_SCHEDULES}")
+  check_temperature_schedule(temperature_schedule)
   fixed_BxL = fixed_BxL.astype(bool)
   tokens_BxL = jnp.where(fixed_BxL, tokens_BxL.astype(jnp.int32), mask_id)
   num_unknown_B = jnp.sum(~fixed_BxL, axis=-1).astype(jnp.int32)

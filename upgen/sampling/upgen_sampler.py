@@ -2,9 +2,8 @@
 
 All take `params` (the "params" collection), the `UPGen` module, and `cfg` = config.sample
 (num_steps, schedule, temperature, temperature_schedule, choice_temperature, guidance_scale,
-text_steps). They are
-jitted with the module and the settings static, and return token ids (int32); decoding image
-tokens to pixels is the image tokenizer's job.
+text_steps). They are jitted with the module and the settings static, and return token ids
+(int32); decoding image tokens to pixels is the image tokenizer's job.
 
 Classifier-free guidance (image decoding only): the unconditional prediction sees the text
 as all [PAD] with every text key masked out of attention, which is exactly how the model sees
@@ -41,9 +40,7 @@ class SampleSettings:
     fields = {f.name: type(f.default)(cfg.get(f.name, f.default)) for f in dataclasses.fields(cls)}
     settings = cls(**fields)
     mask_schedule.check_schedule(settings.schedule)
-    if settings.temperature_schedule not in maskgit.TEMPERATURE_SCHEDULES:
-      raise ValueError(f"config.sample.temperature_schedule={settings.temperature_schedule!r}: "
-                       f"choose one of {maskgit.TEMPERATURE_SCHEDULES}")
+    maskgit.check_temperature_schedule(settings.temperature_schedule)
     for name in ("num_steps", "text_steps"):
       if int(getattr(settings, name)) < 1:
         raise ValueError(f"config.sample.{name}={getattr(settings, name)}: must be >= 1")
