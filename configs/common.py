@@ -1,7 +1,11 @@
 """Fields shared by every family's config: trainer, optimizer, mesh, checkpointing.
 
 Each family config (`configs/<family>.py`) starts from `base_config()` and fills in
-`config.model`, `config.data` and `config.sample`.
+`config.model` (the architecture: resuming refuses a change), `config.loss` (the objective:
+free to change on resume), `config.data` (what to read and how to cut it) and, for families
+that sample, `config.sample`. Sizes that come from the data (vocabularies, the token grid,
+special ids) are not config fields: the family reads them from the records' metadata.json
+(upgen/data/spec.py) and the run saves them in data_spec.json.
 """
 import ml_collections
 
@@ -31,6 +35,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.family = ""  # Module under upgen.models that supplies model, loss, sampler.
   c.model.dtype = "float32"  # Compute dtype: "float32" or "bfloat16".
   c.model.param_dtype = "float32"  # Parameter storage dtype.
+
+  c.loss = ml_collections.ConfigDict()  # The family's objective settings.
 
   c.data = ml_collections.ConfigDict()
   c.data.dir = ""  # Directory with metadata.json and record shards (paired image-text).

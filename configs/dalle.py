@@ -36,32 +36,25 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # nn.scan over blocks: one compiled block instead of N (faster compiles for deep models).
   c.model.scan_layers = arg == "large"
   c.model.remat = "none"  # Rematerialization: "none", "full", "dots", "dots_no_batch".
-  # Vocabulary and lengths. -1 = read from the data's metadata.json; a set value must
-  # agree with the metadata or training stops with an error naming the key.
-  c.model.image_vocab_size = -1  # Image tokenizer codebook size.
-  c.model.text_vocab_size = -1  # Text tokenizer vocabulary size (incl. specials).
-  c.model.image_seq_len = -1  # Image tokens per example (grid height x width).
-  c.model.image_grid_width = -1  # Columns of the image token grid (row/column positions).
-  c.model.text_pad_id = -1  # From metadata: the text tokenizer's [PAD] id.
-  c.model.text_mask_id = -1  # From metadata: [MASK] id (unused here; the data resolves it).
-  c.model.text_seq_len = 12  # Caption tokens in the stream (longer captions are truncated).
+  # Vocabularies, the token grid and special ids come from the records (data_spec.json).
+
   # Loss: per-modality means, mixed by these weights (DALL-E: 1/8 text, 7/8 image).
-  c.model.text_loss_weight = 0.125  # Weight of the caption-token cross-entropy.
-  c.model.image_loss_weight = 0.875  # Weight of the image-token cross-entropy.
+  c.loss.text_loss_weight = 0.125  # Weight of the caption-token cross-entropy.
+  c.loss.image_loss_weight = 0.875  # Weight of the image-token cross-entropy.
   # Probability that training replaces a caption by pads (the unconditional stream that
   # classifier-free guidance contrasts with). Applied in the loss, so validation losses
   # are always conditional.
-  c.model.caption_dropout = 0.1
+  c.loss.caption_dropout = 0.1
 
-  c.data.kind = "tokens"  # Pre-tokenized TFRecords (see docs/data.md).
   c.data.train_split = "train"  # Split trained on.
   c.data.val_split = "val"  # Split for validation loss.
+  c.data.text_seq_len = 12  # Caption tokens in the stream (longer captions are cut).
   # Extra record sources mixed with data.dir, "kind:weight:dir" comma separated, kind in
   # paired|image|text. data.dir has weight data.paired_weight.
   c.data.extra_sources = ""
   c.data.paired_weight = 1.0
   c.data.image_dropout = 0.0  # Fraction of paired examples shown as text-only.
-  c.data.text_dropout = 0.0  # Pipeline caption dropout; 0: model.caption_dropout does it.
+  c.data.text_dropout = 0.0  # Pipeline caption dropout; 0: loss.caption_dropout does it.
 
   c.sample = ml_collections.ConfigDict()
   c.sample.temperature = 1.0  # Softmax temperature (0 = greedy).
@@ -91,5 +84,5 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.train.sample_every = 5000
     c.model.dtype = "bfloat16"
     c.model.dropout_rate = 0.1
-    c.model.text_seq_len = 64
+    c.data.text_seq_len = 64
   return c

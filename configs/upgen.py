@@ -41,37 +41,31 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.model.attention_impl = ""  # jax.nn.dot_product_attention: "" (jax picks), "xla", "cudnn".
   c.model.scan_layers = False  # nn.scan over blocks (faster compiles for deep models).
   c.model.remat = "none"  # Rematerialization: "none", "full", "dots", "dots_no_batch".
-  # Vocabulary and lengths. -1 = read from the data's metadata.json; a set value must
-  # agree with the metadata or training stops with an error naming the key.
-  c.model.image_vocab_size = -1  # Image tokenizer codebook size.
-  c.model.text_vocab_size = -1  # Text tokenizer vocabulary size (incl. specials).
-  c.model.image_seq_len = -1  # Image tokens per example (grid height x width).
-  c.model.image_grid_width = -1  # Columns of the image token grid (raster order).
-  c.model.text_pad_id = -1  # From metadata: the text tokenizer's [PAD] id.
-  c.model.text_mask_id = -1  # From metadata: the text tokenizer's [MASK] id.
-  c.model.text_seq_len = 12  # Text tokens per example (captions truncated / padded).
-  # Masking and loss.
-  c.model.mask_schedule = "uniform"  # Mask ratio r ~ U(0,1]: "uniform" or "cosine" (cos(pi/2 u)).
+  # Vocabularies, the token grid and special ids come from the records (data_spec.json).
+
+  # Mask ratio r = schedule(u), u ~ U[0, 1), with the decoding schedules' names
+  # (upgen/sampling/mask_schedule.py): "linear" (r = 1 - u), "cosine" (cos(pi/2 u)), ...
+  c.loss.mask_schedule = "linear"
   # "joint": one ratio over [image; text] (UPGen); "independent": image and text of a paired
   # example draw their own ratios, so training also sees a fully masked image beside its
   # whole caption, which is the text->image sampling task.
-  c.model.paired_masking = "joint"
+  c.loss.paired_masking = "joint"
   # With "independent": a paired caption masks floor(u * num_text) tokens, u ~ U[0, max).
-  c.model.paired_text_mask_max = 1.0
+  c.loss.paired_text_mask_max = 1.0
   # With "independent": the fraction of paired examples whose caption is masked at all
   # (the rest keep it whole).
-  c.model.paired_text_mask_prob = 1.0
-  c.model.text_only_mask_ratio = 0.15  # Fixed mask ratio for text-only examples.
-  c.model.paired_image_weight = 1.0  # Loss weight, image tokens of paired examples.
-  c.model.paired_text_weight = 0.1  # Loss weight, text tokens of paired examples.
-  c.model.unpaired_image_weight = 1.0  # Loss weight, image-only examples.
-  c.model.unpaired_text_weight = 0.01  # Loss weight, text-only examples.
+  c.loss.paired_text_mask_prob = 1.0
+  c.loss.text_only_mask_ratio = 0.15  # Fixed mask ratio for text-only examples.
+  c.loss.paired_image_weight = 1.0  # Loss weight, image tokens of paired examples.
+  c.loss.paired_text_weight = 0.1  # Loss weight, text tokens of paired examples.
+  c.loss.unpaired_image_weight = 1.0  # Loss weight, image-only examples.
+  c.loss.unpaired_text_weight = 0.01  # Loss weight, text-only examples.
 
-  # Extra record sources mixed with data.dir, "kind:weight:dir" comma separated, kind in
-  # paired|image|text. data.dir has weight data.paired_weight.
-  c.data.kind = "tokens"  # Pre-tokenized TFRecords (see docs/data.md).
   c.data.train_split = "train"  # Split trained on.
   c.data.val_split = "val"  # Split for validation loss.
+  c.data.text_seq_len = 12  # Caption tokens per example (longer captions are cut, shorter padded).
+  # Extra record sources mixed with data.dir, "kind:weight:dir" comma separated, kind in
+  # paired|image|text. data.dir has weight data.paired_weight.
   c.data.extra_sources = ""
   c.data.paired_weight = 1.0
   c.data.image_dropout = 0.0  # Fraction of paired examples shown as text-only.
@@ -95,9 +89,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # The cosine mask ratio and independent caption masking put most steps on the
     # text->image task: 90% of paired examples keep their whole caption beside a masked
     # image; the other 10% mask a uniform share of it (image->text).
-    c.model.mask_schedule = "cosine"
-    c.model.paired_masking = "independent"
-    c.model.paired_text_mask_prob = 0.1
+    c.loss.mask_schedule = "cosine"
+    c.loss.paired_masking = "independent"
+    c.loss.paired_text_mask_prob = 0.1
     c.data.batch_size = 8
     c.optim.lr = 3e-3
     c.optim.warmup_steps = 50
@@ -121,5 +115,5 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.train.sample_every = 5000
     c.model.dtype = "bfloat16"
     c.model.dropout_rate = 0.1
-    c.model.text_seq_len = 64
+    c.data.text_seq_len = 64
   return c

@@ -17,30 +17,28 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c = common.base_config()
   c.model.family = "vqgan"
   c.model.size = arg
-  c.model.image_size = 32  # Training / tokenization resolution (square).
   c.model.base_channels = 32  # Channels at full resolution.
   c.model.channel_multipliers = (1, 2, 4)  # One entry per resolution; len-1 downsamplings.
   c.model.num_res_blocks = 1  # Residual blocks per resolution.
   c.model.codebook_size = 64  # Number of codes.
   c.model.embedding_dim = 16  # Code vector width.
-  c.model.commitment_cost = 0.25  # Beta of the commitment loss.
   c.model.codebook_l2_normalize = False  # Look up codes by cosine (l2-normalized, ViT-VQGAN).
-  # Pull every code toward its nearest encoder output in the batch (revives dead codes).
-  c.model.codebook_revive_weight = 0.0
   c.model.conv_downsample = False  # Downsample by strided conv (True) or 2x2 average pool.
   c.model.norm = "group"  # Normalization in residual blocks: "group" (GroupNorm) or "none".
-  c.model.l1_weight = 1.0  # Pixel reconstruction loss weights.
-  c.model.l2_weight = 1.0
-  c.model.adversarial_weight = 0.0  # Patch discriminator loss weight (0 = off).
-  c.model.adversarial_start = 2000  # Step at which the adversarial loss turns on.
+  c.model.discriminator = False  # A patch discriminator (params["disc"]) for the GAN loss.
   c.model.disc_channels = 32  # Discriminator width.
 
-  c.data.kind = "images"  # Folder of images + captions.jsonl per split.
+  c.loss.l1_weight = 1.0  # Pixel reconstruction loss weights.
+  c.loss.l2_weight = 1.0
+  c.loss.commitment_cost = 0.25  # Beta of the commitment loss.
+  # Pull every code toward its nearest encoder output in the batch (revives dead codes).
+  c.loss.codebook_revive_weight = 0.0
+  c.loss.adversarial_weight = 0.0  # Patch discriminator loss weight (needs model.discriminator).
+  c.loss.adversarial_start = 2000  # Step at which the adversarial loss turns on.
+
+  c.data.image_size = 32  # Training / tokenization resolution (square; resize + center crop).
   c.data.train_split = "train"
   c.data.val_split = "val"
-
-  c.sample = ml_collections.ConfigDict()
-  c.sample.per_prompt = 1
 
   if arg == "tiny":
     # 8x8 grid of 64 codes, ~32k parameters: ~10-15 steps/s on a 2-core CPU. Without
@@ -50,7 +48,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.model.channel_multipliers = (1, 2, 4)
     c.model.num_res_blocks = 0
     c.model.norm = "none"
-    c.model.codebook_revive_weight = 1.0
+    c.loss.codebook_revive_weight = 1.0
     c.data.batch_size = 32
     c.optim.lr = 1e-2
     c.optim.warmup_steps = 50
@@ -60,14 +58,15 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 800
     c.train.sample_every = 400
   else:
-    c.model.image_size = 256
+    c.data.image_size = 256
     c.model.base_channels = 128
     c.model.channel_multipliers = (1, 1, 2, 2, 4)
     c.model.num_res_blocks = 2
     c.model.codebook_size = 1024
     c.model.embedding_dim = 256
-    c.model.adversarial_weight = 0.1
-    c.model.adversarial_start = 20000
+    c.model.discriminator = True
+    c.loss.adversarial_weight = 0.1
+    c.loss.adversarial_start = 20000
     c.model.dtype = "bfloat16"
     c.data.batch_size = 256
     c.optim.lr = 1e-4

@@ -14,7 +14,9 @@ import numpy as np
 from configs import dalle as dalle_config
 from tests import test_dalle as t
 from tests import token_data
+from upgen import families
 from upgen.models import dalle
+from upgen.sampling import dalle_sampler
 from upgen.train import checkpoint, trainer
 from upgen.train import mesh as mesh_lib
 from upgen.train import optimizer
@@ -26,17 +28,18 @@ def mesh() -> dict:
   live, and its loss and guided greedy samples on the mesh and on one device."""
   c = t._config(num_layers=1)
   c.update_from_flattened_dict({"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
-  model, batch = dalle.FAMILY.make_model(c), t._batch("ppitppip", seed=3)
+  setup = families.build(c, t.SPEC)
+  model, batch = setup.model, t._batch("ppitppip", seed=3)
   devices = mesh_lib.make_mesh(c.mesh)
-  state = state_lib.create_state(dalle.FAMILY, model, optimizer.make_optimizer(c.optim, 10), c,
-                                 devices, jax.random.key(0))
+  state = state_lib.create_state(setup, optimizer.make_optimizer(c.optim, 10), devices, c.mesh,
+                                 jax.random.key(0))
   settings = t._settings(temperature=0.0, guidance_scale=2.0)
-  loss = jax.jit(lambda p, b: dalle.loss_fn(p, b, jax.random.key(1), model=model, config=c,
-                                            train=True)[0])
+  loss = jax.jit(lambda p, b: dalle.loss_fn(p, b, jax.random.key(1), model=model,
+                                            settings=setup.loss, train=True)[0])
 
   def run(params, batch):
-    samples = dalle.text_to_image(params, model, batch["text_tokens"], batch["text_mask"],
-                                  jax.random.key(2), settings)
+    samples = dalle_sampler.text_to_image(params, model, batch["text_tokens"],
+                                          batch["text_mask"], jax.random.key(2), settings)
     return float(loss(params, batch)), np.asarray(samples).tolist()
 
   with mesh_lib.activate(devices, c.mesh):
@@ -61,17 +64,17 @@ def train_then_sample(data_dir: str, workdir: str) -> dict:
       "train.log_every": 1, "train.checkpoint_every": 100, "train.sample_every": 0,
       "optim.lr": 1e-2, "sample.temperature": 0.0})
   summary = trainer.train(c, workdir)
-  config, params = checkpoint.restore_params(workdir)
+  _, setup, params = checkpoint.restore_params(workdir)
+  spec = setup.spec
   rng = np.random.default_rng(7)
   examples = [token_data.example(i, rng) for i in range(8)]
-  text = np.full((8, config.model.text_seq_len), config.model.text_pad_id, np.int32)
+  text = np.full((8, spec.text_seq_len), spec.text_pad_id, np.int32)
   for row, e in zip(text, examples):
     row[:len(e["text_tokens"])] = e["text_tokens"]
   lengths = np.array([len(e["text_tokens"]) for e in examples])
   mask = np.arange(text.shape[1])[None] < lengths[:, None]
-  out = dalle.FAMILY.sample_images(params, text, mask, jax.random.key(0),
-                                   model=dalle.FAMILY.make_model(config), config=config)
-  return {"step": summary["step"], "image_grid_width": config.model.image_grid_width,
+  out = setup.bind("sample_images")(params, text, mask, jax.random.key(0))
+  return {"step": summary["step"], "image_grid_width": spec.image_grid_width,
           "samples": np.asarray(out).tolist(), "dtype": str(out.dtype),
           "want": [e["image_tokens"].tolist() for e in examples]}
 

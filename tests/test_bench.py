@@ -11,8 +11,6 @@ from configs import dalle as dalle_config
 from configs import upgen as upgen_config
 from upgen import bench
 from upgen import flops
-from upgen.models import dalle
-from upgen.models import upgen
 
 # A small but matmul-dominated shape so that XLA's count is close to the model count.
 SMALL = ["--config.model.num_layers=2", "--config.model.emb_dim=64", "--config.model.mlp_dim=256",
@@ -20,10 +18,10 @@ SMALL = ["--config.model.num_layers=2", "--config.model.emb_dim=64", "--config.m
          "--image_vocab=32", "--text_vocab=48"]
 
 
-def _resolved(config_module, **model):
+def _setup(config_module, **model):
   c = config_module.get_config("tiny")
   c.model.update(dict(num_layers=2, emb_dim=64, mlp_dim=256, num_heads=2, **model))
-  return bench.resolve(c, bench.synthetic_metadata(4, 32, 48))
+  return bench.setup_for(c, image_grid=4, image_vocab=32, text_vocab=48)
 
 
 def _xla_flops(fn, *args) -> float:
@@ -50,30 +48,28 @@ def test_transformer_terms_written_out():
 
 
 def test_upgen_forward_flops_match_xla():
-  config, family = _resolved(upgen_config)
-  model = family.make_model(config)
-  batch = family.dummy_batch(config, 2)
+  setup = _setup(upgen_config)
+  family, model, batch = setup.family, setup.model, setup.dummy_batch(2)
   params = nn.unbox(jax.eval_shape(lambda r: family.init_variables(model, r, batch),
                                    jax.random.key(0))["params"])
   forward = lambda p: model.apply({"params": p}, batch["image_tokens"], batch["text_tokens"],
                                   batch["text_mask"], batch["has_image"], train=False)
-  ours = 2 * family.train_flops_per_example(config).total / 3
+  ours = 2 * family.train_flops(setup.model_config).total / 3
   # XLA also counts norms, softmax and activations: a few percent on top of the matmuls.
   assert 0.9 < ours / _xla_flops(forward, params) < 1.05
 
 
 def test_dalle_forward_flops_match_xla_with_causal_half_removed():
-  config, family = _resolved(dalle_config)
-  model = family.make_model(config)
-  batch = family.dummy_batch(config, 2)
+  setup = _setup(dalle_config)
+  family, model, batch = setup.family, setup.model, setup.dummy_batch(2)
   params = nn.unbox(jax.eval_shape(lambda r: family.init_variables(model, r, batch),
                                    jax.random.key(0))["params"])
   forward = lambda p: model.apply({"params": p}, batch["text_tokens"], batch["text_mask"],
                                   batch["image_tokens"], train=False)
-  c = dalle.DalleConfig.from_config(config.model)
+  c = setup.model_config
   # XLA computes the full L x L scores; our count keeps only the causal half of them.
   masked_half = 2 * c.num_layers * c.stream_len ** 2 * c.emb_dim
-  ours = 2 * (family.train_flops_per_example(config).total / 3 + masked_half)
+  ours = 2 * (family.train_flops(c).total / 3 + masked_half)
   assert 0.9 < ours / _xla_flops(forward, params) < 1.05
 
 
@@ -85,8 +81,8 @@ def test_bench_train_reports_mfu_from_the_written_flop_count(tmp_path, capsys):
   row = json.loads(out.read_text())
   assert row["tokens_per_example"] == 16 + 12 and row["batch_size"] == 4
   assert row["tokens_per_s"] == pytest.approx(4 * 28 / (row["step_ms"] / 1e3))
-  config, family = _resolved(upgen_config)
-  flops_per_example = family.train_flops_per_example(config).total
+  setup = _setup(upgen_config)
+  flops_per_example = setup.family.train_flops(setup.model_config).total
   assert row["flops_per_example"] == flops_per_example
   assert row["mfu"] == pytest.approx(flops_per_example * 4 / (row["step_ms"] / 1e3) / 0.5e12)
   assert "6N x L" in printed and "bidirectional" in printed and "MFU" in printed

@@ -32,6 +32,7 @@ from upgen.data import records
 from upgen.data import sources
 from upgen.data import tfrecord
 from upgen.data import tokenize
+from upgen.data.spec import DataSpec
 from upgen.tokenizers import text as text_tok
 from upgen.train import checkpoint
 from upgen.train import writers
@@ -95,9 +96,9 @@ def _tokenize_into(out, raw):
 
 def _config(data_dir):
   c = upgen_config.get_config("tiny")
-  c.data.dir, c.data.batch_size, c.model.text_seq_len = data_dir, 4, 8
+  c.data.dir, c.data.batch_size, c.data.text_seq_len = data_dir, 4, 8
   c.data.text_dropout = 0.0
-  return pipeline.resolve_model_config(c, records.read_metadata(data_dir))
+  return c
 
 
 def test_tokenized_records_in_gs_read_back_like_a_local_copy(bucket, tmp_path):
@@ -121,14 +122,16 @@ def test_tokenized_records_in_gs_read_back_like_a_local_copy(bucket, tmp_path):
     assert src_remote.read(i) == src_local.read(i)
     assert src_remote[i]["id"] == src_local[i]["id"]
 
-  it_local, it_remote = (pipeline.make_train_iterator(_config(d))
+  spec = pipeline.token_spec(_config(local).data)
+  assert pipeline.token_spec(_config("gs://bucket/data").data) == spec
+  it_local, it_remote = (pipeline.make_train_iterator(_config(d), spec)
                          for d in (local, "gs://bucket/data"))
   for _ in range(6):  # More than an epoch of 16 examples in batches of 4.
     a, b = next(it_local), next(it_remote)
     assert a.keys() == b.keys()
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
-  evals = [list(pipeline.make_eval_iterator(_config(d), "val"))
+  evals = [list(pipeline.make_eval_iterator(_config(d), spec, "val"))
            for d in (local, "gs://bucket/data")]
   assert len(evals[0]) == len(evals[1]) == 1
   np.testing.assert_array_equal(evals[0][0]["image_tokens"], evals[1][0]["image_tokens"])
@@ -199,14 +202,16 @@ def test_metrics_config_and_tensorboard_land_in_the_gs_workdir(bucket, tmp_path,
       (1, 2.5), (2, 1.5)]
 
   config = upgen_config.get_config("tiny")
-  checkpoint.save_config(local, config)
-  checkpoint.save_config("gs://bucket/run", config)
-  assert (bucket / "run" / "config.json").read_text() == open(
-      os.path.join(local, "config.json")).read()
-  assert checkpoint.load_config("gs://bucket/run").to_dict() == checkpoint.load_config(
-      local).to_dict()
+  spec = DataSpec(text_vocab_size=31, text_seq_len=8, image_vocab_size=8, image_grid=(2, 2))
+  checkpoint.save_run_config(local, config, spec)
+  checkpoint.save_run_config("gs://bucket/run", config, spec)
+  for name in ("config.json", "data_spec.json"):
+    assert (bucket / "run" / name).read_text() == open(os.path.join(local, name)).read()
+  remote_config, remote_spec = checkpoint.load_run_config("gs://bucket/run")
+  assert remote_config.to_dict() == checkpoint.load_run_config(local)[0].to_dict()
+  assert remote_spec == spec
   with pytest.raises(FileNotFoundError, match="gs://bucket/other/config.json: no config.json"):
-    checkpoint.load_config("gs://bucket/other")
+    checkpoint.load_run_config("gs://bucket/other")
 
 
 @pytest.fixture
@@ -232,7 +237,7 @@ def test_checkpointer_hands_the_gs_url_to_orbax(bucket, no_local_ops_on_gs, monk
       calls.append((directory, options.max_to_keep, item_names))
 
   monkeypatch.setattr(ocp, "CheckpointManager", RecordingManager)
-  checkpoint.save_config("gs://bucket/run", upgen_config.get_config("tiny"))
+  checkpoint.save_run_config("gs://bucket/run", upgen_config.get_config("tiny"), DataSpec())
   checkpoint.Checkpointer("gs://bucket/run", keep=2)
   assert calls == [("gs://bucket/run/checkpoints", 2, ("state", "data"))]
   assert (bucket / "run" / "config.json").exists()

@@ -1,4 +1,5 @@
 """Tests for upgen/models/dalle.py, upgen/sampling/autoregressive.py and beam_search.py."""
+import dataclasses
 import functools
 import itertools
 import json
@@ -6,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -17,12 +19,19 @@ from configs import common
 from configs import dalle as dalle_config
 from configs import upgen as upgen_config
 from tests import token_data
+from upgen import families
+from upgen.data.spec import DataSpec
 from upgen.models import dalle, upgen
 from upgen.sampling import autoregressive, beam_search
+from upgen.sampling import dalle_sampler
+from upgen.sampling.settings import SampleSettings
+from upgen.train import preview as preview_lib
 from upgen.train import writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LI, LT, VI, VT, PAD = 4, 4, 4, 12, 0  # A 2x2 grid of 4 codes: 256 possible images.
+SPEC = DataSpec(text_vocab_size=VT, text_pad_id=PAD, text_mask_id=1, text_seq_len=LT,
+                image_vocab_size=VI, image_grid=(2, 2))
 RULE_NAMES = {name for name, _ in common.DEFAULT_RULES} | {"layers", None}
 
 
@@ -67,15 +76,22 @@ def _fast_compiling_rng():
     yield
 
 
-def _config(num_layers=2, **model):
+def _config(num_layers=2, **keys):
+  """configs/dalle.py:tiny at test size; each key is set in the group that has it."""
   c = dalle_config.get_config("tiny")
   m = c.model
   m.num_layers, m.emb_dim, m.num_heads, m.mlp_dim = num_layers, 32, 2, 64
-  m.image_vocab_size, m.text_vocab_size, m.image_seq_len, m.text_seq_len = VI, VT, LI, LT
-  m.image_grid_width, m.text_pad_id, m.text_mask_id = 2, PAD, 1
-  for k, v in model.items():
-    m[k] = v
+  for k, v in keys.items():
+    (c.model if k in c.model else c.loss)[k] = v
   return c
+
+
+def _setup(spec=SPEC, **keys):
+  return families.build(_config(**keys), spec)
+
+
+def _model(spec=SPEC, **keys):
+  return _setup(spec, **keys).model
 
 
 def _batch(kinds, seed=0):
@@ -97,14 +113,13 @@ def _init(model, batch, seed=0):
 
 
 def _settings(**kw):
-  return dalle.SampleSettings(**kw)
+  return SampleSettings(**kw)
 
 
-def _resolve_sizes(c, vt, vi, li, lt):
-  c.model.update(dict(text_vocab_size=vt, image_vocab_size=vi, image_seq_len=li,
-                      image_grid_width=math.isqrt(li), text_seq_len=lt, text_pad_id=0,
-                      text_mask_id=1))
-  return c
+def _large_spec(vt, vi, li, lt):
+  side = math.isqrt(li)
+  return DataSpec(text_vocab_size=vt, text_pad_id=0, text_mask_id=1, text_seq_len=lt,
+                  image_vocab_size=vi, image_grid=(side, side))
 
 
 def _size(tree):
@@ -113,10 +128,10 @@ def _size(tree):
 
 def test_variants_logical_axes_flops_and_config_errors():
   counts, decoder_counts = {}, {}
+  big = _large_spec(16384, 8192, 256, 64)
   for variant in ("tiny", "base", "large"):
-    c = _resolve_sizes(dalle_config.get_config(variant), 16384, 8192, 256, 64)
-    model = dalle.FAMILY.make_model(c)
-    batch = dalle.FAMILY.dummy_batch(c, 1)
+    setup = families.build(dalle_config.get_config(variant), big)
+    model, batch = setup.model, setup.dummy_batch(1)
     boxed = jax.eval_shape(lambda r: dalle.init_variables(model, r, batch),
                            jax.random.key(0))["params"]
     boxes = jax.tree.leaves(boxed, is_leaf=lambda p: isinstance(p, nn.Partitioned))
@@ -127,40 +142,45 @@ def test_variants_logical_axes_flops_and_config_errors():
     counts[variant] = _size(boxed)
     decoder_counts[variant] = _size(boxed["decoder"])
   assert 300e6 < decoder_counts["large"] < 305e6, decoder_counts  # 24 x (4 E^2 + 2 E M).
-  c = _resolve_sizes(upgen_config.get_config("large"), 16384, 8192, 256, 64)
-  upgen_model = upgen.FAMILY.make_model(c)
+  upgen_setup = families.build(upgen_config.get_config("large"), big)
   upgen_large = _size(jax.eval_shape(lambda r: upgen.init_variables(
-      upgen_model, r, upgen.FAMILY.dummy_batch(c, 1)), jax.random.key(0)))
+      upgen_setup.model, r, upgen_setup.dummy_batch(1)), jax.random.key(0)))
   assert abs(counts["large"] / upgen_large - 1) < 0.02, (counts, upgen_large)
-  c = _config()
-  params = _init(dalle.FAMILY.make_model(c), _batch("pp"))  # The fixture's compilation.
+  setup = _setup()
+  params = _init(setup.model, _batch("pp"))  # The fixture's compilation.
   assert params["embed"]["embedding"].shape == (128, 32)  # VT + LT pads + START + VI + BOI.
   assert params["text_pos"].shape == (LT + 1, 32) and params["image_row"].shape == (2, 32)
   e, m, length = 32, 64, LT + 1 + LI
   want = 6 * 2 * (4 * e * e + 2 * e * m) * length + 6 * 2 * length ** 2 * e \
       + 6 * e * (LT * VT + LI * VI)  # Causal: half of the 12 L^2 E attention term.
-  assert dalle.FAMILY.train_flops_per_example(c).total == want
-  for key, value in [("image_vocab_size", -1), ("image_grid_width", -1), ("text_pad_id", VT),
-                     ("image_grid_width", 3), ("caption_dropout", 1.5),
-                     ("text_loss_weight", -1.0)]:
-    with pytest.raises(ValueError, match=f"config.model.{key}"):
-      dalle.FAMILY.make_model(_config(**{key: value}))
+  assert dalle.FAMILY.train_flops(setup.model_config).total == want
+  # The decoder-only family needs no [MASK] token (a GPT-2 tokenizer has none).
+  assert _model(spec=dataclasses.replace(SPEC, text_mask_id=-1)).config.text_pad_id == PAD
+  with pytest.raises(ValueError, match="text_pad_id=12 is outside"):
+    _model(spec=dataclasses.replace(SPEC, text_pad_id=VT))
+  with pytest.raises(ValueError, match="has no image tokenizer"):
+    _model(spec=dataclasses.replace(SPEC, image_vocab_size=0))
+  for key, value in [("caption_dropout", 1.5), ("text_loss_weight", -1.0)]:
+    with pytest.raises(ValueError, match=f"config.loss.{key}"):
+      _setup(**{key: value})
   with pytest.raises(ValueError, match="config.model.emb_dim"):
-    dalle.FAMILY.make_model(_config(num_heads=3))
+    _model(num_heads=3)
   for key, value in [("temperature", -1.0), ("top_k", -2), ("top_p", 0.0), ("beam_size", -1),
                      ("guidance_scale", -0.5)]:
-    sample = _config().sample
-    sample[key] = value
+    c = _config()
+    c.sample[key] = value
     with pytest.raises(ValueError, match=f"config.sample.{key}"):
-      dalle.SampleSettings.from_config(sample)
+      families.build(c, SPEC)
 
 
-ZERO_LAYER = dalle.FAMILY.make_model(_config(num_layers=0))
+ZERO_LAYER = _model(num_layers=0)
 
 
 @jax.jit
 def _zero_layer_loss(params, batch, dropped, weights_2):
-  settings = dalle.LossConfig(text_loss_weight=weights_2[0], image_loss_weight=weights_2[1])
+  # Traced weights (one compilation for every weighting): a namespace, as DalleLoss checks.
+  settings = types.SimpleNamespace(text_loss_weight=weights_2[0],
+                                   image_loss_weight=weights_2[1])
   return dalle.stream_loss(params, batch, dropped, jax.random.key(0), model=ZERO_LAYER,
                            settings=settings, train=False)
 
@@ -212,7 +232,7 @@ def test_loss_is_a_per_modality_mean_over_the_documented_stream():
   # `upgen eval nll`: per example, the image tokens' summed cross-entropy of the same stream.
   paired = {k: v[[0, 3]] for k, v in batch.items()}
   (_, want_paired), _ = _reference_losses(params, paired, np.zeros(2, bool))
-  nll = np.asarray(dalle.image_nll(params, paired, model=ZERO_LAYER, config=None))
+  nll = np.asarray(dalle.image_nll(params, paired, model=ZERO_LAYER))
   assert nll.shape == (2,) and nll.mean() / LI == pytest.approx(want_paired, rel=1e-5)
   # Values under the text padding are never read (each pad position has its own token).
   noisy = dict(batch, text_tokens=np.where(batch["text_mask"], batch["text_tokens"], 7))
@@ -222,7 +242,7 @@ def test_loss_is_a_per_modality_mean_over_the_documented_stream():
 
 @pytest.fixture(scope="module")
 def tiny():
-  model = dalle.FAMILY.make_model(_config())
+  model = _model()
   batch = _batch("pp", seed=5)
   params = _init(model, batch, seed=1)
   return dict(model=model, batch=batch, params=params)
@@ -236,10 +256,11 @@ def _full_image_logits(model, params, text, valid, image):
 @functools.partial(jax.jit, static_argnums=0)
 def _teacher_forced_logits(model, params, text, valid, image):
   """Image logits from the KV cache: prefill, then one true image token per step."""
-  first, cache = dalle.prefill(params, model, text, valid, dalle.init_cache(model, len(text)))
+  first, cache = dalle_sampler.prefill(params, model, text, valid,
+                                      dalle_sampler.init_cache(model, len(text)))
 
   def body(cache, i):
-    logits, cache = dalle.step(params, model, image[:, i], cache, i)
+    logits, cache = dalle_sampler.step(params, model, image[:, i], cache, i)
     return cache, logits
 
   _, rest = jax.lax.scan(body, cache, jnp.arange(image.shape[1] - 1))
@@ -251,7 +272,7 @@ def test_kv_cache_gives_the_uncached_logits(tiny, scan):
   model, params, b = tiny["model"], tiny["params"], tiny["batch"]
   want = _full_image_logits(model, params, b["text_tokens"], b["text_mask"], b["image_tokens"])
   if scan:
-    model = dalle.FAMILY.make_model(_config(scan_layers=True))
+    model = _model(scan_layers=True)
     layer_tree = [params["decoder"][f"layers_{i}"] for i in range(2)]
     params = dict(params, decoder={"layers": jax.tree.map(lambda *p: jnp.stack(p), *layer_tree)})
   got = _teacher_forced_logits(model, params, b["text_tokens"], b["text_mask"], b["image_tokens"])
@@ -277,20 +298,19 @@ def test_top_k_1_and_beam_1_equal_uncached_greedy_decoding(tiny, scale):
   model, params, b = tiny["model"], tiny["params"], tiny["batch"]
   text, mask = b["text_tokens"], b["text_mask"]
   want = _naive_decode(model, params, text, mask, scale)
-  top1 = dalle.text_to_image(params, model, text, mask, jax.random.key(9),
+  top1 = dalle_sampler.text_to_image(params, model, text, mask, jax.random.key(9),
                              _settings(top_k=1, guidance_scale=scale))
   np.testing.assert_array_equal(top1, want)
   if scale:  # Beam 1 is greedy; guided, the beams' cache rows keep their [cond; uncond] twins.
     assert (want != _naive_decode(model, params, text, mask, 0.0)).any()  # Guidance matters.
-    beam1 = dalle.text_to_image(params, model, text, mask, jax.random.key(0),
+    beam1 = dalle_sampler.text_to_image(params, model, text, mask, jax.random.key(0),
                                 _settings(beam_size=1, guidance_scale=scale))
     np.testing.assert_array_equal(beam1, want)
   else:  # The trainer's preview (same settings): captions of text-less rows are not read.
-    c = _config()
-    c.sample.update(dict(top_k=1, guidance_scale=0.0))
+    setup = dataclasses.replace(_setup(), model=model,
+                                sample=_settings(top_k=1, guidance_scale=0.0))
     uncond = dict(b, has_text=np.array([True, False]))
-    preview = np.asarray(dalle.FAMILY.preview_fn(params, uncond, jax.random.key(0), model=model,
-                                                 config=c))
+    preview = np.asarray(preview_lib.preview_fn(setup)(params, uncond, jax.random.key(0)))
     np.testing.assert_array_equal(preview[0], want[0])
     np.testing.assert_array_equal(preview[1], _naive_decode(
         model, params, text, np.zeros_like(mask), 0.0)[1])
@@ -302,7 +322,7 @@ _sample_t1 = jax.jit(lambda rng, logits: autoregressive.sample_tokens(rng, logit
 def test_guidance_scale_zero_samples_like_the_uncached_unguided_sampler(tiny):
   model, params, b = tiny["model"], tiny["params"], tiny["batch"]
   rng = jax.random.key(4)
-  got = np.asarray(dalle.text_to_image(params, model, b["text_tokens"], b["text_mask"], rng,
+  got = np.asarray(dalle_sampler.text_to_image(params, model, b["text_tokens"], b["text_mask"], rng,
                                        _settings(guidance_scale=0.0), num_samples=8))
   # The same draws (token i: fold_in(rng, i), Gumbel over all rows) from uncached logits,
   # each sample with its own copy of the prompt: prompt-major rows sharing a prefill.
@@ -390,8 +410,10 @@ def test_beam_search_on_the_model_is_exhaustive_with_a_wide_beam(tiny):
 
   @jax.jit
   def search(params, text, mask):
-    logits, cache = dalle.prefill(params, model, text, mask, dalle.init_cache(model, 2))
-    return beam_search.beam_search(functools.partial(dalle.step, params, model), logits, cache,
+    logits, cache = dalle_sampler.prefill(params, model, text, mask,
+                                          dalle_sampler.init_cache(model, 2))
+    return beam_search.beam_search(functools.partial(dalle_sampler.step, params, model), logits,
+                                   cache,
                                    LI, VI ** (LI - 1))
 
   tokens, score = search(params, b["text_tokens"], b["text_mask"])

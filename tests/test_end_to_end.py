@@ -29,10 +29,12 @@ def _jsonl(path):
     return [json.loads(line) for line in f if line.strip()]
 
 
-def _tensorboard_images(run_dir, tag):
+def tensorboard_images(run_dir, tag):
+  """The images logged under `tag` in a run directory's TensorBoard events."""
   event_cls = test_writers._event_class()
   out = []
-  for path in sorted((run_dir / "tensorboard").iterdir()):
+  tb_dir = os.path.join(run_dir, "tensorboard")
+  for path in sorted(os.path.join(tb_dir, name) for name in os.listdir(tb_dir)):
     for r in tfrecord.read_records(str(path)):
       for v in event_cls.FromString(r).summary.value:
         if v.tag == tag and v.HasField("image"):
@@ -66,12 +68,12 @@ def test_quickstart_train_and_sample_contract(tmp_path):
   assert summary["reconstruction"]["psnr"] > 10
   # Both runs put a sample grid in TensorBoard: 8 validation references above 8 samples.
   for run in ("vqgan", "model"):
-    (grid,) = _tensorboard_images(w / run, "samples")
+    (grid,) = tensorboard_images(w / run, "samples")
     assert grid.shape == (2 * 33 + 1, 8 * 33 + 1, 3), run
     cells = [grid[1:33, 1 + 33 * i:33 + 33 * i] for i in range(8)]
     assert len({c.tobytes() for c in cells}) == 8, run  # Eight different validation images.
   # The VQGAN's references are the original pixels: saturated shapes on black.
-  (grid,) = _tensorboard_images(w / "vqgan", "samples")
+  (grid,) = tensorboard_images(w / "vqgan", "samples")
   assert (grid[1:33].max(axis=-1) > 200).mean() > 0.05
 
   # `upgen tokenize` from the command line with the quickstart's BPE and VQGAN gives the

@@ -9,8 +9,10 @@ from PIL import Image
 from configs import upgen as upgen_config
 from configs import vqgan as vqgan_config
 from upgen.data import pipeline
+from upgen.data import readers
 from upgen.data import records
 from upgen.data import sources
+from upgen.data.spec import DataSpec
 
 V_IMAGE, V_TEXT, PAD, MASK = 64, 50, 0, 1
 TEXT_INFO = {"identity": {"name": "chars"}, "vocab_size": V_TEXT, "pad_id": PAD, "mask_id": MASK,
@@ -41,10 +43,22 @@ def _config(data_dir, batch_size=8, **data):
   c.data.dir = data_dir
   c.data.batch_size = batch_size
   c.data.text_dropout = 0.0
-  c.model.text_seq_len = 6
+  c.data.text_seq_len = 6
   for k, v in data.items():
     c.data[k] = v
   return c
+
+
+def _train(c, **kw):
+  return pipeline.make_train_iterator(c, pipeline.token_spec(c.data), **kw)
+
+
+def _eval(c, split, **kw):
+  return pipeline.make_eval_iterator(c, pipeline.token_spec(c.data), split, **kw)
+
+
+def _images(c, split, **kw):
+  return pipeline.make_image_iterator(c, readers.IMAGE_FOLDER.spec(c.data), split, **kw)
 
 
 def _ids(batch):
@@ -61,26 +75,27 @@ def data_dir(tmp_path_factory):
   return _make_dir(tmp_path_factory.mktemp("paired"), 40)
 
 
-def test_resolve_model_config_fills_and_checks(data_dir):
+def test_token_spec_is_read_from_the_metadata(tmp_path, data_dir):
   c = _config(data_dir)
-  c.lock()
-  meta = records.read_metadata(data_dir)
-  pipeline.resolve_model_config(c, meta)
-  assert (c.model.image_vocab_size, c.model.text_vocab_size, c.model.image_seq_len,
-          c.model.text_pad_id, c.model.text_mask_id) == (V_IMAGE, V_TEXT, 4, PAD, MASK)
-  c.model.text_vocab_size = 51
-  want = r"config\.model\.text_vocab_size=51 .*text_tokenizer\.vocab_size=50"
-  with pytest.raises(ValueError, match=want):
-    pipeline.resolve_model_config(c, meta)
-  c = _config(data_dir)
-  c.model.image_seq_len = 16
-  want = r"config\.model\.image_seq_len=16 .*image_tokenizer\.grid=\[2, 2\]"
-  with pytest.raises(ValueError, match=want):
-    pipeline.make_train_iterator(c)
+  assert pipeline.token_spec(c.data) == DataSpec(
+      text_vocab_size=V_TEXT, text_pad_id=PAD, text_mask_id=MASK, text_seq_len=6,
+      image_vocab_size=V_IMAGE, image_grid=(2, 2), image_size=8)
+  c.data.text_seq_len = 0
+  with pytest.raises(ValueError, match="config.data.text_seq_len=0"):
+    pipeline.token_spec(c.data)
+  # An extra source must carry the same tokenizers as data.dir.
+  other = _make_dir(tmp_path / "other", 8, num_shards=1)
+  meta_path = os.path.join(other, "metadata.json")
+  meta = json.load(open(meta_path))
+  meta["image_tokenizer"]["identity"] = {"name": "other patches"}
+  json.dump(meta, open(meta_path, "w"))
+  with pytest.raises(ValueError, match=r"extra_sources: .*other was tokenized with a different "
+                                       r"image_tokenizer"):
+    pipeline.token_spec(_config(data_dir, extra_sources=f"paired:1:{other}").data)
 
 
 def test_batches_follow_the_contract(data_dir):
-  batch = next(pipeline.make_train_iterator(_config(data_dir)))
+  batch = next(_train(_config(data_dir)))
   assert batch["image_tokens"].shape == (8, 4) and batch["image_tokens"].dtype == np.int32
   assert batch["text_tokens"].shape == (8, 6) and batch["text_tokens"].dtype == np.int32
   assert batch["text_mask"].dtype == bool and batch["has_image"].all() and batch["has_text"].all()
@@ -91,19 +106,19 @@ def test_batches_follow_the_contract(data_dir):
 
 
 def test_epochs_are_permutations_and_differ(data_dir):
-  it = pipeline.make_train_iterator(_config(data_dir))
+  it = _train(_config(data_dir))
   epoch1 = sum((_ids(b) for b in _take(it, 5)), [])
   epoch2 = sum((_ids(b) for b in _take(it, 5)), [])
   assert sorted(epoch1) == list(range(40)) and sorted(epoch2) == list(range(40))
   assert epoch1 != epoch2 and epoch1 != list(range(40))
   other_seed = _config(data_dir)
   other_seed.seed = 1
-  assert _ids(next(pipeline.make_train_iterator(other_seed))) != epoch1[:8]
+  assert _ids(next(_train(other_seed))) != epoch1[:8]
 
 
 def test_processes_are_disjoint_and_cover_the_global_batch(data_dir):
-  global_batches = _take(pipeline.make_train_iterator(_config(data_dir)), 7)
-  per_process = [_take(pipeline.make_train_iterator(_config(data_dir), rows=rows), 7)
+  global_batches = _take(_train(_config(data_dir)), 7)
+  per_process = [_take(_train(_config(data_dir), rows=rows), 7)
                  for rows in (range(0, 4), range(4, 8))]
   for step, g in enumerate(global_batches):
     a, b = _ids(per_process[0][step]), _ids(per_process[1][step])
@@ -113,21 +128,21 @@ def test_processes_are_disjoint_and_cover_the_global_batch(data_dir):
   epoch = [sum((_ids(batch) for batch in batches[:5]), []) for batches in per_process]
   assert not set(epoch[0]) & set(epoch[1])
   assert sorted(epoch[0] + epoch[1]) == list(range(40))
-  scattered = pipeline.make_train_iterator(_config(data_dir), rows=[0, 1, 6, 7])
+  scattered = _train(_config(data_dir), rows=[0, 1, 6, 7])
   for g in global_batches[:3]:
     assert _ids(next(scattered)) == [_ids(g)[r] for r in (0, 1, 6, 7)]
   for bad in ([8], [3, 2], [1, 1], []):
     with pytest.raises(ValueError, match=r"config\.data\.batch_size=8"):
-      pipeline.make_train_iterator(_config(data_dir), rows=bad)
+      _train(_config(data_dir), rows=bad)
 
 
 def test_get_state_set_state_resumes_exactly(data_dir):
   c = _config(data_dir, text_dropout=0.3)
-  it = pipeline.make_train_iterator(c)
+  it = _train(c)
   _take(it, 3)
   state = json.loads(json.dumps(it.get_state()))
   expected = _take(it, 6)  # Crosses the epoch boundary (5 batches per epoch).
-  restored = pipeline.make_train_iterator(c)
+  restored = _train(c)
   restored.set_state(state)
   for want, got in zip(expected, _take(restored, 6)):
     for key in want:
@@ -139,7 +154,7 @@ def test_mixture_and_dropout_proportions(tmp_path, data_dir):
   image_dir = _make_dir(tmp_path / "image", 20, kind="image", num_shards=2)
   c = _config(data_dir, batch_size=40, paired_weight=2.0, text_dropout=0.25,
               extra_sources=f"text:1:{text_dir},image:1.0:{image_dir}")
-  batches = _take(pipeline.make_train_iterator(c), 30)
+  batches = _take(_train(c), 30)
   has_image = np.concatenate([b["has_image"] for b in batches])
   has_text = np.concatenate([b["has_text"] for b in batches])
   n = len(has_image)
@@ -152,24 +167,24 @@ def test_mixture_and_dropout_proportions(tmp_path, data_dir):
   text_only_rows = np.concatenate([b["image_tokens"][~b["has_image"]] for b in batches])
   assert (text_only_rows == 0).all()
   with pytest.raises(ValueError, match=r"config\.data\.extra_sources.*'paired'"):
-    pipeline.make_train_iterator(_config(data_dir, extra_sources=f"paired:1:{text_dir}"))
+    _train(_config(data_dir, extra_sources=f"paired:1:{text_dir}"))
 
 
 def test_out_of_vocab_id_is_an_error(tmp_path):
   bad_dir = _make_dir(tmp_path, 16, num_shards=1, bad_image_id=64)
   want = r"train-00000-of-00001\.tfrecord: record \d+: image_tokens id 64"
   with pytest.raises(ValueError, match=want):
-    next(pipeline.make_train_iterator(_config(bad_dir)))
+    next(_train(_config(bad_dir)))
 
 
 def test_eval_iterator_is_one_deterministic_pass(data_dir):
   c = _config(data_dir, batch_size=12)
-  batches = list(pipeline.make_eval_iterator(c, "train"))
+  batches = list(_eval(c, "train"))
   assert len(batches) == 3  # 40 // 12, remainder dropped.
   ids = sum((_ids(b) for b in batches), [])
   assert sorted(ids) == sorted(set(ids)) and len(ids) == 36
-  assert ids == sum((_ids(b) for b in pipeline.make_eval_iterator(c, "train")), [])
-  halves = [list(pipeline.make_eval_iterator(c, "train", rows=rows))
+  assert ids == sum((_ids(b) for b in _eval(c, "train")), [])
+  halves = [list(_eval(c, "train", rows=rows))
             for rows in (range(0, 6), range(6, 12))]
   assert [_ids(a) + _ids(b) for a, b in zip(*halves)] == [_ids(b) for b in batches]
 
@@ -214,20 +229,20 @@ def test_image_folder_resizes_crops_and_reports_bad_lines(tmp_path):
 def test_image_iterator_shards_shuffles_and_resumes(tmp_path):
   _image_folder(tmp_path / "train", [(8 + i % 3, 8) for i in range(12)])
   c = vqgan_config.get_config("tiny")
-  c.data.dir, c.data.batch_size, c.model.image_size = str(tmp_path), 4, 8
-  it = pipeline.make_image_iterator(c, "train")
+  c.data.dir, c.data.batch_size, c.data.image_size = str(tmp_path), 4, 8
+  it = _images(c, "train")
   first = next(it)["image"]
   assert first.shape == (4, 8, 8, 3) and first.dtype == np.uint8
   state = json.loads(json.dumps(it.get_state()))
   expected = _take(it, 4)
-  restored = pipeline.make_image_iterator(c, "train")
+  restored = _images(c, "train")
   restored.set_state(state)
   for want, got in zip(expected, _take(restored, 4)):
     np.testing.assert_array_equal(want["image"], got["image"])
-  parts = [next(pipeline.make_image_iterator(c, "train", rows=rows))["image"]
+  parts = [next(_images(c, "train", rows=rows))["image"]
            for rows in ([0, 1], [2, 3])]
   np.testing.assert_array_equal(np.concatenate(parts), first)
-  assert len(list(pipeline.make_image_iterator(c, "train", train=False))) == 3
+  assert len(list(_images(c, "train", train=False))) == 3
 
 
 def test_records_per_second(data_dir):
@@ -236,14 +251,14 @@ def test_records_per_second(data_dir):
 
 def test_worker_processes_give_the_same_batches_and_resume(data_dir):
   c = _config(data_dir, text_dropout=0.3)
-  expected = _take(pipeline.make_train_iterator(c), 6)
+  expected = _take(_train(c), 6)
   c.data.num_workers = 1
-  it = pipeline.make_train_iterator(c)
+  it = _train(c)
   got = _take(it, 2)
   state = json.loads(json.dumps(it.get_state()))
   got += _take(it, 4)
   it.close()
-  restored = pipeline.make_train_iterator(c)
+  restored = _train(c)
   restored.set_state(state)
   got_restored = _take(restored, 4)
   restored.close()

@@ -83,12 +83,12 @@ def test_tokenize_split_writes_decodable_records(tmp_path):
     assert rec["image_tokens"].tolist() == [_color_id(a), _color_id(b)] * 2
     assert rec["text_tokens"].tolist() == text.encode_batch([f"{a} and {b}"])[0]
     assert rec["caption"] == f"{a} and {b}"
-  # The records feed the training pipeline with a config resolved from the metadata.
+  # The records feed the training pipeline with the sizes read from the metadata.
   c = upgen_config.get_config("tiny")
-  c.data.dir, c.data.batch_size, c.model.text_seq_len = out, 4, 8
-  pipeline.resolve_model_config(c, meta)
-  assert (c.model.image_vocab_size, c.model.image_seq_len, c.model.text_vocab_size) == (8, 4, 31)
-  batch = next(pipeline.make_train_iterator(c))
+  c.data.dir, c.data.batch_size, c.data.text_seq_len = out, 4, 8
+  spec = pipeline.token_spec(c.data)
+  assert (spec.image_vocab_size, spec.image_seq_len, spec.text_vocab_size) == (8, 4, 31)
+  batch = next(pipeline.make_train_iterator(c, spec))
   assert batch["image_tokens"].shape == (4, 4) and batch["text_tokens"][:, 0].tolist() == [2] * 4
 
 

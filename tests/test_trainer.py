@@ -14,7 +14,6 @@ import pytest
 from configs import upgen as upgen_config
 from configs import vqgan as vqgan_config
 from tests import token_data
-from upgen import families
 from upgen.train import checkpoint
 from upgen.train import mesh as mesh_lib
 from upgen.train import optimizer
@@ -53,11 +52,12 @@ def test_train_logs_checkpoints_and_learns(data_dir, tmp_path):
   assert last < first - 0.3, (first, last)
   assert "val_loss" in writers.read_metrics(workdir)[-1]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["100", "150"]
-  saved = checkpoint.load_config(workdir)
-  assert saved.model.image_vocab_size == token_data.IMAGE_VOCAB
-  assert saved.model.image_seq_len == 8 and saved.model.text_pad_id == 0
+  saved, spec = checkpoint.load_run_config(workdir)
+  assert saved.model.to_dict() == c.model.to_dict()
+  assert spec.image_vocab_size == token_data.IMAGE_VOCAB and spec.image_grid == token_data.GRID
+  assert spec.image_seq_len == 8 and spec.text_pad_id == 0 and spec.text_seq_len == 6
   # Params restore on their own (what `upgen sample` and tokenizers use).
-  config, params = checkpoint.restore_params(workdir)
+  _, _, params = checkpoint.restore_params(workdir)
   assert state_lib.count_params(params) == summary["num_params"]
   # Running again with the run complete resumes at 150 and does nothing more.
   again = trainer.train(c, workdir)
@@ -128,7 +128,7 @@ def test_nonfinite_loss_never_reaches_a_checkpoint(data_dir, tmp_path, mode):
     summary = trainer.train(c, workdir)
     assert summary["step"] == 12
     assert any(r.get("skipped") for r in writers.read_metrics(workdir))
-  _, params = checkpoint.restore_params(workdir)
+  _, _, params = checkpoint.restore_params(workdir)
   for leaf in jax.tree.leaves(params):
     assert np.all(np.isfinite(np.asarray(leaf)))
 
@@ -137,22 +137,21 @@ def test_grad_accumulation_matches_one_big_batch():
   # Codebook revival pulls codes toward the nearest encoder output *in the batch*, a
   # batch statistic that micro-batches cannot reproduce; every other term is a per-example mean.
   c = vqgan_config.get_config("tiny")
-  c.update_from_flattened_dict({"model.codebook_revive_weight": 0.0, "model.image_size": 8, "model.base_channels": 4,
-                                "model.channel_multipliers": (1, 2), "model.num_res_blocks": 0,
-                                "model.norm": "none", "model.codebook_size": 8,
-                                "model.embedding_dim": 4, "data.batch_size": 8})
-  family = families.get_family("vqgan")
-  model = family.make_model(c)
+  c.update_from_flattened_dict({"loss.codebook_revive_weight": 0.0, "data.image_size": 8,
+                                "model.base_channels": 4, "model.channel_multipliers": (1, 2),
+                                "model.num_res_blocks": 0, "model.norm": "none",
+                                "model.codebook_size": 8, "model.embedding_dim": 4,
+                                "data.batch_size": 8})
+  setup = trainer.build(c)
   mesh = mesh_lib.make_mesh(c.mesh)
   tx = optimizer.make_optimizer(c.optim, c.train.steps)
-  state = state_lib.create_state(family, model, tx, c, mesh, jax.random.key(0))
+  state = state_lib.create_state(setup, tx, mesh, c.mesh, jax.random.key(0))
   batch = {"image": np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)}
   results = []
   for accum in (1, 4):
-    c.optim.grad_accum_steps = accum
     with mesh_lib.activate(mesh, c.mesh):
       new_state, metrics = jax.jit(lambda s, b: step_lib.train_step(
-          s, b, jax.random.key(1), family=family, model=model, config=c))(state, batch)
+          s, b, jax.random.key(1), loss_fn=setup.loss_fn(), grad_accum_steps=accum))(state, batch)
     results.append((new_state.params, float(metrics["loss"]), float(metrics["grad_norm"])))
   assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)
   assert results[0][2] == pytest.approx(results[1][2], rel=1e-4)
@@ -164,7 +163,6 @@ _MESH_SCRIPT = """
 import json, sys, jax
 from configs import upgen as upgen_config
 from tests import token_data
-from upgen import families
 from upgen.train import trainer, writers, mesh as mesh_lib, optimizer, state as state_lib
 data_dir, workdir, mesh = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 c = upgen_config.get_config("tiny")
@@ -173,10 +171,8 @@ c.update_from_flattened_dict({"train.steps": 5, "train.log_every": 1,
                               "train.checkpoint_every": 5, **mesh})
 trainer.train(c, workdir)
 losses = [r["loss"] for r in writers.read_metrics(workdir) if "loss" in r]
-family = families.get_family("upgen")
-c = trainer.resolve_config(c, family)
-_, shardings = state_lib.abstract_state(family, family.make_model(c),
-    optimizer.make_optimizer(c.optim, 5), c, mesh_lib.make_mesh(c.mesh))
+_, shardings = state_lib.abstract_state(trainer.build(c), optimizer.make_optimizer(c.optim, 5),
+                                        mesh_lib.make_mesh(c.mesh), c.mesh)
 sharded = sorted({str(s.spec) for s in jax.tree.leaves(shardings) if not s.is_fully_replicated})
 print(json.dumps({"losses": losses, "devices": jax.device_count(), "sharded": sharded}))
 """

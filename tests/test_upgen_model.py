@@ -1,6 +1,8 @@
 """Tests for upgen/models/upgen.py (model, masking, loss) and upgen/sampling/upgen_sampler.py."""
+import dataclasses
 import functools
 import math
+import types
 
 import jax
 import jax.numpy as jnp
@@ -10,21 +12,34 @@ import pytest
 from flax import linen as nn
 
 from configs import upgen as upgen_config
+from upgen import families
+from upgen.data.spec import DataSpec
 from upgen.models import upgen
 from upgen.sampling import upgen_sampler
+from upgen.sampling.settings import SampleSettings
+from upgen.train import preview as preview_lib
 
 LI, LT, VI, VT, PAD, MASK = 16, 6, 8, 20, 0, 1
+SPEC = DataSpec(text_vocab_size=VT, text_pad_id=PAD, text_mask_id=MASK, text_seq_len=LT,
+                image_vocab_size=VI, image_grid=(4, 4))
 
 
-def _config(num_layers=1, **model):
+def _config(num_layers=1, **keys):
+  """configs/upgen.py:tiny at test size; each key is set in the group that has it."""
   c = upgen_config.get_config("tiny")
   m = c.model
   m.num_layers, m.emb_dim, m.num_heads, m.mlp_dim = num_layers, 32, 2, 64
-  m.image_vocab_size, m.text_vocab_size, m.image_seq_len, m.text_seq_len = VI, VT, LI, LT
-  m.text_pad_id, m.text_mask_id, m.image_grid_width = PAD, MASK, 4
-  for k, v in model.items():
-    m[k] = v
+  for k, v in keys.items():
+    (c.model if k in c.model else c.loss)[k] = v
   return c
+
+
+def _model(spec=SPEC, **keys):
+  return families.build(_config(**keys), spec).model
+
+
+def _loss(**keys):
+  return upgen.loss_config(_config(**keys).loss, None)
 
 
 def _batch(kinds, seed=0):
@@ -48,9 +63,9 @@ def _init(model, batch):
 
 
 def test_shapes_flops_and_config_errors():
-  c = _config(num_layers=2)
-  model = upgen.FAMILY.make_model(c)
-  batch = upgen.FAMILY.dummy_batch(c, 3)
+  setup = families.build(_config(num_layers=2), SPEC)
+  model = setup.model
+  batch = setup.dummy_batch(3)
   assert {k: v.shape for k, v in batch.items()} == {
       "image_tokens": (3, LI), "text_tokens": (3, LT), "text_mask": (3, LT),
       "has_image": (3,), "has_text": (3,)}
@@ -65,34 +80,43 @@ def test_shapes_flops_and_config_errors():
   e, m, length = 32, 64, LI + LT
   want = 6 * 2 * (4 * e * e + 2 * e * m) * length + 12 * 2 * length ** 2 * e \
       + 6 * e * (LI * VI + LT * VT)
-  assert upgen.FAMILY.train_flops_per_example(c).total == want
-  with pytest.raises(ValueError, match="config.model.image_vocab_size"):
-    upgen.FAMILY.make_model(_config(image_vocab_size=-1))
-  with pytest.raises(ValueError, match="config.model.text_mask_id"):
-    upgen.FAMILY.make_model(_config(text_mask_id=VT))
-  with pytest.raises(ValueError, match="config.model.mask_schedule"):
-    upgen.MaskingConfig.from_config(_config(mask_schedule="linear").model)
-  with pytest.raises(ValueError, match="image_seq_len=15 is not a grid of config.model.image_grid_width=4"):
-    upgen.FAMILY.make_model(_config(image_seq_len=15))
-  with pytest.raises(ValueError, match="config.model.image_grid_width=-1 is unresolved"):
-    upgen.FAMILY.make_model(_config(image_grid_width=-1))
+  assert upgen.FAMILY.train_flops(setup.model_config).total == want
+  # Sizes come from the data: a spec without them, or a config that sets them, is an error.
+  with pytest.raises(ValueError, match="has no image tokenizer"):
+    _model(spec=DataSpec(text_vocab_size=VT, text_seq_len=LT))
+  with pytest.raises(ValueError, match="text_mask_id=20 is outside"):
+    _model(spec=dataclasses.replace(SPEC, text_mask_id=VT))
+  c = _config()
+  c.model.image_vocab_size = VI
+  with pytest.raises(ValueError, match="config.model.image_vocab_size: set in the config, but "
+                                       "it comes from the data"):
+    families.build(c, SPEC)
+  c = _config()
+  c.model.nope, c.model.neither = 1, 2
+  with pytest.raises(ValueError, match=r"config.model.neither, config.model.nope: unknown keys"):
+    families.build(c, SPEC)
+  with pytest.raises(ValueError, match="config.loss.mask_schedule='uniform'"):
+    _loss(mask_schedule="uniform")
+  with pytest.raises(ValueError, match="image_seq_len=15 is not a grid of image_grid_width=4"):
+    dataclasses.replace(setup.model_config, image_seq_len=15)
+  with pytest.raises(ValueError, match="config.model.position_embedding='3d'"):
+    _model(position_embedding="3d")
   # "2d": image token (r, c) gets row r's and column c's sin-cos; "1d": one joint sequence.
-  pos = upgen.UPGenConfig.from_config(_config().model).positions()
+  pos = setup.model_config.positions()
   assert pos.shape == (LI + LT, 32)
   side = 4  # Columns of the 4x4 grid.
   np.testing.assert_array_equal(pos[1, :16], pos[0, :16])  # Same row, other column.
   np.testing.assert_array_equal(pos[side, 16:], pos[0, 16:])  # Same column, other row.
   assert not np.allclose(pos[side, :16], pos[0, :16])
   np.testing.assert_array_equal(pos[LI:], upgen.layers.sinusoidal_1d(LT, 32))
-  pos_1d = upgen.UPGenConfig.from_config(_config(position_embedding="1d").model).positions()
+  pos_1d = _model(position_embedding="1d").config.positions()
   np.testing.assert_array_equal(pos_1d, upgen.layers.sinusoidal_1d(LI + LT, 32))
 
 
-@pytest.mark.parametrize("schedule", ["uniform", "cosine"])
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
 def test_mask_sampling_distribution(schedule):
   batch = _batch("p" * 1500 + "i" * 500 + "t" * 500 + "n", seed=1)
-  settings = upgen.MaskingConfig.from_config(
-      _config(mask_schedule=schedule, paired_masking="joint").model)
+  settings = _loss(mask_schedule=schedule, paired_masking="joint")
   masks = jax.jit(upgen.sample_masks, static_argnums=2)(jax.random.key(0), batch, settings)
   image_m, text_m = (np.asarray(x) for x in masks)
   valid_i = np.broadcast_to(batch["has_image"][:, None], image_m.shape)
@@ -105,7 +129,7 @@ def test_mask_sampling_distribution(schedule):
   np.testing.assert_array_equal(n_masked[text_only], np.ceil(0.15 * n_valid[text_only]))
   # Mean masked fraction of paired / image-only examples vs. the ratio law, by Monte Carlo.
   u = np.random.default_rng(0).uniform(size=20000)
-  r = 1.0 - u if schedule == "uniform" else np.cos(math.pi / 2 * u)
+  r = 1.0 - u if schedule == "linear" else np.cos(math.pi / 2 * u)
   for rows in (slice(0, 1500), slice(1500, 2000)):
     n = n_valid[rows]
     want = np.mean([np.mean(np.ceil(r * k) / k) for k in n])
@@ -115,9 +139,8 @@ def test_mask_sampling_distribution(schedule):
 
 def test_independent_masking_keeps_whole_captions_for_text_to_image():
   batch = _batch("p" * 2000 + "i" * 300 + "t" * 300, seed=4)
-  settings = upgen.MaskingConfig.from_config(
-      _config(paired_masking="independent", mask_schedule="uniform",
-              paired_text_mask_max=1.0, paired_text_mask_prob=1.0).model)
+  settings = _loss(paired_masking="independent", mask_schedule="linear",
+                   paired_text_mask_max=1.0, paired_text_mask_prob=1.0)
   masks = jax.jit(upgen.sample_masks, static_argnums=2)(jax.random.key(1), batch, settings)
   image_m, text_m = (np.asarray(x) for x in masks)
   valid_t = batch["text_mask"]
@@ -136,31 +159,30 @@ def test_independent_masking_keeps_whole_captions_for_text_to_image():
   assert abs(np.mean(n_txt) - np.mean((n_valid - 1) / 2)) < 0.2
   assert abs(np.corrcoef(n_img, n_txt / n_valid)[0, 1]) < 0.1
   np.testing.assert_array_equal(text_m[text_only].sum(1), np.ceil(0.15 * valid_t[text_only].sum(1)))
-  with pytest.raises(ValueError, match="config.model.paired_masking"):
-    upgen.MaskingConfig.from_config(_config(paired_masking="both").model)
+  with pytest.raises(ValueError, match="config.loss.paired_masking"):
+    _loss(paired_masking="both")
 
 
 def test_paired_text_mask_max_caps_caption_masking():
   batch = _batch("p" * 2000, seed=5)
   valid_t = batch["text_mask"]
   for cap in (0.0, 0.25):
-    settings = upgen.MaskingConfig.from_config(
-        _config(paired_masking="independent", paired_text_mask_max=cap,
-                paired_text_mask_prob=1.0).model)
+    settings = _loss(paired_masking="independent", paired_text_mask_max=cap,
+                     paired_text_mask_prob=1.0)
     _, text_m = jax.jit(upgen.sample_masks, static_argnums=2)(jax.random.key(2), batch, settings)
     n_txt, n_valid = np.asarray(text_m).sum(1), valid_t.sum(1)
     # floor(u * n), u ~ U[0, cap): never more than floor(cap * n) tokens.
     assert (n_txt <= np.floor(cap * n_valid)).all()
     assert abs(np.mean(n_txt == 0) - np.mean(np.minimum(1.0, 1.0 / (cap * n_valid + 1e-9)))) < 0.03
-  with pytest.raises(ValueError, match="config.model.paired_text_mask_max"):
-    upgen.MaskingConfig.from_config(_config(paired_text_mask_max=1.5).model)
+  with pytest.raises(ValueError, match="config.loss.paired_text_mask_max"):
+    _loss(paired_text_mask_max=1.5)
 
 
 def test_paired_text_mask_prob_picks_the_captions_that_are_masked():
   batch = _batch("p" * 3000, seed=6)
   n_valid = batch["text_mask"].sum(1)
-  settings = lambda prob: upgen.MaskingConfig.from_config(_config(
-      paired_masking="independent", paired_text_mask_max=1.0, paired_text_mask_prob=prob).model)
+  settings = lambda prob: _loss(paired_masking="independent", paired_text_mask_max=1.0,
+                               paired_text_mask_prob=prob)
   sample = jax.jit(upgen.sample_masks, static_argnums=2)
   for prob in (0.0, 0.1, 1.0):
     image_m, text_m = (np.asarray(x) for x in sample(jax.random.key(3), batch, settings(prob)))
@@ -172,21 +194,22 @@ def test_paired_text_mask_prob_picks_the_captions_that_are_masked():
   # The image masks do not depend on the caption draw.
   np.testing.assert_array_equal(sample(jax.random.key(3), batch, settings(0.0))[0],
                                 sample(jax.random.key(3), batch, settings(0.5))[0])
-  with pytest.raises(ValueError, match="config.model.paired_text_mask_prob"):
-    upgen.MaskingConfig.from_config(_config(paired_text_mask_prob=-0.1).model)
+  with pytest.raises(ValueError, match="config.loss.paired_text_mask_prob"):
+    _loss(paired_text_mask_prob=-0.1)
 
 
-ZERO_LAYER = upgen.FAMILY.make_model(_config(num_layers=0))
+ZERO_LAYER = _model(num_layers=0)
 
 
 @jax.jit
 @functools.partial(jax.value_and_grad, has_aux=True)
 def _zero_layer_loss(params, batch, masks, weights_4):
   """masked_loss of a 0-layer model (each position's logits depend on its own input only),
-  with the four loss weights traced so that one compilation serves every weighting."""
+  with the four loss weights traced so that one compilation serves every weighting (so the
+  settings are a plain namespace: MaskingLoss checks its values)."""
   names = ("paired_image_weight", "paired_text_weight", "unpaired_image_weight",
            "unpaired_text_weight")
-  settings = upgen.MaskingConfig(**dict(zip(names, weights_4)))
+  settings = types.SimpleNamespace(**dict(zip(names, weights_4)))
   return upgen.masked_loss(params, batch, masks, jax.random.key(0), model=ZERO_LAYER,
                            settings=settings, train=False)
 
@@ -243,7 +266,8 @@ def overfit():
   """A 1-layer model trained for 300 Adam steps on 4 paired examples (one scanned jit)."""
   # Memorizing random ids with a 1-layer, width-32 model goes faster from small embeddings.
   c = _config(mask_schedule="cosine", paired_masking="joint", embed_init_std=0.02)
-  model = upgen.FAMILY.make_model(c)
+  setup = families.build(c, SPEC)
+  model = setup.model
   batch = _batch("pppp", seed=4)
   lengths = np.array([4, 5, 3, 6])  # Captions of disjoint token sets.
   batch["text_mask"] = np.arange(LT)[None] < lengths[:, None]
@@ -258,7 +282,8 @@ def overfit():
     def step(carry, rng):
       params, opt_state = carry
       grad_fn = jax.value_and_grad(upgen.loss_fn, has_aux=True)
-      (loss, _), grads = grad_fn(params, batch, rng, model=model, config=c, train=True)
+      (loss, _), grads = grad_fn(params, batch, rng, model=model, settings=setup.loss,
+                                 train=True)
       updates, opt_state = opt.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), opt_state), loss
     rngs = jax.random.split(jax.random.key(1), 300)
@@ -266,8 +291,8 @@ def overfit():
     return params, losses
 
   params, losses = train(_init(model, batch))
-  c.sample.temperature = 0.0
-  return dict(config=c, model=model, batch=batch, params=params, losses=np.asarray(losses))
+  return dict(setup=dataclasses.replace(setup, sample=SampleSettings(temperature=0.0)),
+              model=model, batch=batch, params=params, losses=np.asarray(losses))
 
 
 def test_overfit_drives_loss_down(overfit):
@@ -276,37 +301,39 @@ def test_overfit_drives_loss_down(overfit):
 
 
 def test_text_to_image_recovers_memorized_tokens(overfit):
-  c, model, batch, params = (overfit[k] for k in ("config", "model", "batch", "params"))
+  setup, model, batch, params = (overfit[k] for k in ("setup", "model", "batch", "params"))
   for scale in (0.0, 1.0):
-    c.sample.guidance_scale = scale
+    settings = dataclasses.replace(setup.sample, guidance_scale=scale)
     out = np.asarray(upgen_sampler.text_to_image(params, model, batch["text_tokens"],
-                                                 batch["text_mask"], jax.random.key(0), c.sample))
+                                                 batch["text_mask"], jax.random.key(0), settings))
     assert out.dtype == np.int32 and out.shape == (4, LI)
     assert ((out >= 0) & (out < VI)).all()
     assert (out == batch["image_tokens"]).mean() >= 0.9, (scale, out, batch["image_tokens"])
-  preview = upgen.FAMILY.preview_fn(params, batch, jax.random.key(0), model=model, config=c)
+  # The trainer's preview is the family's sampler on the batch's captions.
+  setup = dataclasses.replace(setup, sample=settings)
+  preview = preview_lib.preview_fn(setup)(params, batch, jax.random.key(0))
   np.testing.assert_array_equal(preview, out)
 
 
 def test_inpaint_unconditional_image_to_text_and_key_masks(overfit):
-  c, model, batch, params = (overfit[k] for k in ("config", "model", "batch", "params"))
-  c.sample.guidance_scale = 1.0
+  setup, model, batch, params = (overfit[k] for k in ("setup", "model", "batch", "params"))
+  settings = dataclasses.replace(setup.sample, guidance_scale=1.0)
   known = np.zeros((4, LI), bool)
   known[:, :LI // 2] = True
   start = np.where(known, batch["image_tokens"], (batch["image_tokens"] + 1) % VI)
   out = np.asarray(upgen_sampler.inpaint(params, model, start, known, batch["text_tokens"],
-                                         batch["text_mask"], jax.random.key(2), c.sample))
+                                         batch["text_mask"], jax.random.key(2), settings))
   np.testing.assert_array_equal(out[known], start[known])
   assert (out == batch["image_tokens"]).mean() >= 0.9
   uncond = np.asarray(upgen_sampler.unconditional_image(params, model, 4, jax.random.key(3),
-                                                        c.sample))
+                                                        settings))
   assert uncond.shape == (4, LI) and ((uncond >= 0) & (uncond < VI)).all()
   text = np.asarray(upgen_sampler.image_to_text(params, model, batch["image_tokens"],
-                                                jax.random.key(4), c.sample, text_length=4))
+                                                jax.random.key(4), settings, text_length=4))
   assert text.shape == (4, LT) and (text[:, 4:] == PAD).all() and (text != MASK).all()
   with pytest.raises(ValueError, match="text_length"):
     upgen_sampler.image_to_text(params, model, batch["image_tokens"], jax.random.key(4),
-                                c.sample, text_length=LT + 1)
+                                settings, text_length=LT + 1)
   # Text padding and the image of a text-only example are masked out of attention.
   forward = jax.jit(lambda b: model.apply({"params": params}, b["image_tokens"],
                                           b["text_tokens"], b["text_mask"], b["has_image"]))

@@ -10,31 +10,41 @@ from flax import linen as nn
 
 from configs import vqgan as vqgan_config
 from upgen import families
+from upgen.data import readers
 from upgen.data import shapes
 from upgen.models import vqgan
 from upgen.models import vqgan_layers as layers
 from upgen.tokenizers import image
 
 
-def small_config(**model):
+def small_config(**keys):
+  """configs/vqgan.py:tiny at 16 px; each key is set in the group (model, loss, data) that
+  has it."""
   config = vqgan_config.get_config("tiny")
-  config.model.image_size = 16
+  config.data.image_size = 16
   config.model.base_channels = 4
   config.model.channel_multipliers = (1, 2)
   config.model.num_res_blocks = 1
   config.model.codebook_size = 8
   config.model.embedding_dim = 4
   config.model.norm = "group"
-  config.model.update(model)
+  for k, v in keys.items():
+    next(g for g in (config.model, config.loss, config.data) if k in g)[k] = v
   return config
 
 
+def build(config):
+  return families.build(config, readers.IMAGE_FOLDER.spec(config.data))
+
+
 def init_params(config, seed=0):
-  """Params of the model's shapes filled from numpy (jit-compiling the PRNG-based init costs
-  tens of seconds on a small CPU; `model.init` itself is traced in the eval_shape tests)."""
-  model = vqgan.make_model(config)
+  """(setup, params): params of the model's shapes filled from numpy (jit-compiling the
+  PRNG-based init costs tens of seconds on a small CPU; `model.init` itself is traced in the
+  eval_shape tests)."""
+  setup = build(config)
+  model = setup.model
   abstract = jax.eval_shape(lambda: vqgan.init_variables(
-      model, jax.random.key(0), vqgan.dummy_batch(config, 1)))
+      model, jax.random.key(0), setup.dummy_batch(1)))
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
@@ -46,7 +56,7 @@ def init_params(config, seed=0):
     return np.ones(leaf.shape) if name.endswith("['scale']") else np.zeros(leaf.shape)
 
   params = jax.tree_util.tree_map_with_path(fill, nn.meta.unbox(abstract["params"]))
-  return model, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  return setup, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
 
 
 def shapes_images(n, size=16, seed=0):
@@ -60,27 +70,30 @@ def shapes_images(n, size=16, seed=0):
 
 def test_family_export_and_variants():
   family = families.get_family("vqgan")
-  assert family is vqgan.FAMILY and family.data_kind == "images"
+  assert family is vqgan.FAMILY and family.reads is readers.IMAGE_FOLDER
   for variant in ("tiny", "base"):
     config = vqgan_config.get_config(variant)
-    model = family.make_model(config)
+    setup = build(config)
     shapes_ = jax.eval_shape(lambda r: family.init_variables(
-        model, r, family.dummy_batch(config, 1)), jax.random.key(0))
+        setup.model, r, setup.dummy_batch(1)), jax.random.key(0))
     codebook = nn.meta.unbox(shapes_["params"]["vqgan"]["quantizer"]["codebook"])
     assert codebook.shape == (config.model.codebook_size, config.model.embedding_dim)
-    assert ("disc" in shapes_["params"]) == (config.model.adversarial_weight > 0)
-    assert family.train_flops_per_example(config).total > 0
-  assert vqgan.make_model(vqgan_config.get_config("tiny")).cfg.grid == 8
+    assert ("disc" in shapes_["params"]) == config.model.discriminator
+    assert family.train_flops(setup.model_config).total > 0
+  assert build(vqgan_config.get_config("tiny")).model_config.grid == 8
   with pytest.raises(ValueError, match="config.model.norm"):
-    vqgan.make_model(small_config(norm="batch"))
-  with pytest.raises(ValueError, match="image_size=12"):
-    vqgan.make_model(small_config(image_size=12, channel_multipliers=(1, 2, 2, 2)))
+    build(small_config(norm="batch"))
+  with pytest.raises(ValueError, match="config.data.image_size=12"):
+    build(small_config(image_size=12, channel_multipliers=(1, 2, 2, 2)))
+  with pytest.raises(ValueError, match="config.loss.adversarial_weight=0.1 needs a "
+                                       "discriminator"):
+    build(small_config(adversarial_weight=0.1))
 
 
 @pytest.mark.parametrize("norm", ["group", "none"])
 def test_every_param_has_logical_axes(norm):
-  config = small_config(adversarial_weight=0.1, norm=norm)
-  model = vqgan.make_model(config)
+  config = small_config(adversarial_weight=0.1, discriminator=True, norm=norm)
+  model = build(config).model
   boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
   leaves = jax.tree_util.tree_flatten_with_path(
       boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))[0]
@@ -90,16 +103,20 @@ def test_every_param_has_logical_axes(norm):
     assert isinstance(leaf, nn.LogicallyPartitioned), name
     assert len(leaf.names) == len(leaf.value.shape), name
     if name.endswith("['kernel']"):
-      assert leaf.names == layers.KERNEL_AXES, name
+      head = name.endswith("['conv_out']['kernel']") and "decoder" in name or "logits" in name
+      assert leaf.names == (layers.HEAD_KERNEL_AXES if head else layers.KERNEL_AXES), name
     if name.endswith("['codebook']"):
       assert leaf.names == layers.CODEBOOK_AXES, name
 
 
 @pytest.mark.parametrize("l2_normalize,revive", [(False, 0.0), (True, 0.0), (False, 0.5)])
 def test_quantizer_nearest_code_and_straight_through(l2_normalize, revive):
-  cfg = layers.VQGANConfig(codebook_size=8, embedding_dim=4, codebook_l2_normalize=l2_normalize,
-                           codebook_revive_weight=revive)
+  cfg = layers.VQGANConfig(image_size=8, codebook_size=8, embedding_dim=4,
+                           codebook_l2_normalize=l2_normalize)
   quantizer = layers.VectorQuantizer(cfg)
+  commitment_cost = 0.25
+  loss_vq = lambda stats: (stats["codebook"] + commitment_cost * stats["commitment"]
+                           + revive * stats["revive"])
   rng = np.random.default_rng(0)
   z = jnp.asarray(rng.normal(size=(2, 3, 3, 4)), jnp.float32)
   w = jnp.asarray(rng.normal(size=z.shape), jnp.float32)
@@ -109,7 +126,7 @@ def test_quantizer_nearest_code_and_straight_through(l2_normalize, revive):
   def run(params, z):
     quantized, ids, stats = quantizer.apply({"params": params}, z)
     grad_z = jax.grad(lambda v: jnp.sum(w * quantizer.apply({"params": params}, v)[0]))(z)
-    grad_codes = jax.grad(lambda p: quantizer.apply({"params": p}, z)[2]["loss_vq"])(params)
+    grad_codes = jax.grad(lambda p: loss_vq(quantizer.apply({"params": p}, z)[2]))(params)
     encoded = quantizer.apply({"params": params}, z, method=layers.VectorQuantizer.nearest)
     return quantized, ids, stats, grad_z, grad_codes["codebook"], encoded
 
@@ -125,9 +142,9 @@ def test_quantizer_nearest_code_and_straight_through(l2_normalize, revive):
   np.testing.assert_array_equal(encoded, ids)
   np.testing.assert_allclose(np.asarray(quantized).reshape(-1, 4), codes[expected], atol=1e-5)
   anchors = zz[np.argmin(dist, axis=0)]
-  vq = ((1 + cfg.commitment_cost) * np.mean((zz - codes[expected]) ** 2)
+  vq = ((1 + commitment_cost) * np.mean((zz - codes[expected]) ** 2)
         + revive * np.mean((anchors - codes) ** 2))
-  np.testing.assert_allclose(stats["loss_vq"], vq, rtol=1e-4)
+  np.testing.assert_allclose(loss_vq(stats), vq, rtol=1e-4)
   used = np.bincount(expected, minlength=8) > 0
   np.testing.assert_array_equal(stats["code_counts"], np.bincount(expected, minlength=8))
   assert not used.all()  # Some codes are dead: the revival term is what moves them.
@@ -152,12 +169,10 @@ def test_metrics_helpers():
 
 
 def test_loss_metrics_and_gradients():
-  config = small_config()
-  model, params = init_params(config)
+  setup, params = init_params(small_config())
   batch = {"image": shapes_images(4)}
   loss_fn = jax.jit(jax.value_and_grad(
-      lambda p, b: vqgan.loss_fn(p, b, jax.random.key(0), model=model, config=config,
-                                 train=True), has_aux=True))
+      lambda p, b: setup.loss_fn()(p, b, jax.random.key(0), train=True, step=0), has_aux=True))
   (loss, metrics), grads = loss_fn(params, batch)
   assert {"loss", "loss_l1", "loss_l2", "loss_vq", "psnr", "codebook_usage",
           "perplexity"} <= set(metrics)
@@ -171,15 +186,16 @@ def test_loss_metrics_and_gradients():
 
 def test_adversarial_terms_train_only_their_own_params():
   config = small_config(adversarial_weight=0.5, adversarial_start=10, num_res_blocks=0,
-                        norm="none")
-  model, params = init_params(config)
+                        norm="none", discriminator=True)
+  setup, params = init_params(config)
+  model = setup.model
   x = vqgan.to_unit(shapes_images(4))
 
   @jax.jit
   def grads(params, step):
-    loss_grads, metrics = jax.grad(lambda p: vqgan.loss_fn(
-        p, {"image": shapes_images(4)}, jax.random.key(0), model=model, config=config,
-        train=True, step=step), has_aux=True)(params)
+    loss_grads, metrics = jax.grad(lambda p: setup.loss_fn()(
+        p, {"image": shapes_images(4)}, jax.random.key(0), train=True, step=step),
+                                   has_aux=True)(params)
 
     def terms(p):
       recon = model.apply({"params": {"vqgan": p["vqgan"]}}, x,
@@ -202,14 +218,15 @@ def test_adversarial_terms_train_only_their_own_params():
 
 def test_training_improves_reconstructions():
   config = small_config(norm="none", num_res_blocks=0, base_channels=8, codebook_size=16)
-  model, params = init_params(config)
+  setup, params = init_params(config)
+  model = setup.model
   images = shapes_images(32, seed=1)
   tx = optax.adam(1e-2)
 
   @jax.jit
   def step(params, opt_state, batch):
     (_, metrics), grads = jax.value_and_grad(vqgan.loss_fn, has_aux=True)(
-        params, batch, jax.random.key(0), model=model, config=config, train=True)
+        params, batch, jax.random.key(0), model=model, settings=setup.loss, train=True)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, metrics
 
@@ -219,14 +236,15 @@ def test_training_improves_reconstructions():
     params, opt_state, metrics = step(params, opt_state, {"image": images[i % 4 * 8:][:8]})
     psnrs.append(float(metrics["psnr"]))
   assert np.mean(psnrs[-10:]) > np.mean(psnrs[:10]) + 6
-  preview = jax.jit(lambda p, b: vqgan.preview_fn(p, b, jax.random.key(0), model=model,
-                                                  config=config))(params, {"image": images[:4]})
+  preview = jax.jit(lambda p, b: vqgan.preview(p, b, jax.random.key(0), model=model))(
+      params, {"image": images[:4]})
   assert preview.shape == (4, 16, 16, 3) and preview.dtype == jnp.uint8
 
 
 def test_flops_estimate_matches_xla():
   config = small_config(base_channels=8, num_res_blocks=1)
-  model, params = init_params(config)
+  setup, params = init_params(config)
+  model = setup.model
   x = jnp.zeros((1, 16, 16, 3))
   forward = lambda p, v: model.apply({"params": p}, v, method=vqgan.VQGANModel.autoencode)[0]
   cost = jax.jit(forward).lower(params, x).compile().cost_analysis()
@@ -237,9 +255,9 @@ def test_flops_estimate_matches_xla():
 
 
 def test_image_tokenizer_batches_and_round_trip():
-  config = small_config()
-  model, params = init_params(config)
-  tok = image.ImageTokenizer(config, params, path="/runs/x", batch_size=4)
+  setup, params = init_params(small_config())
+  model = setup.model
+  tok = image.ImageTokenizer(setup, params, path="/runs/x", batch_size=4)
   assert (tok.codebook_size, tok.grid, tok.image_size) == (8, (8, 8), 16)
   images = shapes_images(7)
   ids = tok.encode(images)
@@ -259,26 +277,25 @@ def test_image_tokenizer_batches_and_round_trip():
 
 
 def test_image_tokenizer_identity():
-  config = small_config()
-  _, params = init_params(config)
-  identity = image.ImageTokenizer(config, params, path="/runs/x").identity()
+  setup, params = init_params(small_config())
+  identity = image.ImageTokenizer(setup, params, path="/runs/x").identity()
   assert identity["family"] == "vqgan" and identity["path"] == "/runs/x"
   assert identity["config"]["codebook_size"] == 8
   json.dumps(identity)
-  assert image.ImageTokenizer(config, params).identity()["sha256"] == identity["sha256"]
-  _, other = init_params(config, seed=1)
-  assert image.ImageTokenizer(config, other).identity()["sha256"] != identity["sha256"]
+  assert image.ImageTokenizer(setup, params).identity()["sha256"] == identity["sha256"]
+  _, other = init_params(small_config(), seed=1)
+  assert image.ImageTokenizer(setup, other).identity()["sha256"] != identity["sha256"]
   with pytest.raises(ValueError, match="'vqgan' entry"):
-    image.ImageTokenizer(config, params["vqgan"])
+    image.ImageTokenizer(setup, params["vqgan"])
 
 
 def test_load_restores_a_training_checkpoint(tmp_path):
   from upgen.train import checkpoint, optimizer
   config = small_config()
-  _, params = init_params(config, seed=3)
+  setup, params = init_params(config, seed=3)
   state = {"step": jnp.int32(5), "params": params,
            "opt_state": optimizer.make_optimizer(config.optim, config.train.steps).init(params)}
-  checkpoint.save_config(str(tmp_path), config)
+  checkpoint.save_run_config(str(tmp_path), config, setup.spec)
   ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
   ckpt.save(5, state)
   ckpt.close()

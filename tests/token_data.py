@@ -37,7 +37,7 @@ def tiny_overrides(data_dir: str) -> dict:
   return {
       "data.dir": data_dir, "data.batch_size": 8, "data.text_dropout": 0.0,
       "model.num_layers": 2, "model.emb_dim": 32, "model.num_heads": 2, "model.mlp_dim": 64,
-      "model.text_seq_len": 6, "optim.warmup_steps": 2, "train.progress": False,
+      "data.text_seq_len": 6, "optim.warmup_steps": 2, "train.progress": False,
       "train.sample_every": 0,
       "train.eval_batches": 1,
   }

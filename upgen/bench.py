@@ -13,12 +13,13 @@ docs/performance.md with their command, device and date.
       records/s per process through the grain pipeline, beside the records/s the train step
       of --config consumes.
 
-Configs whose vocabularies and grid come from data (-1) take them from --data-dir's
-metadata.json, else from --image-grid/--image-vocab/--text-vocab (synthetic shapes).
+The sizes that come from data are read from config.data.dir's records when it is set,
+else taken from --image_grid/--image_vocab/--text_vocab (a synthetic DataSpec).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import functools
 import json
@@ -40,35 +41,27 @@ USAGE = """usage:
   upgen bench data   --data-dir DIR [--split S] [--batch-size B] [--seconds T] [--config FILE:ARG]"""
 
 
-def synthetic_metadata(image_grid: int, image_vocab: int, text_vocab: int) -> dict:
-  """metadata.json's tokenizer fields for synthetic token batches (pad 0, mask 1)."""
-  return {"image_tokenizer": {"codebook_size": image_vocab, "grid": [image_grid, image_grid]},
-          "text_tokenizer": {"vocab_size": text_vocab, "pad_id": 0, "mask_id": 1}}
-
-
-def resolve(config: ml_collections.ConfigDict, metadata: Optional[dict] = None
-            ) -> tuple[ml_collections.ConfigDict, families.Family]:
-  """The config with data-dependent fields filled in: from config.data.dir's metadata, else
-  from `metadata` (synthetic)."""
-  from upgen.data import pipeline
-  from upgen.train import trainer
+def setup_for(config: ml_collections.ConfigDict, image_grid: int = 16, image_vocab: int = 8192,
+              text_vocab: int = 32768) -> families.Setup:
+  """The family built against config.data.dir's data, or against a synthetic spec of these
+  sizes when config.data.dir is empty."""
   family = families.get_family(config.model.family)
-  if config.data.dir or family.data_kind != "tokens":
-    return trainer.resolve_config(config, family), family
-  config = ml_collections.ConfigDict(config.to_dict())
-  pipeline.resolve_model_config(config, metadata or synthetic_metadata(16, 8192, 32768))
-  return config, family
+  if config.data.get("dir"):
+    spec = family.reads.spec(config.data)
+  else:
+    spec = family.reads.synthetic_spec(config.data, image_grid=image_grid,
+                                       image_vocab=image_vocab, text_vocab=text_vocab)
+  return families.build(config, spec, family)
 
 
-def _setup(config: ml_collections.ConfigDict, family: families.Family):
+def _state(config: ml_collections.ConfigDict, setup: families.Setup):
   from upgen.train import mesh as mesh_lib
   from upgen.train import optimizer as optimizer_lib
   from upgen.train import state as state_lib
   mesh = mesh_lib.make_mesh(config.mesh)
-  model = family.make_model(config)
   tx = optimizer_lib.make_optimizer(config.optim, config.train.steps)
-  state = state_lib.create_state(family, model, tx, config, mesh, jax.random.key(config.seed))
-  return mesh, model, state
+  return mesh, state_lib.create_state(setup, tx, mesh, config.mesh,
+                                      jax.random.key(config.seed))
 
 
 def _peak_memory() -> Optional[int]:
@@ -87,17 +80,18 @@ def _device_line() -> str:
   return f"{jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()})"
 
 
-def bench_train(config: ml_collections.ConfigDict, family: families.Family, steps: int,
+def bench_train(config: ml_collections.ConfigDict, setup: families.Setup, steps: int,
                 peak_flops: Optional[float]) -> dict[str, Any]:
   """Times `steps` train steps after a compile step and one warm-up step."""
   from upgen.train import mesh as mesh_lib
   from upgen.train import step as step_lib
-  mesh, model, state = _setup(config, family)
+  mesh, state = _state(config, setup)
   sharding = mesh_lib.batch_sharding(mesh, config.mesh)
   batch = {k: jax.device_put(v, sharding)
-           for k, v in family.dummy_batch(config, config.data.batch_size).items()}
-  step = jax.jit(functools.partial(step_lib.train_step, family=family, model=model,
-                                   config=config), donate_argnums=0)
+           for k, v in setup.dummy_batch(config.data.batch_size).items()}
+  step = jax.jit(functools.partial(step_lib.train_step, loss_fn=setup.loss_fn(),
+                                   grad_accum_steps=config.optim.grad_accum_steps),
+                 donate_argnums=0)
   rng = jax.random.key(0)
   with mesh_lib.activate(mesh, config.mesh):
     start = time.perf_counter()
@@ -114,13 +108,12 @@ def bench_train(config: ml_collections.ConfigDict, family: families.Family, step
   loss = float(metrics["loss"])
   if not np.isfinite(loss):
     raise RuntimeError(f"bench train: non-finite loss {loss} on synthetic batches")
-  example = family.dummy_batch(config, 1)
-  tokens_per_example = sum(int(example[k].shape[1]) for k in ("image_tokens", "text_tokens")
-                           if k in example)
-  count = family.train_flops_per_example(config) if family.train_flops_per_example else None
+  family = setup.family
+  tokens_per_example = family.reads.tokens_per_example(setup.spec)
+  count = family.train_flops(setup.model_config) if family.train_flops else None
   batch_size = config.data.batch_size
   out = {
-      "bench": "train", "config": config.model.family, "size": config.model.get("size", ""),
+      "bench": "train", "config": family.name, "size": config.model.get("size", ""),
       "device": _device_line(), "batch_size": batch_size,
       "tokens_per_example": tokens_per_example, "step_ms": step_s * 1e3,
       "compile_s": compile_s, "examples_per_s": batch_size / step_s,
@@ -142,41 +135,38 @@ def bench_train(config: ml_collections.ConfigDict, family: families.Family, step
 
 def time_train_steps(config: ml_collections.ConfigDict, num_steps: int = 5) -> float:
   """Seconds per train step on synthetic batches of the real shapes, compilation excluded."""
-  config, family = resolve(config)
-  return bench_train(config, family, num_steps, None)["step_ms"] / 1e3
+  return bench_train(config, setup_for(config), num_steps, None)["step_ms"] / 1e3
 
 
-def bench_sample(config: ml_collections.ConfigDict, family: families.Family,
+def bench_sample(config: ml_collections.ConfigDict, setup: families.Setup,
                  batch_sizes: list[int], repeats: int, peak_flops: Optional[float],
                  bandwidth: Optional[float]) -> list[dict[str, Any]]:
-  """Times family.sample_images per batch size (compile excluded, median of `repeats`)."""
-  if family.sample_images is None:
-    raise ValueError(f"family {family.name!r} has no text->image sampler")
-  _, model, state = _setup(config, family)
+  """Times the family's sample_images per batch size (compile excluded, median of `repeats`)."""
+  sample = jax.jit(setup.bind("sample_images"))
+  _, state = _state(config, setup)
   params = state.params
   param_bytes = int(sum(x.nbytes for x in jax.tree.leaves(params)))
-  image_seq_len = int(family.dummy_batch(config, 1)["image_tokens"].shape[1])
-  sample = jax.jit(functools.partial(family.sample_images, model=model, config=config))
+  family = setup.family
   rows = []
   for b in batch_sizes:
-    batch = family.dummy_batch(config, b)
-    args = (params, batch["text_tokens"], batch["text_mask"])
+    captions = family.reads.captions(setup.dummy_batch(b))
     start = time.perf_counter()
-    jax.block_until_ready(sample(*args, jax.random.key(0)))
+    out = jax.block_until_ready(sample(params, *captions, jax.random.key(0)))
     compile_s = time.perf_counter() - start
     times = []
     for i in range(repeats):
       start = time.perf_counter()
-      jax.block_until_ready(sample(*args, jax.random.key(i + 1)))
+      jax.block_until_ready(sample(params, *captions, jax.random.key(i + 1)))
       times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
-    row = {"bench": "sample", "config": config.model.family,
+    per_image = int(np.prod(out.shape[1:])) if out.dtype != np.uint8 else 0
+    row = {"bench": "sample", "config": family.name,
            "size": config.model.get("size", ""), "device": _device_line(), "batch_size": b,
            "seconds": seconds, "compile_s": compile_s, "images_per_s": b / seconds,
-           "image_tokens_per_s": b * image_seq_len / seconds,
-           "sample": dict(config.sample.to_dict())}
+           "image_tokens_per_s": b * per_image / seconds,
+           "sample": dataclasses.asdict(setup.sample)}
     if family.sample_cost is not None:
-      cost = family.sample_cost(config, b, param_bytes)
+      cost = family.sample_cost(setup.model_config, setup.sample, b, param_bytes)
       row["cost"] = cost.note
       row["tflops_per_s"] = cost.flops / seconds / 1e12
       if peak_flops:
@@ -279,18 +269,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     from upgen.train.main import override_error
     print(f"upgen bench {command}: {override_error(rest, e)}", file=sys.stderr)
     return 2
-  config, family = resolve(raw, synthetic_metadata(fv.image_grid, fv.image_vocab,
-                                                   fv.text_vocab))
+  try:
+    setup = setup_for(raw, fv.image_grid, fv.image_vocab, fv.text_vocab)
+  except ValueError as e:
+    print(f"upgen bench {command}: {e}", file=sys.stderr)
+    return 2
+  config = raw
   peak_flops, bandwidth = _device_peaks(fv.peak_tflops, fv.bandwidth_tbs)
   if command == "train":
-    result = bench_train(config, family, fv.steps, peak_flops)
+    result = bench_train(config, setup, fv.steps, peak_flops)
     _print_train(result)
     _write_json(fv.json, [result], argv)
   else:
     sizes = [int(s) for s in fv.batch_sizes.split(",") if s]
-    rows = bench_sample(config, family, sizes, fv.repeats, peak_flops, bandwidth)
+    rows = bench_sample(config, setup, sizes, fv.repeats, peak_flops, bandwidth)
     print(f"device: {rows[0]['device']}\nconfig: {config.model.family}:"
-          f"{config.model.get('size', '')}  sample {dict(config.sample.to_dict())}")
+          f"{config.model.get('size', '')}  sample {rows[0]['sample']}")
     for r in rows:
       _print_sample(r)
     if rows and "cost" in rows[-1]:

@@ -1,70 +1,158 @@
 """The contract between the family-agnostic trainer and a model family.
 
-A family lives in `upgen/models/<name>.py` and exports `FAMILY = Family(...)`. The trainer,
-`upgen sample` and `upgen bench` only ever talk to a family through this record, so adding
-a family touches its own module and its config, nothing else.
+A family lives in `upgen/models/<name>.py` and exports `FAMILY = Family(...)`; its config is
+`configs/<name>.py` with `get_config(variant)`. The trainer, `upgen sample`, `upgen bench` and
+the previews talk to a family only through this record, and to the data only through the
+reader the family names, so adding a family touches its own module, config and tests.
 
-Batches are dicts of arrays with a leading batch dimension `B`:
+A run is built in three steps (`build`):
 
-  data.kind == "tokens" (pre-tokenized records, see docs/data.md):
-    image_tokens_BxLi  int32  image token ids (raster order); zeros where has_image is False
-    text_tokens_BxLt   int32  text token ids padded with the tokenizer's [PAD] id
-    text_mask_BxLt     bool   True on real (non-pad) text tokens
-    has_image_B        bool   example carries an image
-    has_text_B         bool   example carries a caption
-  data.kind == "images":
-    image_BxHxWx3      uint8  pixels
+  spec     = family.reads.spec(config.data)             sizes the data fixes (DataSpec)
+  model    = family.model_config(config.model, spec)    frozen architecture record
+  settings = family.loss_config(config.loss, model)     frozen objective record
+             family.sample_config(config.sample)        frozen sampler record (if it samples)
 
-(Keys are the names without the shape suffix: "image_tokens", "text_tokens", ...)
+and every callable below takes those parsed records, never `config` itself. `config.model`
+holds the architecture only (resuming refuses a changed one), `config.loss` the objective
+(free to change on resume), `config.data` what to read and how to cut it.
+
+Batches are whatever the family's reader yields (upgen/data/readers.py documents the keys);
+the trainer moves them to devices without looking inside.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
-from typing import Any, Callable, Mapping, Optional
+import pkgutil
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 import jax
-import ml_collections
-import numpy as np
 from flax import linen as nn
 
+from upgen.data import readers
+from upgen.data.spec import DataSpec
+
 Batch = Mapping[str, Any]
-# loss_fn(params, batch, rng, *, model, config, train, step) -> (scalar loss, {name: scalar}).
-# `step` is the optimizer step (int32 scalar array), for losses that change over training.
-LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+Metrics = dict[str, jax.Array]
+
+
+class ModelConfigFn(Protocol):
+  def __call__(self, group: Any, spec: DataSpec) -> Any:
+    """config.model (a ConfigDict or dict) and the data spec -> frozen model config."""
+
+
+class LossConfigFn(Protocol):
+  def __call__(self, group: Any, model_config: Any) -> Any:
+    """config.loss and the model config (for checks across both) -> frozen loss settings."""
+
+
+class SampleConfigFn(Protocol):
+  def __call__(self, group: Any) -> Any:
+    """config.sample -> frozen (hashable) sampler settings."""
+
+
+class MakeModelFn(Protocol):
+  def __call__(self, model_config: Any) -> nn.Module: ...
+
+
+class InitFn(Protocol):
+  def __call__(self, model: nn.Module, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+    """Variables with a "params" collection, for a batch of the reader's dummy shapes."""
+
+
+class LossFn(Protocol):
+  def __call__(self, params: Any, batch: Batch, rng: jax.Array, *, model: nn.Module,
+               settings: Any, train: bool, step: jax.Array) -> tuple[jax.Array, Metrics]:
+    """Pure and jittable: (scalar loss, {name: scalar}). `rng` drives masking and dropout;
+    `step` is the optimizer step (losses that change over training read it)."""
+
+
+class PreviewFn(Protocol):
+  def __call__(self, params: Any, batch: Batch, rng: jax.Array, *, model: nn.Module
+               ) -> jax.Array:
+    """The family's own preview of a batch (uint8 pixels, or image token ids). Families
+    without one preview by `sample_images` on the batch's captions."""
+
+
+class SampleImagesFn(Protocol):
+  def __call__(self, params: Any, text_tokens_BxLt: jax.Array, text_mask_BxLt: jax.Array,
+               rng: jax.Array, *, model: nn.Module, settings: Any) -> jax.Array:
+    """Text->image: int32 image token ids BxLi (or uint8 pixels BxHxWx3), one per row."""
+
+
+class InpaintFn(Protocol):
+  def __call__(self, params: Any, image_tokens_BxLi: jax.Array, known_BxLi: jax.Array,
+               text_tokens_BxLt: jax.Array, text_mask_BxLt: jax.Array, rng: jax.Array, *,
+               model: nn.Module, settings: Any) -> jax.Array:
+    """Regenerates the image tokens where `known` is False from the caption; keeps the rest."""
+
+
+class UnconditionalFn(Protocol):
+  def __call__(self, params: Any, rng_B: jax.Array, *, model: nn.Module, settings: Any
+               ) -> jax.Array:
+    """One image per key in `rng_B` (a batch of keys), with no caption."""
+
+
+class CaptionImagesFn(Protocol):
+  def __call__(self, params: Any, image_tokens_BxLi: jax.Array, rng: jax.Array, *,
+               model: nn.Module, settings: Any) -> jax.Array:
+    """Image->text: int32 text token ids BxLt."""
+
+
+class ImageNllFn(Protocol):
+  def __call__(self, params: Any, batch: Batch, *, model: nn.Module) -> jax.Array:
+    """float32 B: -log p(image tokens | caption) of each example in nats (`upgen eval nll`)."""
+
+
+class TrainFlopsFn(Protocol):
+  def __call__(self, model_config: Any) -> Any:
+    """flops.FlopCount of one example's forward + backward (MFU in `upgen bench`)."""
+
+
+class SampleCostFn(Protocol):
+  def __call__(self, model_config: Any, settings: Any, batch_size: int,
+               param_bytes: int) -> "SampleCost":
+    """The work of one sample_images call on batch_size prompts (`upgen bench sample`)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-  """What a model family supplies to the trainer."""
+  """What a model family supplies. Optional entries are None where the family cannot."""
   name: str
-  # "tokens" or "images": which input pipeline feeds this family.
-  data_kind: str
-  # config -> flax module (config.model fields are already resolved against the data).
-  make_model: Callable[[ml_collections.ConfigDict], nn.Module]
-  # (config, batch_size) -> numpy batch of the right shapes/dtypes (init, eval_shape, bench).
-  dummy_batch: Callable[[ml_collections.ConfigDict, int], dict[str, np.ndarray]]
-  # (model, rng, batch) -> variables dict with a "params" collection.
-  init_variables: Callable[[nn.Module, jax.Array, Batch], dict[str, Any]]
-  # See LossFn. Must be pure and jittable; `rng` drives masking and dropout.
+  reads: readers.Reader  # The input pipeline and batch layout it trains on.
+  model_config: ModelConfigFn
+  loss_config: LossConfigFn
+  make_model: MakeModelFn
+  init_variables: InitFn
   loss_fn: LossFn
-  # Optional: (params, batch, rng, *, model, config) -> preview for TensorBoard: uint8
-  # images BxHxWx3, or int32 image token ids BxLi (the trainer decodes them).
-  preview_fn: Optional[Callable[..., jax.Array]] = None
-  # Optional, for `upgen sample`: text->image. (params, text_tokens_BxLt, text_mask_BxLt, rng,
-  # *, model, config) -> int32 image token ids BxLi, decoding settings from config.sample.
-  sample_images: Optional[Callable[..., jax.Array]] = None
-  # Optional, for `upgen sample --captions-for`: image->text. (params, image_tokens_BxLi, rng,
-  # *, model, config) -> int32 text token ids BxLt.
-  caption_images: Optional[Callable[..., jax.Array]] = None
-  # Optional, for `upgen eval nll`: (params, batch, *, model, config) -> float32 B, the
-  # -log p(image tokens | caption) of each paired example in nats (exact or an upper bound).
-  image_nll: Optional[Callable[..., jax.Array]] = None
-  # Optional: (config) -> flops.FlopCount of one example's forward+backward (MFU in bench).
-  train_flops_per_example: Optional[Callable[[ml_collections.ConfigDict], Any]] = None
-  # Optional: (config, batch_size, param_bytes) -> SampleCost of one sample_images call on
-  # batch_size prompts with config.sample (`upgen bench sample` sets these beside its bounds).
-  sample_cost: Optional[Callable[[ml_collections.ConfigDict, int, int], "SampleCost"]] = None
+  sample_config: Optional[SampleConfigFn] = None
+  preview: Optional[PreviewFn] = None
+  sample_images: Optional[SampleImagesFn] = None
+  inpaint: Optional[InpaintFn] = None
+  unconditional_images: Optional[UnconditionalFn] = None
+  caption_images: Optional[CaptionImagesFn] = None
+  image_nll: Optional[ImageNllFn] = None
+  train_flops: Optional[TrainFlopsFn] = None
+  sample_cost: Optional[SampleCostFn] = None
+
+  def can(self, what: str) -> Callable[..., Any]:
+    """The entry `what` (e.g. "inpaint"), or an error naming the family that lacks it."""
+    fn = getattr(self, what)
+    if fn is None:
+      raise ValueError(f"family {self.name!r} cannot {ABILITIES.get(what, what)} (its FAMILY "
+                       f"has no {what}); families that can: "
+                       f"{', '.join(n for n in names() if getattr(get_family(n), what))}")
+    return fn
+
+
+# Family entries -> what they let a user do (for errors).
+ABILITIES = {"sample_images": "draw images from captions", "inpaint": "inpaint images",
+             "unconditional_images": "draw images without a caption",
+             "caption_images": "caption images", "image_nll": "score image likelihoods",
+             "sample_cost": "report its sampling cost", "train_flops": "count its FLOPs"}
+# config.model keys that select the family and name the variant; not architecture fields.
+MODEL_SELECTORS = ("family", "size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,18 +165,26 @@ class SampleCost:
   note: str  # How both were counted, with the numbers in.
 
 
-def paired_token_batch(batch_size: int, image_seq_len: int, text_seq_len: int,
-                       text_vocab_size: int) -> dict[str, np.ndarray]:
-  """A paired "tokens" batch of the right shapes/dtypes (full-length captions, values
-  arbitrary): what token families return from dummy_batch."""
-  text = np.arange(batch_size * text_seq_len).reshape(batch_size, text_seq_len)
-  return {
-      "image_tokens": np.zeros((batch_size, image_seq_len), np.int32),
-      "text_tokens": (text % text_vocab_size).astype(np.int32),
-      "text_mask": np.ones((batch_size, text_seq_len), bool),
-      "has_image": np.ones((batch_size,), bool),
-      "has_text": np.ones((batch_size,), bool),
-  }
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """A family built for one config and data spec: everything the trainer and samplers use."""
+  family: Family
+  spec: DataSpec
+  model_config: Any
+  loss: Any
+  sample: Any  # None when the family does not sample.
+  model: nn.Module
+
+  def loss_fn(self) -> Callable[..., tuple[jax.Array, Metrics]]:
+    """(params, batch, rng, *, train, step) -> (loss, metrics), the model and settings bound."""
+    return functools.partial(self.family.loss_fn, model=self.model, settings=self.loss)
+
+  def bind(self, what: str) -> Callable[..., jax.Array]:
+    """A sampler entry with the model and sample settings bound (error if the family lacks it)."""
+    return functools.partial(self.family.can(what), model=self.model, settings=self.sample)
+
+  def dummy_batch(self, batch_size: int) -> dict[str, Any]:
+    return self.family.reads.dummy_batch(self.spec, batch_size)
 
 
 def get_family(name: str) -> Family:
@@ -96,8 +192,35 @@ def get_family(name: str) -> Family:
   try:
     module = importlib.import_module(f"upgen.models.{name}")
   except ModuleNotFoundError as e:
-    raise ValueError(f"config.model.family={name!r}: no module upgen.models.{name}") from e
+    if e.name != f"upgen.models.{name}":
+      raise
+    raise ValueError(f"config.model.family={name!r}: no module upgen.models.{name} (families: "
+                     f"{', '.join(names())})") from e
   family = getattr(module, "FAMILY", None)
   if not isinstance(family, Family):
     raise ValueError(f"upgen.models.{name} does not export FAMILY = Family(...)")
   return family
+
+
+def names() -> list[str]:
+  """Every family under upgen/models/ (the modules that export FAMILY), sorted."""
+  from upgen import models
+  out = []
+  for info in pkgutil.iter_modules(models.__path__):
+    module = importlib.import_module(f"upgen.models.{info.name}")
+    if isinstance(getattr(module, "FAMILY", None), Family):
+      out.append(info.name)
+  return sorted(out)
+
+
+def build(config: Any, spec: DataSpec, family: Optional[Family] = None) -> Setup:
+  """Parses config.model / config.loss / config.sample against `spec` and makes the model."""
+  family = family or get_family(config.model.family)
+  model_config = family.model_config(config.model, spec)
+  loss = family.loss_config(config.get("loss"), model_config)
+  sample = None
+  if family.sample_config is not None:
+    sample = family.sample_config(config.get("sample"))
+  elif config.get("sample"):
+    raise ValueError(f"config.sample: family {family.name!r} does not sample; remove the group")
+  return Setup(family, spec, model_config, loss, sample, family.make_model(model_config))

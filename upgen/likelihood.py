@@ -21,20 +21,16 @@ import numpy as np
 
 def image_nll(workdir: str, split: str = "val", num: int = 256, batch_size: int = 64) -> dict:
   """Mean -log p(image | caption) over the first `num` paired examples of `split`."""
-  from upgen import sample
-  from upgen.data import pipeline
-  run = sample.load_run(workdir)
-  if run.family.image_nll is None:
-    raise ValueError(f"family {run.family.name!r} has no image likelihood")
-  config = run.config.copy_and_resolve_references()
+  from upgen.train import checkpoint
+  config, setup, params = checkpoint.restore_params(workdir)
+  nll = setup.family.can("image_nll")
+  config = config.copy_and_resolve_references()
   config.data.batch_size = batch_size
-  score = jax.jit(functools.partial(run.family.image_nll, run.params, model=run.model,
-                                    config=config))
+  score = jax.jit(functools.partial(nll, model=setup.model))
   totals, image_tokens = [], 0
-  for batch in pipeline.make_eval_iterator(config, split):
+  for batch in setup.family.reads.eval_iterator(config, setup.spec, split, None):
     paired = np.asarray(batch["has_image"], bool) & np.asarray(batch["has_text"], bool)
-    nll = np.asarray(score(batch))[paired]
-    totals.extend(nll.tolist())
+    totals.extend(np.asarray(score(params, batch))[paired].tolist())
     image_tokens = int(np.shape(batch["image_tokens"])[1])
     if len(totals) >= num:
       break
@@ -43,7 +39,7 @@ def image_nll(workdir: str, split: str = "val", num: int = 256, batch_size: int 
                      f"one full batch of {batch_size})")
   totals = totals[:num]
   per_image = float(np.mean(totals))
-  return {"family": run.family.name, "split": split, "num": len(totals),
+  return {"family": setup.family.name, "split": split, "num": len(totals),
           "nll_per_image": per_image, "nll_per_image_token": per_image / image_tokens,
           "bits_per_image_token": per_image / image_tokens / np.log(2)}
 

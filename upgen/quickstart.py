@@ -177,7 +177,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   stage("text tokenizer", t)
 
   t = time.time()
-  overrides = {"model.image_size": args.image_size, "seed": args.seed}
+  overrides = {"data.image_size": args.image_size, "seed": args.seed}
   if args.vqgan_steps:
     overrides["train.steps"] = args.vqgan_steps
   image_tok = train_image_tokenizer(images_dir, os.path.join(w, "vqgan"), overrides)

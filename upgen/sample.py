@@ -1,22 +1,28 @@
-"""`upgen sample`: text->image (and image->text) from a trained run directory.
+"""`upgen sample`: every sampler of a trained run, from its run directory.
 
-  upgen sample --workdir R --prompts prompts.txt --per-prompt 4 --out DIR
+  upgen sample --workdir R --prompts prompts.txt [--per-prompt 4] --out DIR
+  upgen sample --workdir R --unconditional N --out DIR
+  upgen sample --workdir R --prompts prompts.txt --inpaint IMAGE --region X0,Y0,X1,Y1 --out DIR
   upgen sample --workdir R --captions-for IMAGES_DIR --out DIR
 
-Writes one PNG per sample, DIR/manifest.jsonl (one object per sample: prompt, image, index)
-and DIR/grid.png (one row per prompt). Tokenizers are the ones recorded in the run's data
-metadata.json, so a run samples with exactly what it was trained on.
+Images: one PNG per sample, DIR/manifest.jsonl (one object per sample: prompt, image,
+prompt_index, sample_index, and grid_row / grid_col, its cell in the grid) and DIR/grid.png
+(near-square: a prompt's samples side by side, prompts wrapping row by row). Inpainting
+regenerates every token cell that the box (pixels of IMAGE after the tokenizer's resize and
+center crop; X1, Y1 exclusive) touches, from each prompt, and keeps the rest of IMAGE.
+Captions: DIR/captions.jsonl. The tokenizers are the ones recorded in the run's data
+metadata.json, so a run samples with exactly what it was trained on. A family that lacks a
+sampler says so by name.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import glob
 import json
 import os
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,33 +37,35 @@ from upgen.train import writers
 @dataclasses.dataclass
 class Run:
   config: ml_collections.ConfigDict
-  family: families.Family
-  model: Any
+  setup: families.Setup
   params: Any
   text_tokenizer: Any
   image_tokenizer: Any
 
+  @property
+  def family(self) -> families.Family:
+    return self.setup.family
+
 
 def load_run(workdir: str) -> Run:
-  from upgen.data import pipeline
   from upgen.data import records
   from upgen.tokenizers import image as image_tok_lib
   from upgen.tokenizers import text as text_tok_lib
   from upgen.train import checkpoint
 
-  config, params = checkpoint.restore_params(workdir)
-  family = families.get_family(config.model.family)
-  metadata = pipeline.read_metadata(config.data.dir)
+  config, setup, params = checkpoint.restore_params(workdir)
+  metadata = records.read_metadata(config.data.dir)
   text_tok = text_tok_lib.load(
       records.tokenizer_path(config.data.dir, metadata, "text_tokenizer"))
   image_tok = image_tok_lib.load(
       records.tokenizer_path(config.data.dir, metadata, "image_tokenizer"))
-  return Run(config, family, family.make_model(config), params, text_tok, image_tok)
+  return Run(config, setup, params, text_tok, image_tok)
 
 
-def _run_batched(fn, arrays: list[np.ndarray], batch_size: int, seed: int) -> np.ndarray:
-  """fn(*batch_arrays, rng) over rows in fixed-size batches (the last padded by repeating its
-  final row, so fn compiles once); batch i gets fold_in(key(seed), i). Outputs concatenated."""
+def _run_batched(fn: Callable[..., jax.Array], params: Any, arrays: Sequence[np.ndarray],
+                 batch_size: int, seed: int) -> np.ndarray:
+  """fn(params, *batch_arrays, rng) over rows in fixed-size batches (the last padded by
+  repeating its final row, so fn compiles once); batch i gets fold_in(key(seed), i)."""
   n = len(arrays[0])
   rows = min(batch_size, n)
   rng = jax.random.key(seed)
@@ -67,49 +75,99 @@ def _run_batched(fn, arrays: list[np.ndarray], batch_size: int, seed: int) -> np
     padded = [jnp.asarray(np.concatenate([x[start:stop], np.repeat(x[stop - 1:stop],
                                                                    rows - (stop - start), 0)]))
               for x in arrays]
-    out.append(np.asarray(fn(*padded, jax.random.fold_in(rng, i)))[:stop - start])
+    out.append(np.asarray(fn(params, *padded, jax.random.fold_in(rng, i)))[:stop - start])
   return np.concatenate(out, axis=0)
+
+
+def _pixels(run: Run, out: np.ndarray) -> np.ndarray:
+  """A sampler's output (token ids, or pixels already) -> uint8 images."""
+  out = np.asarray(out)
+  if out.dtype == np.uint8 and out.ndim == 4:
+    return out
+  return run.image_tokenizer.decode(out.reshape((-1,) + tuple(run.image_tokenizer.grid)))
+
+
+def _captions(run: Run, prompts: Sequence[str], per_prompt: int) -> tuple[np.ndarray, np.ndarray]:
+  captions = [p for p in prompts for _ in range(per_prompt)]
+  return run.text_tokenizer.pad_batch(run.text_tokenizer.encode_batch(captions),
+                                      run.setup.spec.text_seq_len)
 
 
 def generate_images(run: Run, prompts: list[str], per_prompt: int, *, seed: int = 0,
                     batch_size: int = 64) -> np.ndarray:
   """uint8 images [len(prompts) * per_prompt, H, W, 3], prompt-major order."""
-  if run.family.sample_images is None:
-    raise ValueError(f"family {run.family.name!r} has no text->image sampler")
-  captions = [p for p in prompts for _ in range(per_prompt)]
-  ids, mask = run.text_tokenizer.pad_batch(
-      run.text_tokenizer.encode_batch(captions), run.config.model.text_seq_len)
-  sample = jax.jit(functools.partial(run.family.sample_images, run.params, model=run.model,
-                                     config=run.config))
-  tokens = _run_batched(sample, [ids, mask], batch_size, seed)
-  h, w = run.image_tokenizer.grid
-  return run.image_tokenizer.decode(tokens.reshape(-1, h, w))
+  sample = jax.jit(run.setup.bind("sample_images"))
+  ids, mask = _captions(run, prompts, per_prompt)
+  return _pixels(run, _run_batched(sample, run.params, [ids, mask], batch_size, seed))
+
+
+def unconditional_images(run: Run, num: int, *, seed: int = 0, batch_size: int = 64
+                         ) -> np.ndarray:
+  """uint8 images [num, H, W, 3] drawn without a caption."""
+  sample = jax.jit(run.setup.bind("unconditional_images"), static_argnames="num")
+  rng = jax.random.key(seed)
+  out = [np.asarray(sample(run.params, jax.random.fold_in(rng, i),
+                           num=min(batch_size, num - start)))
+         for i, start in enumerate(range(0, num, batch_size))]
+  return _pixels(run, np.concatenate(out))
+
+
+def region_known(region: Sequence[int], image_size: int, grid: Sequence[int]) -> np.ndarray:
+  """bool Li (raster order): False on every token cell the pixel box X0,Y0,X1,Y1 (X1, Y1
+  exclusive) touches, True elsewhere."""
+  x0, y0, x1, y1 = (int(v) for v in region)
+  if not (0 <= x0 < x1 <= image_size and 0 <= y0 < y1 <= image_size):
+    raise ValueError(f"--region {x0},{y0},{x1},{y1}: need 0 <= X0 < X1 <= {image_size} and "
+                     f"0 <= Y0 < Y1 <= {image_size} (pixels of the {image_size}x{image_size} "
+                     "image the tokenizer sees; X1 and Y1 exclusive)")
+  rows, cols = grid
+  cell_h, cell_w = image_size / rows, image_size / cols
+  r0, r1 = int(y0 // cell_h), int(np.ceil(y1 / cell_h))
+  c0, c1 = int(x0 // cell_w), int(np.ceil(x1 / cell_w))
+  known = np.ones((rows, cols), bool)
+  known[r0:r1, c0:c1] = False
+  return known.reshape(-1)
+
+
+def inpaint_images(run: Run, prompts: list[str], per_prompt: int, image_path: str,
+                   region: Sequence[int], *, seed: int = 0, batch_size: int = 64) -> np.ndarray:
+  """uint8 images [len(prompts) * per_prompt, H, W, 3]: IMAGE with `region` regenerated."""
+  from upgen.data import sources
+  fn = jax.jit(run.setup.bind("inpaint"))
+  tok = run.image_tokenizer
+  tokens_Li = tok.encode(sources.load_image(image_path, tok.image_size)[None]).reshape(-1)
+  known_Li = region_known(region, tok.image_size, tok.grid)
+  ids, mask = _captions(run, prompts, per_prompt)
+  n = len(ids)
+  tokens = np.broadcast_to(tokens_Li, (n, tokens_Li.size)).copy()
+  known = np.broadcast_to(known_Li, (n, known_Li.size)).copy()
+  return _pixels(run, _run_batched(fn, run.params, [tokens, known, ids, mask], batch_size,
+                                   seed))
 
 
 def caption_images(run: Run, images: np.ndarray, *, seed: int = 0, batch_size: int = 64
                    ) -> list[str]:
-  if run.family.caption_images is None:
-    raise ValueError(f"family {run.family.name!r} has no image->text sampler")
+  caption = jax.jit(run.setup.bind("caption_images"))
   tokens = run.image_tokenizer.encode(images).reshape(len(images), -1)
-  caption = jax.jit(functools.partial(run.family.caption_images, run.params, model=run.model,
-                                      config=run.config))
-  ids = _run_batched(caption, [tokens], batch_size, seed)
+  ids = _run_batched(caption, run.params, [tokens], batch_size, seed)
   return [run.text_tokenizer.decode([int(t) for t in row]) for row in ids]
 
 
-def write_samples(out_dir: str, prompts: list[str], per_prompt: int, images: np.ndarray
-                  ) -> str:
-  """PNGs, manifest.jsonl and grid.png; returns the manifest path."""
+def write_samples(out_dir: str, prompts: list[str], per_prompt: int, images: np.ndarray,
+                  extra: Optional[dict] = None) -> str:
+  """PNGs, manifest.jsonl and grid.png; returns the manifest path. `extra` goes into every
+  manifest line."""
   os.makedirs(out_dir, exist_ok=True)
+  grid, cells = writers.sample_grid(images, per_prompt)
   manifest = os.path.join(out_dir, "manifest.jsonl")
   with open(manifest, "w") as f:
-    for i, image in enumerate(images):
+    for i, (image, (row, col)) in enumerate(zip(images, cells)):
       p, k = divmod(i, per_prompt)
       name = f"{p:05d}_{k:02d}.png"
       Image.fromarray(np.asarray(image, np.uint8)).save(os.path.join(out_dir, name))
       f.write(json.dumps({"prompt": prompts[p], "image": name, "prompt_index": p,
-                          "sample_index": k}) + "\n")
-  grid = writers.image_grid(images, columns=per_prompt if per_prompt > 1 else None)
+                          "sample_index": k, "grid_row": row, "grid_col": col,
+                          **(extra or {})}) + "\n")
   Image.fromarray(grid).save(os.path.join(out_dir, "grid.png"))
   return manifest
 
@@ -131,26 +189,58 @@ def _read_images(path: str, size: int) -> tuple[list[str], np.ndarray]:
   return files, np.stack([sources.load_image(f, size) for f in files])
 
 
+def _region(text: str) -> list[int]:
+  try:
+    values = [int(v) for v in text.split(",")]
+  except ValueError:
+    values = []
+  if len(values) != 4:
+    raise argparse.ArgumentTypeError(f"{text!r} is not X0,Y0,X1,Y1 (four integers)")
+  return values
+
+
 def main(argv: Optional[list[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="upgen sample", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True, help="Run directory of `upgen train`.")
   parser.add_argument("--prompts", help="Text file, one caption per line.")
+  parser.add_argument("--per-prompt", type=int, default=None,
+                      help="Samples per prompt (default: the run's config.sample.per_prompt).")
+  parser.add_argument("--unconditional", type=int, metavar="N",
+                      help="Draw N images without a caption.")
+  parser.add_argument("--inpaint", metavar="IMAGE",
+                      help="With --prompts and --region: regenerate a region of IMAGE.")
+  parser.add_argument("--region", type=_region, metavar="X0,Y0,X1,Y1",
+                      help="The box to regenerate, in pixels of IMAGE after resize and crop.")
   parser.add_argument("--captions-for", help="Folder of images to caption (image->text).")
-  parser.add_argument("--per-prompt", type=int, default=None)
   parser.add_argument("--out", required=True)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--batch-size", type=int, default=64)
   args = parser.parse_args(argv)
-  if not args.prompts and not args.captions_for:
-    parser.error("give --prompts FILE and/or --captions-for IMAGES")
+  if not (args.prompts or args.captions_for or args.unconditional):
+    parser.error("give --prompts FILE, --unconditional N and/or --captions-for IMAGES")
+  if bool(args.inpaint) != bool(args.region) or (args.inpaint and not args.prompts):
+    parser.error("--inpaint IMAGE needs --region X0,Y0,X1,Y1 and --prompts FILE")
   run = load_run(args.workdir)
-  if args.prompts:
+  k = args.per_prompt or run.setup.sample.per_prompt
+  if args.prompts and args.inpaint:
     prompts = read_prompts(args.prompts)
-    k = args.per_prompt or int(run.config.sample.per_prompt)
+    images = inpaint_images(run, prompts, k, args.inpaint, args.region, seed=args.seed,
+                            batch_size=args.batch_size)
+    manifest = write_samples(args.out, prompts, k, images, {
+        "inpaint": os.path.abspath(args.inpaint), "region": list(args.region)})
+    print(f"upgen sample: {len(images)} inpainted images -> {manifest}")
+  elif args.prompts:
+    prompts = read_prompts(args.prompts)
     images = generate_images(run, prompts, k, seed=args.seed, batch_size=args.batch_size)
     manifest = write_samples(args.out, prompts, k, images)
     print(f"upgen sample: {len(images)} images -> {manifest}")
+  if args.unconditional:
+    images = unconditional_images(run, args.unconditional, seed=args.seed,
+                                  batch_size=args.batch_size)
+    out = os.path.join(args.out, "unconditional") if args.prompts else args.out
+    manifest = write_samples(out, [""] * len(images), 1, images, {"unconditional": True})
+    print(f"upgen sample: {len(images)} unconditional images -> {manifest}")
   if args.captions_for:
     files, images = _read_images(args.captions_for, run.image_tokenizer.image_size)
     texts = caption_images(run, images, seed=args.seed, batch_size=args.batch_size)

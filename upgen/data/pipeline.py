@@ -35,23 +35,12 @@ from upgen import paths
 from upgen.data import grain_ops
 from upgen.data import records
 from upgen.data import sources
+from upgen.data.spec import DataSpec
 
 PREFETCH_THREADS = 4  # Threads decoding batches ahead in each process (or worker).
 PREFETCH_BATCHES = 8  # Batches decoded ahead.
 IMAGE_CACHE_BYTES = 1 << 30  # Image folders up to this size (decoded) are cached in memory.
-read_metadata = records.read_metadata  # Re-exported: the trainer resolves configs with it.
 ROLES = {"paired": ("paired",), "image": ("paired", "image"), "text": ("paired", "text")}
-# config.model key -> (metadata key, function of metadata).
-_MODEL_FIELDS = {
-    "image_vocab_size": ("image_tokenizer.codebook_size",
-                         lambda m: m["image_tokenizer"]["codebook_size"]),
-    "image_seq_len": ("image_tokenizer.grid",
-                      lambda m: int(np.prod(m["image_tokenizer"]["grid"]))),
-    "image_grid_width": ("image_tokenizer.grid", lambda m: m["image_tokenizer"]["grid"][1]),
-    "text_vocab_size": ("text_tokenizer.vocab_size", lambda m: m["text_tokenizer"]["vocab_size"]),
-    "text_pad_id": ("text_tokenizer.pad_id", lambda m: m["text_tokenizer"]["pad_id"]),
-    "text_mask_id": ("text_tokenizer.mask_id", lambda m: m["text_tokenizer"]["mask_id"]),
-}
 
 
 def _derive_seed(seed: int, *names: Any) -> int:
@@ -60,47 +49,42 @@ def _derive_seed(seed: int, *names: Any) -> int:
   return int.from_bytes(digest[:4], "little")
 
 
-def _resolve_fields(configured: Mapping[str, int], metadata: Mapping[str, Any],
-                    where: str) -> dict[str, int]:
-  out = {}
-  for key, (meta_key, get) in _MODEL_FIELDS.items():
-    tokenizer, field = meta_key.split(".")
-    if metadata.get(tokenizer) is None:
-      if configured.get(key, -1) != -1:
-        out[key] = configured[key]
-      continue
-    value = int(get(metadata))
-    if configured.get(key, -1) not in (-1, value):
-      raise ValueError(f"config.model.{key}={configured[key]} disagrees with {where} "
-                       f"{meta_key}={metadata[tokenizer][field]} (so {key} should be {value}); "
-                       f"set it to -1 to take it from the data")
-    out[key] = value
-  return out
+def _metadata_spec(meta: Mapping[str, Any], text_seq_len: int) -> DataSpec:
+  text, image = meta["text_tokenizer"], meta["image_tokenizer"]
+  return DataSpec(
+      text_vocab_size=text["vocab_size"] if text else 0,
+      text_pad_id=text["pad_id"] if text else -1,
+      text_mask_id=text["mask_id"] if text else -1,
+      text_seq_len=int(text_seq_len),
+      image_vocab_size=image["codebook_size"] if image else 0,
+      image_grid=tuple(image["grid"]) if image else (0, 0),
+      image_size=image["image_size"] if image else 0)
 
 
-def model_fields(config: ml_collections.ConfigDict, metadata: Mapping[str, Any],
-                 where: str = "metadata.json") -> dict[str, int]:
-  """config.model vocab/length fields resolved against metadata (-1 = take metadata's value).
+def token_spec(data: ml_collections.ConfigDict) -> DataSpec:
+  """The DataSpec of data.dir's records (its metadata.json) with data.text_seq_len.
 
-  Raises ValueError naming `config.model.<key>` and the metadata value on disagreement.
-  Fields whose tokenizer is absent from the metadata (text-only / image-only data) are
-  skipped unless the config sets them.
+  data.extra_sources must agree with data.dir: the same tokenizers (identity) wherever both
+  have one, hence the same sizes. Errors name the directory and the metadata key.
   """
-  return _resolve_fields({k: int(config.model[k]) for k in _MODEL_FIELDS if k in config.model},
-                         metadata, where)
-
-
-def resolve_model_config(config: ml_collections.ConfigDict,
-                         metadata: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """Fills config.model image_vocab_size, image_seq_len, image_grid_width, text_vocab_size,
-  text_pad_id, text_mask_id where the config declares them as -1 (in place, returns config);
-  errors on disagreement."""
-  where = (os.path.join(config.data.dir, records.METADATA_FILE) if config.data.dir
-           else records.METADATA_FILE)
-  for key, value in model_fields(config, metadata, where).items():
-    if key in config.model and config.model[key] == -1:
-      config.model[key] = value
-  return config
+  main = records.read_metadata(data.dir)
+  spec = _metadata_spec(main, int(data.text_seq_len))
+  if spec.text_seq_len < 1:
+    raise ValueError(f"config.data.text_seq_len={spec.text_seq_len}: must be >= 1")
+  for _, weight, directory in parse_extra_sources(data.get("extra_sources", "")):
+    if weight == 0 or directory == data.dir:
+      continue
+    meta = records.read_metadata(directory)
+    for tok in ("text_tokenizer", "image_tokenizer"):
+      if meta[tok] is None:
+        continue
+      if main[tok] is None:
+        raise ValueError(f"config.data.extra_sources: {directory} has a {tok} but "
+                         f"config.data.dir={data.dir} has none to agree with")
+      if meta[tok]["identity"] != main[tok]["identity"]:
+        raise ValueError(f"config.data.extra_sources: {directory} was tokenized with a "
+                         f"different {tok} than config.data.dir ({tok}.identity differs)")
+  return spec
 
 
 def parse_extra_sources(spec: str) -> list[tuple[str, float, str]]:
@@ -171,60 +155,45 @@ def _record_source(directory: str, split: str, role: str,
 
 
 def _token_sources(config: ml_collections.ConfigDict, split: str,
-                   extra: bool) -> tuple[list[tuple[str, float, records.RecordDataSource]], dict]:
-  """[(role, weight, source)] for data.dir (+ extra_sources) and the resolved model fields."""
+                   extra: bool) -> list[tuple[str, float, records.RecordDataSource]]:
+  """[(role, weight, source)] for data.dir (+ extra_sources). The sources' tokenizers were
+  checked against data.dir's by `token_spec`."""
   if not config.data.dir:
     raise ValueError("config.data.dir is empty: set it to a directory written by `upgen tokenize`")
-  main_meta = records.read_metadata(config.data.dir)
-  fields = model_fields(config, main_meta, os.path.join(config.data.dir, records.METADATA_FILE))
-  for key in ("image_vocab_size", "text_vocab_size", "image_seq_len", "text_pad_id"):
-    if key not in fields:
-      raise ValueError(f"config.model.{key} is -1 and {config.data.dir} has no tokenizer to "
-                       f"take it from")
   paired_weight = float(config.data.get("paired_weight", 1.0))
   specs = [("paired", paired_weight, config.data.dir, "config.data.dir")]
   if extra:
     specs += [(k, w, d, "config.data.extra_sources")
               for k, w, d in parse_extra_sources(config.data.get("extra_sources", ""))]
-  out = []
-  for role, weight, directory, key in specs:
-    if weight == 0 and extra:
-      continue
-    if directory != config.data.dir:
-      meta = records.read_metadata(directory)
-      _resolve_fields(fields, meta, os.path.join(directory, records.METADATA_FILE))
-      for tok in ("text_tokenizer", "image_tokenizer"):
-        if meta[tok] is not None and main_meta[tok] is not None and \
-            meta[tok]["identity"] != main_meta[tok]["identity"]:
-          raise ValueError(f"{key}: {directory} was tokenized with a different {tok} than "
-                           f"config.data.dir ({tok}.identity differs)")
-    out.append((role, weight, _record_source(directory, split, role, key)))
+  out = [(role, weight, _record_source(directory, split, role, key))
+         for role, weight, directory, key in specs if weight != 0 or not extra]
   if not out:
     raise ValueError("config.data.paired_weight and all extra_sources weights are 0")
-  return out, fields
+  return out
 
 
-def _batcher(srcs: list[tuple[str, float, records.RecordDataSource]], fields: Mapping[str, int],
-             text_seq_len: int) -> grain_ops.TokenBatcher:
-  if text_seq_len <= 0:
-    raise ValueError(f"config.model.text_seq_len={text_seq_len} must be positive")
+def _batcher(srcs: list[tuple[str, float, records.RecordDataSource]],
+             spec: DataSpec) -> grain_ops.TokenBatcher:
+  if spec.text_seq_len <= 0:
+    raise ValueError(f"config.data.text_seq_len={spec.text_seq_len} must be positive")
   return grain_ops.TokenBatcher(
       [src for _, _, src in srcs], [role for role, _, _ in srcs],
-      image_seq_len=fields["image_seq_len"], text_seq_len=text_seq_len,
-      pad_id=fields["text_pad_id"], image_vocab_size=fields["image_vocab_size"],
-      text_vocab_size=fields["text_vocab_size"])
+      image_seq_len=spec.image_seq_len, text_seq_len=spec.text_seq_len,
+      pad_id=spec.text_pad_id, image_vocab_size=spec.image_vocab_size,
+      text_vocab_size=spec.text_vocab_size)
 
 
-def make_train_iterator(config: ml_collections.ConfigDict, *,
+def make_train_iterator(config: ml_collections.ConfigDict, spec: DataSpec, *,
                         rows: Optional[Sequence[int]] = None) -> grain.DatasetIterator:
   """Infinite iterator of this process's token batches (see the module docstring).
 
   Batches: image_tokens int32 [b, image_seq_len], text_tokens int32 [b, text_seq_len],
   text_mask bool [b, text_seq_len], has_image bool [b], has_text bool [b], with b = len(rows)
-  (rows: sorted rows of each global batch to load; None = all, one process).
+  (rows: sorted rows of each global batch to load; None = all, one process); the sizes
+  come from `spec` (`token_spec`).
   """
   split = config.data.get("train_split", "train")
-  srcs, fields = _token_sources(config, split, extra=True)
+  srcs = _token_sources(config, split, extra=True)
   datasets = [grain_ops.EpochShuffle(grain.MapDataset.source(grain_ops.RawRecords(src, i)),
                                      seed=_derive_seed(config.seed, "shuffle", i))
               for i, (_, _, src) in enumerate(srcs)]
@@ -240,7 +209,7 @@ def make_train_iterator(config: ml_collections.ConfigDict, *,
     ds = ds.random_map(functools.partial(grain_ops.modality_dropout, text_dropout=text_dropout,
                                          image_dropout=image_dropout, paired_sources=paired),
                        seed=_derive_seed(config.seed, "modality_dropout"))
-  return _finish(ds, config, rows, _batcher(srcs, fields, int(config.model.text_seq_len)))
+  return _finish(ds, config, rows, _batcher(srcs, spec))
 
 
 def _one_pass(ds: grain.MapDataset, config: ml_collections.ConfigDict,
@@ -255,16 +224,16 @@ def _one_pass(ds: grain.MapDataset, config: ml_collections.ConfigDict,
   return ds[:usable]
 
 
-def make_eval_iterator(config: ml_collections.ConfigDict, split: str, *,
+def make_eval_iterator(config: ml_collections.ConfigDict, spec: DataSpec, split: str, *,
                        rows: Optional[Sequence[int]] = None) -> grain.DatasetIterator:
   """One deterministic pass over data.dir's `split` in record order, no shuffle, no dropout.
 
   The last partial global batch is dropped (fewer than config.data.batch_size examples).
   """
-  srcs, fields = _token_sources(config, split, extra=False)
+  srcs = _token_sources(config, split, extra=False)
   ds = grain.MapDataset.source(grain_ops.RawRecords(srcs[0][2], 0))
   return _finish(_one_pass(ds, config, f"{config.data.dir} split {split!r}"), config, rows,
-                 _batcher(srcs, fields, int(config.model.text_seq_len)))
+                 _batcher(srcs, spec))
 
 
 class _CachedImages:
@@ -304,16 +273,16 @@ def _image_only(example: Mapping[str, Any]) -> dict[str, np.ndarray]:
   return {"image": example["image"]}
 
 
-def make_image_iterator(config: ml_collections.ConfigDict, split: str, *,
+def make_image_iterator(config: ml_collections.ConfigDict, spec: DataSpec, split: str, *,
                         rows: Optional[Sequence[int]] = None, train: bool = True
                         ) -> grain.DatasetIterator:
   """Batches {"image": uint8 [b, S, S, 3]} from config.data.dir/<split> (ImageFolderSource at
-  S = config.model.image_size). train: infinite, shuffled per epoch (seed = config.seed);
+  S = spec.image_size). train: infinite, shuffled per epoch (seed = config.seed);
   else one pass in file order, remainder dropped. Sharded like make_train_iterator."""
   if not config.data.dir:
     raise ValueError("config.data.dir is empty: set it to an image folder "
                      "(DIR/<split>/captions.jsonl)")
-  source = sources.ImageFolderSource(os.path.join(config.data.dir, split), config.model.image_size)
+  source = sources.ImageFolderSource(os.path.join(config.data.dir, split), spec.image_size)
   if len(source) * source.image_size ** 2 * 3 <= IMAGE_CACHE_BYTES:
     source = _CachedImages(source)
   ds = grain.MapDataset.source(source)

@@ -15,82 +15,58 @@ position of the token it predicts. Pre-LN causal blocks (upgen/models/layers.py)
 LayerNorm, a text head on the text outputs and an image head on the image outputs.
 
 Loss: cross-entropy on real caption tokens and on image tokens, each averaged over its own
-count in the batch, mixed by config.model.text_loss_weight / image_loss_weight. Caption
-dropout (config.model.caption_dropout) turns a caption into all pads, the stream of an
+count in the batch, mixed by config.loss.text_loss_weight / image_loss_weight. Caption
+dropout (config.loss.caption_dropout) turns a caption into all pads, the stream of an
 image-only example and of the unconditional side of guidance. Text-only examples score
-their caption only. Sampling: KV-cache decoding (upgen/sampling/autoregressive.py,
-beam_search.py) wired up at the end of this file.
+their caption only. Sampling: KV-cache decoding in upgen/sampling/dalle_sampler.py.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import linen as nn
 
 from upgen import families
 from upgen import flops
+from upgen import schema
+from upgen.data import readers
+from upgen.data.spec import DataSpec
 from upgen.families import Batch, Family
 from upgen.models import layers
-from upgen.sampling import autoregressive
-from upgen.sampling import beam_search
-
-RESOLVED_KEYS = ("image_vocab_size", "text_vocab_size", "image_seq_len", "image_grid_width",
-                 "text_seq_len", "text_pad_id", "text_mask_id")
+from upgen.sampling import dalle_sampler
+from upgen.sampling.settings import SampleSettings
 
 
-@dataclasses.dataclass(frozen=True)
-class DalleConfig:
-  """Model hyper-parameters and the joint input vocabulary, built from config.model."""
-  num_layers: int
-  emb_dim: int
-  num_heads: int
-  mlp_dim: int
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DalleConfig(layers.TransformerConfig):
+  """The architecture: config.model plus the sizes the data fixes, and the joint input
+  vocabulary they imply."""
+  causal: bool = True
   image_vocab_size: int
   text_vocab_size: int
   image_seq_len: int
   text_seq_len: int
   image_grid_width: int
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  attention_impl: Optional[str] = None
-  scan_layers: bool = False
-  remat: str = "none"
-  decode: bool = False  # KV-cache decoding (see `decoder`).
+  text_pad_id: int
 
-  @classmethod
-  def from_config(cls, m: ml_collections.ConfigDict) -> "DalleConfig":
-    for key in RESOLVED_KEYS:
-      if m[key] < 0:
-        raise ValueError(f"config.model.{key}={m[key]} is unresolved: set it or let the "
-                         "trainer read it from the data's metadata.json")
-    if m.text_pad_id >= m.text_vocab_size:
-      raise ValueError(f"config.model.text_pad_id={m.text_pad_id} is outside the text "
-                       f"vocabulary (config.model.text_vocab_size={m.text_vocab_size})")
+  def __post_init__(self):
+    super().__post_init__()
+    if not self.causal:
+      raise ValueError("the decoder-only family is causal (causal=False was given)")
+    if not 0 <= self.text_pad_id < self.text_vocab_size:
+      raise ValueError(f"the data's text_pad_id={self.text_pad_id} is outside its text "
+                       f"vocabulary [0, {self.text_vocab_size})")
     for key in ("text_seq_len", "image_seq_len"):
-      if m[key] < 1:
-        raise ValueError(f"config.model.{key}={m[key]}: must be >= 1")
-    if m.image_grid_width < 1 or m.image_seq_len % m.image_grid_width:
-      raise ValueError(f"config.model.image_seq_len={m.image_seq_len} is not a grid of "
-                       f"config.model.image_grid_width={m.image_grid_width} columns")
-    return cls(
-        num_layers=m.num_layers, emb_dim=m.emb_dim, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
-        image_vocab_size=m.image_vocab_size, text_vocab_size=m.text_vocab_size,
-        image_seq_len=m.image_seq_len, text_seq_len=m.text_seq_len,
-        image_grid_width=m.image_grid_width, dropout_rate=m.dropout_rate,
-        attention_dropout_rate=m.attention_dropout_rate,
-        dtype=layers.dtype_from_name(m.dtype, "config.model.dtype"),
-        param_dtype=layers.dtype_from_name(m.param_dtype, "config.model.param_dtype"),
-        attention_impl=m.get("attention_impl", None) or None,
-        scan_layers=bool(m.get("scan_layers", False)), remat=m.get("remat", "none"))
+      if getattr(self, key) < 1:
+        raise ValueError(f"{key}={getattr(self, key)}: must be >= 1")
+    if self.image_grid_width < 1 or self.image_seq_len % self.image_grid_width:
+      raise ValueError(f"image_seq_len={self.image_seq_len} is not a grid of "
+                       f"image_grid_width={self.image_grid_width} columns")
 
   # Joint input vocabulary: [text | pad_0 .. pad_{Lt-1} | START | image | BOI].
   @property
@@ -118,13 +94,12 @@ class DalleConfig:
     """Inputs before the first image token is predicted: START, the caption, BOI."""
     return self.text_seq_len + 2
 
-  def transformer(self) -> layers.TransformerConfig:
-    return layers.TransformerConfig(
-        num_layers=self.num_layers, emb_dim=self.emb_dim, num_heads=self.num_heads,
-        mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
-        attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
-        param_dtype=self.param_dtype, causal=True, decode=self.decode,
-        attention_impl=self.attention_impl, scan_layers=self.scan_layers, remat=self.remat)
+
+def model_config(group: Any, spec: DataSpec) -> DalleConfig:
+  sizes = spec.token_sizes()
+  del sizes["text_mask_id"]  # Text pads are learned per position; no [MASK] is needed.
+  return schema.parse(DalleConfig, group, "config.model", given=sizes,
+                      skip=families.MODEL_SELECTORS)
 
 
 def text_inputs(text_BxLt: jax.Array, text_valid_BxLt: jax.Array, cfg: DalleConfig) -> jax.Array:
@@ -152,7 +127,7 @@ def stream_inputs(text_BxLt: jax.Array, text_valid_BxLt: jax.Array, image_BxLi: 
 
 class Dalle(nn.Module):
   """Training: (text ids, text valid, image ids) -> (text logits BxLtxVt, image logits BxLixVi).
-  Decoding: `next_image_logits` on a chunk of inputs with the KV cache."""
+  Decoding (config.decode, KV cache): `prefill`, then `feed_image_token` per token."""
   config: DalleConfig
 
   def setup(self):
@@ -169,7 +144,7 @@ class Dalle(nn.Module):
     self.image_col = self.param("image_col", pos_init((None, "embed")),
                                 (cfg.image_grid_width, cfg.emb_dim), cfg.param_dtype)
     self.dropout = nn.Dropout(cfg.dropout_rate)
-    self.decoder = layers.TransformerStack(cfg.transformer())
+    self.decoder = layers.TransformerStack(cfg.stack())
     self.final_norm = layers.LayerNorm(cfg.dtype, cfg.param_dtype)
     self.text_head = layers.Unembed(cfg.text_vocab_size, cfg.dtype, cfg.param_dtype)
     self.image_head = layers.Unembed(cfg.image_vocab_size, cfg.dtype, cfg.param_dtype)
@@ -194,8 +169,8 @@ class Dalle(nn.Module):
     cfg = self.config
     lt, li = text_tokens_BxLt.shape[1], image_tokens_BxLi.shape[1]
     if (li, lt) != (cfg.image_seq_len, cfg.text_seq_len):
-      raise ValueError(f"Dalle got image/text lengths {(li, lt)}, config.model.image_seq_len/"
-                       f"text_seq_len say {(cfg.image_seq_len, cfg.text_seq_len)}")
+      raise ValueError(f"Dalle got image/text lengths {(li, lt)}, the model's image_seq_len/"
+                       f"text_seq_len (data_spec.json) say {(cfg.image_seq_len, cfg.text_seq_len)}")
     ids_BxL = stream_inputs(text_tokens_BxLt, text_valid_BxLt, image_tokens_BxLi, cfg)
     h_BxLxE = self.hidden(ids_BxL, train=train)
     return self.text_head(h_BxLxE[:, :lt]), self.image_head(h_BxLxE[:, lt + 1:])
@@ -204,35 +179,47 @@ class Dalle(nn.Module):
     """Image logits BxVi predicted by the last of these inputs (prefill or one decode step)."""
     return self.image_head(self.hidden(ids_BxT, start)[:, -1:])[:, 0]
 
+  def prefill(self, text_tokens_BxLt: jax.Array, text_valid_BxLt: jax.Array) -> jax.Array:
+    """Decoding: [START, caption, BOI] into the KV cache -> logits of image token 0, BxVi."""
+    return self.next_image_logits(
+        prompt_inputs(text_tokens_BxLt, text_valid_BxLt.astype(bool), self.config), 0)
+
+  def feed_image_token(self, tokens_B: jax.Array, i) -> jax.Array:
+    """Decoding: image token i of every stream into the cache -> logits of token i + 1."""
+    cfg = self.config
+    ids_Bx1 = (tokens_B.astype(jnp.int32) + cfg.image_offset)[:, None]
+    return self.next_image_logits(ids_Bx1, cfg.prompt_len + i)
+
 
 @dataclasses.dataclass(frozen=True)
-class LossConfig:
-  """Loss weights and caption dropout, from config.model."""
+class DalleLoss:
+  """config.loss: modality weights and caption dropout."""
   text_loss_weight: float = 0.125
   image_loss_weight: float = 0.875
   caption_dropout: float = 0.1
 
-  @classmethod
-  def from_config(cls, m: ml_collections.ConfigDict) -> "LossConfig":
-    out = cls(**{f.name: float(m[f.name]) for f in dataclasses.fields(cls)})
+  def __post_init__(self):
     for key in ("text_loss_weight", "image_loss_weight"):
-      if getattr(out, key) < 0:
-        raise ValueError(f"config.model.{key}={getattr(out, key)}: must be >= 0")
-    if out.text_loss_weight + out.image_loss_weight <= 0:
-      raise ValueError("config.model.text_loss_weight and image_loss_weight are both 0")
-    if not 0.0 <= out.caption_dropout <= 1.0:
-      raise ValueError(f"config.model.caption_dropout={out.caption_dropout}: must be in [0, 1]")
-    return out
+      if getattr(self, key) < 0:
+        raise ValueError(f"config.loss.{key}={getattr(self, key)}: must be >= 0")
+    if self.text_loss_weight + self.image_loss_weight <= 0:
+      raise ValueError("config.loss.text_loss_weight and image_loss_weight are both 0")
+    if not 0.0 <= self.caption_dropout <= 1.0:
+      raise ValueError(f"config.loss.caption_dropout={self.caption_dropout}: must be in [0, 1]")
 
 
-def loss_fn(params, batch: Batch, rng: jax.Array, *, model: Dalle,
-            config: ml_collections.ConfigDict, train: bool, step=None):
+def loss_config(group: Any, model_cfg: DalleConfig) -> DalleLoss:
+  del model_cfg
+  return schema.parse(DalleLoss, group, "config.loss")
+
+
+def loss_fn(params, batch: Batch, rng: jax.Array, *, model: Dalle, settings: DalleLoss,
+            train: bool, step=None):
   """Next-token cross-entropy -> (total loss, metrics). (`step` is unused.)
 
-  In training each caption is dropped with probability config.model.caption_dropout.
+  In training each caption is dropped with probability settings.caption_dropout.
   """
   del step
-  settings = LossConfig.from_config(config.model)
   drop_rng, dropout_rng = jax.random.split(rng)
   shape_B = np.shape(batch["has_text"])
   if train and settings.caption_dropout > 0:
@@ -244,7 +231,7 @@ def loss_fn(params, batch: Batch, rng: jax.Array, *, model: Dalle,
 
 
 def stream_loss(params, batch: Batch, dropped_B: jax.Array, dropout_rng: jax.Array, *,
-                model: Dalle, settings: LossConfig, train: bool):
+                model: Dalle, settings: DalleLoss, train: bool):
   """Cross-entropy with the captions of `dropped_B` replaced by pads.
 
   Scored: real caption tokens (text_mask, has_text, not dropped) and every image token of an
@@ -280,154 +267,25 @@ def stream_loss(params, batch: Batch, dropped_B: jax.Array, dropout_rng: jax.Arr
   return total, metrics
 
 
-def make_model(config: ml_collections.ConfigDict) -> Dalle:
-  # Fail at start-up, not inside the first traced step.
-  LossConfig.from_config(config.model)
-  cfg = DalleConfig.from_config(config.model)
-  cfg.transformer()
-  return Dalle(cfg)
-
-
-def dummy_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
-  """A paired batch of the right shapes/dtypes (full-length captions; values arbitrary)."""
-  c = DalleConfig.from_config(config.model)
-  return families.paired_token_batch(batch_size, c.image_seq_len, c.text_seq_len,
-                                     c.text_vocab_size)
-
-
 def init_variables(model: Dalle, rng: jax.Array, batch: Batch) -> dict[str, Any]:
   return model.init({"params": rng}, jnp.asarray(batch["text_tokens"], jnp.int32),
                     jnp.asarray(batch["text_mask"], bool),
                     jnp.asarray(batch["image_tokens"], jnp.int32), train=False)
 
 
-def train_flops_per_example(config: ml_collections.ConfigDict) -> flops.FlopCount:
+def train_flops(c: DalleConfig) -> flops.FlopCount:
   """Forward + backward FLOPs of one stream of L = Lt + 1 + Li inputs: 6N x L, causal
   attention 6 x layers x L^2 x E (the half a causal kernel computes), text logits on the
   text targets and image logits on the image targets (see upgen/flops.py)."""
-  c = DalleConfig.from_config(config.model)
   return flops.Transformer(
       c.num_layers, c.emb_dim, c.mlp_dim, c.stream_len, causal=True,
       heads=((c.text_seq_len, c.text_vocab_size), (c.image_seq_len, c.image_vocab_size))
   ).train_flops()
 
 
-# ---------------------------------------------------------------------------- sampling
-
-
-@dataclasses.dataclass(frozen=True)
-class SampleSettings:
-  """config.sample as a hashable record (static under jit)."""
-  temperature: float = 1.0
-  top_k: int = 0
-  top_p: float = 1.0
-  guidance_scale: float = 0.0
-  beam_size: int = 0
-
-  @classmethod
-  def from_config(cls, cfg: Any) -> "SampleSettings":
-    if isinstance(cfg, SampleSettings):
-      return cfg
-    out = cls(**{f.name: type(f.default)(cfg.get(f.name, f.default))
-                 for f in dataclasses.fields(cls)})
-    autoregressive.check_settings(out.temperature, out.top_k, out.top_p, out.guidance_scale)
-    if out.beam_size < 0:
-      raise ValueError(f"config.sample.beam_size={out.beam_size}: must be >= 0 (0 = sample)")
-    return out
-
-
-def decoder(model: Dalle) -> Dalle:
-  """The same model in KV-cache mode (same params)."""
-  return Dalle(dataclasses.replace(model.config, decode=True, remat="none"))
-
-
-def cache_batch_axis(model: Dalle) -> int:
-  """Row axis of the cache leaves: nn.scan puts a layer axis in front."""
-  return 1 if model.config.scan_layers else 0
-
-
-def init_cache(model: Dalle, batch_size: int) -> Any:
-  """An empty KV cache for `batch_size` streams of the full length."""
-  dec = decoder(model)
-  ids_BxL = jnp.zeros((batch_size, model.config.stream_len), jnp.int32)
-  shapes = jax.eval_shape(lambda: dec.init(jax.random.key(0), ids_BxL, 0,
-                                           method=Dalle.next_image_logits))["cache"]
-  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-
-def prefill(params, model: Dalle, text_BxLt, text_valid_BxLt, cache) -> tuple[jax.Array, Any]:
-  """Runs the prompts through the cache: (logits of image token 0, BxVi; cache)."""
-  ids_BxP = prompt_inputs(text_BxLt, text_valid_BxLt.astype(bool), model.config)
-  logits_BxV, state = decoder(model).apply({"params": params, "cache": cache}, ids_BxP, 0,
-                                           method=Dalle.next_image_logits, mutable=["cache"])
-  return logits_BxV, state["cache"]
-
-
-def step(params, model: Dalle, tokens_B, cache, i) -> tuple[jax.Array, Any]:
-  """Feeds image token i of every stream: (logits of image token i + 1, cache)."""
-  cfg = model.config
-  ids_Bx1 = (tokens_B.astype(jnp.int32) + cfg.image_offset)[:, None]
-  logits_BxV, state = decoder(model).apply(
-      {"params": params, "cache": cache}, ids_Bx1, cfg.prompt_len + i,
-      method=Dalle.next_image_logits, mutable=["cache"])
-  return logits_BxV, state["cache"]
-
-
-@functools.partial(jax.jit, static_argnames=("model", "settings", "num_samples"))
-def _generate(params, text_BxLt, text_valid_BxLt, rng, *, model: Dalle,
-              settings: SampleSettings, num_samples: int) -> jax.Array:
-  cfg = model.config
-  guided = settings.guidance_scale != 0.0
-  text_valid_BxLt = text_valid_BxLt.astype(bool)
-  if guided:  # Unconditional twins: all-pad captions, like image-only training examples.
-    text_BxLt = jnp.concatenate([text_BxLt, text_BxLt])
-    text_valid_BxLt = jnp.concatenate([text_valid_BxLt, jnp.zeros_like(text_valid_BxLt)])
-  logits_RxV, cache = prefill(params, model, text_BxLt, text_valid_BxLt,
-                              init_cache(model, text_BxLt.shape[0]))
-  step_fn = functools.partial(step, params, model)
-  if settings.beam_size > 0:
-    tokens_BxN, _ = beam_search.beam_search(
-        step_fn, logits_RxV, cache, cfg.image_seq_len, settings.beam_size,
-        guidance_scale=settings.guidance_scale, batch_axis=cache_batch_axis(model))
-    return jnp.repeat(tokens_BxN, num_samples, axis=0)
-  # Prompts are prefilled once; their samples share the prompt's cache rows.
-  logits_RxV = autoregressive.repeat_rows(logits_RxV, num_samples)
-  cache = autoregressive.repeat_rows(cache, num_samples, cache_batch_axis(model))
-  return autoregressive.decode(
-      step_fn, logits_RxV, cache, cfg.image_seq_len, rng, temperature=settings.temperature,
-      top_k=settings.top_k, top_p=settings.top_p, guidance_scale=settings.guidance_scale)
-
-
-def text_to_image(params, model: Dalle, text_tokens_BxLt, text_mask_BxLt, rng, cfg,
-                  num_samples: int = 1) -> jax.Array:
-  """int32 image token ids (B * num_samples) x Li, prompt-major, with settings `cfg`
-  (config.sample or SampleSettings). Beam search is deterministic: its num_samples rows of
-  a prompt are the same."""
-  lt = model.config.text_seq_len
-  if text_tokens_BxLt.shape[-1] != lt or text_mask_BxLt.shape != text_tokens_BxLt.shape:
-    raise ValueError(f"text tokens {text_tokens_BxLt.shape} / mask {text_mask_BxLt.shape} do not "
-                     f"match config.model.text_seq_len={lt}")
-  if num_samples < 1:
-    raise ValueError(f"num_samples={num_samples}: must be >= 1")
-  return _generate(params, jnp.asarray(text_tokens_BxLt, jnp.int32), jnp.asarray(text_mask_BxLt),
-                   rng, model=model, settings=SampleSettings.from_config(cfg),
-                   num_samples=int(num_samples))
-
-
-def preview_fn(params, batch: Batch, rng: jax.Array, *, model: Dalle,
-               config: ml_collections.ConfigDict) -> jax.Array:
-  """Text->image for the batch's captions with config.sample; int32 image token ids BxLi
-  (the trainer decodes them)."""
-  valid_BxLt = jnp.asarray(batch["text_mask"], bool) & jnp.asarray(batch["has_text"],
-                                                                    bool)[:, None]
-  return text_to_image(params, model, batch["text_tokens"], valid_BxLt, rng, config.sample)
-
-
-def image_nll(params, batch: Batch, *, model: Dalle, config: ml_collections.ConfigDict
-              ) -> jax.Array:
+def image_nll(params, batch: Batch, *, model: Dalle) -> jax.Array:
   """`upgen eval nll`: -log p(image | caption) per example, the sum of the image tokens'
   next-token cross-entropies (teacher forcing, no caption dropout)."""
-  del config
   image_BxLi = jnp.asarray(batch["image_tokens"], jnp.int32)
   text_valid_BxLt = (jnp.asarray(batch["text_mask"], bool)
                      & jnp.asarray(batch["has_text"], bool)[:, None])
@@ -438,15 +296,13 @@ def image_nll(params, batch: Batch, *, model: Dalle, config: ml_collections.Conf
   return jnp.sum(ce_BxLi, axis=1)
 
 
-def sample_cost(config: ml_collections.ConfigDict, batch_size: int, param_bytes: int
+def sample_cost(c: DalleConfig, s: SampleSettings, batch_size: int, param_bytes: int
                 ) -> families.SampleCost:
   """KV-cache decoding: the prompt is prefilled, then each of the Li image tokens is one
   step over all rows (x2 with guidance) that reads the parameters and the cache so far.
   FLOPs: one causal forward over the stream per row."""
-  c = DalleConfig.from_config(config.model)
-  s = SampleSettings.from_config(config.sample)
   rows = batch_size * (2 if s.guidance_scale > 0 else 1) * max(s.beam_size, 1)
-  forward = train_flops_per_example(config).total / 3
+  forward = train_flops(c).total / 3
   itemsize = jnp.dtype(c.dtype).itemsize
   prompt = c.text_seq_len + 1
   mean_context = prompt + (c.image_seq_len - 1) / 2
@@ -459,15 +315,14 @@ def sample_cost(config: ml_collections.ConfigDict, batch_size: int, param_bytes:
             f"{mean_context:.0f} positions on average)"))
 
 
-def sample_images(params, text_tokens_BxLt, text_mask_BxLt, rng, *, model: Dalle,
-                  config: ml_collections.ConfigDict) -> jax.Array:
-  """`upgen sample`: image token ids BxLi, one per caption row (it repeats prompts itself)."""
-  return text_to_image(params, model, text_tokens_BxLt, text_mask_BxLt, rng, config.sample)
+def sample_config(group: Any) -> SampleSettings:
+  return schema.parse(SampleSettings, group, "config.sample")
 
 
 FAMILY = Family(
-    name="dalle", data_kind="tokens", make_model=make_model, dummy_batch=dummy_batch,
-    init_variables=init_variables, loss_fn=loss_fn, preview_fn=preview_fn,
-    sample_images=sample_images, caption_images=None,
-    train_flops_per_example=train_flops_per_example, sample_cost=sample_cost,
-    image_nll=image_nll)
+    name="dalle", reads=readers.TOKEN_RECORDS, model_config=model_config,
+    loss_config=loss_config, make_model=Dalle, init_variables=init_variables,
+    loss_fn=loss_fn, sample_config=sample_config,
+    sample_images=dalle_sampler.sample_images, inpaint=dalle_sampler.inpaint,
+    unconditional_images=dalle_sampler.unconditional_images, image_nll=image_nll,
+    train_flops=train_flops, sample_cost=sample_cost)

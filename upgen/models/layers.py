@@ -53,30 +53,52 @@ def pad_vocab(size: int, multiple: int = VOCAB_PAD_MULTIPLE) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-  """Hyper-parameters of a stack of transformer blocks (families build it from config.model)."""
+  """Hyper-parameters of a stack of transformer blocks. The token families' model configs
+  extend it with their own fields (parsed from config.model by upgen.schema), so its checks
+  name config.model keys."""
   num_layers: int
   emb_dim: int
   num_heads: int
   mlp_dim: int
   dropout_rate: float = 0.0  # On residual branches.
   attention_dropout_rate: float = 0.0  # On attention weights (forces the "xla" einsum path).
-  dtype: Any = jnp.float32  # Compute dtype.
+  dtype: Any = jnp.float32  # Compute dtype (a name such as "bfloat16" is converted).
   param_dtype: Any = jnp.float32  # Parameter storage dtype.
   causal: bool = False  # Causal self-attention (decoder-only / decoder of an enc-dec).
   cross_attention: bool = False  # Blocks attend to an encoder output (enc-dec decoder).
   decode: bool = False  # Autoregressive decoding with a KV cache ("cache" collection).
-  attention_impl: Optional[str] = None  # jax.nn.dot_product_attention: None, "xla", "cudnn".
+  # jax.nn.dot_product_attention: None or "" (jax picks), "xla", "cudnn".
+  attention_impl: Optional[str] = None
   scan_layers: bool = False  # nn.scan over layers (params get a leading "layers" axis).
   remat: str = "none"  # Rematerialization policy, a key of REMAT_POLICIES.
 
   def __post_init__(self):
+    set_ = functools.partial(object.__setattr__, self)
+    set_("dtype", dtype_from_name(self.dtype, "config.model.dtype"))
+    set_("param_dtype", dtype_from_name(self.param_dtype, "config.model.param_dtype"))
+    set_("attention_impl", self.attention_impl or None)
+    if self.num_layers < 0:
+      raise ValueError(f"config.model.num_layers={self.num_layers}: must be >= 0")
+    for name in ("emb_dim", "num_heads", "mlp_dim"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"config.model.{name}={getattr(self, name)}: must be >= 1")
     if self.emb_dim % self.num_heads:
       raise ValueError(f"config.model.emb_dim={self.emb_dim} is not divisible by "
                        f"config.model.num_heads={self.num_heads}")
+    for name in ("dropout_rate", "attention_dropout_rate"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ValueError(f"config.model.{name}={getattr(self, name)}: must be in [0, 1)")
     if self.attention_impl not in ATTENTION_IMPLS:
-      raise ValueError(f"attention_impl={self.attention_impl!r}: choose one of {ATTENTION_IMPLS}")
+      raise ValueError(f"config.model.attention_impl={self.attention_impl!r}: choose one of "
+                       f"{ATTENTION_IMPLS}")
     if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"remat={self.remat!r}: choose one of {sorted(REMAT_POLICIES)}")
+      raise ValueError(f"config.model.remat={self.remat!r}: choose one of "
+                       f"{sorted(REMAT_POLICIES)}")
+
+  def stack(self, **changes: Any) -> "TransformerConfig":
+    """Just the transformer fields (a subclass's extra fields dropped), with `changes`."""
+    fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(TransformerConfig)}
+    return TransformerConfig(**{**fields, **changes})
 
   @property
   def head_dim(self) -> int:

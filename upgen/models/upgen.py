@@ -14,33 +14,31 @@ Sampling lives in upgen/sampling/upgen_sampler.py.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import linen as nn
 
 from upgen import families
 from upgen import flops
+from upgen import schema
+from upgen.data import readers
+from upgen.data.spec import DataSpec
 from upgen.families import Batch, Family
 from upgen.models import layers
+from upgen.sampling import mask_schedule
 from upgen.sampling import upgen_sampler
+from upgen.sampling.settings import SampleSettings
 
-MASK_SCHEDULES = ("uniform", "cosine")
 PAIRED_MASKING = ("joint", "independent")
 
 
-@dataclasses.dataclass(frozen=True)
-class UPGenConfig:
-  """Model hyper-parameters, built from config.model by `from_config`."""
-  num_layers: int
-  emb_dim: int
-  num_heads: int
-  mlp_dim: int
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UPGenConfig(layers.TransformerConfig):
+  """The architecture: config.model plus the sizes the data fixes (DataSpec.token_sizes)."""
   image_vocab_size: int
   text_vocab_size: int
   image_seq_len: int
@@ -48,40 +46,25 @@ class UPGenConfig:
   text_seq_len: int
   text_pad_id: int
   text_mask_id: int
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  attention_impl: Optional[str] = None
-  scan_layers: bool = False
-  remat: str = "none"
   position_embedding: str = "2d"
   embed_init_std: float = 1.0
 
-  @classmethod
-  def from_config(cls, m: ml_collections.ConfigDict) -> "UPGenConfig":
-    for key in ("image_vocab_size", "text_vocab_size", "image_seq_len", "image_grid_width",
-                "text_seq_len", "text_pad_id", "text_mask_id"):
-      if m[key] < 0:
-        raise ValueError(f"config.model.{key}={m[key]} is unresolved: set it or let the "
-                         "trainer read it from the data's metadata.json")
+  def __post_init__(self):
+    super().__post_init__()
     for key in ("text_pad_id", "text_mask_id"):
-      if m[key] >= m.text_vocab_size:
-        raise ValueError(f"config.model.{key}={m[key]} is outside the text vocabulary "
-                         f"(config.model.text_vocab_size={m.text_vocab_size})")
-    return cls(
-        num_layers=m.num_layers, emb_dim=m.emb_dim, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
-        image_vocab_size=m.image_vocab_size, text_vocab_size=m.text_vocab_size,
-        image_seq_len=m.image_seq_len, image_grid_width=m.image_grid_width,
-        text_seq_len=m.text_seq_len,
-        text_pad_id=m.text_pad_id, text_mask_id=m.text_mask_id,
-        dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
-        dtype=layers.dtype_from_name(m.dtype, "config.model.dtype"),
-        param_dtype=layers.dtype_from_name(m.param_dtype, "config.model.param_dtype"),
-        attention_impl=m.get("attention_impl", None) or None,
-        scan_layers=bool(m.get("scan_layers", False)), remat=m.get("remat", "none"),
-        position_embedding=_check_positions(m),
-        embed_init_std=float(m.get("embed_init_std", 1.0)))
+      if not 0 <= getattr(self, key) < self.text_vocab_size:
+        raise ValueError(f"the data's {key}={getattr(self, key)} is outside its text "
+                         f"vocabulary [0, {self.text_vocab_size}): UPGen needs a [PAD] and a "
+                         "[MASK] token in the text tokenizer")
+    if self.position_embedding not in ("1d", "2d"):
+      raise ValueError(f"config.model.position_embedding={self.position_embedding!r}: "
+                       "choose '1d' or '2d'")
+    if self.image_grid_width < 1 or self.image_seq_len % self.image_grid_width:
+      raise ValueError(f"image_seq_len={self.image_seq_len} is not a grid of "
+                       f"image_grid_width={self.image_grid_width} columns")
+    if self.position_embedding == "2d" and self.emb_dim % 4:
+      raise ValueError(f"config.model.position_embedding='2d' needs config.model.emb_dim "
+                       f"divisible by 4, got {self.emb_dim}")
 
   def positions(self) -> np.ndarray:
     """Fixed (Li + Lt) x E table: 2D sin-cos over the image grid then 1D over the text
@@ -96,26 +79,10 @@ class UPGenConfig:
   def image_mask_id(self) -> int:
     return self.image_vocab_size
 
-  def transformer(self) -> layers.TransformerConfig:
-    return layers.TransformerConfig(
-        num_layers=self.num_layers, emb_dim=self.emb_dim, num_heads=self.num_heads,
-        mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
-        attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
-        param_dtype=self.param_dtype, attention_impl=self.attention_impl,
-        scan_layers=self.scan_layers, remat=self.remat)
 
-
-def _check_positions(m: ml_collections.ConfigDict) -> str:
-  kind = m.get("position_embedding", "2d")
-  if kind not in ("1d", "2d"):
-    raise ValueError(f"config.model.position_embedding={kind!r}: choose '1d' or '2d'")
-  if m.image_grid_width < 1 or m.image_seq_len % m.image_grid_width:
-    raise ValueError(f"config.model.image_seq_len={m.image_seq_len} is not a grid of "
-                     f"config.model.image_grid_width={m.image_grid_width} columns")
-  if kind == "2d" and m.emb_dim % 4:
-    raise ValueError(f"config.model.position_embedding='2d' needs config.model.emb_dim "
-                     f"divisible by 4, got {m.emb_dim}")
-  return kind
+def model_config(group: Any, spec: DataSpec) -> UPGenConfig:
+  return schema.parse(UPGenConfig, group, "config.model", given=spec.token_sizes(),
+                      skip=families.MODEL_SELECTORS)
 
 
 class UPGen(nn.Module):
@@ -129,8 +96,8 @@ class UPGen(nn.Module):
     cfg = self.config
     li, lt = image_tokens_BxLi.shape[1], text_tokens_BxLt.shape[1]
     if (li, lt) != (cfg.image_seq_len, cfg.text_seq_len):
-      raise ValueError(f"UPGen got image/text lengths {(li, lt)}, config.model.image_seq_len/"
-                       f"text_seq_len say {(cfg.image_seq_len, cfg.text_seq_len)}")
+      raise ValueError(f"UPGen got image/text lengths {(li, lt)}, the model's image_seq_len/"
+                       f"text_seq_len (data_spec.json) say {(cfg.image_seq_len, cfg.text_seq_len)}")
     init = nn.initializers.normal(stddev=cfg.embed_init_std)
     embed = lambda n, name: layers.Embed(layers.pad_vocab(n), cfg.emb_dim, dtype=cfg.dtype,
                                          param_dtype=cfg.param_dtype, embedding_init=init,
@@ -152,7 +119,7 @@ class UPGen(nn.Module):
     valid_BxL = jnp.concatenate([
         jnp.broadcast_to(has_image_B.astype(bool)[:, None], image_tokens_BxLi.shape),
         text_mask_BxLt.astype(bool)], axis=1)
-    x_BxLxE = layers.TransformerStack(cfg.transformer(), name="encoder")(
+    x_BxLxE = layers.TransformerStack(cfg.stack(), name="encoder")(
         x_BxLxE, layers.key_mask(valid_BxL), deterministic=not train)
     x_BxLxE = layers.LayerNorm(cfg.dtype, cfg.param_dtype, name="final_norm")(x_BxLxE)
     head = lambda n, name: layers.Unembed(n, cfg.dtype, cfg.param_dtype, name=name)
@@ -162,9 +129,9 @@ class UPGen(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class MaskingConfig:
-  """Mask ratios and loss weights, built from config.model."""
-  mask_schedule: str = "uniform"
+class MaskingLoss:
+  """config.loss: mask ratios and loss weights (see `sample_masks` and `masked_loss`)."""
+  mask_schedule: str = "linear"
   paired_masking: str = "joint"
   text_only_mask_ratio: float = 0.15
   paired_text_mask_max: float = 1.0
@@ -174,30 +141,26 @@ class MaskingConfig:
   unpaired_image_weight: float = 1.0
   unpaired_text_weight: float = 0.01
 
-  @classmethod
-  def from_config(cls, m: ml_collections.ConfigDict) -> "MaskingConfig":
-    out = cls(**{f.name: m[f.name] for f in dataclasses.fields(cls)})
-    if out.mask_schedule not in MASK_SCHEDULES:
-      raise ValueError(f"config.model.mask_schedule={out.mask_schedule!r}: choose one of "
-                       f"{MASK_SCHEDULES}")
-    if out.paired_masking not in PAIRED_MASKING:
-      raise ValueError(f"config.model.paired_masking={out.paired_masking!r}: choose one of "
+  def __post_init__(self):
+    mask_schedule.check_schedule(self.mask_schedule, "config.loss.mask_schedule")
+    if self.paired_masking not in PAIRED_MASKING:
+      raise ValueError(f"config.loss.paired_masking={self.paired_masking!r}: choose one of "
                        f"{PAIRED_MASKING}")
-    if not 0.0 < out.text_only_mask_ratio <= 1.0:
-      raise ValueError(f"config.model.text_only_mask_ratio={out.text_only_mask_ratio}: "
+    if not 0.0 < self.text_only_mask_ratio <= 1.0:
+      raise ValueError(f"config.loss.text_only_mask_ratio={self.text_only_mask_ratio}: "
                        "must be in (0, 1]")
-    if not 0.0 <= out.paired_text_mask_prob <= 1.0:
-      raise ValueError(f"config.model.paired_text_mask_prob={out.paired_text_mask_prob}: "
-                       "must be in [0, 1]")
-    if not 0.0 <= out.paired_text_mask_max <= 1.0:
-      raise ValueError(f"config.model.paired_text_mask_max={out.paired_text_mask_max}: "
-                       "must be in [0, 1]")
-    return out
+    for key in ("paired_text_mask_prob", "paired_text_mask_max"):
+      if not 0.0 <= getattr(self, key) <= 1.0:
+        raise ValueError(f"config.loss.{key}={getattr(self, key)}: must be in [0, 1]")
+    for key in ("paired_image_weight", "paired_text_weight", "unpaired_image_weight",
+                "unpaired_text_weight"):
+      if getattr(self, key) < 0:
+        raise ValueError(f"config.loss.{key}={getattr(self, key)}: must be >= 0")
 
 
-def _ratios(u_B: jax.Array, schedule: str) -> jax.Array:
-  """u ~ U[0, 1) -> mask ratio in (0, 1]: 1 - u ("uniform") or cos(pi/2 u) ("cosine")."""
-  return 1.0 - u_B if schedule == "uniform" else jnp.cos(math.pi / 2 * u_B)
+def loss_config(group: Any, model_cfg: UPGenConfig) -> MaskingLoss:
+  del model_cfg
+  return schema.parse(MaskingLoss, group, "config.loss")
 
 
 def _num_to_mask(r_B: jax.Array, valid_BxL: jax.Array) -> jax.Array:
@@ -214,13 +177,15 @@ def _choose(rng: jax.Array, valid_BxL: jax.Array, num_mask_B: jax.Array) -> jax.
   return ranks_BxL < num_mask_B[:, None]
 
 
-def sample_masks(rng: jax.Array, batch: Batch, settings: MaskingConfig
+def sample_masks(rng: jax.Array, batch: Batch, settings: MaskingLoss
                  ) -> tuple[jax.Array, jax.Array]:
   """Which tokens to mask: (masked_image_BxLi, masked_text_BxLt), both bool.
 
   Valid tokens: every image token of an example with an image, every non-pad text token of
-  an example with text. Paired and image-only examples draw r ~ U(0, 1] ("uniform") or
-  r = cos(pi/2 u), u ~ U[0, 1) ("cosine"); text-only examples use text_only_mask_ratio.
+  an example with text. Paired and image-only examples draw r = mask_ratio(schedule, u),
+  u ~ U[0, 1), with the decoding schedules of upgen/sampling/mask_schedule.py (one set of
+  names for both: "linear" is r = 1 - u, "cosine" r = cos(pi/2 u)); text-only examples use
+  text_only_mask_ratio.
   With paired_masking="joint" ceil(r * num_valid) (at least one) valid tokens are masked,
   chosen uniformly at random over the example's joint sequence. With "independent" the image
   and the text are masked separately: the image by r as above, the caption of a paired
@@ -235,7 +200,9 @@ def sample_masks(rng: jax.Array, batch: Batch, settings: MaskingConfig
   image_valid_BxLi = jnp.broadcast_to(has_image_B[:, None], batch["image_tokens"].shape)
   text_valid_BxLt = jnp.asarray(batch["text_mask"], bool) & has_text_B[:, None]
   ratio_rng, text_ratio_rng, order_rng, text_order_rng = jax.random.split(rng, 4)
-  r_B = _ratios(jax.random.uniform(ratio_rng, has_image_B.shape), settings.mask_schedule)
+  num_image_B = jnp.sum(image_valid_BxLi, axis=1)
+  r_B = mask_schedule.mask_ratio(settings.mask_schedule,
+                                 jax.random.uniform(ratio_rng, has_image_B.shape), num_image_B)
   r_B = jnp.where(has_image_B, r_B, settings.text_only_mask_ratio)
   if settings.paired_masking == "joint":
     valid_BxL = jnp.concatenate([image_valid_BxLi, text_valid_BxLt], axis=1)
@@ -257,15 +224,14 @@ def _masked_mean(values_BxL: jax.Array, weights_BxL: jax.Array) -> jax.Array:
   return jnp.sum(values_BxL * weights_BxL) / jnp.maximum(jnp.sum(weights_BxL), 1.0)
 
 
-def loss_fn(params, batch: Batch, rng: jax.Array, *, model: UPGen,
-            config: ml_collections.ConfigDict, train: bool, step=None):
+def loss_fn(params, batch: Batch, rng: jax.Array, *, model: UPGen, settings: MaskingLoss,
+            train: bool, step=None):
   """Masked-token cross-entropy -> (total loss, metrics); `params` is the "params" collection.
   (`step` is unused: the loss does not change over training.)
 
   Draws the masks with `sample_masks` and scores them with `masked_loss`.
   """
   del step
-  settings = MaskingConfig.from_config(config.model)
   mask_rng, dropout_rng = jax.random.split(rng)
   masks = sample_masks(mask_rng, batch, settings)
   return masked_loss(params, batch, masks, dropout_rng, model=model, settings=settings,
@@ -273,12 +239,12 @@ def loss_fn(params, batch: Batch, rng: jax.Array, *, model: UPGen,
 
 
 def masked_loss(params, batch: Batch, masks: tuple[jax.Array, jax.Array], dropout_rng: jax.Array,
-                *, model: UPGen, settings: MaskingConfig, train: bool):
+                *, model: UPGen, settings: MaskingLoss, train: bool):
   """Cross-entropy on the masked positions `masks` = (masked_image_BxLi, masked_text_BxLt).
 
   Four terms, each a mean over its own masked tokens in the batch: paired image, paired text,
   unpaired image (image-only examples), unpaired text (text-only examples), combined with
-  config.model.{paired,unpaired}_{image,text}_weight.
+  config.loss.{paired,unpaired}_{image,text}_weight.
   """
   cfg = model.config
   image_BxLi = jnp.asarray(batch["image_tokens"], jnp.int32)
@@ -317,17 +283,6 @@ def masked_loss(params, batch: Batch, masks: tuple[jax.Array, jax.Array], dropou
   return total, metrics
 
 
-def make_model(config: ml_collections.ConfigDict) -> UPGen:
-  return UPGen(UPGenConfig.from_config(config.model))
-
-
-def dummy_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
-  """A paired batch of the right shapes/dtypes (full-length captions; values arbitrary)."""
-  c = UPGenConfig.from_config(config.model)
-  return families.paired_token_batch(batch_size, c.image_seq_len, c.text_seq_len,
-                                     c.text_vocab_size)
-
-
 def init_variables(model: UPGen, rng: jax.Array, batch: Batch) -> dict[str, Any]:
   return model.init({"params": rng}, jnp.asarray(batch["image_tokens"], jnp.int32),
                     jnp.asarray(batch["text_tokens"], jnp.int32),
@@ -335,32 +290,26 @@ def init_variables(model: UPGen, rng: jax.Array, batch: Batch) -> dict[str, Any]
                     train=False)
 
 
-def preview_fn(params, batch: Batch, rng: jax.Array, *, model: UPGen,
-               config: ml_collections.ConfigDict) -> jax.Array:
-  """Text->image for the batch's captions with config.sample. NOTE: returns image TOKEN ids
-  BxLi (int32), not pixels; the trainer decodes them with the image tokenizer."""
-  return upgen_sampler.text_to_image(params, model, jnp.asarray(batch["text_tokens"], jnp.int32),
-                                     jnp.asarray(batch["text_mask"], bool), rng, config.sample)
+def sample_config(group: Any) -> SampleSettings:
+  return schema.parse(SampleSettings, group, "config.sample")
 
 
-def train_flops_per_example(config: ml_collections.ConfigDict) -> flops.FlopCount:
+def train_flops(c: UPGenConfig) -> flops.FlopCount:
   """Forward + backward FLOPs of one example over L = Li + Lt tokens: 6N x L, bidirectional
   attention 12 x layers x L^2 x E, image logits on image positions and text logits on text
   positions (see upgen/flops.py)."""
-  c = UPGenConfig.from_config(config.model)
   return flops.Transformer(
       c.num_layers, c.emb_dim, c.mlp_dim, c.image_seq_len + c.text_seq_len, causal=False,
       heads=((c.image_seq_len, c.image_vocab_size), (c.text_seq_len, c.text_vocab_size))
   ).train_flops()
 
 
-def sample_cost(config: ml_collections.ConfigDict, batch_size: int, param_bytes: int
+def sample_cost(c: UPGenConfig, s: SampleSettings, batch_size: int, param_bytes: int
                 ) -> families.SampleCost:
   """MaskGIT text->image: every step runs the whole [image; text] sequence forward, twice
   with guidance (conditioned and text-masked rows), and reads the parameters once."""
-  s = upgen_sampler.SampleSettings.from_config(config.sample)
   streams = 2 if s.guidance_scale > 0 else 1
-  forward = train_flops_per_example(config).total / 3
+  forward = train_flops(c).total / 3
   return families.SampleCost(
       flops=s.num_steps * streams * batch_size * forward,
       bytes=float(s.num_steps * param_bytes),
@@ -369,11 +318,9 @@ def sample_cost(config: ml_collections.ConfigDict, batch_size: int, param_bytes:
             "of parameters"))
 
 
-def image_nll(params, batch: Batch, *, model: UPGen, config: ml_collections.ConfigDict
-              ) -> jax.Array:
+def image_nll(params, batch: Batch, *, model: UPGen) -> jax.Array:
   """`upgen eval nll`: -log p(image | caption) per example, one token per step in raster
   order (upgen_sampler.raster_image_nll)."""
-  del config
   return upgen_sampler.raster_image_nll(
       params, jnp.asarray(batch["image_tokens"], jnp.int32),
       jnp.asarray(batch["text_tokens"], jnp.int32), jnp.asarray(batch["text_mask"], bool),
@@ -381,22 +328,36 @@ def image_nll(params, batch: Batch, *, model: UPGen, config: ml_collections.Conf
 
 
 def sample_images(params, text_tokens_BxLt, text_mask_BxLt, rng, *, model: UPGen,
-                  config: ml_collections.ConfigDict) -> jax.Array:
-  """`upgen sample`: text->image token ids BxLi with MaskGIT settings from config.sample."""
+                  settings: SampleSettings) -> jax.Array:
+  """Text->image token ids BxLi, MaskGIT decoding with `settings`."""
   return upgen_sampler.text_to_image(params, model, text_tokens_BxLt, text_mask_BxLt, rng,
-                                     config.sample)
+                                     settings)
+
+
+def inpaint(params, image_tokens_BxLi, known_BxLi, text_tokens_BxLt, text_mask_BxLt, rng, *,
+            model: UPGen, settings: SampleSettings) -> jax.Array:
+  """Regenerates the unknown image tokens from the caption and the known ones."""
+  return upgen_sampler.inpaint(params, model, image_tokens_BxLi, known_BxLi, text_tokens_BxLt,
+                               text_mask_BxLt, rng, settings)
+
+
+def unconditional_images(params, rng, *, model: UPGen, settings: SampleSettings,
+                         num: int) -> jax.Array:
+  """`num` images with no caption."""
+  return upgen_sampler.unconditional_image(params, model, num, rng, settings)
 
 
 def caption_images(params, image_tokens_BxLi, rng, *, model: UPGen,
-                   config: ml_collections.ConfigDict) -> jax.Array:
-  """`upgen sample --captions-for`: image->text token ids BxLt (length picked per image)."""
+                   settings: SampleSettings) -> jax.Array:
+  """Image->text token ids BxLt (length picked per image)."""
   return upgen_sampler.image_to_text_best_length(params, model, image_tokens_BxLi, rng,
-                                                 config.sample)
+                                                 settings)
 
 
 FAMILY = Family(
-    name="upgen", data_kind="tokens", make_model=make_model, dummy_batch=dummy_batch,
-    init_variables=init_variables, loss_fn=loss_fn, preview_fn=preview_fn,
-    sample_images=sample_images, caption_images=caption_images,
-    train_flops_per_example=train_flops_per_example, sample_cost=sample_cost,
-    image_nll=image_nll)
+    name="upgen", reads=readers.TOKEN_RECORDS, model_config=model_config,
+    loss_config=loss_config, make_model=UPGen, init_variables=init_variables,
+    loss_fn=loss_fn, sample_config=sample_config, sample_images=sample_images,
+    inpaint=inpaint, unconditional_images=unconditional_images,
+    caption_images=caption_images, image_nll=image_nll, train_flops=train_flops,
+    sample_cost=sample_cost)

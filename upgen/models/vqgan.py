@@ -1,25 +1,27 @@
 """VQGAN image tokenizer family: model, loss and the `FAMILY` record for the trainer.
 
-Parameters are one tree `{"vqgan": autoencoder, "disc": discriminator}` ("disc" only when
-`config.model.adversarial_weight > 0`). One optimizer and one backward pass train both: the
+Parameters are one tree `{"vqgan": autoencoder, "disc": discriminator}` ("disc" only with
+`config.model.discriminator`). One optimizer and one backward pass train both: the
 generator's adversarial term sees stop_gradient(disc params) and the discriminator's hinge
 term sees stop_gradient(reconstructions), so each loss term only moves its own parameters.
 
-The adversarial terms switch on at optimizer step `config.model.adversarial_start` (the
+The adversarial terms switch on at optimizer step `config.loss.adversarial_start` (the
 trainer passes `step` to the loss).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
-import numpy as np
 from flax import linen as nn
 
 from upgen import families
 from upgen import flops
+from upgen import schema
+from upgen.data import readers
+from upgen.data.spec import DataSpec
 from upgen.models import vqgan_layers as layers
 from upgen.models.vqgan_layers import VQGANConfig
 
@@ -51,12 +53,12 @@ class VQGANModel(nn.Module):
 
   def setup(self):
     self.vqgan = VQGAN(self.cfg)
-    if self.cfg.use_discriminator:
+    if self.cfg.discriminator:
       self.disc = layers.Discriminator(self.cfg)
 
   def __call__(self, x_BxHxWx3: jax.Array) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     out = self.vqgan(x_BxHxWx3)
-    if self.cfg.use_discriminator:
+    if self.cfg.discriminator:
       self.disc(x_BxHxWx3)  # Creates the discriminator's params at init.
     return out
 
@@ -83,13 +85,34 @@ def to_uint8(x_BxHxWx3: jax.Array) -> jax.Array:
   return jnp.round((jnp.clip(x_BxHxWx3, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
 
 
-def make_model(config: ml_collections.ConfigDict) -> VQGANModel:
-  return VQGANModel(VQGANConfig.from_config(config))
+def model_config(group: Any, spec: DataSpec) -> VQGANConfig:
+  return schema.parse(VQGANConfig, group, "config.model", given={"image_size": spec.image_size},
+                      skip=families.MODEL_SELECTORS)
 
 
-def dummy_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
-  size = int(config.model.image_size)
-  return {"image": np.zeros((batch_size, size, size, 3), np.uint8)}
+@dataclasses.dataclass(frozen=True)
+class VQGANLoss:
+  """config.loss: reconstruction, quantizer and adversarial weights."""
+  l1_weight: float = 1.0
+  l2_weight: float = 1.0
+  commitment_cost: float = 0.25  # Beta of the commitment loss.
+  codebook_revive_weight: float = 0.0  # Weight of the dead-code revival loss.
+  adversarial_weight: float = 0.0  # Generator loss weight (needs config.model.discriminator).
+  adversarial_start: int = 2000  # Optimizer step at which the adversarial terms turn on.
+
+  def __post_init__(self):
+    for key in ("l1_weight", "l2_weight", "commitment_cost", "codebook_revive_weight",
+                "adversarial_weight", "adversarial_start"):
+      if getattr(self, key) < 0:
+        raise ValueError(f"config.loss.{key}={getattr(self, key)}: must be >= 0")
+
+
+def loss_config(group: Any, model_cfg: VQGANConfig) -> VQGANLoss:
+  loss = schema.parse(VQGANLoss, group, "config.loss")
+  if loss.adversarial_weight > 0 and not model_cfg.discriminator:
+    raise ValueError(f"config.loss.adversarial_weight={loss.adversarial_weight} needs a "
+                     "discriminator: set config.model.discriminator=True")
+  return loss
 
 
 def init_variables(model: VQGANModel, rng: jax.Array, batch: families.Batch) -> dict[str, Any]:
@@ -124,25 +147,27 @@ def code_stats(counts_K: jax.Array) -> dict[str, jax.Array]:
 
 
 def loss_fn(params: dict[str, Any], batch: families.Batch, rng: jax.Array, *,
-            model: VQGANModel, config: ml_collections.ConfigDict,
-            train: bool, step: jax.Array | int = 0) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Reconstruction (l1 + l2) + codebook/commitment (+ adversarial after the start step)."""
+            model: VQGANModel, settings: VQGANLoss, train: bool,
+            step: jax.Array | int = 0) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Reconstruction (l1 + l2) + codebook/commitment/revival (+ adversarial after the start
+  step), weighted by `settings` (config.loss)."""
   del rng, train  # Deterministic model: no dropout, no sampling.
-  m = config.model
   x = to_unit(batch["image"])
   recon, _, stats = model.apply({"params": {"vqgan": params["vqgan"]}}, x,
                                 method=VQGANModel.autoencode)
   loss_l1 = jnp.mean(jnp.abs(recon - x))
   loss_l2 = jnp.mean(jnp.square(recon - x))
-  loss = m.l1_weight * loss_l1 + m.l2_weight * loss_l2 + stats["loss_vq"]
-  metrics = {"loss_l1": loss_l1, "loss_l2": loss_l2, "loss_vq": stats["loss_vq"],
+  loss_vq = (stats["codebook"] + settings.commitment_cost * stats["commitment"]
+             + settings.codebook_revive_weight * stats["revive"])
+  loss = settings.l1_weight * loss_l1 + settings.l2_weight * loss_l2 + loss_vq
+  metrics = {"loss_l1": loss_l1, "loss_l2": loss_l2, "loss_vq": loss_vq,
              "psnr": psnr(jnp.clip(recon, -1.0, 1.0), x), **code_stats(stats["code_counts"])}
-  if model.cfg.use_discriminator:
-    active = jnp.asarray(step) >= m.adversarial_start
+  if model.cfg.discriminator:
+    active = jnp.asarray(step) >= settings.adversarial_start
     generator_loss, disc_loss = jax.lax.cond(
         active, lambda: adversarial_losses(params, x, recon, model),
         lambda: (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)))
-    loss = loss + m.adversarial_weight * generator_loss + disc_loss
+    loss = loss + settings.adversarial_weight * generator_loss + disc_loss
     metrics.update(loss_gen=generator_loss, loss_disc=disc_loss,
                    adversarial_active=active.astype(jnp.float32))
   metrics["loss"] = loss
@@ -157,26 +182,20 @@ def reconstruct(params: dict[str, Any], image_BxHxWx3: jax.Array, *,
   return to_uint8(model.apply(variables, ids_Bxhxw, method=VQGANModel.decode))
 
 
-def preview_fn(params: dict[str, Any], batch: families.Batch, rng: jax.Array, *,
-               model: VQGANModel, config: ml_collections.ConfigDict) -> jax.Array:
-  del rng, config
+def preview(params: dict[str, Any], batch: families.Batch, rng: jax.Array, *,
+            model: VQGANModel) -> jax.Array:
+  """The preview grid's second row: reconstructions through the codebook."""
+  del rng
   return reconstruct(params, batch["image"], model=model)
 
 
-def train_flops_per_example(config: ml_collections.ConfigDict) -> flops.FlopCount:
+def train_flops(cfg: VQGANConfig) -> flops.FlopCount:
   """Forward + backward (3x forward) FLOPs of the autoencoder, discriminator excluded."""
-  cfg = VQGANConfig.from_config(config)
   return flops.FlopCount((("convolutions", 3.0 * layers.autoencoder_flops(cfg),
                            f"3 x forward conv FLOPs at {cfg.image_size}px"),))
 
 
 FAMILY = families.Family(
-    name="vqgan",
-    data_kind="images",
-    make_model=make_model,
-    dummy_batch=dummy_batch,
-    init_variables=init_variables,
-    loss_fn=loss_fn,
-    preview_fn=preview_fn,
-    train_flops_per_example=train_flops_per_example,
-)
+    name="vqgan", reads=readers.IMAGE_FOLDER, model_config=model_config,
+    loss_config=loss_config, make_model=VQGANModel, init_variables=init_variables,
+    loss_fn=loss_fn, preview=preview, train_flops=train_flops)

@@ -3,7 +3,9 @@
 The architecture follows MaskGIT's VQGAN (flax linen). Every parameter carries logical axis
 names so the same `config.mesh.rules` shard it: conv kernels are
 (None, None, "conv_in", "conv_out"), biases and norm scales ("conv_out",), the codebook
-("codebook", None). Feature maps are constrained to ("batch", None, None, "conv_out").
+("codebook", None); the RGB and logit output convs keep their few channels whole
+(None, None, "conv_in", None). Feature maps are constrained to
+("batch", None, None, "conv_out").
 """
 from __future__ import annotations
 
@@ -13,79 +15,65 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import linen as nn
 
 KERNEL_AXES = (None, None, "conv_in", "conv_out")
+HEAD_KERNEL_AXES = (None, None, "conv_in", None)
 CHANNEL_AXES = ("conv_out",)
 CODEBOOK_AXES = ("codebook", None)
 ACTIVATION_AXES = ("batch", None, None, "conv_out")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class VQGANConfig:
-  """Frozen view of `config.model` for the VQGAN modules."""
-  image_size: int = 32
+  """The architecture: config.model plus the image size the data fixes (DataSpec)."""
+  image_size: int  # From the data: config.data.image_size.
   base_channels: int = 32
   channel_multipliers: tuple[int, ...] = (1, 2)
   num_res_blocks: int = 1
   codebook_size: int = 64
   embedding_dim: int = 16
-  commitment_cost: float = 0.25
   codebook_l2_normalize: bool = False
-  codebook_revive_weight: float = 0.0
   conv_downsample: bool = False
   norm: str = "group"
+  discriminator: bool = False
   disc_channels: int = 32
-  use_discriminator: bool = False
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
+  dtype: Any = "float32"
+  param_dtype: Any = "float32"
+
+  def __post_init__(self):
+    object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
+    object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
+    if not self.channel_multipliers:
+      raise ValueError("config.model.channel_multipliers must have at least one entry")
+    if self.norm not in ("group", "none"):
+      raise ValueError(f"config.model.norm={self.norm!r}: expected 'group' or 'none'")
+    factor = 2 ** (len(self.channel_multipliers) - 1)
+    if self.image_size % factor:
+      raise ValueError(
+          f"config.data.image_size={self.image_size} is not divisible by 2**(len("
+          f"config.model.channel_multipliers)-1)={factor}")
+    for key in ("base_channels", "codebook_size", "embedding_dim"):
+      if getattr(self, key) < 1:
+        raise ValueError(f"config.model.{key}={getattr(self, key)}: must be >= 1")
 
   @property
   def grid(self) -> int:
     """Side of the token grid."""
     return self.image_size // 2 ** (len(self.channel_multipliers) - 1)
 
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "VQGANConfig":
-    m = config.model
-    mults = tuple(int(v) for v in m.channel_multipliers)
-    if not mults:
-      raise ValueError("config.model.channel_multipliers must have at least one entry")
-    if m.norm not in ("group", "none"):
-      raise ValueError(f"config.model.norm={m.norm!r}: expected 'group' or 'none'")
-    factor = 2 ** (len(mults) - 1)
-    if m.image_size % factor:
-      raise ValueError(
-          f"config.model.image_size={m.image_size} is not divisible by 2**(len("
-          f"config.model.channel_multipliers)-1)={factor}")
-    return cls(
-        image_size=int(m.image_size),
-        base_channels=int(m.base_channels),
-        channel_multipliers=mults,
-        num_res_blocks=int(m.num_res_blocks),
-        codebook_size=int(m.codebook_size),
-        embedding_dim=int(m.embedding_dim),
-        commitment_cost=float(m.commitment_cost),
-        codebook_l2_normalize=bool(m.codebook_l2_normalize),
-        codebook_revive_weight=float(m.get("codebook_revive_weight", 0.0)),
-        conv_downsample=bool(m.conv_downsample),
-        norm=str(m.norm),
-        disc_channels=int(m.disc_channels),
-        use_discriminator=float(m.adversarial_weight) > 0,
-        dtype=jnp.dtype(m.dtype),
-        param_dtype=jnp.dtype(m.param_dtype),
-    )
-
 
 def _conv(cfg: VQGANConfig, features: int, kernel: int, stride: int = 1,
-          name: str | None = None, zero_init: bool = False) -> nn.Conv:
+          name: str | None = None, zero_init: bool = False, head: bool = False) -> nn.Conv:
+  """A SAME conv. `head`: a few output channels (RGB, a logit) that stay whole on every
+  device instead of splitting over "conv_out" (3 channels do not split over 2 devices)."""
   init = nn.initializers.zeros_init() if zero_init else nn.initializers.lecun_normal()
+  kernel_axes, bias_axes = (HEAD_KERNEL_AXES, (None,)) if head else (KERNEL_AXES, CHANNEL_AXES)
   return nn.Conv(
       features, (kernel, kernel), strides=(stride, stride), padding="SAME",
       dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
-      kernel_init=nn.with_logical_partitioning(init, KERNEL_AXES),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), CHANNEL_AXES))
+      kernel_init=nn.with_logical_partitioning(init, kernel_axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), bias_axes))
 
 
 def _constrain(x_BxHxWxC: jax.Array) -> jax.Array:
@@ -166,7 +154,7 @@ class Decoder(nn.Module):
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
         h = _constrain(_conv(cfg, cfg.base_channels * mults[level - 1], 3)(h))
     h = nn.swish(_norm(cfg, h, name="norm_out"))
-    return _conv(cfg, 3, 3, name="conv_out")(h).astype(jnp.float32)
+    return _conv(cfg, 3, 3, name="conv_out", head=True)(h).astype(jnp.float32)
 
 
 def _l2_normalize(x: jax.Array) -> jax.Array:
@@ -176,11 +164,12 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
 class VectorQuantizer(nn.Module):
   """Nearest-code lookup with a straight-through estimator.
 
-  Returns (quantized_Bxhxwxd, ids_Bxhxw, stats); stats["loss_vq"] is the codebook loss
-  ||sg(z) - e||^2 + beta ||z - sg(e)||^2 plus `codebook_revive_weight` times the revival
-  loss ||sg(z_k) - e_k||^2, where z_k is the encoder output nearest to code k in the batch:
-  it drags codes that no output chose (dead codes) back to the data, at the speed Adam moves
-  every parameter, so a high learning rate cannot leave the codebook behind the encoder.
+  Returns (quantized_Bxhxwxd, ids_Bxhxw, stats) with the loss terms the family weights
+  (config.loss): stats["codebook"] ||sg(z) - e||^2, stats["commitment"] ||z - sg(e)||^2,
+  and stats["revive"], the revival loss ||sg(z_k) - e_k||^2, where z_k is the encoder
+  output nearest to code k in the batch: it drags codes that no output chose (dead codes)
+  back to the data, at the speed Adam moves every parameter, so a high learning rate cannot
+  leave the codebook behind the encoder.
   With `codebook_l2_normalize` both z and the codes live on the unit sphere (ViT-VQGAN).
   """
   cfg: VQGANConfig
@@ -229,9 +218,8 @@ class VectorQuantizer(nn.Module):
     revive_loss = jnp.mean(jnp.square(anchors_Kxd - codes_Kxd))
     quantized = z + jax.lax.stop_gradient(e - z)
     counts_K = jnp.zeros((self.cfg.codebook_size,), jnp.float32).at[ids_N].add(1.0)
-    loss_vq = (codebook_loss + self.cfg.commitment_cost * commitment_loss
-               + self.cfg.codebook_revive_weight * revive_loss)
-    return quantized, ids_Bxhxw, {"loss_vq": loss_vq, "code_counts": counts_K}
+    return quantized, ids_Bxhxw, {"codebook": codebook_loss, "commitment": commitment_loss,
+                                  "revive": revive_loss, "code_counts": counts_K}
 
 
 class Discriminator(nn.Module):
@@ -246,7 +234,7 @@ class Discriminator(nn.Module):
     h = nn.leaky_relu(_norm(cfg, h), 0.2)
     h = _conv(cfg, cfg.disc_channels * 4, 3)(h)
     h = nn.leaky_relu(_norm(cfg, h), 0.2)
-    return _conv(cfg, 1, 3, name="logits")(h)[..., 0].astype(jnp.float32)
+    return _conv(cfg, 1, 3, name="logits", head=True)(h)[..., 0].astype(jnp.float32)
 
 
 def conv_flops(size: int, k: int, cin: int, cout: int, stride: int = 1) -> float:

@@ -25,7 +25,7 @@ axis); leaves with no such axis (the cache index) are shared by all rows and lef
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -98,34 +98,27 @@ def sample_tokens(rng: jax.Array, logits_BxV: jax.Array, temperature: float = 1.
   return jnp.argmax(noisy_BxV, axis=-1).astype(jnp.int32)
 
 
-def check_settings(temperature: float, top_k: int, top_p: float, guidance_scale: float,
-                   prefix: str = "config.sample") -> None:
-  """Errors naming the offending config key."""
-  if temperature < 0:
-    raise ValueError(f"{prefix}.temperature={temperature}: must be >= 0 (0 = greedy)")
-  if top_k < 0:
-    raise ValueError(f"{prefix}.top_k={top_k}: must be >= 0 (0 = no top-k filter)")
-  if not 0.0 < top_p <= 1.0:
-    raise ValueError(f"{prefix}.top_p={top_p}: must be in (0, 1] (1 = no nucleus filter)")
-  if not guidance_scale >= 0.0:
-    raise ValueError(f"{prefix}.guidance_scale={guidance_scale}: must be >= 0 (0 = unguided)")
-
-
 def decode(step_fn: StepFn, logits_RxV: jax.Array, cache: Any, num_tokens: int, rng: jax.Array,
            *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           guidance_scale: float = 0.0) -> jax.Array:
+           guidance_scale: float = 0.0, given_BxN: Optional[jax.Array] = None,
+           known_BxN: Optional[jax.Array] = None) -> jax.Array:
   """Samples `num_tokens` tokens per row: int32 BxN.
 
   `logits_RxV` / `cache` come from the family's prefill (R = B, or 2B with guidance, see the
   module docstring). Token i is drawn with fold_in(rng, i); `step_fn` runs num_tokens - 1
-  times (the last token is never fed back, so the cache needs no slot for it).
+  times (the last token is never fed back, so the cache needs no slot for it). Where
+  `known_BxN` is True the token is `given_BxN` instead of a draw, and that token is fed
+  back (inpainting in raster order: a token sees the known tokens before it, not after).
+  Settings are Python numbers, checked by SampleSettings.
   """
-  check_settings(temperature, top_k, top_p, guidance_scale, prefix="decode")
   guidance_scale = float(guidance_scale)
 
   def choose(logits_RxV, i):
-    return sample_tokens(jax.random.fold_in(rng, i), guided_logits(logits_RxV, guidance_scale),
-                         temperature, top_k, top_p)
+    tokens_B = sample_tokens(jax.random.fold_in(rng, i),
+                             guided_logits(logits_RxV, guidance_scale), temperature, top_k, top_p)
+    if known_BxN is None:
+      return tokens_B
+    return jnp.where(known_BxN[:, i], given_BxN[:, i].astype(jnp.int32), tokens_B)
 
   def body(carry, i):
     logits_RxV, cache = carry

@@ -1,6 +1,6 @@
 """Samplers for the UPGen family: text->image, inpainting, unconditional image, image->text.
 
-All take `params` (the "params" collection), the `UPGen` module, and `cfg` = config.sample
+All take `params` (the "params" collection), the `UPGen` module, and the `SampleSettings`
 (num_steps, schedule, temperature, temperature_schedule, choice_temperature, guidance_scale,
 text_steps). They are jitted with the module and the settings static, and return token ids
 (int32); decoding image tokens to pixels is the image tokenizer's job.
@@ -14,44 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import linen as nn
 
-from upgen.sampling import mask_schedule, maskgit
-
-
-@dataclasses.dataclass(frozen=True)
-class SampleSettings:
-  """config.sample as a hashable record (a static argument of the jitted samplers)."""
-  num_steps: int = 12
-  schedule: str = "cosine"
-  temperature: float = 1.0
-  temperature_schedule: str = "constant"
-  choice_temperature: float = 4.5
-  guidance_scale: float = 0.0
-  text_steps: int = 4
-
-  @classmethod
-  def from_config(cls, cfg: ml_collections.ConfigDict) -> "SampleSettings":
-    fields = {f.name: type(f.default)(cfg.get(f.name, f.default)) for f in dataclasses.fields(cls)}
-    settings = cls(**fields)
-    mask_schedule.check_schedule(settings.schedule)
-    maskgit.check_temperature_schedule(settings.temperature_schedule)
-    for name in ("num_steps", "text_steps"):
-      if int(getattr(settings, name)) < 1:
-        raise ValueError(f"config.sample.{name}={getattr(settings, name)}: must be >= 1")
-    for name in ("temperature", "choice_temperature"):
-      if float(getattr(settings, name)) < 0:
-        raise ValueError(f"config.sample.{name}={getattr(settings, name)}: must be >= 0")
-    return settings
-
-
-def _settings(cfg: Any) -> SampleSettings:
-  return cfg if isinstance(cfg, SampleSettings) else SampleSettings.from_config(cfg)
+from upgen.sampling import maskgit
+from upgen.sampling.settings import SampleSettings
 
 
 def _apply(params, model: nn.Module, image_BxLi, text_BxLt, text_mask_BxLt):
@@ -109,21 +79,21 @@ def _check_text(model: nn.Module, text_tokens_BxLt, text_mask_BxLt):
   lt = model.config.text_seq_len
   if text_tokens_BxLt.shape[-1] != lt or text_mask_BxLt.shape != text_tokens_BxLt.shape:
     raise ValueError(f"text tokens {text_tokens_BxLt.shape} / mask {text_mask_BxLt.shape} do not "
-                     f"match config.model.text_seq_len={lt}")
+                     f"match the model's text_seq_len={lt} (config.data.text_seq_len)")
 
 
 def text_to_image(params, model: nn.Module, text_tokens_BxLt, text_mask_BxLt, rng,
-                  cfg) -> jax.Array:
-  """Image token ids BxLi (int32) for each caption, guided by cfg.guidance_scale."""
+                  settings: SampleSettings) -> jax.Array:
+  """Image token ids BxLi (int32) for each caption, guided by settings.guidance_scale."""
   _check_text(model, text_tokens_BxLt, text_mask_BxLt)
   shape = (text_tokens_BxLt.shape[0], model.config.image_seq_len)
   return _decode_image(params, jnp.zeros(shape, jnp.int32), jnp.zeros(shape, bool),
                        jnp.asarray(text_tokens_BxLt), jnp.asarray(text_mask_BxLt), rng,
-                       model=model, settings=_settings(cfg))
+                       model=model, settings=settings)
 
 
 def inpaint(params, model: nn.Module, image_tokens_BxLi, known_BxLi, text_tokens_BxLt,
-            text_mask_BxLt, rng, cfg) -> jax.Array:
+            text_mask_BxLt, rng, settings: SampleSettings) -> jax.Array:
   """Re-generates image tokens where `known_BxLi` is False; known tokens are kept as given."""
   _check_text(model, text_tokens_BxLt, text_mask_BxLt)
   if image_tokens_BxLi.shape != known_BxLi.shape:
@@ -131,14 +101,15 @@ def inpaint(params, model: nn.Module, image_tokens_BxLi, known_BxLi, text_tokens
                      f"{known_BxLi.shape} differ in shape")
   return _decode_image(params, jnp.asarray(image_tokens_BxLi), jnp.asarray(known_BxLi, bool),
                        jnp.asarray(text_tokens_BxLt), jnp.asarray(text_mask_BxLt), rng,
-                       model=model, settings=_settings(cfg))
+                       model=model, settings=settings)
 
 
-def unconditional_image(params, model: nn.Module, batch_size: int, rng, cfg) -> jax.Array:
+def unconditional_image(params, model: nn.Module, batch_size: int, rng,
+                        settings: SampleSettings) -> jax.Array:
   """Image token ids BxLi with no caption (the text is all [PAD], key-masked; no guidance)."""
   c = model.config
   text_BxLt = jnp.full((batch_size, c.text_seq_len), c.text_pad_id, jnp.int32)
-  settings = dataclasses.replace(_settings(cfg), guidance_scale=0.0)
+  settings = dataclasses.replace(settings, guidance_scale=0.0)
   shape = (batch_size, c.image_seq_len)
   return _decode_image(params, jnp.zeros(shape, jnp.int32), jnp.zeros(shape, bool), text_BxLt,
                        jnp.zeros(text_BxLt.shape, bool), rng, model=model, settings=settings)
@@ -165,22 +136,22 @@ _decode_text = jax.jit(_decode_text_impl, static_argnames=("model", "settings"))
 def _check_image(model: nn.Module, image_tokens_BxLi) -> None:
   if image_tokens_BxLi.shape[-1] != model.config.image_seq_len:
     raise ValueError(f"image tokens {image_tokens_BxLi.shape} do not match "
-                     f"config.model.image_seq_len={model.config.image_seq_len}")
+                     f"the model's image_seq_len={model.config.image_seq_len}")
 
 
-def image_to_text(params, model: nn.Module, image_tokens_BxLi, rng, cfg,
+def image_to_text(params, model: nn.Module, image_tokens_BxLi, rng, settings: SampleSettings,
                   text_length: Optional[int] = None) -> jax.Array:
   """Text token ids BxLt (int32): the first `text_length` positions (default all of
-  config.model.text_seq_len) are decoded in cfg.text_steps steps, the rest are [PAD]."""
+  the data's text_seq_len) are decoded in settings.text_steps steps, the rest are [PAD]."""
   c = model.config
   text_length = c.text_seq_len if text_length is None else int(text_length)
   if not 1 <= text_length <= c.text_seq_len:
     raise ValueError(f"image_to_text: text_length={text_length} must be in "
-                     f"[1, config.model.text_seq_len={c.text_seq_len}]")
+                     f"[1, text_seq_len={c.text_seq_len}]")
   _check_image(model, image_tokens_BxLi)
   length_B = jnp.full(image_tokens_BxLi.shape[:1], text_length, jnp.int32)
   return _decode_text(params, jnp.asarray(image_tokens_BxLi), length_B, rng, model=model,
-                      settings=_settings(cfg))
+                      settings=settings)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "settings"))
@@ -205,10 +176,11 @@ def _best_length(params, image_tokens_BxLi, rng, *, model: nn.Module, settings: 
   return jnp.take_along_axis(texts_NxBxLt, best_B[None, :, None], 0)[0]
 
 
-def image_to_text_best_length(params, model: nn.Module, image_tokens_BxLi, rng, cfg) -> jax.Array:
+def image_to_text_best_length(params, model: nn.Module, image_tokens_BxLi, rng,
+                              settings: SampleSettings) -> jax.Array:
   """Image->text with the caption length chosen per image: decode at every length 1..Lt and
   keep the text whose tokens are most likely (mean log-prob) under the model's prediction
   from the image alone (all text positions of that length masked)."""
   _check_image(model, image_tokens_BxLi)
   return _best_length(params, jnp.asarray(image_tokens_BxLi), rng, model=model,
-                      settings=_settings(cfg))
+                      settings=settings)

@@ -10,15 +10,15 @@ function compiles once.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from flax import linen as nn
 
+from upgen import families
 from upgen import paths
+from upgen import schema
 from upgen.models import vqgan
 
 
@@ -36,18 +36,18 @@ def params_sha256(params: Any) -> str:
 class ImageTokenizer:
   """A VQGAN (family "vqgan") with its params: uint8 images <-> int32 token grids."""
 
-  def __init__(self, config: ml_collections.ConfigDict, params: Any, path: str = "",
+  def __init__(self, setup: families.Setup, params: Any, path: str = "",
                batch_size: int = 64):
-    if config.model.family != "vqgan":
-      raise ValueError(f"{path or 'config'}: config.model.family={config.model.family!r}, "
+    if setup.family.name != "vqgan":
+      raise ValueError(f"{path or 'config'}: config.model.family={setup.family.name!r}, "
                        "an image tokenizer needs a 'vqgan' model")
     if "vqgan" not in params:
       raise ValueError(f"{path or 'params'}: expected the VQGAN family's params tree with a "
                        f"'vqgan' entry, got keys {sorted(params)}")
     if batch_size < 1:
       raise ValueError(f"batch_size={batch_size} must be >= 1")
-    self._config = config
-    self._model = vqgan.make_model(config)
+    self._cfg: vqgan.VQGANConfig = setup.model_config
+    self._model = setup.model
     self._params = {"vqgan": nn.meta.unbox(params["vqgan"])}
     self._path = path
     self._batch_size = batch_size
@@ -60,16 +60,15 @@ class ImageTokenizer:
 
   @property
   def codebook_size(self) -> int:
-    return int(self._config.model.codebook_size)
+    return self._cfg.codebook_size
 
   @property
   def image_size(self) -> int:
-    return int(self._config.model.image_size)
+    return self._cfg.image_size
 
   @property
   def grid(self) -> tuple[int, int]:
-    side = self._model.cfg.grid
-    return side, side
+    return self._cfg.grid, self._cfg.grid
 
   @property
   def path(self) -> str:
@@ -79,15 +78,20 @@ class ImageTokenizer:
     """What makes token ids comparable: family, model config, params hash, source path."""
     if not self._sha256:
       self._sha256 = params_sha256(self._params)
-    return {"family": "vqgan", "config": json.loads(self._config.model.to_json()),
-            "sha256": self._sha256, "path": self._path}
+    config = {k: list(v) if isinstance(v, tuple) else v
+              for k, v in schema.to_dict(self._cfg).items() if k not in ("dtype", "param_dtype")}
+    return {"family": "vqgan", "config": config, "sha256": self._sha256, "path": self._path}
 
   def _batched(self, fn, inputs: np.ndarray) -> np.ndarray:
+    """fn over fixed-size batches on the default device, outside any caller's mesh (a
+    training loop previewing on a tensor-parallel mesh, say)."""
+    from upgen.train import mesh as mesh_lib
     n = inputs.shape[0]
     pad = (-n) % self._batch_size
     padded = np.concatenate([inputs, np.zeros((pad,) + inputs.shape[1:], inputs.dtype)])
-    outs = [np.asarray(fn(self._params, padded[i:i + self._batch_size]))
-            for i in range(0, n + pad, self._batch_size)]
+    with mesh_lib.detached():
+      outs = [np.asarray(fn(self._params, padded[i:i + self._batch_size]))
+              for i in range(0, n + pad, self._batch_size)]
     return np.concatenate(outs)[:n]
 
   def encode(self, images_NxHxWx3: np.ndarray) -> np.ndarray:
@@ -118,5 +122,5 @@ class ImageTokenizer:
 def load(workdir: str, batch_size: int = 64) -> ImageTokenizer:
   """The image tokenizer of the latest checkpoint of a VQGAN training run directory."""
   from upgen.train import checkpoint  # The trainer's restore; heavy imports only here.
-  config, params = checkpoint.restore_params(workdir)
-  return ImageTokenizer(config, params, path=paths.absolute(workdir), batch_size=batch_size)
+  _, setup, params = checkpoint.restore_params(workdir)
+  return ImageTokenizer(setup, params, path=paths.absolute(workdir), batch_size=batch_size)

@@ -1,7 +1,9 @@
 """Orbax checkpoints of the train state and the data iterator, and the run's config.
 
 Layout of a run directory (the trainer's workdir):
-  config.json              the resolved config (vocab sizes etc. filled in from the data)
+  config.json              the config the run trains with
+  data_spec.json           the sizes its data fixes (upgen/data/spec.py): the model is
+                           built from config.json's model group and this
   checkpoints/<step>/      orbax: item "state" (step, params, opt_state), item "data" (the
                            input iterator's state, JSON), written asynchronously
   metrics.jsonl            one JSON object per logged step
@@ -18,6 +20,7 @@ and on GCS marks a finished checkpoint with a commit file instead of renaming it
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Optional
 
 import jax
@@ -26,17 +29,26 @@ import orbax.checkpoint as ocp
 
 from upgen import families
 from upgen import paths
+from upgen.data.spec import SPEC_FILE, DataSpec
+from upgen.train import migrate
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
+log = logging.getLogger("upgen.train")
 
 
-def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+class CheckpointReadError(OSError):
+  """A checkpoint that exists could not be read (permissions, I/O): not a config mismatch."""
+
+
+def save_run_config(workdir: str, config: ml_collections.ConfigDict, spec: DataSpec) -> None:
+  """config.json and data_spec.json (process 0; each written atomically)."""
   if jax.process_index() != 0:
     return
   paths.makedirs(workdir)
   paths.write_atomic(paths.join(workdir, CONFIG_FILE),
                      config.to_json_best_effort(indent=2, sort_keys=True))
+  paths.write_atomic(paths.join(workdir, SPEC_FILE), spec.to_json())
 
 
 def _to_tuples(x):
@@ -48,16 +60,30 @@ def _to_tuples(x):
   return x
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
+def _read_json(path: str) -> Any:
+  try:
+    with paths.open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def load_run_config(workdir: str) -> tuple[ml_collections.ConfigDict, DataSpec]:
+  """(config, data spec) of a run directory; runs written before data_spec.json existed are
+  migrated (upgen/train/migrate.py) or refused with the key that is missing."""
   path = paths.join(workdir, CONFIG_FILE)
   if not paths.exists(path):
     raise FileNotFoundError(f"{path}: no config.json - is {workdir!r} a upgen run directory?")
-  try:
-    with paths.open(path) as f:
-      raw = json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: not valid JSON ({e})") from e
-  return ml_collections.ConfigDict(_to_tuples(raw))
+  raw = _read_json(path)
+  spec_path = paths.join(workdir, SPEC_FILE)
+  if paths.exists(spec_path):
+    spec = DataSpec.from_dict(_read_json(spec_path), spec_path)
+  elif migrate.is_v1(raw):
+    raw, spec = migrate.from_v1(raw, path)
+  else:
+    raise FileNotFoundError(f"{spec_path}: missing; the run's model cannot be rebuilt without "
+                            "the sizes of its data (train again in a new --workdir)")
+  return ml_collections.ConfigDict(_to_tuples(raw)), spec
 
 
 class Checkpointer:
@@ -89,10 +115,17 @@ class Checkpointer:
     try:
       out = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    except Exception as e:
+    except OSError as e:  # Permissions, a vanished or unreadable file: say so as such.
+      raise CheckpointReadError(
+          f"{self.directory}/{step}: cannot read the checkpoint ({type(e).__name__}: {e})"
+      ) from e
+    except (ValueError, KeyError, TypeError) as e:
+      if _is_io_error(e):  # tensorstore reports I/O failures as ValueError("PERMISSION_...").
+        raise CheckpointReadError(f"{self.directory}/{step}: cannot read the checkpoint "
+                                  f"({e})") from e
       raise ValueError(
-          f"{self.directory}/{step}: cannot restore the checkpoint into this config's "
-          f"state ({type(e).__name__}: {e})") from e
+          f"{self.directory}/{step}: the checkpoint does not fit this config's state (a "
+          f"changed model? {type(e).__name__}: {e})") from e
     return step, out["state"], dict(out["data"] or {})
 
   def wait(self) -> None:
@@ -107,9 +140,15 @@ def state_dict(state) -> dict[str, Any]:
   return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
 
 
+def _is_io_error(e: Exception) -> bool:
+  text = str(e)
+  return any(code in text for code in ("PERMISSION_DENIED", "Permission denied", "NOT_FOUND",
+                                       "DATA_LOSS", "UNAVAILABLE"))
+
+
 def restore_params(workdir: str, step: Optional[int] = None, mesh=None
-                   ) -> tuple[ml_collections.ConfigDict, Any]:
-  """(resolved config, params) from the latest (or given) checkpoint of a run directory.
+                   ) -> tuple[ml_collections.ConfigDict, families.Setup, Any]:
+  """(config, built family, params) from the latest (or given) checkpoint of a run directory.
 
   Params are restored in the layout the current mesh gives them (by default all local
   devices as data parallel), whatever mesh wrote them.
@@ -118,17 +157,17 @@ def restore_params(workdir: str, step: Optional[int] = None, mesh=None
   from upgen.train import optimizer as optimizer_lib
   from upgen.train import state as state_lib
 
-  config = load_config(workdir)
-  family = families.get_family(config.model.family)
-  model = family.make_model(config)
+  config, spec = load_run_config(workdir)
+  setup = families.build(config, spec)
   tx = optimizer_lib.make_optimizer(config.optim, config.train.steps)
   if mesh is None:
     mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(
         {"data": -1, "fsdp": 1, "tensor": 1, "rules": config.mesh.rules}))
-  abstract, _ = state_lib.abstract_state(family, model, tx, config, mesh)
-  ckpt = Checkpointer(workdir, async_save=False)
-  try:
-    _, restored, _ = ckpt.restore(state_dict(abstract), step)
-  finally:
-    ckpt.close()
-  return config, restored["params"]
+  with mesh_lib.detached():  # The caller's mesh (a training loop's) is not this layout.
+    abstract, _ = state_lib.abstract_state(setup, tx, mesh, config.mesh)
+    ckpt = Checkpointer(workdir, async_save=False)
+    try:
+      _, restored, _ = ckpt.restore(state_dict(abstract), step)
+    finally:
+      ckpt.close()
+  return config, setup, restored["params"]

@@ -60,6 +60,16 @@ def activate(mesh: Mesh, mesh_config: ml_collections.ConfigDict):
     yield
 
 
+@contextlib.contextmanager
+def detached():
+  """No mesh and no logical axis rules in scope, whatever the caller activated: flax's
+  logical constraints become no-ops and arrays go where their own code puts them. For
+  host-side helpers with a layout of their own (the image tokenizer decoding previews inside
+  a training loop on another mesh, restoring a run's parameters for sampling)."""
+  with jax.set_mesh(None), nn.logical_axis_rules(()):
+    yield
+
+
 def logical_shardings(abstract_tree: Any, mesh: Mesh, mesh_config: ml_collections.ConfigDict) -> Any:
   """NamedShardings for a tree whose leaves may be flax LogicallyPartitioned boxes."""
   specs = nn.get_partition_spec(abstract_tree)

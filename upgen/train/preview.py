@@ -1,14 +1,15 @@
 """Sample grids for TensorBoard while training (config.train.sample_every).
 
-A family's `preview_fn` turns a batch into uint8 images or into image token ids; ids are
-decoded here with the image tokenizer recorded in the data's metadata.json. The grid shows
-the references (the batch's own images) in the top row and the previews below them, for the
-first config.train.sample_examples examples of the first validation batch, which stay the
-same over the run so that grids are comparable step to step.
+The top row shows the first config.train.sample_examples examples of the first validation
+batch (which stay the same over the run, so grids compare step to step), the row below the
+family's output for them: its own `preview` where it has one (the VQGAN's reconstructions),
+else `sample_images` on their captions. The family's reader says where those images and
+captions are in a batch and turns token ids into pixels (with the data's image tokenizer),
+so nothing here knows a batch layout. Decoding runs on the host's copy of the ids, outside
+the training mesh, so previews work on any mesh shape.
 """
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any, Callable, Optional
 
@@ -22,46 +23,42 @@ from upgen.train import writers
 log = logging.getLogger("upgen.train")
 
 
-def _image_decoder(config: ml_collections.ConfigDict) -> Callable[[np.ndarray], np.ndarray]:
-  """int ids NxLi -> uint8 pixels with the data's image tokenizer."""
-  from upgen.data import pipeline
-  from upgen.data import records
-  from upgen.tokenizers import image
-  tok = image.load(records.tokenizer_path(config.data.dir, pipeline.read_metadata(config.data.dir),
-                                          "image_tokenizer"))
-  h, w = tok.grid
-  return lambda ids: tok.decode(np.asarray(ids).reshape(-1, h, w))
+def preview_fn(setup: families.Setup) -> Optional[Callable[..., Any]]:
+  """(params, batch, rng) -> the family's images for the batch, or None if it has none."""
+  family = setup.family
+  if family.preview is not None:
+    return lambda params, batch, rng: family.preview(params, batch, rng, model=setup.model)
+  if family.sample_images is None:
+    return None
+  sample = setup.bind("sample_images")
+
+  def from_captions(params, batch, rng):
+    captions = family.reads.captions(batch)
+    if captions is None:
+      raise ValueError(f"family {family.name!r} samples from captions, but its reader "
+                       f"{family.reads.name!r} yields none")
+    return sample(params, *captions, rng)
+
+  return from_captions
 
 
 class Previewer:
   """Jitted preview of a fixed set of examples, rendered to one grid image."""
 
-  def __init__(self, config: ml_collections.ConfigDict, family: families.Family, model: Any,
-               replicated: jax.sharding.Sharding):
+  def __init__(self, config: ml_collections.ConfigDict, setup: families.Setup,
+               fn: Callable[..., Any], replicated: jax.sharding.Sharding):
     self.num = int(config.train.sample_examples)
-    self._decode: Optional[Callable[[np.ndarray], np.ndarray]] = None
     self._batch: Optional[dict] = None  # The global batch previewed at every call.
-    if family.data_kind == "tokens":
-      self._decode = _image_decoder(config)
-    num = self.num
-    preview = functools.partial(family.preview_fn, model=model, config=config)
+    self._pixels = setup.family.reads.pixels(config.data)
+    reference, num = setup.family.reads.reference, self.num
 
-    def fn(params, batch, rng):
+    def both(params, batch, rng):
       # Slicing inside jit keeps multi-host simple: the batch is the sharded global batch,
       # the output is replicated and so readable on every process.
       few = jax.tree.map(lambda x: x[:num], batch)
-      reference = few["image_tokens"] if "image_tokens" in few else few["image"]
-      return reference, preview(params, few, rng)
+      return reference(few), fn(params, few, rng)
 
-    self._fn = jax.jit(fn, out_shardings=(replicated, replicated))
-
-  def _pixels(self, x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x)
-    if x.dtype == np.uint8 and x.ndim == 4:
-      return x
-    if self._decode is None:
-      raise ValueError(f"preview returned {x.dtype} {x.shape}: token ids need a tokens family")
-    return self._decode(x)
+    self._fn = jax.jit(both, out_shardings=(replicated, replicated))
 
   def __call__(self, params: Any, first_batch: Callable[[], dict], rng: jax.Array
                ) -> Optional[np.ndarray]:
@@ -76,22 +73,25 @@ class Previewer:
         self._batch = {}
     if not self._batch:
       return None
-    reference, preview = jax.device_get(self._fn(params, self._batch, rng))
-    images = np.concatenate([self._pixels(reference), self._pixels(preview)])
+    reference, preview = (np.asarray(x) for x in jax.device_get(
+        self._fn(params, self._batch, rng)))
+    try:
+      images = np.concatenate([self._pixels(reference), self._pixels(preview)])
+    except FileNotFoundError as e:  # Training does not need the image tokenizer; grids do.
+      log.warning("no sample grids: %s", e)
+      self._batch = {}
+      return None
     return writers.image_grid(images, columns=len(images) // 2)
 
 
-def make(config: ml_collections.ConfigDict, family: families.Family, model: Any,
+def make(config: ml_collections.ConfigDict, setup: families.Setup,
          replicated: jax.sharding.Sharding) -> Optional[Previewer]:
-  """A Previewer when config.train.sample_every > 0 and the family has a preview_fn."""
+  """A Previewer when config.train.sample_every > 0 and the family can preview."""
   if config.train.sample_every <= 0:
     return None
-  if family.preview_fn is None:
-    log.warning("config.train.sample_every=%d but family %s has no preview_fn; no sample grids",
-                config.train.sample_every, family.name)
+  fn = preview_fn(setup)
+  if fn is None:
+    log.warning("config.train.sample_every=%d but family %s neither previews nor samples; "
+                "no sample grids", config.train.sample_every, setup.family.name)
     return None
-  try:
-    return Previewer(config, family, model, replicated)
-  except FileNotFoundError as e:  # Training does not need the image tokenizer; grids do.
-    log.warning("no sample grids: %s", e)
-    return None
+  return Previewer(config, setup, fn, replicated)

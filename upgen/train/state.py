@@ -5,7 +5,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from flax import linen as nn
 from flax import struct
@@ -30,32 +29,32 @@ class TrainState(struct.PyTreeNode):
     return self.replace(step=self.step + 1, params=params, opt_state=opt_state)
 
 
-def _init_fn(family: families.Family, model: nn.Module, tx, config: ml_collections.ConfigDict):
-  batch = family.dummy_batch(config, 1)
+def _init_fn(setup: families.Setup, tx):
+  batch = setup.dummy_batch(1)
 
   def init(rng):
-    variables = family.init_variables(model, rng, batch)
+    variables = setup.family.init_variables(setup.model, rng, batch)
     return TrainState.create(variables["params"], tx)
 
   return init
 
 
-def abstract_state(family, model, tx, config, mesh) -> tuple[Any, Any]:
+def abstract_state(setup: families.Setup, tx, mesh, mesh_config) -> tuple[Any, Any]:
   """(abstract unboxed state, its NamedShardings), without allocating anything."""
   # Init runs outside the mesh context: flax applies logical constraints to parameters
   # while initializers run (on DenseGeneral's flattened kernels); out_shardings place them.
-  boxed = jax.eval_shape(_init_fn(family, model, tx, config), jax.random.key(0))
-  shardings = mesh_lib.logical_shardings(boxed, mesh, config.mesh)
+  boxed = jax.eval_shape(_init_fn(setup, tx), jax.random.key(0))
+  shardings = mesh_lib.logical_shardings(boxed, mesh, mesh_config)
   abstract = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       nn.meta.unbox(boxed), shardings)
   return abstract, shardings
 
 
-def create_state(family, model, tx, config, mesh, rng: jax.Array) -> TrainState:
+def create_state(setup: families.Setup, tx, mesh, mesh_config, rng: jax.Array) -> TrainState:
   """Initializes parameters and optimizer state directly in their sharded layout."""
-  _, shardings = abstract_state(family, model, tx, config, mesh)
-  init = _init_fn(family, model, tx, config)
+  _, shardings = abstract_state(setup, tx, mesh, mesh_config)
+  init = _init_fn(setup, tx)
   return jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
 
 

@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
-from upgen import families
-from upgen.train import optimizer as optimizer_lib
 from upgen.train.state import TrainState
+
+# (params, batch, rng, *, train, step) -> (loss, metrics): a family's loss_fn with its model
+# and settings bound (families.Setup.loss_fn).
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
 def _split_microbatches(batch: Any, num_micro: int) -> Any:
@@ -28,19 +29,21 @@ def _split_microbatches(batch: Any, num_micro: int) -> Any:
   return jax.tree.map(split, batch)
 
 
-def train_step(state: TrainState, batch: Any, rng: jax.Array, *, family: families.Family,
-               model: Any, config: ml_collections.ConfigDict) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: Any, rng: jax.Array, *, loss_fn: LossFn,
+               grad_accum_steps: int = 1, schedule: Optional[optax.Schedule] = None
+               ) -> tuple[TrainState, dict]:
   """One optimizer step. Randomness is fold_in(rng, step), so a resumed run repeats it.
+  `grad_accum_steps` micro-batches make one step; `schedule` (the learning rate by step) is
+  only logged.
 
   A step whose loss or gradient is not finite leaves parameters and optimizer state as they
   were (only the step counter advances) and reports finite=0; the host decides to stop or
   go on (config.train.on_nonfinite).
   """
   step_rng = jax.random.fold_in(rng, state.step)
-  loss_fn = functools.partial(family.loss_fn, model=model, config=config, train=True,
-                              step=state.step)
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  num_micro = int(config.optim.grad_accum_steps)
+  grad_fn = jax.value_and_grad(functools.partial(loss_fn, train=True, step=state.step),
+                               has_aux=True)
+  num_micro = int(grad_accum_steps)
   if num_micro <= 1:
     (loss, aux), grads = grad_fn(state.params, batch, step_rng)
   else:
@@ -62,17 +65,16 @@ def train_step(state: TrainState, batch: Any, rng: jax.Array, *, family: familie
   kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                       (updated.params, updated.opt_state), (state.params, state.opt_state))
   new_state = updated.replace(params=kept[0], opt_state=kept[1])
-  schedule = optimizer_lib.learning_rate_schedule(config.optim, config.train.steps)
   metrics = dict(aux)
-  metrics.update(
-      loss=loss, grad_norm=grad_norm, param_norm=optax.tree.norm(new_state.params),
-      learning_rate=schedule(state.step), finite=finite.astype(jnp.float32))
+  metrics.update(loss=loss, grad_norm=grad_norm, param_norm=optax.tree.norm(new_state.params),
+                 finite=finite.astype(jnp.float32))
+  if schedule is not None:
+    metrics["learning_rate"] = schedule(state.step)
   return new_state, metrics
 
 
-def eval_step(params: Any, batch: Any, rng: jax.Array, *, family: families.Family, model: Any,
-              config: ml_collections.ConfigDict) -> dict:
-  """Loss metrics without dropout. A fixed rng makes masked-token losses comparable."""
-  loss, aux = family.loss_fn(params, batch, rng, model=model, config=config, train=False,
-                             step=jnp.asarray(config.train.steps, jnp.int32))
+def eval_step(params: Any, batch: Any, rng: jax.Array, *, loss_fn: LossFn, step: int) -> dict:
+  """Loss metrics without dropout, as at optimizer step `step`. A fixed rng makes
+  masked-token losses comparable."""
+  loss, aux = loss_fn(params, batch, rng, train=False, step=jnp.asarray(step, jnp.int32))
   return dict(aux, loss=loss)

@@ -1,9 +1,10 @@
 """The family-agnostic training loop.
 
-`train(config, workdir)` resolves the config against the data, builds the mesh and a
-sharded state (or restores the latest checkpoint, data iterator included), then runs the
-pure `train_step` under jit with donated state. Logging reads step n's metrics after step
-n+1 has been dispatched, so the host never stalls the device.
+`train(config, workdir)` builds the family against the data it reads (families.build), the
+mesh and a sharded state (or restores the latest checkpoint, data iterator included), then
+runs the pure `train_step` under jit with donated state. Logging reads step n's metrics
+after step n+1 has been dispatched, so the host never stalls the device. Nothing here knows
+a family or a batch layout: the family's reader supplies batches, the family its loss.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from upgen import families
-from upgen.data import pipeline
+from upgen.data.spec import DataSpec
 from upgen.train import checkpoint as ckpt_lib
 from upgen.train import mesh as mesh_lib
 from upgen.train import optimizer as optimizer_lib
@@ -66,41 +67,36 @@ class _Preemption:
     return bool(flags[0]), bool(flags[1])
 
 
-def resolve_config(config: ml_collections.ConfigDict, family: families.Family
-                   ) -> ml_collections.ConfigDict:
-  """A copy of config with data-dependent fields (-1) filled in from the data's metadata."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  if family.data_kind == "tokens":
-    if not config.data.dir:
-      raise ValueError("config.data.dir is empty: point it at a directory of records "
-                       "written by `upgen tokenize` (with metadata.json)")
-    pipeline.resolve_model_config(config, pipeline.read_metadata(config.data.dir))
-  return config
+def build(config: ml_collections.ConfigDict) -> families.Setup:
+  """The family of config.model.family, built against the data its reader finds."""
+  family = families.get_family(config.model.family)
+  return families.build(config, family.reads.spec(config.data), family)
 
 
-def _check_same_model(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
-                      workdir: str) -> None:
-  diffs = [k for k in set(saved.model.keys()) | set(config.model.keys())
-           if saved.model.get(k) != config.model.get(k)]
+def check_resume(saved: tuple[ml_collections.ConfigDict, DataSpec],
+                 config: ml_collections.ConfigDict, spec: DataSpec, workdir: str) -> None:
+  """A run resumes with the same architecture and data sizes; a changed config.loss (or
+  optimizer, schedule, ...) is allowed and logged."""
+  saved_config, saved_spec = saved
+  old, new = saved_config.model.to_dict(), config.model.to_dict()
+  diffs = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
   if diffs:
-    k = sorted(diffs)[0]
+    k = diffs[0]
     raise ValueError(
-        f"{workdir}/config.json: config.model.{k}={saved.model.get(k)!r} there but "
-        f"{config.model.get(k)!r} now; resume with the same model or use a new --workdir")
-
-
-def make_iterators(config, family, rows):
-  """(train iterator, eval iterator factory) loading `rows` of each global batch."""
-  if family.data_kind == "tokens":
-    train_iter = pipeline.make_train_iterator(config, rows=rows)
-    eval_fn = functools.partial(pipeline.make_eval_iterator, config, config.data.val_split,
-                                rows=rows)
-  else:
-    train_iter = pipeline.make_image_iterator(config, config.data.train_split, rows=rows,
-                                              train=True)
-    eval_fn = functools.partial(pipeline.make_image_iterator, config, config.data.val_split,
-                                rows=rows, train=False)
-  return train_iter, eval_fn
+        f"{workdir}/config.json: config.model.{k}={old.get(k)!r} there but {new.get(k)!r} "
+        "now; resume with the same model or use a new --workdir")
+  changed = saved_spec.differences(spec)
+  if changed:
+    k = changed[0]
+    raise ValueError(
+        f"{workdir}/data_spec.json: {k}={getattr(saved_spec, k)!r} there but "
+        f"{getattr(spec, k)!r} in the data now (config.data.dir={config.data.dir}); resume "
+        "on records of the same tokenizers and lengths or use a new --workdir")
+  old_loss = saved_config.get("loss", ml_collections.ConfigDict()).to_dict()
+  new_loss = config.loss.to_dict()
+  for k in sorted(set(old_loss) | set(new_loss)):
+    if old_loss.get(k) != new_loss.get(k):
+      log.info("resuming with config.loss.%s=%r (was %r)", k, new_loss.get(k), old_loss.get(k))
 
 
 def _global_batch(batch: dict, sharding, batch_size: int) -> dict:
@@ -109,11 +105,7 @@ def _global_batch(batch: dict, sharding, batch_size: int) -> dict:
       sharding, np.asarray(v), (batch_size,) + np.shape(v)[1:]) for k, v in batch.items()}
 
 
-def _tokens_per_example(batch: dict) -> int:
-  return sum(int(np.shape(batch[k])[1]) for k in ("image_tokens", "text_tokens") if k in batch)
-
-
-def evaluate(config, family, model, params, eval_iter_fn, batch_sharding, eval_fn) -> dict:
+def evaluate(config, eval_iter_fn, batch_sharding, eval_fn, params) -> dict:
   """Mean eval metrics over config.train.eval_batches validation batches."""
   try:
     it = eval_iter_fn()
@@ -136,23 +128,24 @@ def evaluate(config, family, model, params, eval_iter_fn, batch_sharding, eval_f
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`. Returns a summary of the run."""
-  family = families.get_family(config.model.family)
-  config = resolve_config(config, family)
+  setup = build(config)
+  family, spec = setup.family, setup.spec
   try:
-    saved = ckpt_lib.load_config(workdir)
+    saved = ckpt_lib.load_run_config(workdir)
   except FileNotFoundError:
     saved = None
   if saved is not None:
-    _check_same_model(saved, config, workdir)
-  ckpt_lib.save_config(workdir, config)
+    check_resume(saved, config, spec, workdir)
+  ckpt_lib.save_run_config(workdir, config, spec)
 
   mesh = mesh_lib.make_mesh(config.mesh)
-  model = family.make_model(config)
   tx = optimizer_lib.make_optimizer(config.optim, config.train.steps)
-  abstract, shardings = state_lib.abstract_state(family, model, tx, config, mesh)
+  abstract, shardings = state_lib.abstract_state(setup, tx, mesh, config.mesh)
   batch_sharding = mesh_lib.batch_sharding(mesh, config.mesh)
-  train_iter, eval_iter_fn = make_iterators(
-      config, family, mesh_lib.process_rows(batch_sharding, config.data.batch_size))
+  rows = mesh_lib.process_rows(batch_sharding, config.data.batch_size)
+  train_iter = family.reads.train_iterator(config, spec, rows)
+  eval_iter_fn = functools.partial(family.reads.eval_iterator, config, spec,
+                                   config.data.val_split, rows)
 
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   latest = checkpointer.latest_step()
@@ -164,22 +157,26 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     writers.truncate_metrics(workdir, latest)
     log.info("resumed %s from step %d", workdir, latest)
   else:
-    state = state_lib.create_state(family, model, tx, config, mesh, jax.random.key(config.seed))
+    state = state_lib.create_state(setup, tx, mesh, config.mesh, jax.random.key(config.seed))
   step = int(jax.device_get(state.step))
   num_params = state_lib.count_params(state.params)
 
   state_shardings = state_lib.TrainState(tx=tx, **ckpt_lib.state_dict(shardings))
   replicated = mesh_lib.replicated(mesh)
+  loss_fn = setup.loss_fn()
   p_train = jax.jit(
-      functools.partial(step_lib.train_step, family=family, model=model, config=config),
+      functools.partial(
+          step_lib.train_step, loss_fn=loss_fn, grad_accum_steps=config.optim.grad_accum_steps,
+          schedule=optimizer_lib.learning_rate_schedule(config.optim, config.train.steps)),
       in_shardings=(state_shardings, batch_sharding, replicated),
       out_shardings=(state_shardings, replicated), donate_argnums=0)
-  p_eval = jax.jit(functools.partial(step_lib.eval_step, family=family, model=model,
-                                     config=config), out_shardings=replicated)
+  p_eval = jax.jit(functools.partial(step_lib.eval_step, loss_fn=loss_fn,
+                                     step=config.train.steps), out_shardings=replicated)
   rng = jax.random.key(config.seed)
   writer = writers.MetricWriter(workdir)
-  previewer = preview_lib.make(config, family, model, replicated)
+  previewer = preview_lib.make(config, setup, replicated)
   total = int(config.train.steps)
+  tokens_per_batch = family.reads.tokens_per_example(spec) * config.data.batch_size
   progress = None
   if config.train.progress and jax.process_index() == 0:
     import tqdm
@@ -187,6 +184,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                          dynamic_ncols=True)
   log.info("%s: %d parameters, mesh %s, steps %d -> %d", family.name, num_params,
            dict(mesh.shape), step, total)
+
+  def run_eval() -> dict:
+    return evaluate(config, eval_iter_fn, batch_sharding, p_eval, state.params)
 
   def save(at_step: int) -> None:
     checkpointer.save(at_step, ckpt_lib.state_dict(state), train_iter.get_state(), force=True)
@@ -249,14 +249,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     try:
       while step < total:
         batch = next(train_iter)
-        tokens = _tokens_per_example(batch) * config.data.batch_size
         state, metrics = p_train(
             state, _global_batch(batch, batch_sharding, config.data.batch_size), rng)
         if pending is not None:
           consume(*pending)
         step += 1
         interval_examples += config.data.batch_size
-        interval_tokens += tokens
+        interval_tokens += tokens_per_batch
         pending = (step, metrics)
         preempted, out_of_time = preemption.agreed(
             config.train.max_minutes > 0 and
@@ -268,8 +267,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           pending = None
           save(step)
         if config.train.eval_every and step % config.train.eval_every == 0:
-          writer.write_scalars(step, evaluate(config, family, model, state.params,
-                                              eval_iter_fn, batch_sharding, p_eval))
+          writer.write_scalars(step, run_eval())
         if previewer is not None and step % config.train.sample_every == 0:
           write_preview(step)
         if preempted or out_of_time:
@@ -279,8 +277,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       if pending is not None:
         consume(*pending)
       flush_interval(step)  # A run stopped early logs its last partial interval.
-      final_eval = {} if stopped_reason == "preempted" else evaluate(
-          config, family, model, state.params, eval_iter_fn, batch_sharding, p_eval)
+      final_eval = {} if stopped_reason == "preempted" else run_eval()
       if final_eval:
         writer.write_scalars(step, final_eval)
       if (previewer is not None and stopped_reason != "preempted"

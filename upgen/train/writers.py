@@ -101,3 +101,33 @@ def image_grid(images_NxHxWx3: np.ndarray, columns: Optional[int] = None, pad: i
     y, x = pad + r * (h + pad), pad + col * (w + pad)
     grid[y:y + h, x:x + w] = images[i]
   return grid
+
+
+def sample_grid(images_NxHxWx3: np.ndarray, per_prompt: int = 1, *, min_cell: int = 64,
+                pad: int = 1, gap: int = 5) -> tuple[np.ndarray, list[tuple[int, int]]]:
+  """A near-square grid of samples: each prompt's `per_prompt` samples side by side (a
+  group), groups wrapping row by row with a wider gap between groups, images upscaled
+  (nearest) to at least `min_cell` pixels. Returns (uint8 grid, (row, column) of every
+  image's cell) so a manifest can say where each sample is."""
+  images = np.asarray(images_NxHxWx3)
+  n, h, w, c = images.shape
+  if per_prompt < 1 or n % per_prompt:
+    raise ValueError(f"{n} images are not groups of per_prompt={per_prompt}")
+  scale = max(1, -(-min_cell // max(h, w)))
+  images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+  h, w = h * scale, w * scale
+  num_groups = n // per_prompt
+  # Width ~ height: groups_per_row * per_prompt * w ~ (num_groups / groups_per_row) * h.
+  per_row = max(1, min(num_groups, round(math.sqrt(num_groups * h / (per_prompt * w)))))
+  rows = -(-num_groups // per_row)
+  group_w = per_prompt * (w + pad) - pad
+  grid = np.full((rows * (h + gap) + gap, per_row * (group_w + gap) + gap, c), 255, np.uint8)
+  cells = []
+  for i in range(n):
+    group, k = divmod(i, per_prompt)
+    r, g = divmod(group, per_row)
+    y = gap + r * (h + gap)
+    x = gap + g * (group_w + gap) + k * (w + pad)
+    grid[y:y + h, x:x + w] = images[i]
+    cells.append((r, g * per_prompt + k))
+  return grid, cells

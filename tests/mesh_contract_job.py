@@ -1,0 +1,85 @@
+"""The 8-device half of tests/test_families.py, run as a subprocess (8 fake CPU devices):
+every family trains 2 steps on a (data 2, fsdp 2, tensor 2) mesh through `trainer.train`
+with a sample grid at step 2, then every sampler it has runs from the run directory the way
+`upgen sample` runs it. Prints one JSON line.
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.mesh_contract_job OUT
+"""
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+
+from tests import test_end_to_end
+from tests import test_families
+from upgen import families
+from upgen import sample
+from upgen.data import readers
+from upgen.data import shapes
+from upgen.data import sources
+from upgen.data import tokenize
+from upgen.tokenizers import image as image_tok
+from upgen.tokenizers import text as text_tok
+from upgen.train import mesh as mesh_lib
+from upgen.train import optimizer
+from upgen.train import state as state_lib
+from upgen.train import trainer
+
+MESH = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
+
+
+def _train(name: str, data_dir: str, workdir: str) -> dict:
+  config = test_families.small_config(name)
+  config.update_from_flattened_dict({
+      "data.dir": data_dir, "data.batch_size": 8, "train.steps": 2, "train.sample_every": 2,
+      "train.sample_examples": 4, "train.eval_batches": 1, "train.progress": False, **MESH})
+  summary = trainer.train(config, workdir)
+  _, shardings = state_lib.abstract_state(
+      trainer.build(config), optimizer.make_optimizer(config.optim, 2),
+      mesh_lib.make_mesh(config.mesh), config.mesh)
+  sharded = sorted({str(s.spec) for s in jax.tree.leaves(shardings.params)
+                    if not s.is_fully_replicated})
+  return {"steps": summary["step"], "sharded": sharded, "sampled": {},
+          "grids": len(test_end_to_end.tensorboard_images(workdir, "samples"))}
+
+
+def main(out: str) -> dict:
+  images = os.path.join(out, "shapes")
+  shapes.generate(images, image_size=16, num_train=64, num_val=16, num_test=16, seed=0)
+  captions = [e["caption"] for e in sources.read_captions(os.path.join(images, "train"))]
+  text = text_tok.train_bpe(captions, 64, os.path.join(out, "text"))
+  results = {}
+  for name in families.names():
+    if families.get_family(name).reads is readers.IMAGE_FOLDER:
+      results[name] = _train(name, images, os.path.join(out, name))
+      tokenizer_run = os.path.join(out, name)
+  data = os.path.join(out, "data")
+  tokenize.tokenize_folder({s: sources.ImageFolderSource(os.path.join(images, s), 16)
+                            for s in ("train", "val")}, data, text,
+                           image_tok.load(tokenizer_run))
+  image_path = sources.read_captions(os.path.join(images, "val"))[0]["image"]
+  prompts = ["a small red circle on the left", "a blue square above a green triangle"]
+  for name in families.names():
+    if families.get_family(name).reads is not readers.TOKEN_RECORDS:
+      continue
+    workdir = os.path.join(out, name)
+    results[name] = _train(name, data, workdir)
+    run = sample.load_run(workdir)
+    sampled, family = {}, run.family
+    if family.sample_images:
+      sampled["sample_images"] = sample.generate_images(run, prompts, 2, batch_size=4)
+    if family.unconditional_images:
+      sampled["unconditional_images"] = sample.unconditional_images(run, 3, batch_size=2)
+    if family.inpaint:
+      sampled["inpaint"] = sample.inpaint_images(run, prompts, 1, image_path, (0, 0, 8, 16))
+    if family.caption_images:
+      sampled["caption_images"] = sample.caption_images(
+          run, np.stack([sources.load_image(image_path, 16)] * 3))
+    results[name]["sampled"] = {k: list(np.shape(v)) for k, v in sampled.items()}
+  return {"devices": jax.device_count(), "families": results}
+
+
+if __name__ == "__main__":
+  print(json.dumps(main(sys.argv[1])))

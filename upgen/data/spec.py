@@ -1,0 +1,72 @@
+"""`DataSpec`: the sizes the data fixes, passed to a model family as an argument.
+
+A reader (upgen/data/readers.py) builds it from what it reads: vocabulary sizes, special
+ids and the image token grid from the records' metadata.json, the caption length and the
+image resolution from config.data. The trainer saves it beside config.json as
+`data_spec.json`, so a run directory alone says what its model was built for, and a resumed
+run whose data changed shape is refused by name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping
+
+SPEC_FILE = "data_spec.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """Data-derived sizes; 0 (and -1 for ids) where the data has no such part."""
+  text_vocab_size: int = 0  # Text tokenizer vocabulary (incl. specials); 0: no text tokens.
+  text_pad_id: int = -1  # The text tokenizer's [PAD] id.
+  text_mask_id: int = -1  # Its [MASK] id (-1: it has none).
+  text_seq_len: int = 0  # Caption tokens per example (config.data.text_seq_len).
+  image_vocab_size: int = 0  # Image tokenizer codebook size; 0: no image tokens.
+  image_grid: tuple[int, int] = (0, 0)  # Image token grid (rows, columns), raster order.
+  image_size: int = 0  # Pixels per side of images the reader delivers (0: none).
+
+  def __post_init__(self):
+    object.__setattr__(self, "image_grid", tuple(int(v) for v in self.image_grid))
+    if len(self.image_grid) != 2:
+      raise ValueError(f"data spec image_grid={self.image_grid}: expected (rows, columns)")
+
+  @property
+  def image_seq_len(self) -> int:
+    return self.image_grid[0] * self.image_grid[1]
+
+  @property
+  def image_grid_width(self) -> int:
+    return self.image_grid[1]
+
+  def token_sizes(self, where: str = "the data") -> dict[str, int]:
+    """The sizes a token family's model is built with (image and text tokenizers both
+    needed; the error says which one `where` lacks)."""
+    if not self.image_vocab_size or not self.image_seq_len:
+      raise ValueError(f"{where} has no image tokenizer (metadata.json image_tokenizer is "
+                       "null): a token family needs image tokens")
+    if not self.text_vocab_size:
+      raise ValueError(f"{where} has no text tokenizer (metadata.json text_tokenizer is "
+                       "null): a token family needs text tokens")
+    if self.text_seq_len < 1:
+      raise ValueError(f"config.data.text_seq_len={self.text_seq_len}: must be >= 1")
+    return {"image_vocab_size": self.image_vocab_size, "image_seq_len": self.image_seq_len,
+            "image_grid_width": self.image_grid_width, "text_vocab_size": self.text_vocab_size,
+            "text_seq_len": self.text_seq_len, "text_pad_id": self.text_pad_id,
+            "text_mask_id": self.text_mask_id}
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, raw: Mapping[str, Any], where: str = SPEC_FILE) -> "DataSpec":
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+      raise ValueError(f"{where}: unknown key(s) {unknown}; a data spec has {sorted(names)}")
+    return cls(**raw)
+
+  def differences(self, other: "DataSpec") -> list[str]:
+    """Field names whose values differ."""
+    return [f.name for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(other, f.name)]
