@@ -13,6 +13,7 @@ import copy
 import logging
 from typing import Any
 
+from upgen.data import records
 from upgen.data.spec import DataSpec
 
 log = logging.getLogger("upgen.train")
@@ -55,6 +56,16 @@ def _take(model: dict, key: str, where: str, hint: str) -> Any:
   return model.pop(key)
 
 
+def _tokenizer_resolution(data_dir: str) -> int:
+  """The image tokenizer's resolution from the records' metadata (as today's reader puts it
+  in the spec), or 0 when the records are not reachable from here."""
+  try:
+    meta = records.read_metadata(data_dir)
+    return int(meta["image_tokenizer"]["image_size"]) if meta["image_tokenizer"] else 0
+  except (OSError, ValueError, KeyError, TypeError):
+    return 0
+
+
 def from_v1(raw: dict, where: str) -> tuple[dict, DataSpec]:
   """(today's config dict, DataSpec) from an old config.json dict; `where` names the file."""
   raw = copy.deepcopy(raw)
@@ -83,7 +94,8 @@ def from_v1(raw: dict, where: str) -> tuple[dict, DataSpec]:
     spec = DataSpec(text_vocab_size=sizes["text_vocab_size"], text_pad_id=sizes["text_pad_id"],
                     text_mask_id=sizes["text_mask_id"], text_seq_len=sizes["text_seq_len"],
                     image_vocab_size=sizes["image_vocab_size"],
-                    image_grid=(sizes["image_seq_len"] // width, width))
+                    image_grid=(sizes["image_seq_len"] // width, width),
+                    image_size=_tokenizer_resolution(data.get("dir", "")))
   for (group, key), renames in RENAMED_VALUES.items():
     value = raw.get(group, {}).get(key)
     if value in renames:
