@@ -13,7 +13,6 @@ setuptools.setup(
         "optax>=0.2.8,<0.3",
         "orbax-checkpoint>=0.12.8,<0.13",
         "ml-collections>=1.1.0,<2",
-        "clu>=0.0.12",
         "grain>=0.2.18,<0.3",
         "tokenizers>=0.22,<0.24",
         "transformers>=4.57.6,<6",

@@ -77,3 +77,53 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.tensor = 1
   c.mesh.rules = DEFAULT_RULES  # Logical axis -> mesh axis table.
   return c
+
+
+def token_records(c: ml_collections.ConfigDict, text_dropout: float) -> None:
+  """config.data of the families that read pre-tokenized records (readers.TOKEN_RECORDS)."""
+  c.data.train_split = "train"  # Split trained on.
+  c.data.val_split = "val"  # Split for validation loss.
+  c.data.text_seq_len = 12  # Caption tokens per example (longer captions are cut, shorter padded).
+  # Extra record sources mixed with data.dir, "kind:weight:dir" comma separated, kind in
+  # paired|image|text. data.dir has weight data.paired_weight.
+  c.data.extra_sources = ""
+  c.data.paired_weight = 1.0
+  c.data.image_dropout = 0.0  # Fraction of paired examples shown as text-only.
+  # Fraction of paired examples shown as image-only (the unconditional stream of guidance).
+  c.data.text_dropout = text_dropout
+
+
+def accelerator_recipe(c: ml_collections.ConfigDict) -> None:
+  """The base / large variants of the token families: batch 512, bf16, dropout, 64-token
+  captions, a 200k-step schedule."""
+  c.data.batch_size = 512
+  c.data.text_seq_len = 64
+  c.optim.lr = 4e-4
+  c.optim.warmup_steps = 5000
+  c.train.steps = 200_000
+  c.train.log_every = 100
+  c.train.checkpoint_every = 2000
+  c.train.sample_every = 5000
+  c.model.dtype = "bfloat16"
+  c.model.dropout_rate = 0.1
+
+
+def transformer_model(c: ml_collections.ConfigDict, family: str, variant: str,
+                      sizes: dict[str, tuple[int, int, int, int]]) -> None:
+  """config.model of a token family's transformer (upgen/models/layers.py TransformerConfig)
+  at `sizes[variant]` = (num_layers, emb_dim, num_heads, mlp_dim)."""
+  if variant not in sizes:
+    raise ValueError(f"configs/{family}.py: unknown variant {variant!r}; choose from "
+                     f"{sorted(sizes)}")
+  c.model.family = family
+  c.model.size = variant  # Name of the size variant (informational).
+  (c.model.num_layers,  # Transformer blocks.
+   c.model.emb_dim,  # Residual stream width.
+   c.model.num_heads,  # Attention heads.
+   c.model.mlp_dim) = sizes[variant]  # Hidden width of the MLP.
+  c.model.dropout_rate = 0.0  # Dropout on residual branches and embeddings.
+  c.model.attention_dropout_rate = 0.0  # Dropout on attention weights.
+  c.model.attention_impl = ""  # jax.nn.dot_product_attention: "" (jax picks), "xla", "cudnn".
+  # nn.scan over blocks: one compiled block instead of N (faster compiles for deep models).
+  c.model.scan_layers = False
+  c.model.remat = "none"  # Rematerialization: "none", "full", "dots", "dots_no_batch".

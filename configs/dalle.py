@@ -20,22 +20,9 @@ SIZES = {
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-  if arg not in SIZES:
-    raise ValueError(f"configs/dalle.py: unknown variant {arg!r}; choose from {sorted(SIZES)}")
-  layers, width, heads, mlp = SIZES[arg]
   c = common.base_config()
-  c.model.family = "dalle"
-  c.model.size = arg  # Name of the size variant (informational).
-  c.model.num_layers = layers  # Transformer blocks.
-  c.model.emb_dim = width  # Residual stream width.
-  c.model.num_heads = heads  # Attention heads.
-  c.model.mlp_dim = mlp  # Hidden width of the MLP.
-  c.model.dropout_rate = 0.0  # Dropout on residual branches and embeddings.
-  c.model.attention_dropout_rate = 0.0  # Dropout on attention weights.
-  c.model.attention_impl = ""  # jax.nn.dot_product_attention: "" (jax picks), "xla", "cudnn".
-  # nn.scan over blocks: one compiled block instead of N (faster compiles for deep models).
+  common.transformer_model(c, "dalle", arg, SIZES)
   c.model.scan_layers = arg == "large"
-  c.model.remat = "none"  # Rematerialization: "none", "full", "dots", "dots_no_batch".
   # Vocabularies, the token grid and special ids come from the records (data_spec.json).
 
   # Loss: per-modality means, mixed by these weights (DALL-E: 1/8 text, 7/8 image).
@@ -46,15 +33,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # are always conditional.
   c.loss.caption_dropout = 0.1
 
-  c.data.train_split = "train"  # Split trained on.
-  c.data.val_split = "val"  # Split for validation loss.
-  c.data.text_seq_len = 12  # Caption tokens in the stream (longer captions are cut).
-  # Extra record sources mixed with data.dir, "kind:weight:dir" comma separated, kind in
-  # paired|image|text. data.dir has weight data.paired_weight.
-  c.data.extra_sources = ""
-  c.data.paired_weight = 1.0
-  c.data.image_dropout = 0.0  # Fraction of paired examples shown as text-only.
-  c.data.text_dropout = 0.0  # Pipeline caption dropout; 0: loss.caption_dropout does it.
+  # Pipeline caption dropout 0: loss.caption_dropout does it, in the loss.
+  common.token_records(c, text_dropout=0.0)
 
   c.sample = ml_collections.ConfigDict()
   c.sample.temperature = 1.0  # Softmax temperature (0 = greedy).
@@ -75,14 +55,5 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 200
     c.train.sample_every = 250
   else:
-    c.data.batch_size = 512
-    c.optim.lr = 4e-4
-    c.optim.warmup_steps = 5000
-    c.train.steps = 200_000
-    c.train.log_every = 100
-    c.train.checkpoint_every = 2000
-    c.train.sample_every = 5000
-    c.model.dtype = "bfloat16"
-    c.model.dropout_rate = 0.1
-    c.data.text_seq_len = 64
+    common.accelerator_recipe(c)
   return c

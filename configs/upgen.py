@@ -19,18 +19,8 @@ SIZES = {
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-  if arg not in SIZES:
-    raise ValueError(f"configs/upgen.py: unknown variant {arg!r}; choose from {sorted(SIZES)}")
-  layers, width, heads, mlp = SIZES[arg]
   c = common.base_config()
-  c.model.family = "upgen"
-  c.model.size = arg  # Name of the size variant (informational).
-  c.model.num_layers = layers  # Transformer blocks.
-  c.model.emb_dim = width  # Residual stream width.
-  c.model.num_heads = heads  # Attention heads.
-  c.model.mlp_dim = mlp  # Hidden width of the MLP.
-  c.model.dropout_rate = 0.0  # Dropout on residual branches and embeddings.
-  c.model.attention_dropout_rate = 0.0  # Dropout on attention weights.
+  common.transformer_model(c, "upgen", arg, SIZES)
   # Fixed sin-cos positions: "2d" (image grid rows/cols, then 1D over the text) or "1d"
   # (one sequence over [image; text]).
   c.model.position_embedding = "2d"
@@ -38,9 +28,6 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # much smaller (BERT's 0.02) start as a faint signal under the positions, and on CPU
   # budgets the model then learns layout words long before it uses colour or shape words.
   c.model.embed_init_std = 1.0
-  c.model.attention_impl = ""  # jax.nn.dot_product_attention: "" (jax picks), "xla", "cudnn".
-  c.model.scan_layers = False  # nn.scan over blocks (faster compiles for deep models).
-  c.model.remat = "none"  # Rematerialization: "none", "full", "dots", "dots_no_batch".
   # Vocabularies, the token grid and special ids come from the records (data_spec.json).
 
   # Mask ratio r = schedule(u), u ~ U[0, 1), with the decoding schedules' names
@@ -61,15 +48,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.loss.unpaired_image_weight = 1.0  # Loss weight, image-only examples.
   c.loss.unpaired_text_weight = 0.01  # Loss weight, text-only examples.
 
-  c.data.train_split = "train"  # Split trained on.
-  c.data.val_split = "val"  # Split for validation loss.
-  c.data.text_seq_len = 12  # Caption tokens per example (longer captions are cut, shorter padded).
-  # Extra record sources mixed with data.dir, "kind:weight:dir" comma separated, kind in
-  # paired|image|text. data.dir has weight data.paired_weight.
-  c.data.extra_sources = ""
-  c.data.paired_weight = 1.0
-  c.data.image_dropout = 0.0  # Fraction of paired examples shown as text-only.
-  c.data.text_dropout = 0.1  # Fraction of paired examples shown as image-only (CFG).
+  common.token_records(c, text_dropout=0.1)
 
   c.sample = ml_collections.ConfigDict()
   c.sample.num_steps = 12  # MaskGIT decoding steps.
@@ -106,14 +85,5 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 1000
     c.train.sample_every = 1000
   else:
-    c.data.batch_size = 512
-    c.optim.lr = 4e-4
-    c.optim.warmup_steps = 5000
-    c.train.steps = 200_000
-    c.train.log_every = 100
-    c.train.checkpoint_every = 2000
-    c.train.sample_every = 5000
-    c.model.dtype = "bfloat16"
-    c.model.dropout_rate = 0.1
-    c.data.text_seq_len = 64
+    common.accelerator_recipe(c)
   return c

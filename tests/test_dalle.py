@@ -77,13 +77,7 @@ def _fast_compiling_rng():
 
 
 def _config(num_layers=2, **keys):
-  """configs/dalle.py:tiny at test size; each key is set in the group that has it."""
-  c = dalle_config.get_config("tiny")
-  m = c.model
-  m.num_layers, m.emb_dim, m.num_heads, m.mlp_dim = num_layers, 32, 2, 64
-  for k, v in keys.items():
-    (c.model if k in c.model else c.loss)[k] = v
-  return c
+  return token_data.small_config("dalle", num_layers, **keys)
 
 
 def _setup(spec=SPEC, **keys):

@@ -3,7 +3,6 @@ build against a synthetic data spec, dummy batch -> sharded init -> jitted loss 
 step -> every sampler the family has, with the shapes the contract promises. Then the same
 families on an 8-device (data 2, fsdp 2, tensor 2) mesh through the real trainer (previews
 on) and `upgen sample` (tests/mesh_contract_job.py, started as the module starts)."""
-import importlib
 import json
 import os
 import subprocess
@@ -14,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import token_data
 from upgen import families
 from upgen.data.spec import DataSpec
 from upgen.train import mesh as mesh_lib
@@ -26,9 +26,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID, IMAGE_VOCAB, TEXT_VOCAB = 4, 16, 32
 NAMES = families.names()
 SAMPLERS = ("sample_images", "inpaint", "unconditional_images", "caption_images")
-# Test-sized architectures: every key a family's tiny config has is shrunk.
-SMALL = {"num_layers": 1, "emb_dim": 32, "num_heads": 2, "mlp_dim": 64, "base_channels": 4,
-         "codebook_size": 8, "embedding_dim": 4}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,8 +49,7 @@ def mesh_job(request, tmp_path_factory):
 
 
 def small_config(name):
-  config = importlib.import_module(f"configs.{name}").get_config("tiny")
-  config.model.update({k: v for k, v in SMALL.items() if k in config.model})
+  config = token_data.small_config(name)
   if "image_size" in config.data:
     config.data.image_size = 16
   return config

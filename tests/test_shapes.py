@@ -6,13 +6,13 @@ import os
 import numpy as np
 import pytest
 
-from upgen.data import shapes, shapes_eval
+from upgen.data import shapes, shapes_eval, sources
 
 
 def _read_split(root, split):
   with open(os.path.join(root, split, "captions.jsonl")) as f:
     records = [json.loads(line) for line in f]
-  images = [shapes_eval.load_image(os.path.join(root, split, r["image"])) for r in records]
+  images = [sources.load_image(os.path.join(root, split, r["image"])) for r in records]
   return records, images
 
 

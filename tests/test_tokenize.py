@@ -141,6 +141,14 @@ def test_resolve_sources_split_folders_and_holdout(tmp_path):
   assert not train_ids & set(val_ids) and len(train_ids | set(val_ids)) == 16
   with pytest.raises(ValueError, match="only train and val"):
     tokenize.resolve_sources(flat, [("test", "test")], 8, 0.25)
+  # `upgen quickstart --source` holds out the same examples (one splitter), as split folders
+  # of captions files that point at the original images.
+  from upgen import quickstart
+  split = quickstart.prepare_source(flat, str(tmp_path / "prepared"), 0.25, seed=0)
+  held = [sources.ImageFolderSource(os.path.join(split, s), 8) for s in ("train", "val")]
+  assert [held[1].example_id(i) for i in range(4)] == val_ids
+  assert {held[0].example_id(i) for i in range(12)} == train_ids
+  np.testing.assert_array_equal(held[1][0]["image"], first["val"][0]["image"])
 
 
 def test_retokenizing_with_other_tokenizers(tmp_path):

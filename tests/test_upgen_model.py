@@ -11,7 +11,7 @@ import optax
 import pytest
 from flax import linen as nn
 
-from configs import upgen as upgen_config
+from tests import token_data
 from upgen import families
 from upgen.data.spec import DataSpec
 from upgen.models import upgen
@@ -25,13 +25,7 @@ SPEC = DataSpec(text_vocab_size=VT, text_pad_id=PAD, text_mask_id=MASK, text_seq
 
 
 def _config(num_layers=1, **keys):
-  """configs/upgen.py:tiny at test size; each key is set in the group that has it."""
-  c = upgen_config.get_config("tiny")
-  m = c.model
-  m.num_layers, m.emb_dim, m.num_heads, m.mlp_dim = num_layers, 32, 2, 64
-  for k, v in keys.items():
-    (c.model if k in c.model else c.loss)[k] = v
-  return c
+  return token_data.small_config("upgen", num_layers, **keys)
 
 
 def _model(spec=SPEC, **keys):

@@ -1,8 +1,10 @@
-"""Small pre-tokenized record sets for trainer tests, written with the real record writer.
+"""Shared test helpers: small pre-tokenized record sets written with the real record
+writer, and test-sized configs of any family.
 
 Each example's image tokens are a function of its caption's first token, so a model can
 learn something and losses fall.
 """
+import importlib
 import os
 
 import numpy as np
@@ -41,3 +43,22 @@ def tiny_overrides(data_dir: str) -> dict:
       "train.sample_every": 0,
       "train.eval_batches": 1,
   }
+
+
+# Test-sized architectures: every key a family's tiny config has is shrunk to this.
+SMALL = {"emb_dim": 32, "num_heads": 2, "mlp_dim": 64, "base_channels": 4, "codebook_size": 8,
+         "embedding_dim": 4}
+
+
+def small_config(family: str, num_layers: int = 1, **keys):
+  """configs/<family>.py:tiny at test size; each of `keys` is set in the group (model,
+  loss, data) that has it."""
+  config = importlib.import_module(f"configs.{family}").get_config("tiny")
+  config.model.update({k: v for k, v in {**SMALL, "num_layers": num_layers}.items()
+                       if k in config.model})
+  for k, v in keys.items():
+    group = next((g for g in (config.model, config.loss, config.data) if k in g), None)
+    if group is None:
+      raise KeyError(f"configs/{family}.py has no key {k!r} in model, loss or data")
+    group[k] = v
+  return config

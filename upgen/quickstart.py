@@ -32,45 +32,33 @@ def _log(msg: str) -> None:
   print(f"[quickstart {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _read_jsonl(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def _write_jsonl(path: str, rows: list[dict]) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    for row in rows:
-      f.write(json.dumps(row) + "\n")
-
-
 def prepare_source(source: str, out: str, val_fraction: float, seed: int) -> str:
-  """A user folder -> out/{train,val}/captions.jsonl (absolute image paths), deterministic."""
-  if os.path.exists(os.path.join(source, "train", "captions.jsonl")):
+  """A user folder -> out/{train,val}/captions.jsonl (absolute image paths), deterministic
+  (sources.holdout_split, as `upgen tokenize` holds out val)."""
+  from upgen.data import sources
+  if os.path.exists(os.path.join(source, "train", sources.CAPTIONS_FILE)):
     return source
-  path = os.path.join(source, "captions.jsonl")
-  if not os.path.exists(path):
+  if not os.path.exists(os.path.join(source, sources.CAPTIONS_FILE)):
     raise FileNotFoundError(f"--source {source}: no captions.jsonl (one "
                             '{"image": relative path, "caption": text} per line)')
-  rows = _read_jsonl(path)
-  for i, row in enumerate(rows):
-    if "image" not in row or "caption" not in row:
-      raise ValueError(f"{path}:{i + 1}: needs keys 'image' and 'caption'")
-    row["image"] = os.path.abspath(os.path.join(source, row["image"]))
-  order = np.random.default_rng(seed).permutation(len(rows))
-  num_val = max(1, int(round(val_fraction * len(rows))))
-  if len(rows) - num_val < 1:
-    raise ValueError(f"{path}: {len(rows)} examples are too few to hold out a validation set")
-  _write_jsonl(os.path.join(out, "val", "captions.jsonl"), [rows[i] for i in order[:num_val]])
-  _write_jsonl(os.path.join(out, "train", "captions.jsonl"), [rows[i] for i in order[num_val:]])
+  entries = sources.read_captions(source)
+  train_idx, val_idx = sources.holdout_split(len(entries), val_fraction, seed)
+  for split, indices in (("train", train_idx), ("val", val_idx)):
+    sources.write_captions(os.path.join(out, split), [
+        {**entries[i]["record"], "image": entries[i]["image"]} for i in indices])
   return out
+
+
+def _captions(images_dir: str, split: str) -> list[str]:
+  from upgen.data import sources
+  return [e["caption"] for e in sources.read_captions(os.path.join(images_dir, split))]
 
 
 def train_text_tokenizer(images_dir: str, out: str, vocab_size: int):
   from upgen.tokenizers import text
   if os.path.exists(os.path.join(out, "tokenizer.json")):
     return text.load(out)
-  captions = [r["caption"] for r in _read_jsonl(os.path.join(images_dir, "train", "captions.jsonl"))]
+  captions = _captions(images_dir, "train")
   return text.train_bpe(captions, vocab_size, out)
 
 
@@ -209,8 +197,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   for split, out in (("test", "samples"), ("val", "samples_val")):
     if split not in splits:
       continue
-    rows = _read_jsonl(os.path.join(images_dir, split, "captions.jsonl"))
-    distinct = sorted({r["caption"] for r in rows})
+    distinct = sorted(set(_captions(images_dir, split)))
     order = np.random.default_rng(args.seed).permutation(len(distinct))[:args.max_captions]
     captions = [distinct[i] for i in sorted(order)]
     res = sample_and_score(run, captions, args.per_prompt, os.path.join(w, out), shapes_mode,

@@ -25,8 +25,8 @@ import re
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
-from PIL import Image
 
+from upgen.data import sources
 from upgen.data.shapes import COLORS, POSITION_PHRASES, POSITIONS, RELATIONS, SHAPES, SIZES
 
 FOREGROUND_THRESHOLD = 128  # A pixel is an object pixel if its brightest channel reaches this.
@@ -217,26 +217,11 @@ def caption_fidelity(images: Iterable[np.ndarray], captions: Iterable[str]) -> f
   return float(np.mean(verdicts))
 
 
-def load_image(path: str) -> np.ndarray:
-  with Image.open(path) as image:
-    return np.asarray(image.convert("RGB"))
-
-
 def read_pairs(jsonl_path: str, caption_key: str) -> list[tuple[str, str]]:
-  """(image path, caption) per line of a jsonl file; image paths relative to its folder."""
-  root = os.path.dirname(os.path.abspath(jsonl_path))
-  pairs = []
-  with open(jsonl_path) as f:
-    for line_number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-        pairs.append((os.path.join(root, record["image"]), record[caption_key]))
-      except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{jsonl_path}:{line_number}: expected a JSON object with keys "
-                         f"'image' and {caption_key!r} ({e!r})") from e
-  return pairs
+  """(image path, caption) per line of a captions file or samples manifest (caption_key
+  "prompt"); image paths relative to its folder."""
+  return [(e["image"], e["caption"])
+          for e in sources.read_captions(jsonl_path, caption_key=caption_key)]
 
 
 def evaluate_pairs(pairs: Sequence[tuple[str, str]], source: str) -> dict:
@@ -246,7 +231,7 @@ def evaluate_pairs(pairs: Sequence[tuple[str, str]], source: str) -> dict:
   oks, per_attribute = [], {}
   for image_path, caption in pairs:
     try:
-      ok, details = score(load_image(image_path), caption)
+      ok, details = score(sources.load_image(image_path), caption)
     except ValueError as e:
       raise ValueError(f"{source}: {image_path}: {e}") from e
     oks.append(ok)
@@ -270,9 +255,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--out", help="Write fidelity and per-attribute accuracies to this JSON.")
   args = parser.parse_args(argv)
   if args.dir:
-    path = os.path.join(args.dir, "captions.jsonl")
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"--dir {args.dir}: no captions.jsonl")
+    path = sources.captions_path(args.dir)
     result = evaluate_pairs(read_pairs(path, "caption"), path)
   else:
     result = evaluate_pairs(read_pairs(args.manifest, "prompt"), args.manifest)

@@ -38,21 +38,35 @@ def resize_and_crop(image: Image.Image, image_size: int) -> np.ndarray:
   return np.asarray(image, dtype=np.uint8)
 
 
-def load_image(path: str, image_size: int) -> np.ndarray:
-  """An image file -> uint8 image_size x image_size x 3 (see resize_and_crop)."""
+def load_image(path: str, image_size: Optional[int] = None) -> np.ndarray:
+  """An image file -> uint8 RGB, image_size x image_size x 3 (see resize_and_crop), or at
+  its own size when image_size is None."""
   with Image.open(path) as image:
+    if image_size is None:
+      return np.asarray(image.convert("RGB"), dtype=np.uint8)
     return resize_and_crop(image, image_size)
 
 
-def read_captions(directory: str, require_images: bool = True) -> list[dict[str, str]]:
-  """Parses DIR/captions.jsonl -> [{"image": abs path or "", "caption", "id", "line"}].
+def captions_path(path: str) -> str:
+  """A captions file: `path` itself (a .jsonl file) or path/captions.jsonl."""
+  return path if path.endswith(".jsonl") else os.path.join(path, CAPTIONS_FILE)
 
-  Errors name captions.jsonl and the 1-based line number (blank lines are skipped).
+
+def read_captions(path: str, *, caption_key: str = "caption",
+                  require_images: bool = True) -> list[dict[str, Any]]:
+  """Parses a captions file (DIR/captions.jsonl, or any .jsonl such as a samples
+  manifest) -> [{"image": abs path or "", "caption", "id", "line", "record"}].
+
+  One JSON object per line with a `caption_key` string and an "image" path relative to the
+  file's folder (checked to exist unless `require_images` is False); "id", if present, is the example id (else the image path); "record" is the
+  whole object (extra keys such as the shapes' "objects"). Errors name the file and the
+  1-based line number (blank lines are skipped).
   """
-  path = os.path.join(directory, CAPTIONS_FILE)
+  path = captions_path(path)
+  directory = os.path.dirname(os.path.abspath(path))
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: not found (expected one JSON object per line with "
-                            f"'image' and 'caption' keys)")
+                            f"'image' and {caption_key!r} keys)")
   entries = []
   with open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, start=1):
@@ -65,61 +79,43 @@ def read_captions(directory: str, require_images: bool = True) -> list[dict[str,
         raise ValueError(f"{where}: not valid JSON: {e}") from e
       if not isinstance(obj, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-      caption = obj.get("caption")
+      caption = obj.get(caption_key)
       if not isinstance(caption, str):
-        raise ValueError(f"{where}: 'caption' must be a string, got {caption!r}")
+        raise ValueError(f"{where}: {caption_key!r} must be a string, got {caption!r}")
       image = obj.get("image")
-      if require_images or image is not None:
+      if require_images:
         if not isinstance(image, str) or not image:
           raise ValueError(f"{where}: 'image' must be a relative path string, got {image!r}")
         image_path = os.path.join(directory, image)
         if not os.path.isfile(image_path):
           raise FileNotFoundError(f"{where}: image file {image_path} does not exist")
-      else:
-        image_path = ""
+      else:  # Captions only: an image, if named, is not opened.
+        image_path = os.path.join(directory, image) if isinstance(image, str) and image else ""
       example_id = obj.get("id", image if image is not None else f"line{lineno}")
       entries.append({"image": image_path, "caption": caption, "id": str(example_id),
-                      "line": where})
+                      "line": where, "record": obj})
   if not entries:
     raise ValueError(f"{path}: no examples")
   return entries
 
 
-class ImageFolderSource:
-  """Images + captions from DIR/captions.jsonl (see module docstring)."""
-
-  def __init__(self, directory: str, image_size: int):
-    self.directory = directory
-    self.image_size = int(image_size)
-    self._entries = read_captions(directory, require_images=True)
-
-  def __len__(self) -> int:
-    return len(self._entries)
-
-  def __repr__(self) -> str:
-    return f"ImageFolderSource({self.directory!r}, image_size={self.image_size}, len={len(self)})"
-
-  def caption(self, index: int) -> str:
-    return self._entries[index]["caption"]
-
-  def example_id(self, index: int) -> str:
-    return self._entries[index]["id"]
-
-  def __getitem__(self, index: int) -> Example:
-    entry = self._entries[int(index)]
-    try:
-      pixels = load_image(entry["image"], self.image_size)
-    except (OSError, ValueError) as e:
-      raise ValueError(f"{entry['line']}: cannot read image {entry['image']}: {e}") from e
-    return {"image": pixels, "caption": entry["caption"], "id": entry["id"]}
+def write_captions(path: str, rows: Sequence[dict[str, Any]]) -> None:
+  """Writes rows (each with "image" and "caption", absolute or relative image paths, extra
+  keys kept) as a captions file that `read_captions` reads back."""
+  path = captions_path(path)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row) + "\n")
 
 
 class CaptionsSource:
-  """Captions only (for text-only records): DIR/captions.jsonl, 'image' keys optional."""
+  """Captions from DIR/captions.jsonl; 'image' keys optional and never opened (text-only
+  records). `__getitem__(i) -> {"caption", "id"}`."""
 
-  def __init__(self, directory: str):
+  def __init__(self, directory: str, *, require_images: bool = False):
     self.directory = directory
-    self._entries = read_captions(directory, require_images=False)
+    self._entries = read_captions(directory, require_images=require_images)
 
   def __len__(self) -> int:
     return len(self._entries)
@@ -133,6 +129,26 @@ class CaptionsSource:
   def __getitem__(self, index: int) -> Example:
     entry = self._entries[int(index)]
     return {"caption": entry["caption"], "id": entry["id"]}
+
+
+class ImageFolderSource(CaptionsSource):
+  """Images + captions from DIR/captions.jsonl (see module docstring), every image checked
+  to exist; `__getitem__` adds the resized, center-cropped pixels."""
+
+  def __init__(self, directory: str, image_size: int):
+    super().__init__(directory, require_images=True)
+    self.image_size = int(image_size)
+
+  def __repr__(self) -> str:
+    return f"ImageFolderSource({self.directory!r}, image_size={self.image_size}, len={len(self)})"
+
+  def __getitem__(self, index: int) -> Example:
+    entry = self._entries[int(index)]
+    try:
+      pixels = load_image(entry["image"], self.image_size)
+    except (OSError, ValueError) as e:
+      raise ValueError(f"{entry['line']}: cannot read image {entry['image']}: {e}") from e
+    return {"image": pixels, "caption": entry["caption"], "id": entry["id"]}
 
 
 class SubsetSource:
@@ -158,7 +174,8 @@ class SubsetSource:
 def holdout_split(num_examples: int, fraction: float,
                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Deterministic (train_indices, val_indices): round(fraction * n) (at least 1 when
-  fraction > 0) examples chosen by a seeded permutation; both sorted."""
+  fraction > 0) examples chosen by a seeded permutation; both sorted. The one splitter of
+  `upgen tokenize` and `upgen quickstart --source`."""
   if not 0.0 <= fraction < 1.0:
     raise ValueError(f"--val-fraction must be in [0, 1), got {fraction}")
   num_val = 0 if fraction == 0 else max(1, round(fraction * num_examples))

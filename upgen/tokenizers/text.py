@@ -263,26 +263,6 @@ def captions_file(path: str) -> str:
                           "its train/ folder")
 
 
-def read_captions(path: str, key: str = "caption") -> list[str]:
-  """The `key` string of every JSON line of a captions.jsonl file."""
-  captions = []
-  with open(path) as f:
-    for line_number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        caption = json.loads(line)[key]
-      except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}:{line_number}: expected a JSON object with a {key!r} "
-                         f"string ({e!r})") from e
-      if not isinstance(caption, str):
-        raise ValueError(f"{path}:{line_number}: {key!r} is {type(caption).__name__}, not str")
-      captions.append(caption)
-  if not captions:
-    raise ValueError(f"{path}: no captions")
-  return captions
-
-
 def main(argv: Optional[list[str]] = None) -> int:
   """`upgen tokenizer text`: trains the caption BPE."""
   parser = argparse.ArgumentParser(prog="upgen tokenizer text",
@@ -294,8 +274,10 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--out", required=True, help="Output folder for tokenizer.json.")
   parser.add_argument("--caption-key", default="caption", help="JSON key of the caption text.")
   args = parser.parse_args(argv)
+  from upgen.data import sources
   source = captions_file(args.captions)
-  captions = read_captions(source, args.caption_key)
+  captions = [e["caption"] for e in sources.read_captions(
+      source, caption_key=args.caption_key, require_images=False)]
   tok = train_bpe(captions, args.vocab_size, args.out)
   print(f"trained on {len(captions)} captions from {source}: vocab_size={tok.vocab_size}, "
         f"wrote {os.path.join(args.out, TOKENIZER_FILE)}")

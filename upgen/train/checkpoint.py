@@ -115,17 +115,16 @@ class Checkpointer:
     try:
       out = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    except OSError as e:  # Permissions, a vanished or unreadable file: say so as such.
-      raise CheckpointReadError(
-          f"{self.directory}/{step}: cannot read the checkpoint ({type(e).__name__}: {e})"
-      ) from e
-    except (ValueError, KeyError, TypeError) as e:
-      if _is_io_error(e):  # tensorstore reports I/O failures as ValueError("PERMISSION_...").
-        raise CheckpointReadError(f"{self.directory}/{step}: cannot read the checkpoint "
-                                  f"({e})") from e
-      raise ValueError(
-          f"{self.directory}/{step}: the checkpoint does not fit this config's state (a "
-          f"changed model? {type(e).__name__}: {e})") from e
+    except Exception as e:  # orbax wraps tensorstore read errors in a bare Exception.
+      reason = _read_failure(e)
+      if reason:  # The files: permissions, missing or corrupt data. Not the config.
+        raise CheckpointReadError(f"{self.directory}/{step}: cannot read the checkpoint: "
+                                  f"{reason}") from e
+      if isinstance(e, (ValueError, KeyError, TypeError)):  # Tree or shapes differ.
+        raise ValueError(
+            f"{self.directory}/{step}: the checkpoint does not fit this config's state (a "
+            f"changed model? {type(e).__name__}: {str(e)[:500]})") from e
+      raise
     return step, out["state"], dict(out["data"] or {})
 
   def wait(self) -> None:
@@ -140,10 +139,19 @@ def state_dict(state) -> dict[str, Any]:
   return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
 
 
-def _is_io_error(e: Exception) -> bool:
-  text = str(e)
-  return any(code in text for code in ("PERMISSION_DENIED", "Permission denied", "NOT_FOUND",
-                                       "DATA_LOSS", "UNAVAILABLE"))
+# tensorstore's status codes for failures to read what is on disk.
+_READ_ERRORS = ("PERMISSION_DENIED", "NOT_FOUND", "DATA_LOSS", "FAILED_PRECONDITION",
+                "UNAVAILABLE", "UNKNOWN")
+
+
+def _read_failure(e: BaseException) -> str:
+  """What failed to read, if `e` (or its cause) is an I/O failure, else ""."""
+  while e is not None:
+    text = str(e).strip()
+    if isinstance(e, OSError) or text.split(":", 1)[0] in _READ_ERRORS:
+      return f"{type(e).__name__}: {text.splitlines()[0][:400]}"
+    e = e.__cause__ or e.__context__
+  return ""
 
 
 def restore_params(workdir: str, step: Optional[int] = None, mesh=None

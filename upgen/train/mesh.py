@@ -7,6 +7,7 @@ axes, so data parallel, FSDP and tensor parallel are config choices, not code ch
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any, Sequence
 
 import jax
@@ -17,6 +18,7 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
+log = logging.getLogger("upgen.train")
 
 
 def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
@@ -41,7 +43,13 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices: Sequence[Any] | N
   shape = mesh_shape(mesh_config, len(devices))
   try:
     device_array = mesh_utils.create_device_mesh(shape, devices)
-  except Exception:  # Non-physical topologies (fake CPU devices, odd shapes): plain order.
+  except (ValueError, NotImplementedError, AssertionError) as e:
+    # The topology-aware layout does not fit this shape (an odd slice of a TPU pod, say).
+    # Plain device order works but may put a mesh axis across slow links: say so.
+    log.warning("config.mesh %s: no topology-aware layout for %d %s devices (%s: %s); using "
+                "plain device order, which may be slow on a TPU pod or a multi-GPU host",
+                dict(zip(MESH_AXES, shape)), len(devices), devices[0].platform,
+                type(e).__name__, e)
     device_array = np.asarray(devices).reshape(shape)
   return Mesh(device_array, MESH_AXES)
 
