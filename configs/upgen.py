@@ -28,6 +28,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # much smaller (BERT's 0.02) start as a faint signal under the positions, and on CPU
   # budgets the model then learns layout words long before it uses colour or shape words.
   c.model.embed_init_std = 1.0
+  # Text padding: "tokens" (the model reads and writes [PAD] at every position after the
+  # caption, so image->text decodes the caption's length) or "masked" (padding is kept out of
+  # attention and never predicted; such a model cannot caption images).
+  c.model.text_pads = "tokens"
   # Vocabularies, the token grid and special ids come from the records (data_spec.json).
 
   # Mask ratio r = schedule(u), u ~ U[0, 1), with the decoding schedules' names
@@ -37,10 +41,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # example draw their own ratios, so training also sees a fully masked image beside its
   # whole caption, which is the text->image sampling task.
   c.loss.paired_masking = "joint"
-  # With "independent": a paired caption masks floor(u * num_text) tokens, u ~ U[0, max).
-  c.loss.paired_text_mask_max = 1.0
-  # With "independent": the fraction of paired examples whose caption is masked at all
-  # (the rest keep it whole).
+  # With "independent": the fraction of paired examples whose caption is masked at all, by
+  # its own ratio (the image->text task); the rest keep it whole (text->image).
   c.loss.paired_text_mask_prob = 1.0
   c.loss.text_only_mask_ratio = 0.15  # Fixed mask ratio for text-only examples.
   c.loss.paired_image_weight = 1.0  # Loss weight, image tokens of paired examples.

@@ -48,6 +48,7 @@ def test_quickstart_train_and_sample_contract(tmp_path):
                "--num-test", 64, "--vqgan-steps", 20, "--minutes", 0.2, "--max-captions", 3,
                "--per-prompt", 2)
   assert "caption fidelity on test captions" in out.stdout
+  assert "image->text on 64 val images: exact match" in out.stdout
 
   meta = json.load(open(w / "data" / "metadata.json"))
   assert set(meta["splits"]) == {"train", "val", "test"}
@@ -66,6 +67,10 @@ def test_quickstart_train_and_sample_contract(tmp_path):
   for key in ("fidelity_test", "fidelity_val"):
     assert 0.0 <= summary[key] <= 1.0
   assert summary["reconstruction"]["psnr"] > 10
+  captions = json.load(open(w / "captions_val.json"))
+  assert captions["num"] == len(captions["captions"]) == 64
+  assert summary["captions_val"]["exact_match"] == captions["exact_match"]
+  assert set(summary["captions_val"]["attribute_accuracy"]) >= {"count", "color", "shape"}
   # Both runs put a sample grid in TensorBoard: 8 validation references above 8 samples.
   for run in ("vqgan", "model"):
     (grid,) = tensorboard_images(w / run, "samples")
@@ -115,8 +120,30 @@ def test_quickstart_train_and_sample_contract(tmp_path):
   assert [m["prompt"] for m in manifest] == ["a small red circle on the left"] * 2 + [
       "a blue square above a green triangle"] * 2
   assert all(os.path.exists(samples / m["image"]) for m in manifest)
-  assert os.path.exists(samples / "grid.png")
+  # The grid: each prompt's samples side by side in its own cell group, 32 px upscaled to 64.
+  assert [(m["grid_row"], m["grid_col"]) for m in manifest] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+  grid = np.asarray(Image.open(samples / "grid.png"))
+  assert grid.shape[0] >= 2 * 64 and grid.shape[1] >= 2 * 64
+  first = np.asarray(Image.open(samples / manifest[0]["image"]))
+  assert (first.repeat(2, 0).repeat(2, 1) == grid[5:5 + 64, 5:5 + 64]).all()
   out = _upgen("sample", "--workdir", r, "--captions-for", w / "shapes" / "test" / "images",
                "--out", tmp_path / "captions")
   captions = _jsonl(tmp_path / "captions" / "captions.jsonl")
   assert len(captions) == 64 and all(isinstance(c["caption"], str) for c in captions)
+  # Every sampler is reachable: unconditional images, and inpainting a region of an image
+  # (that known tokens are kept is checked on token ids in tests/test_families.py).
+  _upgen("sample", "--workdir", r, "--unconditional", 3, "--out", tmp_path / "uncond")
+  uncond = _jsonl(tmp_path / "uncond" / "manifest.jsonl")
+  assert len(uncond) == 3 and all(m["unconditional"] and m["prompt"] == "" for m in uncond)
+  image = sorted((w / "shapes" / "val" / "images").iterdir())[0]
+  _upgen("sample", "--workdir", r, "--prompts", prompts, "--inpaint", image, "--region",
+         "0,0,16,32", "--per-prompt", 2, "--out", tmp_path / "inpaint")
+  inpainted = _jsonl(tmp_path / "inpaint" / "manifest.jsonl")
+  assert len(inpainted) == 2 * 2 and inpainted[0]["region"] == [0, 0, 16, 32]
+  for m in inpainted:
+    assert np.asarray(Image.open(tmp_path / "inpaint" / m["image"])).shape == (32, 32, 3)
+  bad = subprocess.run([sys.executable, "-m", "upgen.cli", "sample", "--workdir", str(r),
+                        "--prompts", str(prompts), "--inpaint", str(image), "--region",
+                        "0,0,16,40", "--out", str(tmp_path / "bad")], cwd=ROOT,
+                       capture_output=True, text=True)
+  assert bad.returncode != 0 and "--region 0,0,16,40: need 0 <= X0 < X1 <= 32" in bad.stderr

@@ -65,11 +65,19 @@ def test_train_logs_checkpoints_and_learns(data_dir, tmp_path):
                                        if "loss" in r]) == 150
 
 
-def test_resume_with_a_different_model_is_an_error(data_dir, tmp_path):
+def test_resume_refuses_another_model_or_data_shape_but_not_another_loss(data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   trainer.train(_config(data_dir, **{"train.steps": 2}), workdir)
   with pytest.raises(ValueError, match=r"config\.model\.emb_dim=32 there but 64 now"):
     trainer.train(_config(data_dir, **{"train.steps": 4, "model.emb_dim": 64}), workdir)
+  with pytest.raises(ValueError, match=r"data_spec\.json: text_seq_len=6 there but 8 in the "
+                                       r"data now"):
+    trainer.train(_config(data_dir, **{"train.steps": 4, "data.text_seq_len": 8}), workdir)
+  # The objective may change: the run resumes at step 2 with the new weight.
+  summary = trainer.train(_config(data_dir, **{"train.steps": 4,
+                                               "loss.paired_text_weight": 0.5}), workdir)
+  assert summary["step"] == 4
+  assert checkpoint.load_run_config(workdir)[0].loss.paired_text_weight == 0.5
 
 
 def _cli(workdir, data_dir, *extra):

@@ -4,6 +4,7 @@
   upgen data shapes --out DIR [--image-size 32 --num-train N --num-val N --num-test N --seed S]
   upgen eval shapes (--dir SPLIT_DIR | --manifest manifest.jsonl)
   upgen eval nll --workdir W [--split val] [--num 256]
+  upgen eval captions --workdir W --data SPLIT_DIR [--num N]
   upgen tokenizer text --captions DIR --vocab-size N --out DIR
   upgen tokenize --source DIR --out DIR --text-tokenizer DIR --image-tokenizer RUN_DIR
   upgen train --config configs/upgen.py:tiny --workdir W [--config.KEY=VALUE ...]
@@ -22,6 +23,7 @@ COMMANDS = {
     ("data", "shapes"): "upgen.data.shapes",
     ("eval", "shapes"): "upgen.data.shapes_eval",
     ("eval", "nll"): "upgen.likelihood",
+    ("eval", "captions"): "upgen.caption_eval",
     ("tokenizer", "text"): "upgen.tokenizers.text",
     ("tokenize",): "upgen.data.tokenize",
     ("train",): "upgen.train.main",

@@ -89,9 +89,9 @@ class InpaintFn(Protocol):
 
 
 class UnconditionalFn(Protocol):
-  def __call__(self, params: Any, rng_B: jax.Array, *, model: nn.Module, settings: Any
-               ) -> jax.Array:
-    """One image per key in `rng_B` (a batch of keys), with no caption."""
+  def __call__(self, params: Any, rng: jax.Array, *, model: nn.Module, settings: Any,
+               num: int) -> jax.Array:
+    """`num` images with no caption (`num` static under jit)."""
 
 
 class CaptionImagesFn(Protocol):

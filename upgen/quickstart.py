@@ -8,7 +8,8 @@
 4. tokenize:  pre-tokenized TFRecords + metadata.json                  -> W/data
 5. train:     UPGen tiny on the records for --minutes                  -> W/model
 6. sample:    held-out test captions and validation captions           -> W/samples, W/samples_val
-7. score:     caption fidelity (shapes only), written to W/summary.json
+              and, for families that caption, validation images        -> W/captions_val.json
+7. score:     caption fidelity and image->text accuracy (shapes only)  -> W/summary.json
 
 Every stage is resumable: re-running the command reuses finished stages and resumes
 training from the newest checkpoint.
@@ -131,6 +132,8 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--text-vocab-size", type=int, default=128)
   parser.add_argument("--vqgan-steps", type=int, default=None)
   parser.add_argument("--per-prompt", type=int, default=2)
+  parser.add_argument("--num-caption-images", type=int, default=400,
+                      help="Validation images captioned (image->text) and scored.")
   parser.add_argument("--val-fraction", type=float, default=0.05)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING)
@@ -206,6 +209,14 @@ def main(argv: Optional[list[str]] = None) -> int:
       results[f"fidelity_{split}"] = res["caption_fidelity"]
       _log(f"caption fidelity on {split} captions: {res['caption_fidelity']:.3f} "
            f"({res['num_ok']}/{res['num']})")
+  if run.family.caption_images is not None and "val" in splits:  # Image->text.
+    from upgen import caption_eval
+    scores, rows = caption_eval.evaluate_run(run, os.path.join(images_dir, "val"),
+                                             num=args.num_caption_images, seed=args.seed)
+    caption_eval.write(os.path.join(w, "captions_val.json"), scores, rows)
+    results["captions_val"] = {k: scores[k] for k in ("exact_match", "attribute_accuracy")}
+    _log(f"image->text on {scores['num']} val images: exact match "
+         f"{scores['exact_match']:.3f}, attributes {scores['attribute_accuracy']}")
   stage("sample", t)
   results["total_s"] = round(time.time() - t0, 1)
   with open(os.path.join(w, "summary.json"), "w") as f:

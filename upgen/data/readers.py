@@ -17,7 +17,6 @@ shapes (init, bench), and the few views of a batch that previews need.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Callable, Optional, Protocol, Sequence
 
 import jax.numpy as jnp
@@ -171,7 +170,3 @@ class ImageFolder:
 
 TOKEN_RECORDS = TokenRecords()
 IMAGE_FOLDER = ImageFolder()
-
-
-def data_dir_name(data: Any) -> str:
-  return os.path.join(data.dir, records.METADATA_FILE) if data.dir else records.METADATA_FILE

@@ -58,9 +58,10 @@ def read_captions(path: str, *, caption_key: str = "caption",
   manifest) -> [{"image": abs path or "", "caption", "id", "line", "record"}].
 
   One JSON object per line with a `caption_key` string and an "image" path relative to the
-  file's folder (checked to exist unless `require_images` is False); "id", if present, is the example id (else the image path); "record" is the
-  whole object (extra keys such as the shapes' "objects"). Errors name the file and the
-  1-based line number (blank lines are skipped).
+  file's folder (checked to exist unless `require_images` is False); "id", if present, is
+  the example id (else the image path); "record" is the whole object (extra keys such as
+  the shapes' "objects"). Errors name the file and the 1-based line number (blank lines
+  are skipped).
   """
   path = captions_path(path)
   directory = os.path.dirname(os.path.abspath(path))

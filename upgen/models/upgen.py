@@ -1,11 +1,14 @@
 """UPGen: a bidirectional masked transformer over [image tokens; text tokens].
 
 Inputs are image token ids (codebook ids; id `image_vocab_size` is the image [MASK]) and text
-token ids (the text tokenizer's vocabulary; its [MASK] / [PAD] ids come from config.model).
+token ids (the text tokenizer's vocabulary; its [MASK] / [PAD] ids come from the data spec).
 Embeddings: per-modality token tables + fixed sinusoidal positions (2D over the image grid,
-1D over the text; or 1D over the joint sequence) + a learned modality-type vector. Pre-LN blocks (upgen/models/layers.py), a final LayerNorm,
-and separate heads for image logits and text logits. Keys that carry no information are
-masked out of attention: text padding, and the image of text-only examples.
+1D over the text; or 1D over the joint sequence) + a learned modality-type vector. Pre-LN
+blocks (upgen/models/layers.py), a final LayerNorm, and separate heads for image logits and
+text logits. Keys that carry no information are masked out of attention: the image of
+text-only examples, the text of image-only ones, and text padding unless
+config.model.text_pads="tokens" (`text_slots`): then a caption's padding is tokens the model
+reads and writes, which is how image->text decodes a caption of the right length.
 
 Training (`loss_fn`) masks a random fraction r of each example's valid tokens (MaskGIT /
 MUSE style) and scores the masked positions only; see `sample_masks` for the ratios.
@@ -34,6 +37,17 @@ from upgen.sampling import upgen_sampler
 from upgen.sampling.settings import SampleSettings
 
 PAIRED_MASKING = ("joint", "independent")
+TEXT_PADS = ("masked", "tokens")
+
+
+def text_slots(text_mask_BxLt: jax.Array, text_pads: str) -> jax.Array:
+  """The text positions an example holds (attended; maskable in training): its real tokens
+  ("masked": padding is no token), or every position of an example with any text
+  ("tokens": padding is a token to read and to write)."""
+  mask_BxLt = jnp.asarray(text_mask_BxLt, bool)
+  if text_pads == "masked":
+    return mask_BxLt
+  return jnp.broadcast_to(jnp.any(mask_BxLt, axis=1, keepdims=True), mask_BxLt.shape)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -48,9 +62,12 @@ class UPGenConfig(layers.TransformerConfig):
   text_mask_id: int
   position_embedding: str = "2d"
   embed_init_std: float = 1.0
+  text_pads: str = "masked"
 
   def __post_init__(self):
     super().__post_init__()
+    if self.text_pads not in TEXT_PADS:
+      raise ValueError(f"config.model.text_pads={self.text_pads!r}: choose one of {TEXT_PADS}")
     for key in ("text_pad_id", "text_mask_id"):
       if not 0 <= getattr(self, key) < self.text_vocab_size:
         raise ValueError(f"the data's {key}={getattr(self, key)} is outside its text "
@@ -118,7 +135,7 @@ class UPGen(nn.Module):
       has_image_B = jnp.ones(image_tokens_BxLi.shape[:1], bool)
     valid_BxL = jnp.concatenate([
         jnp.broadcast_to(has_image_B.astype(bool)[:, None], image_tokens_BxLi.shape),
-        text_mask_BxLt.astype(bool)], axis=1)
+        text_slots(text_mask_BxLt, cfg.text_pads)], axis=1)
     x_BxLxE = layers.TransformerStack(cfg.stack(), name="encoder")(
         x_BxLxE, layers.key_mask(valid_BxL), deterministic=not train)
     x_BxLxE = layers.LayerNorm(cfg.dtype, cfg.param_dtype, name="final_norm")(x_BxLxE)
@@ -134,7 +151,6 @@ class MaskingLoss:
   mask_schedule: str = "linear"
   paired_masking: str = "joint"
   text_only_mask_ratio: float = 0.15
-  paired_text_mask_max: float = 1.0
   paired_text_mask_prob: float = 1.0
   paired_image_weight: float = 1.0
   paired_text_weight: float = 0.1
@@ -149,9 +165,9 @@ class MaskingLoss:
     if not 0.0 < self.text_only_mask_ratio <= 1.0:
       raise ValueError(f"config.loss.text_only_mask_ratio={self.text_only_mask_ratio}: "
                        "must be in (0, 1]")
-    for key in ("paired_text_mask_prob", "paired_text_mask_max"):
-      if not 0.0 <= getattr(self, key) <= 1.0:
-        raise ValueError(f"config.loss.{key}={getattr(self, key)}: must be in [0, 1]")
+    if not 0.0 <= self.paired_text_mask_prob <= 1.0:
+      raise ValueError(f"config.loss.paired_text_mask_prob={self.paired_text_mask_prob}: "
+                       "must be in [0, 1]")
     for key in ("paired_image_weight", "paired_text_weight", "unpaired_image_weight",
                 "unpaired_text_weight"):
       if getattr(self, key) < 0:
@@ -177,45 +193,43 @@ def _choose(rng: jax.Array, valid_BxL: jax.Array, num_mask_B: jax.Array) -> jax.
   return ranks_BxL < num_mask_B[:, None]
 
 
-def sample_masks(rng: jax.Array, batch: Batch, settings: MaskingLoss
-                 ) -> tuple[jax.Array, jax.Array]:
+def sample_masks(rng: jax.Array, batch: Batch, settings: MaskingLoss,
+                 text_pads: str = "masked") -> tuple[jax.Array, jax.Array]:
   """Which tokens to mask: (masked_image_BxLi, masked_text_BxLt), both bool.
 
-  Valid tokens: every image token of an example with an image, every non-pad text token of
-  an example with text. Paired and image-only examples draw r = mask_ratio(schedule, u),
+  Valid tokens: every image token of an example with an image, every text slot of an
+  example with text (`text_slots`: its real tokens, or all positions with
+  text_pads="tokens"). Paired and image-only examples draw r = mask_ratio(schedule, u),
   u ~ U[0, 1), with the decoding schedules of upgen/sampling/mask_schedule.py (one set of
   names for both: "linear" is r = 1 - u, "cosine" r = cos(pi/2 u)); text-only examples use
-  text_only_mask_ratio.
-  With paired_masking="joint" ceil(r * num_valid) (at least one) valid tokens are masked,
-  chosen uniformly at random over the example's joint sequence. With "independent" the image
-  and the text are masked separately: the image by r as above, the caption of a paired
-  example, with probability paired_text_mask_prob, by floor(u' * num_text) tokens,
-  u' ~ U[0, paired_text_mask_max) (else not at all), so training also sees a fully masked
-  image beside an intact caption (the text->image sampling task) and, in the examples whose
-  caption is masked, the image->text task.
+  text_only_mask_ratio. ceil(r * num_valid) (at least one) valid tokens are masked, chosen
+  uniformly at random: with paired_masking="joint" over the example's joint sequence; with
+  "independent" the image and the text separately. Then a paired example's caption is
+  masked only with probability paired_text_mask_prob (by its own r' = mask_ratio(schedule,
+  u')), so training mostly sees a masked image beside its whole caption (the text->image
+  task) and, in the other examples, down to a fully masked caption (the image->text task).
   """
   has_image_B = jnp.asarray(batch["has_image"], bool)
   has_text_B = jnp.asarray(batch["has_text"], bool)
   li = batch["image_tokens"].shape[1]
   image_valid_BxLi = jnp.broadcast_to(has_image_B[:, None], batch["image_tokens"].shape)
-  text_valid_BxLt = jnp.asarray(batch["text_mask"], bool) & has_text_B[:, None]
+  text_valid_BxLt = text_slots(batch["text_mask"], text_pads) & has_text_B[:, None]
   ratio_rng, text_ratio_rng, order_rng, text_order_rng = jax.random.split(rng, 4)
-  num_image_B = jnp.sum(image_valid_BxLi, axis=1)
-  r_B = mask_schedule.mask_ratio(settings.mask_schedule,
-                                 jax.random.uniform(ratio_rng, has_image_B.shape), num_image_B)
-  r_B = jnp.where(has_image_B, r_B, settings.text_only_mask_ratio)
+  ratio = lambda rng, valid_BxL: mask_schedule.mask_ratio(
+      settings.mask_schedule, jax.random.uniform(rng, has_image_B.shape),
+      jnp.sum(valid_BxL, axis=1))
+  r_B = jnp.where(has_image_B, ratio(ratio_rng, image_valid_BxLi),
+                  settings.text_only_mask_ratio)
   if settings.paired_masking == "joint":
     valid_BxL = jnp.concatenate([image_valid_BxLi, text_valid_BxLt], axis=1)
     masked_BxL = _choose(order_rng, valid_BxL, _num_to_mask(r_B, valid_BxL))
     return masked_BxL[:, :li], masked_BxL[:, li:]
   masked_image_BxLi = _choose(order_rng, image_valid_BxLi, _num_to_mask(r_B, image_valid_BxLi))
-  num_text_B = jnp.sum(text_valid_BxLt, axis=1)
-  u_B = jax.random.uniform(text_ratio_rng, has_image_B.shape,
-                           maxval=settings.paired_text_mask_max)
   caption_task_B = jax.random.bernoulli(jax.random.fold_in(text_ratio_rng, 1),
                                         settings.paired_text_mask_prob, has_image_B.shape)
-  paired_num_B = jnp.where(caption_task_B, jnp.floor(u_B * num_text_B), 0).astype(jnp.int32)
-  num_mask_B = jnp.where(has_image_B, paired_num_B, _num_to_mask(r_B, text_valid_BxLt))
+  text_r_B = jnp.where(has_image_B, ratio(text_ratio_rng, text_valid_BxLt), r_B)
+  num_mask_B = jnp.where(has_image_B & ~caption_task_B, 0,
+                         _num_to_mask(text_r_B, text_valid_BxLt))
   return masked_image_BxLi, _choose(text_order_rng, text_valid_BxLt, num_mask_B)
 
 
@@ -233,7 +247,7 @@ def loss_fn(params, batch: Batch, rng: jax.Array, *, model: UPGen, settings: Mas
   """
   del step
   mask_rng, dropout_rng = jax.random.split(rng)
-  masks = sample_masks(mask_rng, batch, settings)
+  masks = sample_masks(mask_rng, batch, settings, model.config.text_pads)
   return masked_loss(params, batch, masks, dropout_rng, model=model, settings=settings,
                      train=train)
 
@@ -251,8 +265,9 @@ def masked_loss(params, batch: Batch, masks: tuple[jax.Array, jax.Array], dropou
   text_BxLt = jnp.asarray(batch["text_tokens"], jnp.int32)
   has_image_B = jnp.asarray(batch["has_image"], bool)
   has_text_B = jnp.asarray(batch["has_text"], bool)
-  text_valid_BxLt = jnp.asarray(batch["text_mask"], bool) & has_text_B[:, None]
-  # Only valid tokens count as masked (absent images and text padding never do).
+  text_valid_BxLt = text_slots(batch["text_mask"], cfg.text_pads) & has_text_B[:, None]
+  # Only valid tokens count as masked (absent images, and text padding unless it is tokens,
+  # never do).
   masked_image_BxLi = jnp.asarray(masks[0], bool) & has_image_B[:, None]
   masked_text_BxLt = jnp.asarray(masks[1], bool) & text_valid_BxLt
   image_logits, text_logits = model.apply(
@@ -349,9 +364,8 @@ def unconditional_images(params, rng, *, model: UPGen, settings: SampleSettings,
 
 def caption_images(params, image_tokens_BxLi, rng, *, model: UPGen,
                    settings: SampleSettings) -> jax.Array:
-  """Image->text token ids BxLt (length picked per image)."""
-  return upgen_sampler.image_to_text_best_length(params, model, image_tokens_BxLi, rng,
-                                                 settings)
+  """Image->text token ids BxLt: the caption, then [PAD]s (text_pads="tokens")."""
+  return upgen_sampler.image_to_text(params, model, image_tokens_BxLi, rng, settings)
 
 
 FAMILY = Family(

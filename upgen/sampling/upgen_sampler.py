@@ -118,13 +118,16 @@ def unconditional_image(params, model: nn.Module, batch_size: int, rng,
 def _decode_text_impl(params, image_tokens_BxLi, length_B, rng, *, model: nn.Module,
                       settings: SampleSettings) -> jax.Array:
   c = model.config
-  active_BxLt = jnp.arange(c.text_seq_len)[None, :] < length_B[:, None]
-  init_BxLt = jnp.full(active_BxLt.shape, c.text_pad_id, jnp.int32)
+  # Every position is a text slot the model reads (text_pads="tokens"); those from length_B
+  # on are fixed [PAD], the others start as [MASK] and are decoded, [PAD] included.
+  slots_BxLt = jnp.ones((image_tokens_BxLi.shape[0], c.text_seq_len), bool)
+  fixed_BxLt = jnp.arange(c.text_seq_len)[None, :] >= length_B[:, None]
+  init_BxLt = jnp.full(slots_BxLt.shape, c.text_pad_id, jnp.int32)
 
   def logits_fn(text_BxLt):
-    return _apply(params, model, image_tokens_BxLi, text_BxLt, active_BxLt)[1]
+    return _apply(params, model, image_tokens_BxLi, text_BxLt, slots_BxLt)[1]
 
-  return maskgit.decode(logits_fn, init_BxLt, ~active_BxLt, c.text_mask_id, rng,
+  return maskgit.decode(logits_fn, init_BxLt, fixed_BxLt, c.text_mask_id, rng,
                         settings.text_steps, settings.schedule, settings.temperature,
                         settings.choice_temperature,
                         temperature_schedule=settings.temperature_schedule)
@@ -141,9 +144,17 @@ def _check_image(model: nn.Module, image_tokens_BxLi) -> None:
 
 def image_to_text(params, model: nn.Module, image_tokens_BxLi, rng, settings: SampleSettings,
                   text_length: Optional[int] = None) -> jax.Array:
-  """Text token ids BxLt (int32): the first `text_length` positions (default all of
-  the data's text_seq_len) are decoded in settings.text_steps steps, the rest are [PAD]."""
+  """Text token ids BxLt (int32) for each image, decoded in settings.text_steps MaskGIT
+  steps over every text position: the model writes the caption and then [PAD]s, so the
+  caption's length is its own (the text tokenizer's decode drops the pads). `text_length`
+  fixes [PAD] from that position on instead. Needs a model trained with
+  config.model.text_pads="tokens": one that never saw padding as tokens cannot end a
+  caption."""
   c = model.config
+  if c.text_pads != "tokens":
+    raise ValueError(f"image->text needs config.model.text_pads='tokens'; this model has "
+                     f"{c.text_pads!r} (it never learned where a caption ends): train with "
+                     "--config.model.text_pads=tokens")
   text_length = c.text_seq_len if text_length is None else int(text_length)
   if not 1 <= text_length <= c.text_seq_len:
     raise ValueError(f"image_to_text: text_length={text_length} must be in "
@@ -151,36 +162,4 @@ def image_to_text(params, model: nn.Module, image_tokens_BxLi, rng, settings: Sa
   _check_image(model, image_tokens_BxLi)
   length_B = jnp.full(image_tokens_BxLi.shape[:1], text_length, jnp.int32)
   return _decode_text(params, jnp.asarray(image_tokens_BxLi), length_B, rng, model=model,
-                      settings=settings)
-
-
-@functools.partial(jax.jit, static_argnames=("model", "settings"))
-def _best_length(params, image_tokens_BxLi, rng, *, model: nn.Module, settings: SampleSettings):
-  c = model.config
-  batch = image_tokens_BxLi.shape[0]
-  masked_BxLt = jnp.full((batch, c.text_seq_len), c.text_mask_id, jnp.int32)
-
-  def candidate(length):
-    length_B = jnp.full((batch,), length, jnp.int32)
-    text_BxLt = _decode_text_impl(params, image_tokens_BxLi, length_B,
-                                  jax.random.fold_in(rng, length), model=model,
-                                  settings=settings)
-    active_BxLt = jnp.arange(c.text_seq_len)[None, :] < length_B[:, None]
-    logits = _apply(params, model, image_tokens_BxLi, masked_BxLt, active_BxLt)[1]
-    logp_BxLt = jnp.take_along_axis(jax.nn.log_softmax(logits), text_BxLt[..., None], -1)[..., 0]
-    score_B = jnp.sum(jnp.where(active_BxLt, logp_BxLt, 0.0), -1) / length
-    return text_BxLt, score_B
-
-  texts_NxBxLt, scores_NxB = jax.lax.map(candidate, jnp.arange(1, c.text_seq_len + 1))
-  best_B = jnp.argmax(scores_NxB, axis=0)
-  return jnp.take_along_axis(texts_NxBxLt, best_B[None, :, None], 0)[0]
-
-
-def image_to_text_best_length(params, model: nn.Module, image_tokens_BxLi, rng,
-                              settings: SampleSettings) -> jax.Array:
-  """Image->text with the caption length chosen per image: decode at every length 1..Lt and
-  keep the text whose tokens are most likely (mean log-prob) under the model's prediction
-  from the image alone (all text positions of that length masked)."""
-  _check_image(model, image_tokens_BxLi)
-  return _best_length(params, jnp.asarray(image_tokens_BxLi), rng, model=model,
                       settings=settings)

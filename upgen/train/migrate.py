@@ -40,6 +40,8 @@ TOKEN_SIZES = {
 # The training objective's names before one mask schedule module served training and
 # decoding ("uniform" ratios were 1 - u, which mask_schedule calls "linear").
 RENAMED_VALUES = {("loss", "mask_schedule"): {"uniform": "linear"}}
+# Loss settings that no longer exist (the objective may change on resume; said in the log).
+DROPPED = {("loss", "paired_text_mask_max"): "captions are masked by the mask schedule's ratio"}
 
 
 def is_v1(raw: dict) -> bool:
@@ -100,6 +102,10 @@ def from_v1(raw: dict, where: str) -> tuple[dict, DataSpec]:
     value = raw.get(group, {}).get(key)
     if value in renames:
       raw[group][key] = renames[value]
+  for (group, key), why in DROPPED.items():
+    if key in raw.get(group, {}):
+      log.warning("%s: dropped config.%s.%s=%r (%s)", where, group, key,
+                  raw[group].pop(key), why)
   log.warning("%s: written before the config split (model / loss / data spec); read as "
               "today's layout. Training it again in place rewrites it.", where)
   return raw, spec
