@@ -41,9 +41,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # example draw their own ratios, so training also sees a fully masked image beside its
   # whole caption, which is the text->image sampling task.
   c.loss.paired_masking = "joint"
-  # With "independent": the fraction of paired examples whose caption is masked at all, by
-  # its own ratio (the image->text task); the rest keep it whole (text->image).
+  # With "independent": the fraction of paired examples whose caption is masked, by its own
+  # ratio (the image->text task); the rest keep it whole (text->image).
   c.loss.paired_text_mask_prob = 1.0
+  # With "independent": an image->text example keeps its image whole, as when sampling
+  # (False: its image is masked by its own ratio too).
+  c.loss.caption_task_keeps_image = True
   c.loss.text_only_mask_ratio = 0.15  # Fixed mask ratio for text-only examples.
   c.loss.paired_image_weight = 1.0  # Loss weight, image tokens of paired examples.
   c.loss.paired_text_weight = 0.1  # Loss weight, text tokens of paired examples.

@@ -2,8 +2,6 @@
 import json
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
 from flax import linen as nn
 

@@ -135,9 +135,9 @@ def test_mask_sampling_distribution(schedule):
 def test_independent_masking_keeps_whole_captions_for_text_to_image(text_pads):
   batch = _batch("p" * 2000 + "i" * 300 + "t" * 300, seed=4)
   settings = _loss(paired_masking="independent", mask_schedule="linear",
-                   paired_text_mask_prob=1.0)
-  masks = jax.jit(upgen.sample_masks, static_argnums=(2, 3))(jax.random.key(1), batch,
-                                                             settings, text_pads)
+                   paired_text_mask_prob=1.0, caption_task_keeps_image=False)
+  sample = jax.jit(upgen.sample_masks, static_argnums=(2, 3))
+  masks = sample(jax.random.key(1), batch, settings, text_pads)
   image_m, text_m = (np.asarray(x) for x in masks)
   # Text slots: the real tokens, or (text_pads="tokens") every position of a row with text.
   slots = batch["text_mask"] if text_pads == "masked" else np.broadcast_to(
@@ -158,20 +158,30 @@ def test_independent_masking_keeps_whole_captions_for_text_to_image(text_pads):
   assert abs(np.mean(n_txt / n_slots) - want) < 0.03
   assert abs(np.corrcoef(n_img, n_txt / n_slots)[0, 1]) < 0.1
   np.testing.assert_array_equal(text_m[text_only].sum(1), np.ceil(0.15 * slots[text_only].sum(1)))
+  # By default each paired example does one sampling task: image->text (caption masked,
+  # image whole) or text->image (image masked, caption whole).
+  settings = _loss(paired_masking="independent", paired_text_mask_prob=0.5)
+  image_m, text_m = (np.asarray(x) for x in sample(jax.random.key(1), batch, settings,
+                                                    text_pads))
+  caption_task = text_m[paired].any(1)
+  assert 0.45 < caption_task.mean() < 0.55
+  assert not image_m[paired][caption_task].any() and image_m[paired][~caption_task].any(1).all()
+  assert image_m[image_only].any(1).all()  # No caption: the image is masked as always.
   with pytest.raises(ValueError, match="config.loss.paired_masking"):
     _loss(paired_masking="both")
 
 
 def test_paired_text_mask_prob_picks_the_captions_that_are_masked():
   batch = _batch("p" * 3000, seed=6)
-  settings = lambda prob: _loss(paired_masking="independent", paired_text_mask_prob=prob)
+  settings = lambda prob: _loss(paired_masking="independent", paired_text_mask_prob=prob,
+                               caption_task_keeps_image=False)
   sample = jax.jit(upgen.sample_masks, static_argnums=2)
   for prob in (0.0, 0.1, 1.0):
     image_m, text_m = (np.asarray(x) for x in sample(jax.random.key(3), batch, settings(prob)))
     n_txt = text_m.sum(1)
     # A caption picked for the task loses at least one token; the others none.
     assert abs(np.mean(n_txt > 0) - prob) < 0.02, prob
-    assert (image_m.sum(1) >= 1).all()
+    assert (image_m.sum(1) >= 1).all()  # caption_task_keeps_image=False: images masked too.
   # The image masks do not depend on the caption draw.
   np.testing.assert_array_equal(sample(jax.random.key(3), batch, settings(0.0))[0],
                                 sample(jax.random.key(3), batch, settings(0.5))[0])
@@ -338,7 +348,7 @@ def test_inpaint_unconditional_image_to_text_and_key_masks(overfit):
   for m in (model, masked_model):
     forward = jax.jit(lambda b, m=m: m.apply({"params": params}, b["image_tokens"],
                                              b["text_tokens"], b["text_mask"], b["has_image"]))
-    (i1, t1), (i2, t2), (i3, t3) = forward(batch), forward(b2), forward(b3)
+    (i1, _), (i2, t2), (i3, t3) = forward(batch), forward(b2), forward(b3)
     pads_read = np.abs(np.asarray(i1[:3] - i2[:3])).max() > 1e-3
     assert pads_read == (m.config.text_pads == "tokens")
     np.testing.assert_allclose(t2[3], t3[3], atol=1e-5)

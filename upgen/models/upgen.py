@@ -152,6 +152,7 @@ class MaskingLoss:
   paired_masking: str = "joint"
   text_only_mask_ratio: float = 0.15
   paired_text_mask_prob: float = 1.0
+  caption_task_keeps_image: bool = True
   paired_image_weight: float = 1.0
   paired_text_weight: float = 0.1
   unpaired_image_weight: float = 1.0
@@ -204,10 +205,11 @@ def sample_masks(rng: jax.Array, batch: Batch, settings: MaskingLoss,
   names for both: "linear" is r = 1 - u, "cosine" r = cos(pi/2 u)); text-only examples use
   text_only_mask_ratio. ceil(r * num_valid) (at least one) valid tokens are masked, chosen
   uniformly at random: with paired_masking="joint" over the example's joint sequence; with
-  "independent" the image and the text separately. Then a paired example's caption is
-  masked only with probability paired_text_mask_prob (by its own r' = mask_ratio(schedule,
-  u')), so training mostly sees a masked image beside its whole caption (the text->image
-  task) and, in the other examples, down to a fully masked caption (the image->text task).
+  "independent" the image and the text separately, each paired example doing one of the two
+  sampling tasks: with probability paired_text_mask_prob the image->text task (its caption
+  masked by its own r' = mask_ratio(schedule, u'), down to every slot, beside its whole
+  image; with caption_task_keeps_image=False the image is masked by r too), else the
+  text->image task (its image masked by r beside its whole caption).
   """
   has_image_B = jnp.asarray(batch["has_image"], bool)
   has_text_B = jnp.asarray(batch["has_text"], bool)
@@ -224,9 +226,12 @@ def sample_masks(rng: jax.Array, batch: Batch, settings: MaskingLoss,
     valid_BxL = jnp.concatenate([image_valid_BxLi, text_valid_BxLt], axis=1)
     masked_BxL = _choose(order_rng, valid_BxL, _num_to_mask(r_B, valid_BxL))
     return masked_BxL[:, :li], masked_BxL[:, li:]
-  masked_image_BxLi = _choose(order_rng, image_valid_BxLi, _num_to_mask(r_B, image_valid_BxLi))
   caption_task_B = jax.random.bernoulli(jax.random.fold_in(text_ratio_rng, 1),
                                         settings.paired_text_mask_prob, has_image_B.shape)
+  num_image_B = _num_to_mask(r_B, image_valid_BxLi)
+  if settings.caption_task_keeps_image:
+    num_image_B = jnp.where(caption_task_B & has_text_B, 0, num_image_B)
+  masked_image_BxLi = _choose(order_rng, image_valid_BxLi, num_image_B)
   text_r_B = jnp.where(has_image_B, ratio(text_ratio_rng, text_valid_BxLt), r_B)
   num_mask_B = jnp.where(has_image_B & ~caption_task_B, 0,
                          _num_to_mask(text_r_B, text_valid_BxLt))

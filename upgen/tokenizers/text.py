@@ -16,7 +16,6 @@ from __future__ import annotations
 import abc
 import argparse
 import hashlib
-import json
 import os
 import string
 from typing import Any, Iterable, Optional, Sequence

@@ -13,10 +13,9 @@ import logging
 import signal
 import threading
 import time
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -223,7 +222,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   def consume(done_step: int, metrics_dev) -> None:
     """Host side of a finished step: non-finite check, interval means, logging."""
-    nonlocal interval, interval_n, last_metrics
+    nonlocal interval_n, last_metrics
     m = {k: float(v) for k, v in jax.device_get(metrics_dev).items()}
     if m.pop("finite") < 1.0:
       msg = (f"non-finite loss at step {done_step} (loss={m.get('loss')}, "
