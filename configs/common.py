@@ -9,6 +9,8 @@ special ids) are not config fields: the family reads them from the records' meta
 """
 import ml_collections
 
+from upgen import errors
+
 # Logical axis name -> mesh axes. Parameters use "embed"/"mlp"/"heads"/"vocab"/"kv";
 # activations use "batch"/"length" plus the same feature names. flax skips a mesh axis
 # already taken in a spec, so "embed" falls back to replicated on activations whose
@@ -113,8 +115,8 @@ def transformer_model(c: ml_collections.ConfigDict, family: str, variant: str,
   """config.model of a token family's transformer (upgen/models/layers.py TransformerConfig)
   at `sizes[variant]` = (num_layers, emb_dim, num_heads, mlp_dim)."""
   if variant not in sizes:
-    raise ValueError(f"configs/{family}.py: unknown variant {variant!r}; choose from "
-                     f"{sorted(sizes)}")
+    raise errors.ConfigError(f"configs/{family}.py: unknown variant {variant!r}; choose from "
+                             f"{sorted(sizes)}")
   c.model.family = family
   c.model.size = variant  # Name of the size variant (informational).
   (c.model.num_layers,  # Transformer blocks.

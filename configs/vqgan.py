@@ -8,12 +8,13 @@ folder per split: DIR/train, DIR/val).
 """
 import ml_collections
 
+from upgen import errors
 from configs import common
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   if arg not in ("tiny", "base"):
-    raise ValueError(f"configs/vqgan.py: unknown variant {arg!r}; choose tiny or base")
+    raise errors.ConfigError(f"configs/vqgan.py: unknown variant {arg!r}; choose tiny or base")
   c = common.base_config()
   c.model.family = "vqgan"
   c.model.size = arg

@@ -126,6 +126,24 @@ def test_quickstart_train_and_sample_contract(tmp_path):
   assert grid.shape[0] >= 2 * 64 and grid.shape[1] >= 2 * 64
   first = np.asarray(Image.open(samples / manifest[0]["image"]))
   assert (first.repeat(2, 0).repeat(2, 1) == grid[5:5 + 64, 5:5 + 64]).all()
+  # A prompt cut to the model's text length, and one with a word no training caption has:
+  # one warning each, and the manifest says what the model read.
+  odd = tmp_path / "odd_prompts.txt"
+  odd.write_text("a small red circle on the left a large blue square on the right\n"
+                 "a small purple circle on the left\n")
+  warned = _upgen("sample", "--workdir", r, "--prompts", odd, "--per-prompt", 1, "--out",
+                  tmp_path / "odd")
+  warnings = [line for line in warned.stderr.splitlines() if "warning" in line]
+  assert len(warnings) == 2, warned.stderr
+  assert warnings[0].startswith("upgen sample: warning: prompt 1 is ") and \
+      "tokens, the model reads 12: " in warnings[0]
+  assert warnings[1] == ("upgen sample: warning: prompt 2 'a small purple circle on the "
+                         "left': 'purple' not in the training captions (the model never "
+                         "learned it)")
+  read = [m["model_read"] for m in _jsonl(tmp_path / "odd" / "manifest.jsonl")]
+  assert read[0] != "a small red circle on the left a large blue square on the right"
+  assert "a small red circle on the left".startswith(read[0][:10]) and read[1] == (
+      "a small purple circle on the left")
   out = _upgen("sample", "--workdir", r, "--captions-for", w / "shapes" / "test" / "images",
                "--out", tmp_path / "captions")
   captions = _jsonl(tmp_path / "captions" / "captions.jsonl")

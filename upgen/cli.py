@@ -11,11 +11,17 @@
   upgen sample --workdir W --prompts FILE --per-prompt K --out DIR
   upgen bench train|sample --config configs/upgen.py:large [--config.KEY=VALUE ...]
   upgen bench data --data-dir DIR
+
+Errors a user can fix print on one line, `upgen <command>: error: ...`, exit status 2; add
+--debug (or set UPGEN_DEBUG=1) for the traceback.
 """
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+from upgen import errors
 
 # (command words) -> module whose main(argv) runs it.
 COMMANDS = {
@@ -40,15 +46,27 @@ def _usage() -> str:
   return "\n".join(lines)
 
 
+def _debug(argv: list[str]) -> bool:
+  return "--debug" in argv or os.environ.get("UPGEN_DEBUG", "") not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
+  """Runs the command; an error the user can fix (upgen.errors.UserError) prints as
+  `upgen <command>: error: <message>` and exits 2, with its traceback under --debug or
+  UPGEN_DEBUG=1."""
   argv = list(sys.argv[1:] if argv is None else argv)
+  debug = _debug(argv)
+  argv = [a for a in argv if a != "--debug"]
   for words, module_name in sorted(COMMANDS.items(), key=lambda kv: -len(kv[0])):
     if tuple(argv[:len(words)]) == words:
-      module = importlib.import_module(module_name)
-      rest = argv[len(words):]
-      if module_name == "upgen.bench":
-        rest = argv[1:]
-      return int(module.main(rest) or 0)
+      rest = argv[len(words):] if module_name != "upgen.bench" else argv[1:]
+      try:
+        return int(importlib.import_module(module_name).main(rest) or 0)
+      except errors.UserError as e:
+        if debug:
+          raise
+        print(f"upgen {' '.join(words)}: error: {e}", file=sys.stderr)
+        return 2
   print(_usage(), file=sys.stderr)
   return 0 if argv[:1] in (["-h"], ["--help"]) else 2
 

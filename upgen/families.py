@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol
 import jax
 from flax import linen as nn
 
+from upgen import errors
 from upgen.data import readers
 from upgen.data.spec import DataSpec
 
@@ -140,9 +141,10 @@ class Family:
     """The entry `what` (e.g. "inpaint"), or an error naming the family that lacks it."""
     fn = getattr(self, what)
     if fn is None:
-      raise ValueError(f"family {self.name!r} cannot {ABILITIES.get(what, what)} (its FAMILY "
-                       f"has no {what}); families that can: "
-                       f"{', '.join(n for n in names() if getattr(get_family(n), what))}")
+      raise errors.ConfigError(
+          f"family {self.name!r} cannot {ABILITIES.get(what, what)} (its FAMILY "
+          f"has no {what}); families that can: "
+          f"{', '.join(n for n in names() if getattr(get_family(n), what))}")
     return fn
 
 
@@ -194,11 +196,12 @@ def get_family(name: str) -> Family:
   except ModuleNotFoundError as e:
     if e.name != f"upgen.models.{name}":
       raise
-    raise ValueError(f"config.model.family={name!r}: no module upgen.models.{name} (families: "
-                     f"{', '.join(names())})") from e
+    raise errors.ConfigError(
+        f"config.model.family={name!r}: no module upgen.models.{name} (families: "
+        f"{', '.join(names())})") from e
   family = getattr(module, "FAMILY", None)
   if not isinstance(family, Family):
-    raise ValueError(f"upgen.models.{name} does not export FAMILY = Family(...)")
+    raise errors.ConfigError(f"upgen.models.{name} does not export FAMILY = Family(...)")
   return family
 
 
@@ -222,5 +225,6 @@ def build(config: Any, spec: DataSpec, family: Optional[Family] = None) -> Setup
   if family.sample_config is not None:
     sample = family.sample_config(config.get("sample"))
   elif config.get("sample"):
-    raise ValueError(f"config.sample: family {family.name!r} does not sample; remove the group")
+    raise errors.ConfigError(
+        f"config.sample: family {family.name!r} does not sample; remove the group")
   return Setup(family, spec, model_config, loss, sample, family.make_model(model_config))

@@ -18,6 +18,8 @@ from typing import Optional
 import jax
 import numpy as np
 
+from upgen import errors
+
 
 def image_nll(workdir: str, split: str = "val", num: int = 256, batch_size: int = 64) -> dict:
   """Mean -log p(image | caption) over the first `num` paired examples of `split`."""
@@ -35,8 +37,9 @@ def image_nll(workdir: str, split: str = "val", num: int = 256, batch_size: int 
     if len(totals) >= num:
       break
   if not totals:
-    raise ValueError(f"{config.data.dir}: no paired examples in split {split!r} (need at least "
-                     f"one full batch of {batch_size})")
+    raise errors.DataError(
+        f"{config.data.dir}: no paired examples in split {split!r} (need at least "
+        f"one full batch of {batch_size})")
   totals = totals[:num]
   per_image = float(np.mean(totals))
   return {"family": setup.family.name, "split": split, "num": len(totals),

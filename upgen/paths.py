@@ -32,6 +32,8 @@ from typing import IO, Any, Iterator, Sequence
 
 from etils import epath
 
+from upgen import errors
+
 SYNC_SECONDS = 30.0  # open_synced uploads at most this often (and always on close).
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _GCS_EXTRA = "the packages of upgen's gcs extra (gcsfs, google-cloud-storage)"
@@ -39,7 +41,7 @@ _PACKAGES = {"gs": _GCS_EXTRA, "gcs": _GCS_EXTRA, "s3": "s3fs", "az": "adlfs",
              "hf": "huggingface_hub"}
 
 
-class MissingFilesystemError(ImportError):
+class MissingFilesystemError(errors.UserError, ImportError):
   """A remote path needs an fsspec filesystem package that is not installed."""
 
 
@@ -116,6 +118,17 @@ def remove(path: Any) -> None:
     return
   with remote_errors(path):
     _epath(path).unlink()
+
+
+def remove_tree(path: Any) -> None:
+  """Deletes a directory and everything under it (nothing if it is gone already)."""
+  if not is_remote(path):
+    shutil.rmtree(path, ignore_errors=True)
+    return
+  with remote_errors(path):
+    p = _epath(path)
+    if p.exists():
+      p.rmtree()
 
 
 def replace(src: Any, dst: Any) -> None:

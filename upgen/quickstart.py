@@ -26,6 +26,8 @@ from typing import Optional
 
 import numpy as np
 
+from upgen import errors
+
 DEFAULT_MINUTES = 8.0  # UPGen training budget that keeps the whole job under 15 minutes.
 
 
@@ -40,7 +42,7 @@ def prepare_source(source: str, out: str, val_fraction: float, seed: int) -> str
   if os.path.exists(os.path.join(source, "train", sources.CAPTIONS_FILE)):
     return source
   if not os.path.exists(os.path.join(source, sources.CAPTIONS_FILE)):
-    raise FileNotFoundError(f"--source {source}: no captions.jsonl (one "
+    raise errors.NotFound(f"--source {source}: no captions.jsonl (one "
                             '{"image": relative path, "caption": text} per line)')
   entries = sources.read_captions(source)
   train_idx, val_idx = sources.holdout_split(len(entries), val_fraction, seed)

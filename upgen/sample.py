@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import glob
 import json
+import logging
 import os
 import sys
 from typing import Any, Callable, Optional, Sequence
@@ -30,8 +31,11 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from upgen import errors
 from upgen import families
 from upgen.train import writers
+
+log = logging.getLogger("upgen.sample")
 
 
 @dataclasses.dataclass
@@ -87,6 +91,25 @@ def _pixels(run: Run, out: np.ndarray) -> np.ndarray:
   return run.image_tokenizer.decode(out.reshape((-1,) + tuple(run.image_tokenizer.grid)))
 
 
+def read_as(run: Run, prompts: Sequence[str]) -> list[str]:
+  """The text the model reads for each prompt (cut to its text length, as the tokenizer
+  decodes it), with one warning per prompt that was cut or uses words the training captions
+  did not (the text tokenizer's caption_words.txt) or characters it does not know."""
+  tok, length = run.text_tokenizer, run.setup.spec.text_seq_len
+  seen = []
+  for i, (prompt, ids) in enumerate(zip(prompts, tok.encode_batch(list(prompts))), start=1):
+    seen.append(tok.decode(ids[:length]))
+    if len(ids) > length:
+      log.warning("prompt %d is %d tokens, the model reads %d: %r", i, len(ids), length,
+                  seen[-1])
+    unknown = tok.unknown_words(prompt)
+    if unknown:
+      log.warning("prompt %d %r: %s not in the training captions (the model never learned %s)",
+                  i, prompt, ", ".join(repr(w) for w in unknown),
+                  "it" if len(unknown) == 1 else "them")
+  return seen
+
+
 def _captions(run: Run, prompts: Sequence[str], per_prompt: int) -> tuple[np.ndarray, np.ndarray]:
   captions = [p for p in prompts for _ in range(per_prompt)]
   return run.text_tokenizer.pad_batch(run.text_tokenizer.encode_batch(captions),
@@ -117,9 +140,10 @@ def region_known(region: Sequence[int], image_size: int, grid: Sequence[int]) ->
   exclusive) touches, True elsewhere."""
   x0, y0, x1, y1 = (int(v) for v in region)
   if not (0 <= x0 < x1 <= image_size and 0 <= y0 < y1 <= image_size):
-    raise ValueError(f"--region {x0},{y0},{x1},{y1}: need 0 <= X0 < X1 <= {image_size} and "
-                     f"0 <= Y0 < Y1 <= {image_size} (pixels of the {image_size}x{image_size} "
-                     "image the tokenizer sees; X1 and Y1 exclusive)")
+    raise errors.ConfigError(
+        f"--region {x0},{y0},{x1},{y1}: need 0 <= X0 < X1 <= {image_size} and 0 <= Y0 < Y1 <= "
+        f"{image_size} (pixels of the {image_size}x{image_size} image the tokenizer sees; X1 "
+        "and Y1 exclusive)")
   rows, cols = grid
   cell_h, cell_w = image_size / rows, image_size / cols
   r0, r1 = int(y0 // cell_h), int(np.ceil(y1 / cell_h))
@@ -154,9 +178,10 @@ def caption_images(run: Run, images: np.ndarray, *, seed: int = 0, batch_size: i
 
 
 def write_samples(out_dir: str, prompts: list[str], per_prompt: int, images: np.ndarray,
-                  extra: Optional[dict] = None) -> str:
+                  extra: Optional[dict] = None, seen: Optional[list[str]] = None) -> str:
   """PNGs, manifest.jsonl and grid.png; returns the manifest path. `extra` goes into every
-  manifest line."""
+  manifest line; `seen[p]`, the text the model read for prompt p (`read_as`), as
+  "model_read"."""
   os.makedirs(out_dir, exist_ok=True)
   grid, cells = writers.sample_grid(images, per_prompt)
   manifest = os.path.join(out_dir, "manifest.jsonl")
@@ -165,9 +190,11 @@ def write_samples(out_dir: str, prompts: list[str], per_prompt: int, images: np.
       p, k = divmod(i, per_prompt)
       name = f"{p:05d}_{k:02d}.png"
       Image.fromarray(np.asarray(image, np.uint8)).save(os.path.join(out_dir, name))
-      f.write(json.dumps({"prompt": prompts[p], "image": name, "prompt_index": p,
-                          "sample_index": k, "grid_row": row, "grid_col": col,
-                          **(extra or {})}) + "\n")
+      line = {"prompt": prompts[p], "image": name, "prompt_index": p, "sample_index": k,
+              "grid_row": row, "grid_col": col, **(extra or {})}
+      if seen is not None:
+        line["model_read"] = seen[p]
+      f.write(json.dumps(line) + "\n")
   Image.fromarray(grid).save(os.path.join(out_dir, "grid.png"))
   return manifest
 
@@ -176,7 +203,7 @@ def read_prompts(path: str) -> list[str]:
   with open(path) as f:
     prompts = [line.strip() for line in f if line.strip()]
   if not prompts:
-    raise ValueError(f"{path}: no prompts (expected one caption per line)")
+    raise errors.DataError(f"{path}: no prompts (expected one caption per line)")
   return prompts
 
 
@@ -185,7 +212,7 @@ def _read_images(path: str, size: int) -> tuple[list[str], np.ndarray]:
   files = sorted(f for ext in ("png", "jpg", "jpeg", "webp", "bmp")
                  for f in glob.glob(os.path.join(path, f"*.{ext}")))
   if not files:
-    raise FileNotFoundError(f"{path}: no images (*.png, *.jpg, ...) to caption")
+    raise errors.NotFound(f"{path}: no images (*.png, *.jpg, ...) to caption")
   return files, np.stack([sources.load_image(f, size) for f in files])
 
 
@@ -217,23 +244,25 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--batch-size", type=int, default=64)
   args = parser.parse_args(argv)
+  logging.basicConfig(format="upgen sample: warning: %(message)s", level=logging.WARNING,
+                      force=True)
   if not (args.prompts or args.captions_for or args.unconditional):
     parser.error("give --prompts FILE, --unconditional N and/or --captions-for IMAGES")
   if bool(args.inpaint) != bool(args.region) or (args.inpaint and not args.prompts):
     parser.error("--inpaint IMAGE needs --region X0,Y0,X1,Y1 and --prompts FILE")
   run = load_run(args.workdir)
   k = args.per_prompt or run.setup.sample.per_prompt
+  prompts = read_prompts(args.prompts) if args.prompts else []
+  seen = read_as(run, prompts)
   if args.prompts and args.inpaint:
-    prompts = read_prompts(args.prompts)
     images = inpaint_images(run, prompts, k, args.inpaint, args.region, seed=args.seed,
                             batch_size=args.batch_size)
     manifest = write_samples(args.out, prompts, k, images, {
-        "inpaint": os.path.abspath(args.inpaint), "region": list(args.region)})
+        "inpaint": os.path.abspath(args.inpaint), "region": list(args.region)}, seen)
     print(f"upgen sample: {len(images)} inpainted images -> {manifest}")
   elif args.prompts:
-    prompts = read_prompts(args.prompts)
     images = generate_images(run, prompts, k, seed=args.seed, batch_size=args.batch_size)
-    manifest = write_samples(args.out, prompts, k, images)
+    manifest = write_samples(args.out, prompts, k, images, seen=seen)
     print(f"upgen sample: {len(images)} images -> {manifest}")
   if args.unconditional:
     images = unconditional_images(run, args.unconditional, seed=args.seed,

@@ -16,6 +16,8 @@ import dataclasses
 import typing
 from typing import Any, Iterable, Mapping, Optional, TypeVar
 
+from upgen import errors
+
 T = TypeVar("T")
 
 
@@ -35,25 +37,25 @@ def _convert(value: Any, kind: Any, key: str) -> Any:
     return None if value is None else _convert(value, args[0], key)
   if origin is tuple or kind is tuple:
     if not isinstance(value, (list, tuple)):
-      raise ValueError(f"{key}={value!r}: expected a sequence")
+      raise errors.ConfigError(f"{key}={value!r}: expected a sequence")
     args = typing.get_args(kind)
     item = args[0] if args else None
     return tuple(_convert(v, item, key) if item not in (None, Ellipsis) else v for v in value)
   if kind is bool:
     if not isinstance(value, (bool, int)) or value not in (0, 1, True, False):
-      raise ValueError(f"{key}={value!r}: expected True or False")
+      raise errors.ConfigError(f"{key}={value!r}: expected True or False")
     return bool(value)
   if kind is int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-      raise ValueError(f"{key}={value!r}: expected an integer")
+      raise errors.ConfigError(f"{key}={value!r}: expected an integer")
     return int(value)
   if kind is float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-      raise ValueError(f"{key}={value!r}: expected a number")
+      raise errors.ConfigError(f"{key}={value!r}: expected a number")
     return float(value)
   if kind is str:
     if not isinstance(value, str):
-      raise ValueError(f"{key}={value!r}: expected a string")
+      raise errors.ConfigError(f"{key}={value!r}: expected a string")
     return value
   return value
 
@@ -74,21 +76,21 @@ def parse(cls: type[T], group: Any, where: str, *, given: Optional[Mapping[str, 
   hints = typing.get_type_hints(cls)
   clash = sorted(k for k in values if k in given)
   if clash:
-    raise ValueError(f"{', '.join(f'{where}.{k}' for k in clash)}: set in the config, but "
-                     f"{'it comes' if len(clash) == 1 else 'they come'} from the data "
-                     "(the records' metadata.json); remove it from the config")
+    raise errors.ConfigError(f"{', '.join(f'{where}.{k}' for k in clash)}: set in the config, but "
+                             f"{'it comes' if len(clash) == 1 else 'they come'} from the data "
+                             "(the records' metadata.json); remove it from the config")
   unknown = sorted(k for k in values if k not in fields)
   if unknown:
-    raise ValueError(f"{', '.join(f'{where}.{k}' for k in unknown)}: unknown key"
-                     f"{'s' if len(unknown) > 1 else ''} ({cls.__name__} takes "
-                     f"{', '.join(sorted(k for k in fields if k not in given))})")
+    raise errors.ConfigError(f"{', '.join(f'{where}.{k}' for k in unknown)}: unknown key"
+                             f"{'s' if len(unknown) > 1 else ''} ({cls.__name__} takes "
+                             f"{', '.join(sorted(k for k in fields if k not in given))})")
   values.update(given)
   missing = sorted(name for name, f in fields.items() if name not in values
                    and f.default is dataclasses.MISSING
                    and f.default_factory is dataclasses.MISSING)
   if missing:
-    raise ValueError(f"{', '.join(f'{where}.{k}' for k in missing)}: missing "
-                     f"({cls.__name__} needs {'it' if len(missing) == 1 else 'them'})")
+    raise errors.ConfigError(f"{', '.join(f'{where}.{k}' for k in missing)}: missing "
+                             f"({cls.__name__} needs {'it' if len(missing) == 1 else 'them'})")
   kwargs = {k: _convert(v, hints.get(k, Any), f"{where}.{k}") for k, v in values.items()}
   return cls(**kwargs)
 

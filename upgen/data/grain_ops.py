@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional, Sequence
 import grain
 import numpy as np
 
+from upgen import errors
 from upgen.data import example_proto
 from upgen.data import records
 
@@ -61,7 +62,7 @@ class EpochShuffle(grain.MapDataset):
     super().__init__(parent)
     self._n, self._seed = len(parent), int(seed)
     if self._n == 0:
-      raise ValueError(f"cannot shuffle an empty dataset ({parent})")
+      raise errors.DataError(f"cannot shuffle an empty dataset ({parent})")
     self._perms: dict[int, np.ndarray] = {}
 
   def __len__(self) -> int:
@@ -184,12 +185,13 @@ class TokenBatcher:
     try:
       spans = example_proto.feature_spans(data)
     except example_proto.ProtoDecodeError as e:
-      raise ValueError(f"{self._where(element)}: not a valid tf.train.Example: {e}") from e
+      raise errors.DataError(f"{self._where(element)}: not a valid tf.train.Example: {e}") from e
     out = []
     for key in ("image_tokens", "text_tokens"):
       kind, start, end = spans.get(key, (None, 0, 0))
       if kind != "int64":
-        raise ValueError(f"{self._where(element)}: feature {key!r} missing or not an int64 list")
+        raise errors.DataError(
+            f"{self._where(element)}: feature {key!r} missing or not an int64 list")
       span = example_proto.packed_payload(data, start, end)
       if span is None:  # Unpacked (another writer): re-encode packed.
         out.append(example_proto.encode_varints(example_proto.decode_example(data)[key]))
@@ -203,14 +205,15 @@ class TokenBatcher:
     values_T, counts_B, bad_B = _decode_segments(payloads)
     if bad_B.any():
       where = self._where(elements[int(np.argmax(bad_B))])
-      raise ValueError(f"{where}: {key} ends inside a varint")
+      raise errors.DataError(f"{where}: {key} ends inside a varint")
     starts_B = np.cumsum(counts_B) - counts_B
     limit = self.limits[key]
     if len(values_T) and values_T.view(np.uint64).max() >= limit:
       first_bad = int(np.argmax((values_T < 0) | (values_T >= limit)))
       record = int(np.searchsorted(starts_B + counts_B, first_bad, side="right"))
-      raise ValueError(f"{self._where(elements[record])}: {key} id {int(values_T[first_bad])} "
-                       f"outside the vocabulary [0, {limit})")
+      raise errors.DataError(
+          f"{self._where(elements[record])}: {key} id {int(values_T[first_bad])} "
+          f"outside the vocabulary [0, {limit})")
     return values_T, counts_B, starts_B
 
   def __call__(self, elements: list[Mapping[str, Any]]) -> dict[str, np.ndarray]:
@@ -224,11 +227,11 @@ class TokenBatcher:
     bad_image_B = want_image_B & (image_counts_B != self.image_seq_len)
     if bad_image_B.any():
       i = int(np.argmax(bad_image_B))
-      raise ValueError(f"{self._where(elements[i])}: {int(image_counts_B[i])} image tokens, "
-                       f"expected image_seq_len={self.image_seq_len}")
+      raise errors.DataError(f"{self._where(elements[i])}: {int(image_counts_B[i])} image tokens, "
+                             f"expected image_seq_len={self.image_seq_len}")
     bad_text_B = want_text_B & (text_counts_B == 0)
     if bad_text_B.any():
-      raise ValueError(f"{self._where(elements[int(np.argmax(bad_text_B))])}: no text tokens")
+      raise errors.DataError(f"{self._where(elements[int(np.argmax(bad_text_B))])}: no text tokens")
     has_image_B = want_image_B & (drop_B != DROP_IMAGE)
     has_text_B = want_text_B & (drop_B != DROP_TEXT)
     batch, li, lt = len(elements), self.image_seq_len, self.text_seq_len

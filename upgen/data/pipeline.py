@@ -31,6 +31,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from upgen import errors
 from upgen import paths
 from upgen.data import grain_ops
 from upgen.data import records
@@ -70,7 +71,7 @@ def token_spec(data: ml_collections.ConfigDict) -> DataSpec:
   main = records.read_metadata(data.dir)
   spec = _metadata_spec(main, int(data.text_seq_len))
   if spec.text_seq_len < 1:
-    raise ValueError(f"config.data.text_seq_len={spec.text_seq_len}: must be >= 1")
+    raise errors.ConfigError(f"config.data.text_seq_len={spec.text_seq_len}: must be >= 1")
   for _, weight, directory in parse_extra_sources(data.get("extra_sources", "")):
     if weight == 0 or directory == data.dir:
       continue
@@ -79,11 +80,11 @@ def token_spec(data: ml_collections.ConfigDict) -> DataSpec:
       if meta[tok] is None:
         continue
       if main[tok] is None:
-        raise ValueError(f"config.data.extra_sources: {directory} has a {tok} but "
-                         f"config.data.dir={data.dir} has none to agree with")
+        raise errors.ConfigError(f"config.data.extra_sources: {directory} has a {tok} but "
+                                 f"config.data.dir={data.dir} has none to agree with")
       if meta[tok]["identity"] != main[tok]["identity"]:
-        raise ValueError(f"config.data.extra_sources: {directory} was tokenized with a "
-                         f"different {tok} than config.data.dir ({tok}.identity differs)")
+        raise errors.ConfigError(f"config.data.extra_sources: {directory} was tokenized with a "
+                                 f"different {tok} than config.data.dir ({tok}.identity differs)")
   return spec
 
 
@@ -93,15 +94,16 @@ def parse_extra_sources(spec: str) -> list[tuple[str, float, str]]:
   for item in filter(None, (s.strip() for s in spec.split(","))):
     parts = item.split(":", 2)
     if len(parts) != 3 or parts[0] not in ROLES:
-      raise ValueError(f"config.data.extra_sources: {item!r} is not kind:weight:dir with kind "
-                       f"in {sorted(ROLES)}")
+      raise errors.ConfigError(
+          f"config.data.extra_sources: {item!r} is not kind:weight:dir with kind "
+          f"in {sorted(ROLES)}")
     try:
       weight = float(parts[1])
     except ValueError as e:
-      raise ValueError(f"config.data.extra_sources: {item!r}: weight {parts[1]!r} is not a "
-                       f"number") from e
+      raise errors.ConfigError(f"config.data.extra_sources: {item!r}: weight {parts[1]!r} is not a "
+                               f"number") from e
     if weight < 0:
-      raise ValueError(f"config.data.extra_sources: {item!r}: weight must be >= 0")
+      raise errors.ConfigError(f"config.data.extra_sources: {item!r}: weight must be >= 0")
     out.append((parts[0], weight, parts[2]))
   return out
 
@@ -111,11 +113,11 @@ def _checked_rows(config: ml_collections.ConfigDict, rows: Optional[Sequence[int
   """The rows of each global batch to load (all when None), checked against the batch size."""
   batch_size = int(config.data.batch_size)
   if batch_size <= 0:
-    raise ValueError(f"config.data.batch_size={batch_size} must be positive")
+    raise errors.ConfigError(f"config.data.batch_size={batch_size} must be positive")
   rows = tuple(range(batch_size) if rows is None else (int(r) for r in rows))
   if not rows or list(rows) != sorted(set(rows)) or not 0 <= rows[0] <= rows[-1] < batch_size:
-    raise ValueError(f"rows {rows} are not sorted distinct rows of a batch of "
-                     f"config.data.batch_size={batch_size}")
+    raise errors.DataError(f"rows {rows} are not sorted distinct rows of a batch of "
+                           f"config.data.batch_size={batch_size}")
   return rows
 
 
@@ -149,8 +151,8 @@ def _record_source(directory: str, split: str, role: str,
   version = paths.version(paths.join(directory, records.METADATA_FILE))
   src = _open_split(paths.absolute(directory), split, version)
   if src.kind not in ROLES[role]:
-    raise ValueError(f"{config_key}: {directory} split {split!r} holds {src.kind!r} records, "
-                     f"which cannot be used as {role!r}")
+    raise errors.DataError(f"{config_key}: {directory} split {split!r} holds {src.kind!r} records, "
+                           f"which cannot be used as {role!r}")
   return src
 
 
@@ -159,7 +161,8 @@ def _token_sources(config: ml_collections.ConfigDict, split: str,
   """[(role, weight, source)] for data.dir (+ extra_sources). The sources' tokenizers were
   checked against data.dir's by `token_spec`."""
   if not config.data.dir:
-    raise ValueError("config.data.dir is empty: set it to a directory written by `upgen tokenize`")
+    raise errors.ConfigError(
+        "config.data.dir is empty: set it to a directory written by `upgen tokenize`")
   paired_weight = float(config.data.get("paired_weight", 1.0))
   specs = [("paired", paired_weight, config.data.dir, "config.data.dir")]
   if extra:
@@ -168,14 +171,14 @@ def _token_sources(config: ml_collections.ConfigDict, split: str,
   out = [(role, weight, _record_source(directory, split, role, key))
          for role, weight, directory, key in specs if weight != 0 or not extra]
   if not out:
-    raise ValueError("config.data.paired_weight and all extra_sources weights are 0")
+    raise errors.ConfigError("config.data.paired_weight and all extra_sources weights are 0")
   return out
 
 
 def _batcher(srcs: list[tuple[str, float, records.RecordDataSource]],
              spec: DataSpec) -> grain_ops.TokenBatcher:
   if spec.text_seq_len <= 0:
-    raise ValueError(f"config.data.text_seq_len={spec.text_seq_len} must be positive")
+    raise errors.ConfigError(f"config.data.text_seq_len={spec.text_seq_len} must be positive")
   return grain_ops.TokenBatcher(
       [src for _, _, src in srcs], [role for role, _, _ in srcs],
       image_seq_len=spec.image_seq_len, text_seq_len=spec.text_seq_len,
@@ -202,8 +205,9 @@ def make_train_iterator(config: ml_collections.ConfigDict, spec: DataSpec, *,
   text_dropout = float(config.data.get("text_dropout", 0.0))
   image_dropout = float(config.data.get("image_dropout", 0.0))
   if not (0 <= text_dropout and 0 <= image_dropout and text_dropout + image_dropout <= 1):
-    raise ValueError(f"config.data.text_dropout={text_dropout} and config.data.image_dropout="
-                     f"{image_dropout} must be >= 0 with a sum <= 1")
+    raise errors.ConfigError(
+        f"config.data.text_dropout={text_dropout} and config.data.image_dropout="
+        f"{image_dropout} must be >= 0 with a sum <= 1")
   if text_dropout or image_dropout:
     paired = frozenset(i for i, (role, _, _) in enumerate(srcs) if role == "paired")
     ds = ds.random_map(functools.partial(grain_ops.modality_dropout, text_dropout=text_dropout,
@@ -219,8 +223,8 @@ def _one_pass(ds: grain.MapDataset, config: ml_collections.ConfigDict,
   batch_size = int(config.data.batch_size)
   usable = len(ds) // batch_size * batch_size
   if usable == 0:
-    raise ValueError(f"{what} has {len(ds)} examples, fewer than "
-                     f"config.data.batch_size={batch_size}")
+    raise errors.DataError(f"{what} has {len(ds)} examples, fewer than "
+                           f"config.data.batch_size={batch_size}")
   return ds[:usable]
 
 
@@ -280,8 +284,8 @@ def make_image_iterator(config: ml_collections.ConfigDict, spec: DataSpec, split
   S = spec.image_size). train: infinite, shuffled per epoch (seed = config.seed);
   else one pass in file order, remainder dropped. Sharded like make_train_iterator."""
   if not config.data.dir:
-    raise ValueError("config.data.dir is empty: set it to an image folder "
-                     "(DIR/<split>/captions.jsonl)")
+    raise errors.ConfigError("config.data.dir is empty: set it to an image folder "
+                             "(DIR/<split>/captions.jsonl)")
   source = sources.ImageFolderSource(os.path.join(config.data.dir, split), spec.image_size)
   if len(source) * source.image_size ** 2 * 3 <= IMAGE_CACHE_BYTES:
     source = _CachedImages(source)

@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from upgen import errors
 from upgen.data import pipeline
 from upgen.data import records
 from upgen.data.spec import DataSpec
@@ -64,7 +65,7 @@ class Reader(Protocol):
 def _as_pixels(x: np.ndarray) -> np.ndarray:
   x = np.asarray(x)
   if x.dtype != np.uint8 or x.ndim != 4:
-    raise ValueError(f"expected uint8 images NxHxWx3, got {x.dtype} {x.shape}")
+    raise errors.ConfigError(f"expected uint8 images NxHxWx3, got {x.dtype} {x.shape}")
   return x
 
 
@@ -74,8 +75,9 @@ class TokenRecords:
 
   def spec(self, data: Any) -> DataSpec:
     if not data.dir:
-      raise ValueError("config.data.dir is empty: point it at a directory of records written "
-                       "by `upgen tokenize` (with metadata.json)")
+      raise errors.ConfigError(
+          "config.data.dir is empty: point it at a directory of records written "
+          "by `upgen tokenize` (with metadata.json)")
     return pipeline.token_spec(data)
 
   def synthetic_spec(self, data: Any, *, image_grid: int, image_vocab: int,
@@ -138,7 +140,7 @@ class ImageFolder:
   def spec(self, data: Any) -> DataSpec:
     size = int(data.image_size)
     if size < 1:
-      raise ValueError(f"config.data.image_size={size}: must be >= 1")
+      raise errors.ConfigError(f"config.data.image_size={size}: must be >= 1")
     return DataSpec(image_size=size)
 
   def synthetic_spec(self, data: Any, **unused) -> DataSpec:

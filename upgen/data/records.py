@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from upgen import errors
 from upgen import paths
 from upgen.data import example_proto
 from upgen.data import tfrecord
@@ -29,7 +30,7 @@ KINDS = ("paired", "image", "text")
 Example = Mapping[str, Any]
 
 
-class MetadataError(ValueError):
+class MetadataError(errors.DataError):
   """metadata.json is missing, malformed, or disagrees with the data or the config."""
 
 
@@ -49,7 +50,7 @@ def _example_kind(example: Example) -> str:
     return "paired"
   if has_image or has_text:
     return "image" if has_image else "text"
-  raise ValueError(f"example {example.get('id')!r} has neither image_tokens nor text_tokens")
+  raise errors.DataError(f"example {example.get('id')!r} has neither image_tokens nor text_tokens")
 
 
 def encode_record(example: Example) -> bytes:
@@ -82,9 +83,9 @@ def write_split(out_dir: str, split: str, examples_iter: Iterable[Example], num_
   are written under a temporary name and renamed when complete.
   """
   if num_shards < 1:
-    raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    raise errors.DataError(f"num_shards must be >= 1, got {num_shards}")
   if kind is not None and kind not in KINDS:
-    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    raise errors.DataError(f"kind must be one of {KINDS}, got {kind!r}")
   paths.makedirs(out_dir)
   old_shards = f"{glob.escape(split)}-*-of-*.tfrecord"
   for old in fnmatch.filter(paths.list_names(out_dir), old_shards):
@@ -98,13 +99,13 @@ def write_split(out_dir: str, split: str, examples_iter: Iterable[Example], num_
       example_kind = _example_kind(example)
       kind = kind or example_kind
       if example_kind != kind:
-        raise ValueError(f"split {split!r} is {kind!r} but example {example.get('id')!r} "
-                         f"(number {count}) is {example_kind!r}")
+        raise errors.DataError(f"split {split!r} is {kind!r} but example {example.get('id')!r} "
+                               f"(number {count}) is {example_kind!r}")
       max_text_len = max(max_text_len, _num_tokens(example, "text_tokens"))
       writers[count % num_shards].write(encode_record(example))
       count += 1
     if count == 0:
-      raise ValueError(f"split {split!r}: no examples to write")
+      raise errors.DataError(f"split {split!r}: no examples to write")
   except BaseException:
     for w, p in zip(writers, tmp_paths):
       w.close()
@@ -261,7 +262,7 @@ def tokenizer_path(data_dir: str, metadata: Mapping[str, Any], key: str) -> str:
   if path and not (os.path.isabs(path) or paths.is_remote(path)):
     path = paths.join(data_dir, path)
   if not path or not paths.exists(path):
-    raise FileNotFoundError(
+    raise errors.NotFound(
         f"{paths.join(data_dir, METADATA_FILE)}: {key}.path={metadata.get(key, {}).get('path')!r}"
         " does not exist; the tokenizers must stay where `upgen tokenize` found them")
   return path
@@ -358,27 +359,27 @@ class RecordDataSource:
     try:
       features = example_proto.decode_example(shard[local])
     except example_proto.ProtoDecodeError as e:
-      raise ValueError(f"{where}: not a valid tf.train.Example: {e}") from e
+      raise errors.DataError(f"{where}: not a valid tf.train.Example: {e}") from e
     out: dict[str, Any] = {}
     for key in ("image_tokens", "text_tokens"):
       ids = features.get(key)
       if not isinstance(ids, np.ndarray) or ids.dtype != np.int64:
-        raise ValueError(f"{where}: feature {key!r} missing or not an int64 list")
+        raise errors.DataError(f"{where}: feature {key!r} missing or not an int64 list")
       limit = self._limits[key]
       # As uint64, negative ids are huge: one max() checks both bounds.
       bound = np.iinfo(np.int64).max if limit is None else limit
       if len(ids) and ids.view(np.uint64).max() >= bound:
         bad_L = (ids < 0) if limit is None else ((ids < 0) | (ids >= limit))
-        raise ValueError(f"{where}: {key} id {int(ids[bad_L][0])} outside the vocabulary "
-                         f"[0, {limit if limit is not None else 'inf'})")
+        raise errors.DataError(f"{where}: {key} id {int(ids[bad_L][0])} outside the vocabulary "
+                               f"[0, {limit if limit is not None else 'inf'})")
       out[key] = ids.astype(np.int32)
     num_image = len(out["image_tokens"])
     if num_image and self._image_seq_len is not None and num_image != self._image_seq_len:
-      raise ValueError(f"{where}: {len(out['image_tokens'])} image tokens, expected "
-                       f"image_seq_len={self._image_seq_len}")
+      raise errors.DataError(f"{where}: {len(out['image_tokens'])} image tokens, expected "
+                             f"image_seq_len={self._image_seq_len}")
     for key in ("caption", "id"):
       value = features.get(key)
       if not isinstance(value, list) or len(value) != 1:
-        raise ValueError(f"{where}: feature {key!r} missing or not a single bytes value")
+        raise errors.DataError(f"{where}: feature {key!r} missing or not a single bytes value")
       out[key] = value[0].decode("utf-8", errors="replace")
     return out

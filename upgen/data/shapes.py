@@ -32,6 +32,8 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from upgen import errors
+
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (255, 0, 0),
     "green": (0, 255, 0),
@@ -110,7 +112,7 @@ def shape_mask(shape: str, cx: float, cy: float, size: float, image_size: int) -
     top = cy - half
     inside_rows = (y_Hx1 >= top) & (y_Hx1 <= cy + half)
     return inside_rows & (np.abs(x_1xW - cx) <= (y_Hx1 - top) / 2)
-  raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+  raise errors.ConfigError(f"unknown shape {shape!r}; expected one of {SHAPES}")
 
 
 def _jittered(rng: np.random.Generator, centre: tuple[float, float],
@@ -166,7 +168,7 @@ def sample_two_objects(rng: np.random.Generator, image_size: int,
     if not (_dilate(masks[0]) & masks[1]).any():
       caption = two_object_caption(color1, shape1, relation, color2, shape2)
       return caption, [_object(*p) for p in placed], masks
-  raise ValueError(f"image_size={image_size}: could not place two separated objects")
+  raise errors.ConfigError(f"image_size={image_size}: could not place two separated objects")
 
 
 def render(objects: Sequence[dict], masks: Sequence[np.ndarray]) -> np.ndarray:
@@ -208,10 +210,10 @@ def generate(out_dir: str, image_size: int = 32, num_train: int = 20000, num_val
              num_test: int = 1000, seed: int = 0) -> dict:
   """Renders train/val/test under `out_dir` and returns a summary (also in shapes.json)."""
   if image_size < 16:
-    raise ValueError(f"image_size={image_size}: shapes need at least 16x16 pixels")
+    raise errors.ConfigError(f"image_size={image_size}: shapes need at least 16x16 pixels")
   for name, num in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
     if num < 0:
-      raise ValueError(f"{name}={num} must be >= 0")
+      raise errors.ConfigError(f"{name}={num} must be >= 0")
   held = held_out_specs(seed)
   held_set = set(held)
   seen = [spec for spec in two_object_specs() if spec not in held_set]

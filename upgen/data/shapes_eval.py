@@ -26,6 +26,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from upgen import errors
 from upgen.data import sources
 from upgen.data.shapes import COLORS, POSITION_PHRASES, POSITIONS, RELATIONS, SHAPES, SIZES
 
@@ -76,7 +77,7 @@ def parse_caption(caption: str) -> list[dict]:
     color1, shape1, phrase, color2, shape2 = two.groups()
     return [{"shape": shape1, "color": color1, "relation": _PHRASE_TO_RELATION[phrase]},
             {"shape": shape2, "color": color2}]
-  raise ValueError(f"not a shapes caption: {caption!r}")
+  raise errors.DataError(f"not a shapes caption: {caption!r}")
 
 
 def label_components(class_HxW: np.ndarray) -> np.ndarray:
@@ -139,7 +140,7 @@ def parse_image(image_HxWx3: np.ndarray) -> list[dict]:
   """
   image = np.asarray(image_HxWx3)
   if image.ndim != 3 or image.shape[-1] != 3:
-    raise ValueError(f"expected an HxWx3 image, got shape {image.shape}")
+    raise errors.DataError(f"expected an HxWx3 image, got shape {image.shape}")
   h, w, _ = image.shape
   pixels_HxWx3 = image.astype(np.float32)
   distance_HxWxC = np.sum((pixels_HxWx3[:, :, None, :] - _PALETTE_Cx3) ** 2, axis=-1)
@@ -213,7 +214,7 @@ def caption_fidelity(images: Iterable[np.ndarray], captions: Iterable[str]) -> f
   """Fraction of (image, caption) pairs that `score` accepts."""
   verdicts = [score(image, caption)[0] for image, caption in zip(images, captions, strict=True)]
   if not verdicts:
-    raise ValueError("caption_fidelity needs at least one image")
+    raise errors.DataError("caption_fidelity needs at least one image")
   return float(np.mean(verdicts))
 
 
@@ -227,13 +228,13 @@ def read_pairs(jsonl_path: str, caption_key: str) -> list[tuple[str, str]]:
 def evaluate_pairs(pairs: Sequence[tuple[str, str]], source: str) -> dict:
   """Scores (image path, caption) pairs; returns fidelity and per-attribute accuracies."""
   if not pairs:
-    raise ValueError(f"{source}: no examples to score")
+    raise errors.DataError(f"{source}: no examples to score")
   oks, per_attribute = [], {}
   for image_path, caption in pairs:
     try:
       ok, details = score(sources.load_image(image_path), caption)
     except ValueError as e:
-      raise ValueError(f"{source}: {image_path}: {e}") from e
+      raise errors.DataError(f"{source}: {image_path}: {e}") from e
     oks.append(ok)
     kind = "one_object" if details["num_objects"] == 1 else "two_objects"
     for name, value in details.items():

@@ -21,6 +21,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from upgen import errors
+
 CAPTIONS_FILE = "captions.jsonl"
 Example = dict[str, Any]
 
@@ -66,7 +68,7 @@ def read_captions(path: str, *, caption_key: str = "caption",
   path = captions_path(path)
   directory = os.path.dirname(os.path.abspath(path))
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: not found (expected one JSON object per line with "
+    raise errors.NotFound(f"{path}: not found (expected one JSON object per line with "
                             f"'image' and {caption_key!r} keys)")
   entries = []
   with open(path, encoding="utf-8") as f:
@@ -77,26 +79,26 @@ def read_captions(path: str, *, caption_key: str = "caption",
       try:
         obj = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON: {e}") from e
+        raise errors.DataError(f"{where}: not valid JSON: {e}") from e
       if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        raise errors.DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
       caption = obj.get(caption_key)
       if not isinstance(caption, str):
-        raise ValueError(f"{where}: {caption_key!r} must be a string, got {caption!r}")
+        raise errors.DataError(f"{where}: {caption_key!r} must be a string, got {caption!r}")
       image = obj.get("image")
       if require_images:
         if not isinstance(image, str) or not image:
-          raise ValueError(f"{where}: 'image' must be a relative path string, got {image!r}")
+          raise errors.DataError(f"{where}: 'image' must be a relative path string, got {image!r}")
         image_path = os.path.join(directory, image)
         if not os.path.isfile(image_path):
-          raise FileNotFoundError(f"{where}: image file {image_path} does not exist")
+          raise errors.NotFound(f"{where}: image file {image_path} does not exist")
       else:  # Captions only: an image, if named, is not opened.
         image_path = os.path.join(directory, image) if isinstance(image, str) and image else ""
       example_id = obj.get("id", image if image is not None else f"line{lineno}")
       entries.append({"image": image_path, "caption": caption, "id": str(example_id),
                       "line": where, "record": obj})
   if not entries:
-    raise ValueError(f"{path}: no examples")
+    raise errors.DataError(f"{path}: no examples")
   return entries
 
 
@@ -148,7 +150,7 @@ class ImageFolderSource(CaptionsSource):
     try:
       pixels = load_image(entry["image"], self.image_size)
     except (OSError, ValueError) as e:
-      raise ValueError(f"{entry['line']}: cannot read image {entry['image']}: {e}") from e
+      raise errors.DataError(f"{entry['line']}: cannot read image {entry['image']}: {e}") from e
     return {"image": pixels, "caption": entry["caption"], "id": entry["id"]}
 
 
@@ -178,10 +180,11 @@ def holdout_split(num_examples: int, fraction: float,
   fraction > 0) examples chosen by a seeded permutation; both sorted. The one splitter of
   `upgen tokenize` and `upgen quickstart --source`."""
   if not 0.0 <= fraction < 1.0:
-    raise ValueError(f"--val-fraction must be in [0, 1), got {fraction}")
+    raise errors.ConfigError(f"--val-fraction must be in [0, 1), got {fraction}")
   num_val = 0 if fraction == 0 else max(1, round(fraction * num_examples))
   if num_val >= num_examples:
-    raise ValueError(f"--val-fraction {fraction} leaves no training examples out of {num_examples}")
+    raise errors.ConfigError(
+        f"--val-fraction {fraction} leaves no training examples out of {num_examples}")
   order = np.random.default_rng(seed).permutation(num_examples)
   return np.sort(order[num_val:]), np.sort(order[:num_val])
 

@@ -12,6 +12,8 @@ import dataclasses
 import json
 from typing import Any, Mapping
 
+from upgen import errors
+
 SPEC_FILE = "data_spec.json"
 
 
@@ -29,7 +31,7 @@ class DataSpec:
   def __post_init__(self):
     object.__setattr__(self, "image_grid", tuple(int(v) for v in self.image_grid))
     if len(self.image_grid) != 2:
-      raise ValueError(f"data spec image_grid={self.image_grid}: expected (rows, columns)")
+      raise errors.DataError(f"data spec image_grid={self.image_grid}: expected (rows, columns)")
 
   @property
   def image_seq_len(self) -> int:
@@ -43,13 +45,13 @@ class DataSpec:
     """The sizes a token family's model is built with (image and text tokenizers both
     needed; the error says which one `where` lacks)."""
     if not self.image_vocab_size or not self.image_seq_len:
-      raise ValueError(f"{where} has no image tokenizer (metadata.json image_tokenizer is "
-                       "null): a token family needs image tokens")
+      raise errors.DataError(f"{where} has no image tokenizer (metadata.json image_tokenizer is "
+                             "null): a token family needs image tokens")
     if not self.text_vocab_size:
-      raise ValueError(f"{where} has no text tokenizer (metadata.json text_tokenizer is "
-                       "null): a token family needs text tokens")
+      raise errors.DataError(f"{where} has no text tokenizer (metadata.json text_tokenizer is "
+                             "null): a token family needs text tokens")
     if self.text_seq_len < 1:
-      raise ValueError(f"config.data.text_seq_len={self.text_seq_len}: must be >= 1")
+      raise errors.ConfigError(f"config.data.text_seq_len={self.text_seq_len}: must be >= 1")
     return {"image_vocab_size": self.image_vocab_size, "image_seq_len": self.image_seq_len,
             "image_grid_width": self.image_grid_width, "text_vocab_size": self.text_vocab_size,
             "text_seq_len": self.text_seq_len, "text_pad_id": self.text_pad_id,
@@ -63,7 +65,7 @@ class DataSpec:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
-      raise ValueError(f"{where}: unknown key(s) {unknown}; a data spec has {sorted(names)}")
+      raise errors.DataError(f"{where}: unknown key(s) {unknown}; a data spec has {sorted(names)}")
     return cls(**raw)
 
   def differences(self, other: "DataSpec") -> list[str]:

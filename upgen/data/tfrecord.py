@@ -28,6 +28,7 @@ from typing import BinaryIO, Iterator, Optional, Sequence
 
 import numpy as np
 
+from upgen import errors
 from upgen import paths
 
 _POLY = 0x82F63B78
@@ -228,7 +229,7 @@ class TFRecordWriter:
     self.close()
 
 
-class CorruptRecordError(ValueError):
+class CorruptRecordError(errors.DataError):
   """A TFRecord file is truncated or fails a CRC check."""
 
 

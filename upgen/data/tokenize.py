@@ -27,6 +27,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import numpy as np
 import tqdm
 
+from upgen import errors
 from upgen.data import records
 from upgen.data import sources
 
@@ -37,7 +38,8 @@ RECORDS_PER_SHARD = 10_000  # Default shard size when --num-shards is not given.
 def _check_ids(ids: np.ndarray, limit: int, what: str, example_id: str) -> None:
   if len(ids) and (ids.min() < 0 or ids.max() >= limit):
     bad = int(ids[(ids < 0) | (ids >= limit)][0])
-    raise ValueError(f"{what} returned id {bad} outside [0, {limit}) for example {example_id!r}")
+    raise errors.DataError(
+        f"{what} returned id {bad} outside [0, {limit}) for example {example_id!r}")
 
 
 def _tokenized(source: Any, kind: str, text_tokenizer: Any, image_tokenizer: Any,
@@ -58,8 +60,8 @@ def _tokenized(source: Any, kind: str, text_tokenizer: Any, image_tokenizer: Any
         tokens_Bxhxw = np.asarray(image_tokenizer.encode(images_BxHxWx3))
         want = (len(examples), *tuple(image_tokenizer.grid))
         if tokens_Bxhxw.shape != want:
-          raise ValueError(f"image tokenizer {image_tokenizer.path}: encode returned shape "
-                           f"{tokens_Bxhxw.shape}, expected {want}")
+          raise errors.DataError(f"image tokenizer {image_tokenizer.path}: encode returned shape "
+                                 f"{tokens_Bxhxw.shape}, expected {want}")
         image_tokens = list(tokens_Bxhxw.reshape(len(examples), -1).astype(np.int64))
       if kind != "image":
         text_tokens = [np.asarray(t, np.int64) for t in
@@ -70,8 +72,9 @@ def _tokenized(source: Any, kind: str, text_tokenizer: Any, image_tokenizer: Any
         if text_ids is not None:
           _check_ids(text_ids, text_tokenizer.vocab_size, "text tokenizer", example["id"])
           if len(text_ids) == 0:
-            raise ValueError(f"text tokenizer returned no tokens for example {example['id']!r} "
-                             f"(caption {example['caption']!r})")
+            raise errors.DataError(
+                f"text tokenizer returned no tokens for example {example['id']!r} "
+                f"(caption {example['caption']!r})")
         yield {"image_tokens": image_ids, "text_tokens": text_ids,
                "caption": example["caption"], "id": example["id"]}
       bar.update(len(examples))
@@ -88,15 +91,16 @@ def tokenize_split(source: Any, out_dir: str, split: str, text_tokenizer: Any,
   num_shards None = one shard per RECORDS_PER_SHARD examples. Returns the split's metadata.
   """
   if kind not in records.KINDS:
-    raise ValueError(f"kind must be one of {records.KINDS}, got {kind!r}")
+    raise errors.DataError(f"kind must be one of {records.KINDS}, got {kind!r}")
   if kind != "text" and image_tokenizer is None:
-    raise ValueError(f"kind {kind!r} needs an image tokenizer")
+    raise errors.DataError(f"kind {kind!r} needs an image tokenizer")
   if kind != "image" and text_tokenizer is None:
-    raise ValueError(f"kind {kind!r} needs a text tokenizer")
+    raise errors.DataError(f"kind {kind!r} needs a text tokenizer")
   image_size = getattr(source, "image_size", None)
   if kind != "text" and image_size is not None and image_size != image_tokenizer.image_size:
-    raise ValueError(f"source {source!r} yields {image_size}px images but the image tokenizer "
-                     f"{image_tokenizer.path} expects {image_tokenizer.image_size}px")
+    raise errors.DataError(
+        f"source {source!r} yields {image_size}px images but the image tokenizer "
+        f"{image_tokenizer.path} expects {image_tokenizer.image_size}px")
   text_info = image_info = None
   if text_tokenizer is not None:
     text_info = records.text_tokenizer_info(text_tokenizer)
@@ -148,7 +152,7 @@ def resolve_sources(source: str, splits: Optional[list[tuple[str, str]]],
     return {out: sources.TfdsSource(name, src, *tfds_keys, image_size or 0, tfds_data_dir)
             for out, src in (splits or [("train", "train")])}
   if not os.path.isdir(source):
-    raise FileNotFoundError(f"--source {source}: not a directory (or use tfds:NAME)")
+    raise errors.NotFound(f"--source {source}: not a directory (or use tfds:NAME)")
 
   def has_captions(sub: str) -> bool:
     return os.path.exists(os.path.join(source, sub, sources.CAPTIONS_FILE))
@@ -158,16 +162,17 @@ def resolve_sources(source: str, splits: Optional[list[tuple[str, str]]],
     chosen = splits or [(s, s) for s in present]
     missing = [src for _, src in chosen if not has_captions(src)]
     if missing:
-      raise FileNotFoundError(f"--source {source}: no {sources.CAPTIONS_FILE} for split(s) "
+      raise errors.NotFound(f"--source {source}: no {sources.CAPTIONS_FILE} for split(s) "
                               f"{missing} (expected {source}/<split>/{sources.CAPTIONS_FILE})")
     return {out: folder(os.path.join(source, src)) for out, src in chosen}
   if not os.path.exists(os.path.join(source, sources.CAPTIONS_FILE)):
-    raise FileNotFoundError(f"--source {source}: neither {sources.CAPTIONS_FILE} nor split "
+    raise errors.NotFound(f"--source {source}: neither {sources.CAPTIONS_FILE} nor split "
                             f"sub-folders ({', '.join(SPLIT_NAMES)}) with one")
   wanted = [out for out, _ in splits] if splits else ["train", "val"]
   if not set(wanted) <= {"train", "val"}:
-    raise ValueError(f"--source {source} has no split sub-folders: only train and val (held "
-                     f"out by --val-fraction) can be made, not {wanted}")
+    raise errors.ConfigError(
+        f"--source {source} has no split sub-folders: only train and val (held "
+        f"out by --val-fraction) can be made, not {wanted}")
   whole = folder(source)
   train_idx, val_idx = sources.holdout_split(len(whole), val_fraction)
   subsets = {"train": sources.SubsetSource(whole, train_idx),

@@ -31,6 +31,7 @@ import numpy as np
 import optax
 from flax import linen as nn
 
+from upgen import errors
 from upgen import families
 from upgen import flops
 from upgen import schema
@@ -63,7 +64,7 @@ class DalleConfig(layers.TransformerConfig):
                        f"vocabulary [0, {self.text_vocab_size})")
     for key in ("text_seq_len", "image_seq_len"):
       if getattr(self, key) < 1:
-        raise ValueError(f"{key}={getattr(self, key)}: must be >= 1")
+        raise errors.ConfigError(f"{key}={getattr(self, key)}: must be >= 1")
     if self.image_grid_width < 1 or self.image_seq_len % self.image_grid_width:
       raise ValueError(f"image_seq_len={self.image_seq_len} is not a grid of "
                        f"image_grid_width={self.image_grid_width} columns")
@@ -201,11 +202,12 @@ class DalleLoss:
   def __post_init__(self):
     for key in ("text_loss_weight", "image_loss_weight"):
       if getattr(self, key) < 0:
-        raise ValueError(f"config.loss.{key}={getattr(self, key)}: must be >= 0")
+        raise errors.ConfigError(f"config.loss.{key}={getattr(self, key)}: must be >= 0")
     if self.text_loss_weight + self.image_loss_weight <= 0:
-      raise ValueError("config.loss.text_loss_weight and image_loss_weight are both 0")
+      raise errors.ConfigError("config.loss.text_loss_weight and image_loss_weight are both 0")
     if not 0.0 <= self.caption_dropout <= 1.0:
-      raise ValueError(f"config.loss.caption_dropout={self.caption_dropout}: must be in [0, 1]")
+      raise errors.ConfigError(
+          f"config.loss.caption_dropout={self.caption_dropout}: must be in [0, 1]")
 
 
 def loss_config(group: Any, model_cfg: DalleConfig) -> DalleLoss:

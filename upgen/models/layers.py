@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from upgen import errors
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ATTENTION_IMPLS = (None, "xla", "cudnn")
 REMAT_POLICIES: dict[str, Optional[Callable[..., Any]]] = {
@@ -42,7 +44,7 @@ def dtype_from_name(name: Any, key: str = "config.model.dtype") -> Any:
   if not isinstance(name, str):
     return jnp.dtype(name).type
   if name not in DTYPES:
-    raise ValueError(f"{key}={name!r}: choose one of {sorted(DTYPES)}")
+    raise errors.ConfigError(f"{key}={name!r}: choose one of {sorted(DTYPES)}")
   return DTYPES[name]
 
 
@@ -78,22 +80,23 @@ class TransformerConfig:
     set_("param_dtype", dtype_from_name(self.param_dtype, "config.model.param_dtype"))
     set_("attention_impl", self.attention_impl or None)
     if self.num_layers < 0:
-      raise ValueError(f"config.model.num_layers={self.num_layers}: must be >= 0")
+      raise errors.ConfigError(f"config.model.num_layers={self.num_layers}: must be >= 0")
     for name in ("emb_dim", "num_heads", "mlp_dim"):
       if getattr(self, name) < 1:
-        raise ValueError(f"config.model.{name}={getattr(self, name)}: must be >= 1")
+        raise errors.ConfigError(f"config.model.{name}={getattr(self, name)}: must be >= 1")
     if self.emb_dim % self.num_heads:
-      raise ValueError(f"config.model.emb_dim={self.emb_dim} is not divisible by "
-                       f"config.model.num_heads={self.num_heads}")
+      raise errors.ConfigError(f"config.model.emb_dim={self.emb_dim} is not divisible by "
+                               f"config.model.num_heads={self.num_heads}")
     for name in ("dropout_rate", "attention_dropout_rate"):
       if not 0.0 <= getattr(self, name) < 1.0:
-        raise ValueError(f"config.model.{name}={getattr(self, name)}: must be in [0, 1)")
+        raise errors.ConfigError(f"config.model.{name}={getattr(self, name)}: must be in [0, 1)")
     if self.attention_impl not in ATTENTION_IMPLS:
-      raise ValueError(f"config.model.attention_impl={self.attention_impl!r}: choose one of "
-                       f"{ATTENTION_IMPLS}")
+      raise errors.ConfigError(
+          f"config.model.attention_impl={self.attention_impl!r}: choose one of "
+          f"{ATTENTION_IMPLS}")
     if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"config.model.remat={self.remat!r}: choose one of "
-                       f"{sorted(REMAT_POLICIES)}")
+      raise errors.ConfigError(f"config.model.remat={self.remat!r}: choose one of "
+                               f"{sorted(REMAT_POLICIES)}")
 
   def stack(self, **changes: Any) -> "TransformerConfig":
     """Just the transformer fields (a subclass's extra fields dropped), with `changes`."""

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 from flax import linen as nn
 
+from upgen import errors
 from upgen import families
 from upgen import flops
 from upgen import schema
@@ -67,21 +68,22 @@ class UPGenConfig(layers.TransformerConfig):
   def __post_init__(self):
     super().__post_init__()
     if self.text_pads not in TEXT_PADS:
-      raise ValueError(f"config.model.text_pads={self.text_pads!r}: choose one of {TEXT_PADS}")
+      raise errors.ConfigError(
+          f"config.model.text_pads={self.text_pads!r}: choose one of {TEXT_PADS}")
     for key in ("text_pad_id", "text_mask_id"):
       if not 0 <= getattr(self, key) < self.text_vocab_size:
         raise ValueError(f"the data's {key}={getattr(self, key)} is outside its text "
                          f"vocabulary [0, {self.text_vocab_size}): UPGen needs a [PAD] and a "
                          "[MASK] token in the text tokenizer")
     if self.position_embedding not in ("1d", "2d"):
-      raise ValueError(f"config.model.position_embedding={self.position_embedding!r}: "
-                       "choose '1d' or '2d'")
+      raise errors.ConfigError(f"config.model.position_embedding={self.position_embedding!r}: "
+                               "choose '1d' or '2d'")
     if self.image_grid_width < 1 or self.image_seq_len % self.image_grid_width:
       raise ValueError(f"image_seq_len={self.image_seq_len} is not a grid of "
                        f"image_grid_width={self.image_grid_width} columns")
     if self.position_embedding == "2d" and self.emb_dim % 4:
-      raise ValueError(f"config.model.position_embedding='2d' needs config.model.emb_dim "
-                       f"divisible by 4, got {self.emb_dim}")
+      raise errors.ConfigError(f"config.model.position_embedding='2d' needs config.model.emb_dim "
+                               f"divisible by 4, got {self.emb_dim}")
 
   def positions(self) -> np.ndarray:
     """Fixed (Li + Lt) x E table: 2D sin-cos over the image grid then 1D over the text
@@ -161,18 +163,18 @@ class MaskingLoss:
   def __post_init__(self):
     mask_schedule.check_schedule(self.mask_schedule, "config.loss.mask_schedule")
     if self.paired_masking not in PAIRED_MASKING:
-      raise ValueError(f"config.loss.paired_masking={self.paired_masking!r}: choose one of "
-                       f"{PAIRED_MASKING}")
+      raise errors.ConfigError(f"config.loss.paired_masking={self.paired_masking!r}: choose one of "
+                               f"{PAIRED_MASKING}")
     if not 0.0 < self.text_only_mask_ratio <= 1.0:
-      raise ValueError(f"config.loss.text_only_mask_ratio={self.text_only_mask_ratio}: "
-                       "must be in (0, 1]")
+      raise errors.ConfigError(f"config.loss.text_only_mask_ratio={self.text_only_mask_ratio}: "
+                               "must be in (0, 1]")
     if not 0.0 <= self.paired_text_mask_prob <= 1.0:
-      raise ValueError(f"config.loss.paired_text_mask_prob={self.paired_text_mask_prob}: "
-                       "must be in [0, 1]")
+      raise errors.ConfigError(f"config.loss.paired_text_mask_prob={self.paired_text_mask_prob}: "
+                               "must be in [0, 1]")
     for key in ("paired_image_weight", "paired_text_weight", "unpaired_image_weight",
-                "unpaired_text_weight"):
+                        "unpaired_text_weight"):
       if getattr(self, key) < 0:
-        raise ValueError(f"config.loss.{key}={getattr(self, key)}: must be >= 0")
+        raise errors.ConfigError(f"config.loss.{key}={getattr(self, key)}: must be >= 0")
 
 
 def loss_config(group: Any, model_cfg: UPGenConfig) -> MaskingLoss:
@@ -184,7 +186,7 @@ def _num_to_mask(r_B: jax.Array, valid_BxL: jax.Array) -> jax.Array:
   """ceil(r * num_valid), at least one where a row has any valid token."""
   num_valid_B = jnp.sum(valid_BxL, axis=1)
   return jnp.clip(jnp.ceil(r_B * num_valid_B).astype(jnp.int32), jnp.minimum(num_valid_B, 1),
-                  num_valid_B)
+                          num_valid_B)
 
 
 def _choose(rng: jax.Array, valid_BxL: jax.Array, num_mask_B: jax.Array) -> jax.Array:
@@ -195,7 +197,7 @@ def _choose(rng: jax.Array, valid_BxL: jax.Array, num_mask_B: jax.Array) -> jax.
 
 
 def sample_masks(rng: jax.Array, batch: Batch, settings: MaskingLoss,
-                 text_pads: str = "masked") -> tuple[jax.Array, jax.Array]:
+                         text_pads: str = "masked") -> tuple[jax.Array, jax.Array]:
   """Which tokens to mask: (masked_image_BxLi, masked_text_BxLt), both bool.
 
   Valid tokens: every image token of an example with an image, every text slot of an

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from upgen import errors
 from upgen import families
 from upgen import flops
 from upgen import schema
@@ -104,14 +105,14 @@ class VQGANLoss:
     for key in ("l1_weight", "l2_weight", "commitment_cost", "codebook_revive_weight",
                 "adversarial_weight", "adversarial_start"):
       if getattr(self, key) < 0:
-        raise ValueError(f"config.loss.{key}={getattr(self, key)}: must be >= 0")
+        raise errors.ConfigError(f"config.loss.{key}={getattr(self, key)}: must be >= 0")
 
 
 def loss_config(group: Any, model_cfg: VQGANConfig) -> VQGANLoss:
   loss = schema.parse(VQGANLoss, group, "config.loss")
   if loss.adversarial_weight > 0 and not model_cfg.discriminator:
-    raise ValueError(f"config.loss.adversarial_weight={loss.adversarial_weight} needs a "
-                     "discriminator: set config.model.discriminator=True")
+    raise errors.ConfigError(f"config.loss.adversarial_weight={loss.adversarial_weight} needs a "
+                             "discriminator: set config.model.discriminator=True")
   return loss
 
 

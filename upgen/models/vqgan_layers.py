@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from upgen import errors
+
 KERNEL_AXES = (None, None, "conv_in", "conv_out")
 HEAD_KERNEL_AXES = (None, None, "conv_in", None)
 CHANNEL_AXES = ("conv_out",)
@@ -45,9 +47,9 @@ class VQGANConfig:
     object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
     object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
     if not self.channel_multipliers:
-      raise ValueError("config.model.channel_multipliers must have at least one entry")
+      raise errors.ConfigError("config.model.channel_multipliers must have at least one entry")
     if self.norm not in ("group", "none"):
-      raise ValueError(f"config.model.norm={self.norm!r}: expected 'group' or 'none'")
+      raise errors.ConfigError(f"config.model.norm={self.norm!r}: expected 'group' or 'none'")
     factor = 2 ** (len(self.channel_multipliers) - 1)
     if self.image_size % factor:
       raise ValueError(
@@ -55,7 +57,7 @@ class VQGANConfig:
           f"config.model.channel_multipliers)-1)={factor}")
     for key in ("base_channels", "codebook_size", "embedding_dim"):
       if getattr(self, key) < 1:
-        raise ValueError(f"config.model.{key}={getattr(self, key)}: must be >= 1")
+        raise errors.ConfigError(f"config.model.{key}={getattr(self, key)}: must be >= 1")
 
   @property
   def grid(self) -> int:

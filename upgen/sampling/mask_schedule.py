@@ -16,12 +16,14 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from upgen import errors
+
 SCHEDULES = ("cosine", "linear", "sqrt", "square", "exp")
 
 
 def check_schedule(schedule: str, key: str = "config.sample.schedule") -> str:
   if schedule not in SCHEDULES:
-    raise ValueError(f"{key}={schedule!r}: choose one of {SCHEDULES}")
+    raise errors.ConfigError(f"{key}={schedule!r}: choose one of {SCHEDULES}")
   return schedule
 
 
@@ -54,7 +56,8 @@ def num_to_keep_masked(schedule: str, step, total_steps: int, num_unknown_at_sta
   closed form keep_t = min_{-1 <= s <= t} (f_s + s) - t (f_{-1} = N) works for a traced `step`.
   """
   if total_steps < 1:
-    raise ValueError(f"config.sample.num_steps={total_steps}: need at least 1 decoding step")
+    raise errors.ConfigError(
+        f"config.sample.num_steps={total_steps}: need at least 1 decoding step")
   n = jnp.asarray(num_unknown_at_start, jnp.int32)
   step = jnp.asarray(step, jnp.int32)
   s_T = jnp.arange(total_steps, dtype=jnp.int32)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from upgen import errors
 from upgen.sampling import mask_schedule
 
 TEMPERATURE_SCHEDULES = ("constant", "linear")
@@ -33,7 +34,7 @@ GuidedLogitsFn = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 
 def check_temperature_schedule(name: str, key: str = "config.sample.temperature_schedule") -> str:
   if name not in TEMPERATURE_SCHEDULES:
-    raise ValueError(f"{key}={name!r}: choose one of {TEMPERATURE_SCHEDULES}")
+    raise errors.ConfigError(f"{key}={name!r}: choose one of {TEMPERATURE_SCHEDULES}")
   return name
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from upgen import errors
 from upgen.sampling import mask_schedule
 from upgen.sampling import maskgit
 
@@ -33,11 +34,13 @@ class SampleSettings:
     maskgit.check_temperature_schedule(self.temperature_schedule, f"{KEY}.temperature_schedule")
     for name in ("per_prompt", "num_steps", "text_steps"):
       if getattr(self, name) < 1:
-        raise ValueError(f"{KEY}.{name}={getattr(self, name)}: must be >= 1")
+        raise errors.ConfigError(f"{KEY}.{name}={getattr(self, name)}: must be >= 1")
     for name, hint in (("temperature", "0 = argmax"), ("choice_temperature", "0 = no noise"),
                        ("guidance_scale", "0 = unguided"), ("top_k", "0 = no top-k filter"),
                        ("beam_size", "0 = sample")):
       if not getattr(self, name) >= 0:
-        raise ValueError(f"{KEY}.{name}={getattr(self, name)}: must be >= 0 ({hint})")
+        raise errors.ConfigError(f"{KEY}.{name}={getattr(self, name)}: must be >= 0 ({hint})")
     if not 0.0 < self.top_p <= 1.0:
-      raise ValueError(f"{KEY}.top_p={self.top_p}: must be in (0, 1] (1 = no nucleus filter)")
+      raise errors.ConfigError(
+          f"{KEY}.top_p={self.top_p}: must be in (0, 1] (1 = no nucleus filter)")
+          

@@ -24,6 +24,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
+from upgen import errors
 from upgen import paths
 
 SPECIAL_TOKENS = ("[PAD]", "[MASK]", "[UNK]", "[BOS]", "[EOS]")
@@ -31,6 +32,9 @@ SPECIAL_TOKENS = ("[PAD]", "[MASK]", "[UNK]", "[BOS]", "[EOS]")
 # without [UNK] even when the captions never used a character.
 BASE_ALPHABET = tuple(string.ascii_lowercase + string.digits + ".,;:!?'\"-()")
 TOKENIZER_FILE = "tokenizer.json"
+# The words of the captions a BPE was trained on, one per line, beside tokenizer.json: what
+# a prompt may use and be understood (any other word still encodes, from smaller pieces).
+WORDS_FILE = "caption_words.txt"
 HF_CONFIG_FILE = "tokenizer_config.json"
 # Files that define a Hugging Face tokenizer (hashed into its identity; weights are not).
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -53,12 +57,27 @@ class TextTokenizer(abc.ABC):
   kind = ""
 
   def __init__(self, path: str, files: Sequence[str], vocab_size: int, pad_id: int,
-               mask_id: int, bos_id: Optional[int], eos_id: Optional[int]):
+               mask_id: int, bos_id: Optional[int], eos_id: Optional[int],
+               unk_id: Optional[int] = None, words: Optional[frozenset[str]] = None):
     self._path = path
     self._files = tuple(files)
     self._vocab_size = int(vocab_size)
     self._pad_id, self._mask_id = int(pad_id), int(mask_id)
     self._bos_id, self._eos_id = bos_id, eos_id
+    self.unk_id = unk_id  # The id unknown characters become (None: it has none).
+    self.words = words  # Words of the training captions, when known (BPEs upgen trained).
+
+  def unknown_words(self, text: str) -> list[str]:
+    """Words of `text` outside the training captions' words (or that encode to unk_id)."""
+    found = []
+    for word in text.lower().split():
+      word = word.strip(".,;:!?'\"()")
+      if not word:
+        continue
+      if (self.words is not None and word not in self.words) or (
+          self.unk_id is not None and self.unk_id in self.encode(word)):
+        found.append(word)
+    return found
 
   @property
   def vocab_size(self) -> int:
@@ -130,11 +149,17 @@ class BpeTokenizer(TextTokenizer):
     for token, expected in zip(SPECIAL_TOKENS, range(len(SPECIAL_TOKENS))):
       ids[token] = tokenizer.token_to_id(token)
       if ids[token] != expected:
-        raise ValueError(f"{file}: special token {token} has id {ids[token]}, expected "
-                         f"{expected} (not a tokenizer written by upgen's train_bpe?)")
-    super().__init__(os.path.dirname(paths.absolute(file)), [file],
-                     tokenizer.get_vocab_size(with_added_tokens=True), ids["[PAD]"],
-                     ids["[MASK]"], ids["[BOS]"], ids["[EOS]"])
+        raise errors.DataError(f"{file}: special token {token} has id {ids[token]}, expected "
+                               f"{expected} (not a tokenizer written by upgen's train_bpe?)")
+    directory = os.path.dirname(paths.absolute(file))
+    words_file = paths.join(directory, WORDS_FILE)
+    words = None
+    if paths.exists(words_file):
+      with paths.open(words_file) as f:
+        words = frozenset(line.strip() for line in f if line.strip())
+    super().__init__(directory, [file], tokenizer.get_vocab_size(with_added_tokens=True),
+                     ids["[PAD]"], ids["[MASK]"], ids["[BOS]"], ids["[EOS]"],
+                     unk_id=ids["[UNK]"], words=words)
     self._tokenizer = tokenizer
 
   def _encode_batch(self, texts: list[str]) -> list[list[int]]:
@@ -166,20 +191,22 @@ class HFTokenizer(TextTokenizer):
     try:
       tok = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError) as e:
-      raise ValueError(f"{directory}: cannot load a Hugging Face tokenizer ({e})") from e
+      raise errors.DataError(f"{directory}: cannot load a Hugging Face tokenizer ({e})") from e
     pad_id = _first_id(tok, ("pad_token_id", "eos_token_id", "sep_token_id"))
     if pad_id is None:
-      raise ValueError(f"{directory}: tokenizer has no pad, eos or sep token to use as [PAD]")
+      raise errors.DataError(f"{directory}: tokenizer has no pad, eos or sep token to use as [PAD]")
     mask_id = _first_id(tok, ("mask_token_id", "unk_token_id"), avoid=(pad_id,))
     if mask_id is None:
-      raise ValueError(f"{directory}: tokenizer has no mask token and no unk token distinct "
-                       f"from its pad id {pad_id} to use as [MASK]; add a mask_token to "
-                       f"{HF_CONFIG_FILE}")
+      raise errors.DataError(f"{directory}: tokenizer has no mask token and no unk token distinct "
+                             f"from its pad id {pad_id} to use as [MASK]; add a mask_token to "
+                             f"{HF_CONFIG_FILE}")
     files = [os.path.join(directory, f) for f in HF_TOKENIZER_FILES
              if os.path.isfile(os.path.join(directory, f))]
+    unk_id = _first_id(tok, ("unk_token_id",))
     super().__init__(os.path.abspath(directory), files, len(tok), pad_id, mask_id,
                      _first_id(tok, ("bos_token_id", "cls_token_id")),
-                     _first_id(tok, ("eos_token_id", "sep_token_id")))
+                     _first_id(tok, ("eos_token_id", "sep_token_id")),
+                     unk_id=unk_id if unk_id != mask_id else None)
     self._tok = tok
 
   def _encode_batch(self, texts: list[str]) -> list[list[int]]:
@@ -203,20 +230,26 @@ def _new_bpe() -> tokenizers.Tokenizer:
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str) -> BpeTokenizer:
-  """Trains the caption BPE and writes `out_dir/tokenizer.json`.
+  """Trains the caption BPE and writes `out_dir/tokenizer.json` (and the captions' words,
+  `out_dir/caption_words.txt`, for warnings about prompts that use others).
 
   The vocabulary holds the specials, BASE_ALPHABET, the text's other characters and merges;
   it may come out smaller than `vocab_size` when the text has fewer merges.
   """
+  texts = list(texts)
   if vocab_size <= len(SPECIAL_TOKENS):
-    raise ValueError(f"vocab_size={vocab_size} must exceed the {len(SPECIAL_TOKENS)} special tokens")
+    raise errors.DataError(
+        f"vocab_size={vocab_size} must exceed the {len(SPECIAL_TOKENS)} special tokens")
   tok = _new_bpe()
   trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                 initial_alphabet=list(BASE_ALPHABET), show_progress=False)
   tok.train_from_iterator(texts, trainer)
   if tok.get_vocab_size() <= len(SPECIAL_TOKENS):
-    raise ValueError("train_bpe: no text to train on")
+    raise errors.DataError("train_bpe: no text to train on")
   os.makedirs(out_dir, exist_ok=True)
+  words = {w.strip(".,;:!?'\"()") for text in texts for w in text.lower().split()}
+  with open(os.path.join(out_dir, WORDS_FILE), "w") as f:
+    f.write("".join(f"{w}\n" for w in sorted(words) if w))
   path = os.path.join(out_dir, TOKENIZER_FILE)
   tok.save(path)
   return BpeTokenizer(tokenizers.Tokenizer.from_file(path), path)
@@ -226,7 +259,7 @@ def _load_remote_bpe(path: str) -> BpeTokenizer:
   """Our tokenizer.json in cloud storage (the file or its directory)."""
   file = path if paths.isfile(path) else paths.join(path, TOKENIZER_FILE)
   if not paths.isfile(file):
-    raise FileNotFoundError(f"{path}: no {TOKENIZER_FILE} (from cloud storage only upgen BPE "
+    raise errors.NotFound(f"{path}: no {TOKENIZER_FILE} (from cloud storage only upgen BPE "
                             "tokenizers load; copy a Hugging Face tokenizer to local disk)")
   with paths.open(file) as f:
     return BpeTokenizer(tokenizers.Tokenizer.from_str(f.read()), file)
@@ -240,13 +273,13 @@ def load(path: str) -> TextTokenizer:
   if os.path.isfile(path):
     return BpeTokenizer(tokenizers.Tokenizer.from_file(path), path)
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"{path}: no such tokenizer file or directory")
+    raise errors.NotFound(f"{path}: no such tokenizer file or directory")
   if os.path.isfile(os.path.join(path, HF_CONFIG_FILE)):
     return HFTokenizer(path)
   ours = os.path.join(path, TOKENIZER_FILE)
   if os.path.isfile(ours):
     return BpeTokenizer(tokenizers.Tokenizer.from_file(ours), ours)
-  raise FileNotFoundError(f"{path}: neither {TOKENIZER_FILE} (upgen BPE) nor {HF_CONFIG_FILE} "
+  raise errors.NotFound(f"{path}: neither {TOKENIZER_FILE} (upgen BPE) nor {HF_CONFIG_FILE} "
                           "(Hugging Face tokenizer) found")
 
 
@@ -258,7 +291,7 @@ def captions_file(path: str) -> str:
                     os.path.join(path, "train", "captions.jsonl")):
     if os.path.isfile(candidate):
       return candidate
-  raise FileNotFoundError(f"--captions {path}: not a file, and no captions.jsonl in it or in "
+  raise errors.NotFound(f"--captions {path}: not a file, and no captions.jsonl in it or in "
                           "its train/ folder")
 
 

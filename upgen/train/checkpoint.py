@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from typing import Any, Optional
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
+from upgen import errors
 from upgen import families
 from upgen import paths
 from upgen.data.spec import SPEC_FILE, DataSpec
@@ -37,7 +41,7 @@ CHECKPOINT_DIR = "checkpoints"
 log = logging.getLogger("upgen.train")
 
 
-class CheckpointReadError(OSError):
+class CheckpointReadError(errors.StorageError):
   """A checkpoint that exists could not be read (permissions, I/O): not a config mismatch."""
 
 
@@ -73,15 +77,16 @@ def load_run_config(workdir: str) -> tuple[ml_collections.ConfigDict, DataSpec]:
   migrated (upgen/train/migrate.py) or refused with the key that is missing."""
   path = paths.join(workdir, CONFIG_FILE)
   if not paths.exists(path):
-    raise FileNotFoundError(f"{path}: no config.json - is {workdir!r} a upgen run directory?")
+    raise errors.NotFound(f"{path}: no config.json - is {workdir!r} a upgen run directory?")
   raw = _read_json(path)
   spec_path = paths.join(workdir, SPEC_FILE)
   if paths.exists(spec_path):
     spec = DataSpec.from_dict(_read_json(spec_path), spec_path)
+    raw = migrate.drop_retired(raw, path)
   elif migrate.is_v1(raw):
     raw, spec = migrate.from_v1(raw, path)
   else:
-    raise FileNotFoundError(f"{spec_path}: missing; the run's model cannot be rebuilt without "
+    raise errors.NotFound(f"{spec_path}: missing; the run's model cannot be rebuilt without "
                             "the sizes of its data (train again in a new --workdir)")
   return ml_collections.ConfigDict(_to_tuples(raw)), spec
 
@@ -102,16 +107,71 @@ class Checkpointer:
 
   def save(self, step: int, state: dict[str, Any], data_state: Optional[dict] = None,
            *, force: bool = False) -> bool:
+    """Starts writing checkpoint `step` (asynchronously). A checkpoint that cannot be written
+    (no room for it, permissions) is a StorageError naming the path, what is free and the
+    checkpoints that remain; nothing older is touched."""
+    self._check_space(int(step), state)
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave(data_state if data_state is not None else {}))
-    return self._manager.save(int(step), args=args, force=force)
+    try:
+      return self._manager.save(int(step), args=args, force=force)
+    except Exception as e:
+      self._raise_write_failure(int(step), e)
+      raise
+
+  def _complete_steps(self) -> str:
+    steps = self._manager.all_steps()
+    return ", ".join(str(s) for s in steps) if steps else "none"
+
+  def _check_space(self, step: int, state: dict[str, Any]) -> None:
+    """Refuses, before writing anything, a checkpoint the disk cannot hold (local disks;
+    the same answer on every process)."""
+    if paths.is_remote(self.directory):
+      return
+    self._wait(step)  # The last save's bytes are on disk before free space is read.
+    need = sum(sum(s.data.nbytes for s in x.addressable_shards) if hasattr(x, "addressable_shards")
+               else int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state))
+    free = shutil.disk_usage(_existing_parent(self.directory)).free
+    short = free < need * 1.05 + (1 << 20)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      short = bool(np.any(multihost_utils.process_allgather(np.asarray(short))))
+    if short:
+      self._manager.close()
+      raise errors.StorageError(
+          f"{self.directory}/{step}: checkpoint not written: it needs about "
+          f"{need / 1e6:.1f} MB and {_existing_parent(self.directory)} has {free / 1e6:.1f} MB "
+          f"free (no space left on device). Checkpoints on disk, intact: "
+          f"{self._complete_steps()}. Free some space (or lower "
+          "config.train.keep_checkpoints) and run the same command to resume.")
+
+  def _raise_write_failure(self, step: int, e: BaseException) -> None:
+    """A StorageError for an orbax write that failed on the disk; returns if `e` is not one."""
+    reason = _io_failure(e, _WRITE_ERRORS)
+    if not reason:
+      return
+    for name in paths.list_names(self.directory):
+      if ".orbax-checkpoint-tmp" in name:  # The unfinished write; the finished ones stay.
+        paths.remove_tree(paths.join(self.directory, name))
+    free = shutil.disk_usage(_existing_parent(self.directory)).free
+    raise errors.StorageError(
+        f"{self.directory}/{step}: checkpoint not written ({reason}; "
+        f"{free / 1e6:.1f} MB free). Checkpoints on disk, intact: {self._complete_steps()}. "
+        "Fix the disk and run the same command to resume.") from None
+
+  def _wait(self, step: int) -> None:
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:
+      self._raise_write_failure(step, e)
+      raise
 
   def restore(self, abstract_state: dict[str, Any], step: Optional[int] = None
               ) -> tuple[int, dict[str, Any], dict]:
     step = self.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
+      raise errors.NotFound(f"{self.directory}: no checkpoint to restore")
     try:
       out = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
@@ -128,30 +188,47 @@ class Checkpointer:
     return step, out["state"], dict(out["data"] or {})
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    self._wait(-1 if self.latest_step() is None else self.latest_step())
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for the last write (a failed one raises StorageError) and shuts orbax down."""
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
 
 
 def state_dict(state) -> dict[str, Any]:
   return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
 
 
-# tensorstore's status codes for failures to read what is on disk.
+# tensorstore's status codes for failures to read or write what is on disk.
 _READ_ERRORS = ("PERMISSION_DENIED", "NOT_FOUND", "DATA_LOSS", "FAILED_PRECONDITION",
                 "UNAVAILABLE", "UNKNOWN")
+_WRITE_ERRORS = ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "UNAVAILABLE", "DATA_LOSS",
+                 "UNKNOWN")
 
 
-def _read_failure(e: BaseException) -> str:
-  """What failed to read, if `e` (or its cause) is an I/O failure, else ""."""
+def _io_failure(e: Optional[BaseException], codes: tuple[str, ...]) -> str:
+  """What failed, if `e` (or its cause) is an I/O failure, else ""."""
   while e is not None:
     text = str(e).strip()
-    if isinstance(e, OSError) or text.split(":", 1)[0] in _READ_ERRORS:
+    if isinstance(e, OSError) or text.split(":", 1)[0] in codes:
       return f"{type(e).__name__}: {text.splitlines()[0][:400]}"
     e = e.__cause__ or e.__context__
   return ""
+
+
+def _read_failure(e: BaseException) -> str:
+  return _io_failure(e, _READ_ERRORS)
+
+
+def _existing_parent(path: str) -> str:
+  """The nearest existing directory at or above `path` (what disk_usage can measure)."""
+  path = os.path.abspath(path)
+  while not os.path.exists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  return path
 
 
 def restore_params(workdir: str, step: Optional[int] = None, mesh=None

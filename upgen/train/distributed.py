@@ -23,6 +23,8 @@ from typing import Any, Optional, Sequence
 from absl import flags
 import jax
 
+from upgen import errors
+
 log = logging.getLogger("upgen.train")
 
 REQUIRED = ("coordinator_address", "num_processes", "process_id")
@@ -60,15 +62,15 @@ def explicit_args(coordinator_address: Optional[str] = None,
     return None
   if missing:
     named = ", ".join(f"--{k}={given[k]}" for k in REQUIRED if k not in missing)
-    raise ValueError(f"{named} also needs " + " and ".join(f"--{k}" for k in missing) +
-                     " (give all of --coordinator_address, --num_processes, --process_id, "
-                     "or none of them)")
+    raise errors.ConfigError(f"{named} also needs " + " and ".join(f"--{k}" for k in missing) +
+                             " (give all of --coordinator_address, --num_processes, --process_id, "
+                             "or none of them)")
   host, _, port = coordinator_address.rpartition(":")
   if not host or not port.isdigit():
-    raise ValueError(f"--coordinator_address={coordinator_address} is not HOST:PORT")
+    raise errors.ConfigError(f"--coordinator_address={coordinator_address} is not HOST:PORT")
   if num_processes < 1 or not 0 <= process_id < num_processes:
-    raise ValueError(f"--process_id={process_id} is not in [0, --num_processes="
-                     f"{num_processes})")
+    raise errors.ConfigError(f"--process_id={process_id} is not in [0, --num_processes="
+                             f"{num_processes})")
   return given
 
 
@@ -78,8 +80,8 @@ def _device_ids(local_device_ids: Optional[Sequence[Any]]) -> Optional[list[int]
   try:
     return [int(i) for i in local_device_ids]
   except ValueError as e:
-    raise ValueError(f"--local_device_ids={','.join(map(str, local_device_ids))} is not a "
-                     f"comma-separated list of integers") from e
+    raise errors.ConfigError(f"--local_device_ids={','.join(map(str, local_device_ids))} is not a "
+                             f"comma-separated list of integers") from e
 
 
 def detect_cluster() -> Optional[tuple[str, int]]:
@@ -123,8 +125,9 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   cluster = None if explicit else detect_cluster()
   if explicit is None and cluster is None:
     if device_ids is not None:
-      raise ValueError("--local_device_ids needs --coordinator_address, --num_processes and "
-                       "--process_id (no multi-process cluster was detected)")
+      raise errors.ConfigError(
+          "--local_device_ids needs --coordinator_address, --num_processes and "
+          "--process_id (no multi-process cluster was detected)")
     return ""
   count = explicit["num_processes"] if explicit else cluster[1]
   if count > 1:

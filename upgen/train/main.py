@@ -71,6 +71,7 @@ def main(argv: list[str]) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                       stream=sys.stderr)
   logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO.
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" on CPU/GPU.
   try:
     fv = parse(argv)
     distributed.initialize(**distributed.flag_values(fv))  # Before any jax backend exists.

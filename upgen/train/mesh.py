@@ -17,6 +17,8 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from upgen import errors
+
 MESH_AXES = ("data", "fsdp", "tensor")
 log = logging.getLogger("upgen.train")
 
@@ -25,11 +27,12 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tupl
   """Resolves the (data, fsdp, tensor) shape; one entry may be -1 (the rest of the devices)."""
   shape = [int(mesh_config[a]) for a in MESH_AXES]
   if shape.count(-1) > 1:
-    raise ValueError(f"config.mesh: at most one of {MESH_AXES} may be -1, got {shape}")
+    raise errors.ConfigError(f"config.mesh: at most one of {MESH_AXES} may be -1, got {shape}")
   known = int(np.prod([s for s in shape if s != -1]))
   if -1 in shape:
     if num_devices % known:
-      raise ValueError(f"config.mesh: {num_devices} devices do not divide by {known} ({shape})")
+      raise errors.ConfigError(
+          f"config.mesh: {num_devices} devices do not divide by {known} ({shape})")
     shape[shape.index(-1)] = num_devices // known
   if int(np.prod(shape)) != num_devices:
     raise ValueError(
@@ -97,8 +100,8 @@ def process_rows(sharding: jax.sharding.Sharding, batch_size: int) -> tuple[int,
   try:
     index_map = sharding.addressable_devices_indices_map((batch_size,))
   except ValueError as e:
-    raise ValueError(f"config.data.batch_size={batch_size} does not split evenly over the "
-                     f"mesh axes that shard the batch ({e})") from e
+    raise errors.ConfigError(f"config.data.batch_size={batch_size} does not split evenly over the "
+                             f"mesh axes that shard the batch ({e})") from e
   rows = set()
   for (rows_slice,) in index_map.values():
     rows.update(range(*rows_slice.indices(batch_size)))

@@ -13,6 +13,7 @@ import copy
 import logging
 from typing import Any
 
+from upgen import errors
 from upgen.data import records
 from upgen.data.spec import DataSpec
 
@@ -74,9 +75,10 @@ def from_v1(raw: dict, where: str) -> tuple[dict, DataSpec]:
   model, data = raw.setdefault("model", {}), raw.setdefault("data", {})
   family = model.get("family", "")
   if family not in LOSS_KEYS:
-    raise ValueError(f"{where}: config.model.family={family!r} is not a family this version "
-                     f"of upgen can migrate ({sorted(LOSS_KEYS)}); train again in a new "
-                     "--workdir")
+    raise errors.ConfigError(
+        f"{where}: config.model.family={family!r} is not a family this version "
+        f"of upgen can migrate ({sorted(LOSS_KEYS)}); train again in a new "
+        "--workdir")
   data.pop("kind", None)
   raw["loss"] = {k: model.pop(k) for k in LOSS_KEYS[family] if k in model}
   if family == "vqgan":
@@ -90,8 +92,9 @@ def from_v1(raw: dict, where: str) -> tuple[dict, DataSpec]:
              for k, hint in TOKEN_SIZES.items()}
     width = sizes["image_grid_width"]
     if width < 1 or sizes["image_seq_len"] % width:
-      raise ValueError(f"{where}: config.model.image_seq_len={sizes['image_seq_len']} is not a "
-                       f"grid of image_grid_width={width} columns")
+      raise errors.ConfigError(
+          f"{where}: config.model.image_seq_len={sizes['image_seq_len']} is not a "
+          f"grid of image_grid_width={width} columns")
     data["text_seq_len"] = sizes["text_seq_len"]
     spec = DataSpec(text_vocab_size=sizes["text_vocab_size"], text_pad_id=sizes["text_pad_id"],
                     text_mask_id=sizes["text_mask_id"], text_seq_len=sizes["text_seq_len"],
@@ -102,10 +105,17 @@ def from_v1(raw: dict, where: str) -> tuple[dict, DataSpec]:
     value = raw.get(group, {}).get(key)
     if value in renames:
       raw[group][key] = renames[value]
+  log.warning("%s: written before the config split (model / loss / data spec); read as "
+              "today's layout. Training it again in place rewrites it.", where)
+  return drop_retired(raw, where), spec
+
+
+def drop_retired(raw: dict, where: str) -> dict:
+  """`raw` without the settings that no longer exist (DROPPED), each dropped with a warning:
+  what any config.json goes through, whatever its layout."""
+  raw = copy.deepcopy(raw)
   for (group, key), why in DROPPED.items():
     if key in raw.get(group, {}):
       log.warning("%s: dropped config.%s.%s=%r (%s)", where, group, key,
                   raw[group].pop(key), why)
-  log.warning("%s: written before the config split (model / loss / data spec); read as "
-              "today's layout. Training it again in place rewrites it.", where)
-  return raw, spec
+  return raw

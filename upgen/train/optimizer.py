@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from upgen import errors
+
 
 def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
   warmup = max(int(optim.warmup_steps), 0)
@@ -16,7 +18,7 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -
     decay_steps = max(int(total_steps) - warmup, 1)
     after = optax.cosine_decay_schedule(peak, decay_steps, alpha=float(optim.final_lr_frac))
   else:
-    raise ValueError(f"config.optim.decay={optim.decay!r}: expected 'cosine' or 'constant'")
+    raise errors.ConfigError(f"config.optim.decay={optim.decay!r}: expected 'cosine' or 'constant'")
   if warmup == 0:
     return after
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])

@@ -19,6 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from upgen import errors
 from upgen import families
 from upgen.data.spec import DataSpec
 from upgen.train import checkpoint as ckpt_lib
@@ -32,7 +33,7 @@ from upgen.train import writers
 log = logging.getLogger("upgen.train")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(errors.UserError, RuntimeError):
   pass
 
 
