@@ -8,6 +8,7 @@ from flax import linen as nn
 from configs import dalle as dalle_config
 from configs import upgen as upgen_config
 from upgen import bench
+from upgen import cli
 from upgen import flops
 
 # A small but matmul-dominated shape so that XLA's count is close to the model count.
@@ -112,6 +113,9 @@ def test_bench_sample_both_families_beside_their_bounds(tmp_path):
 
 
 def test_bench_errors_name_the_flag(capsys):
-  assert bench.main(["train", "--config", "configs/upgen.py:tiny", "--config.model.nope=1"]) == 2
-  assert "nope" in capsys.readouterr().err
+  assert cli.main(["bench", "train", "--config", "configs/upgen.py:tiny",
+                   "--config.model.nope=1"]) == 2
+  assert capsys.readouterr().err.startswith(
+      "upgen bench train: error: no config key 'nope' (misspelt override? configs are "
+      "locked); overrides given: --config.model.nope")
   assert bench.main(["profile"]) == 2

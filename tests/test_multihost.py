@@ -19,6 +19,7 @@ import pytest
 
 from configs import upgen as upgen_config
 from tests import token_data
+from upgen import cli
 from upgen.train import distributed
 from upgen.train import main as train_main
 from upgen.train import mesh as mesh_lib
@@ -191,9 +192,9 @@ def test_some_but_not_all_flags_is_an_error_naming_the_missing(calls, given, mis
 
 def test_upgen_train_names_the_missing_flags(calls, capsys):
   argv = ["--config=configs/upgen.py:tiny", "--workdir=/tmp/w", "--num_processes=2"]
-  assert train_main.main(argv) == 2 and calls == []
-  assert ("--num_processes=2 also needs --coordinator_address and --process_id"
-          in capsys.readouterr().err)
+  assert cli.main(["train"] + argv) == 2 and calls == []
+  assert capsys.readouterr().err.startswith(
+      "upgen train: error: --num_processes=2 also needs --coordinator_address and --process_id")
 
 
 def test_bad_flag_values_are_errors(calls):

@@ -32,6 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from upgen import errors
 from upgen import families
 from upgen import flops as flops_lib
 
@@ -190,7 +191,7 @@ def _load_config(argv: list[str], extra) -> tuple[ml_collections.ConfigDict, Any
   extra(fv)
   fv(["upgen bench"] + argv)
   if fv.config is None:
-    raise SystemExit("upgen bench: --config is required")
+    raise errors.ConfigError("--config is required")
   return fv.config, fv
 
 
@@ -263,17 +264,11 @@ def main(argv: Optional[list[str]] = None) -> int:
   try:
     raw, fv = _load_config(rest, extra)
   except flags.Error as e:
-    print(f"upgen bench {command}: {e}", file=sys.stderr)
-    return 2
+    raise errors.ConfigError(str(e)) from e
   except (AttributeError, KeyError) as e:
     from upgen.train.main import override_error
-    print(f"upgen bench {command}: {override_error(rest, e)}", file=sys.stderr)
-    return 2
-  try:
-    setup = setup_for(raw, fv.image_grid, fv.image_vocab, fv.text_vocab)
-  except ValueError as e:
-    print(f"upgen bench {command}: {e}", file=sys.stderr)
-    return 2
+    raise errors.ConfigError(override_error(rest, e)) from e
+  setup = setup_for(raw, fv.image_grid, fv.image_vocab, fv.text_vocab)
   config = raw
   peak_flops, bandwidth = _device_peaks(fv.peak_tflops, fv.bandwidth_tbs)
   if command == "train":

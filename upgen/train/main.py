@@ -17,6 +17,7 @@ from absl import flags
 from ml_collections import config_flags
 
 import upgen
+from upgen import errors
 from upgen.train import distributed
 
 
@@ -56,14 +57,15 @@ def parse(argv: list[str], extra_flags=None) -> flags.FlagValues:
     extra_flags(fv)
   fv(["upgen train"] + argv)
   if fv.config is None or fv.workdir is None:
-    raise SystemExit("upgen train: --config and --workdir are required")
+    raise errors.ConfigError("--config and --workdir are required")
   return fv
 
 
 def override_error(argv: list[str], error: Exception) -> str:
   """A locked config rejects a key it does not have; name the override that did it."""
   overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
-  return (f"no config key {error} (misspelt override? configs are locked); overrides given: "
+  key = str(error.args[0] if error.args else error).strip("'\"")
+  return (f"no config key {key!r} (misspelt override? configs are locked); overrides given: "
           f"{' '.join(overrides) or 'none'}")
 
 
@@ -75,12 +77,12 @@ def main(argv: list[str]) -> int:
   try:
     fv = parse(argv)
     distributed.initialize(**distributed.flag_values(fv))  # Before any jax backend exists.
+  except errors.UserError:
+    raise
   except (flags.Error, ValueError) as e:
-    print(f"upgen train: {e}", file=sys.stderr)
-    return 2
+    raise errors.ConfigError(str(e)) from e
   except (AttributeError, KeyError) as e:
-    print(f"upgen train: {override_error(argv, e)}", file=sys.stderr)
-    return 2
+    raise errors.ConfigError(override_error(argv, e)) from e
   from upgen.train import trainer
   summary = trainer.train(fv.config, fv.workdir)
   print(f"upgen train: {summary['stopped']} at step {summary['step']} "
