@@ -48,7 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-3  # Peak learning rate.
   c.optim.warmup_steps = 100  # Linear warmup from 0 to lr.
-  c.optim.decay = "cosine"  # "cosine" (to lr * final_lr_frac at train.steps) or "constant".
+  # "cosine" or "linear" (to lr * final_lr_frac at train.steps after warmup), or "constant".
+  c.optim.decay = "cosine"
   c.optim.final_lr_frac = 0.1  # Final learning rate as a fraction of lr.
   c.optim.b1 = 0.9  # AdamW beta1.
   c.optim.b2 = 0.95  # AdamW beta2.

@@ -16,7 +16,7 @@ from tests import test_dalle as t
 from tests import token_data
 from upgen import families
 from upgen.models import dalle
-from upgen.sampling import dalle_sampler
+from upgen.sampling import ar_sampler
 from upgen.train import checkpoint, trainer
 from upgen.train import mesh as mesh_lib
 from upgen.train import optimizer
@@ -38,7 +38,7 @@ def mesh() -> dict:
                                             settings=setup.loss, train=True)[0])
 
   def run(params, batch):
-    samples = dalle_sampler.text_to_image(params, model, batch["text_tokens"],
+    samples = ar_sampler.text_to_image(params, model, batch["text_tokens"],
                                           batch["text_mask"], jax.random.key(2), settings)
     return float(loss(params, batch)), np.asarray(samples).tolist()
 

@@ -36,12 +36,20 @@ def _train(name: str, data_dir: str, workdir: str) -> dict:
       "data.dir": data_dir, "data.batch_size": 8, "train.steps": 2, "train.sample_every": 2,
       "train.sample_examples": 4, "train.eval_batches": 1, "train.progress": False, **MESH})
   summary = trainer.train(config, workdir)
-  _, shardings = state_lib.abstract_state(
-      trainer.build(config), optimizer.make_optimizer(config.optim, 2),
-      mesh_lib.make_mesh(config.mesh), config.mesh)
-  sharded = sorted({str(s.spec) for s in jax.tree.leaves(shardings.params)
-                    if not s.is_fully_replicated})
+  setup, mesh = trainer.build(config), mesh_lib.make_mesh(config.mesh)
+  state = state_lib.create_state(setup, optimizer.make_optimizer(config.optim, 2), mesh,
+                                 config.mesh, jax.random.key(0))
+  sharded = sorted({str(x.sharding.spec) for x in jax.tree.leaves(state.params)
+                    if not x.sharding.is_fully_replicated})
+  # The loss of one batch with the parameters sharded over the mesh, and on one device.
+  batch = setup.dummy_batch(8)
+  loss = jax.jit(lambda p, b: setup.loss_fn()(p, b, jax.random.key(1), train=False, step=0)[0])
+  with mesh_lib.activate(mesh, config.mesh):
+    on_mesh = float(loss(state.params, jax.device_put(
+        batch, mesh_lib.batch_sharding(mesh, config.mesh))))
+  one_device = float(loss(jax.device_get(state.params), batch))
   return {"steps": summary["step"], "sharded": sharded, "sampled": {},
+          "losses": [on_mesh, one_device],
           "grids": len(test_end_to_end.tensorboard_images(workdir, "samples"))}
 
 

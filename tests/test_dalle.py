@@ -23,7 +23,7 @@ from upgen import families
 from upgen.data.spec import DataSpec
 from upgen.models import dalle, upgen
 from upgen.sampling import autoregressive, beam_search
-from upgen.sampling import dalle_sampler
+from upgen.sampling import ar_sampler
 from upgen.sampling.settings import SampleSettings
 from upgen.train import preview as preview_lib
 from upgen.train import writers
@@ -250,11 +250,11 @@ def _full_image_logits(model, params, text, valid, image):
 @functools.partial(jax.jit, static_argnums=0)
 def _teacher_forced_logits(model, params, text, valid, image):
   """Image logits from the KV cache: prefill, then one true image token per step."""
-  first, cache = dalle_sampler.prefill(params, model, text, valid,
-                                      dalle_sampler.init_cache(model, len(text)))
+  first, cache = ar_sampler.prefill(params, model, text, valid,
+                                      ar_sampler.init_cache(model, len(text)))
 
   def body(cache, i):
-    logits, cache = dalle_sampler.step(params, model, image[:, i], cache, i)
+    logits, cache = ar_sampler.step(params, model, image[:, i], cache, i)
     return cache, logits
 
   _, rest = jax.lax.scan(body, cache, jnp.arange(image.shape[1] - 1))
@@ -292,12 +292,12 @@ def test_top_k_1_and_beam_1_equal_uncached_greedy_decoding(tiny, scale):
   model, params, b = tiny["model"], tiny["params"], tiny["batch"]
   text, mask = b["text_tokens"], b["text_mask"]
   want = _naive_decode(model, params, text, mask, scale)
-  top1 = dalle_sampler.text_to_image(params, model, text, mask, jax.random.key(9),
+  top1 = ar_sampler.text_to_image(params, model, text, mask, jax.random.key(9),
                              _settings(top_k=1, guidance_scale=scale))
   np.testing.assert_array_equal(top1, want)
   if scale:  # Beam 1 is greedy; guided, the beams' cache rows keep their [cond; uncond] twins.
     assert (want != _naive_decode(model, params, text, mask, 0.0)).any()  # Guidance matters.
-    beam1 = dalle_sampler.text_to_image(params, model, text, mask, jax.random.key(0),
+    beam1 = ar_sampler.text_to_image(params, model, text, mask, jax.random.key(0),
                                 _settings(beam_size=1, guidance_scale=scale))
     np.testing.assert_array_equal(beam1, want)
   else:  # The trainer's preview (same settings): captions of text-less rows are not read.
@@ -316,7 +316,7 @@ _sample_t1 = jax.jit(lambda rng, logits: autoregressive.sample_tokens(rng, logit
 def test_guidance_scale_zero_samples_like_the_uncached_unguided_sampler(tiny):
   model, params, b = tiny["model"], tiny["params"], tiny["batch"]
   rng = jax.random.key(4)
-  got = np.asarray(dalle_sampler.text_to_image(params, model, b["text_tokens"], b["text_mask"], rng,
+  got = np.asarray(ar_sampler.text_to_image(params, model, b["text_tokens"], b["text_mask"], rng,
                                        _settings(guidance_scale=0.0), num_samples=8))
   # The same draws (token i: fold_in(rng, i), Gumbel over all rows) from uncached logits,
   # each sample with its own copy of the prompt: prompt-major rows sharing a prefill.
@@ -404,9 +404,9 @@ def test_beam_search_on_the_model_is_exhaustive_with_a_wide_beam(tiny):
 
   @jax.jit
   def search(params, text, mask):
-    logits, cache = dalle_sampler.prefill(params, model, text, mask,
-                                          dalle_sampler.init_cache(model, 2))
-    return beam_search.beam_search(functools.partial(dalle_sampler.step, params, model), logits,
+    logits, cache = ar_sampler.prefill(params, model, text, mask,
+                                          ar_sampler.init_cache(model, 2))
+    return beam_search.beam_search(functools.partial(ar_sampler.step, params, model), logits,
                                    cache,
                                    LI, VI ** (LI - 1))
 

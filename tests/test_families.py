@@ -139,6 +139,7 @@ def test_every_family_trains_previews_and_samples_on_8_devices(mesh_job):
     # Trained on the mesh, wrote a sample grid (the preview ran on the mesh).
     assert r["steps"] == 2 and r["grids"] == 1, (name, r)
     assert r["sharded"], name  # Some parameter is split over fsdp / tensor.
+    assert r["losses"][0] == pytest.approx(r["losses"][1], rel=2e-5), name  # As on 1 device.
     family = families.get_family(name)
     for sampler in SAMPLERS:
       assert (sampler in r["sampled"]) == (getattr(family, sampler) is not None), (name, r)

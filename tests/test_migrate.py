@@ -55,7 +55,8 @@ def test_a_v1_token_run_loads_the_same_model_and_resumes(name, data_dir, tmp_pat
   # The sizes the old config had resolved are the ones the records give today.
   config = ml_collections.ConfigDict(today)
   assert spec == trainer.build(config).spec == DataSpec(
-      text_vocab_size=token_data.TEXT_VOCAB, text_pad_id=0, text_mask_id=1, text_seq_len=6,
+      text_vocab_size=token_data.TEXT_VOCAB, text_pad_id=0, text_mask_id=1, text_bos_id=2,
+      text_eos_id=3, text_seq_len=6,
       image_vocab_size=token_data.IMAGE_VOCAB, image_grid=token_data.GRID, image_size=8)
 
   workdir = str(tmp_path / "run")

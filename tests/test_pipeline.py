@@ -78,7 +78,8 @@ def data_dir(tmp_path_factory):
 def test_token_spec_is_read_from_the_metadata(tmp_path, data_dir):
   c = _config(data_dir)
   assert pipeline.token_spec(c.data) == DataSpec(
-      text_vocab_size=V_TEXT, text_pad_id=PAD, text_mask_id=MASK, text_seq_len=6,
+      text_vocab_size=V_TEXT, text_pad_id=PAD, text_mask_id=MASK, text_bos_id=2, text_eos_id=3,
+      text_seq_len=6,
       image_vocab_size=V_IMAGE, image_grid=(2, 2), image_size=8)
   c.data.text_seq_len = 0
   with pytest.raises(ValueError, match="config.data.text_seq_len=0"):

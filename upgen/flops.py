@@ -50,9 +50,10 @@ class FlopCount:
                            for name, flops, formula in self.terms))
 
   def describe(self) -> str:
-    lines = [f"  {name:<13} {flops / 1e9:12.3f} GFLOP = {formula}"
+    width = max([13] + [len(name) for name, _, _ in self.terms])
+    lines = [f"  {name:<{width}} {flops / 1e9:12.3f} GFLOP = {formula}"
              for name, flops, formula in self.terms]
-    return "\n".join(lines + [f"  {'total':<13} {self.total / 1e9:12.3f} GFLOP"])
+    return "\n".join(lines + [f"  {'total':<{width}} {self.total / 1e9:12.3f} GFLOP"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +95,31 @@ class Transformer:
   def forward_flops(self) -> FlopCount:
     """Forward FLOPs of one example (a third of training)."""
     return self.train_flops().scaled(1 / 3, "1/3")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderDecoder:
+  """An encoder stack and a decoder stack whose every layer also cross-attends to the
+  encoder output: the decoder's N adds 4 E^2 per layer (cross q, k, v, out; k and v run
+  over the Le encoder positions, q and out over the Ld decoder ones), and its attention
+  adds 12 x layers x Ld x Le x E (every decoder query against every encoder key)."""
+  encoder: Transformer
+  decoder: Transformer
+
+  def train_flops(self) -> FlopCount:
+    enc, dec = self.encoder.train_flops(), self.decoder.train_flops()
+    e, layers = self.decoder.emb_dim, self.decoder.num_layers
+    le, ld = self.encoder.seq_len, self.decoder.seq_len
+    cross_proj = 6.0 * layers * 2 * e * e * (le + ld)
+    cross_attn = 12.0 * layers * ld * le * e
+    return FlopCount(
+        tuple((f"encoder {name}", f, formula) for name, f, formula in enc.terms
+              if name != "output heads") +
+        tuple((f"decoder {name}", f, formula) for name, f, formula in dec.terms) +
+        (("cross proj", cross_proj,
+          f"6 x {layers} layers x 2 x {e}^2 x ({le} + {ld}) (k, v over the encoder; q, out "
+          "over the decoder)"),
+         ("cross attn", cross_attn, f"12 x {layers} layers x {ld} x {le} x {e}")))
 
 
 def mfu(flops_per_step: float, step_seconds: float, num_devices: int, peak_per_device: float

@@ -56,6 +56,8 @@ def _metadata_spec(meta: Mapping[str, Any], text_seq_len: int) -> DataSpec:
       text_vocab_size=text["vocab_size"] if text else 0,
       text_pad_id=text["pad_id"] if text else -1,
       text_mask_id=text["mask_id"] if text else -1,
+      text_bos_id=text["bos_id"] if text else -1,
+      text_eos_id=text["eos_id"] if text else -1,
       text_seq_len=int(text_seq_len),
       image_vocab_size=image["codebook_size"] if image else 0,
       image_grid=tuple(image["grid"]) if image else (0, 0),

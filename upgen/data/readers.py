@@ -82,8 +82,9 @@ class TokenRecords:
 
   def synthetic_spec(self, data: Any, *, image_grid: int, image_vocab: int,
                      text_vocab: int) -> DataSpec:
-    return DataSpec(text_vocab_size=text_vocab, text_pad_id=0, text_mask_id=1,
-                    text_seq_len=int(data.text_seq_len), image_vocab_size=image_vocab,
+    return DataSpec(text_vocab_size=text_vocab, text_pad_id=0, text_mask_id=1, text_bos_id=2,
+                    text_eos_id=3, text_seq_len=int(data.text_seq_len),
+                    image_vocab_size=image_vocab,
                     image_grid=(image_grid, image_grid))
 
   def train_iterator(self, config, spec, rows):

@@ -23,6 +23,8 @@ class DataSpec:
   text_vocab_size: int = 0  # Text tokenizer vocabulary (incl. specials); 0: no text tokens.
   text_pad_id: int = -1  # The text tokenizer's [PAD] id.
   text_mask_id: int = -1  # Its [MASK] id (-1: it has none).
+  text_bos_id: int = -1  # Its begin-of-sequence id (BART's <s>; -1: none).
+  text_eos_id: int = -1  # Its end-of-sequence id (BART's </s>; -1: none).
   text_seq_len: int = 0  # Caption tokens per example (config.data.text_seq_len).
   image_vocab_size: int = 0  # Image tokenizer codebook size; 0: no image tokens.
   image_grid: tuple[int, int] = (0, 0)  # Image token grid (rows, columns), raster order.
@@ -57,6 +59,18 @@ class DataSpec:
             "text_seq_len": self.text_seq_len, "text_pad_id": self.text_pad_id,
             "text_mask_id": self.text_mask_id}
 
+  def special_ids(self, *names: str, where: str = "the data's text tokenizer") -> dict[str, int]:
+    """{"text_<name>_id": id} for the named special tokens ("bos", "eos", ...), each checked
+    to exist (an error names the missing one)."""
+    out = {}
+    for name in names:
+      value = getattr(self, f"text_{name}_id")
+      if not 0 <= value < self.text_vocab_size:
+        raise errors.DataError(f"{where} has no {name} token (text_{name}_id={value}); this "
+                               f"family needs one")
+      out[f"text_{name}_id"] = value
+    return out
+
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
@@ -69,6 +83,8 @@ class DataSpec:
     return cls(**raw)
 
   def differences(self, other: "DataSpec") -> list[str]:
-    """Field names whose values differ."""
+    """Field names whose values differ, skipping those this spec leaves at their default
+    (unknown when it was written: a field added later, a size a migration could not read)."""
     return [f.name for f in dataclasses.fields(self)
-            if getattr(self, f.name) != getattr(other, f.name)]
+            if getattr(self, f.name) != f.default
+            and getattr(self, f.name) != getattr(other, f.name)]

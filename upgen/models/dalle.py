@@ -18,7 +18,7 @@ Loss: cross-entropy on real caption tokens and on image tokens, each averaged ov
 count in the batch, mixed by config.loss.text_loss_weight / image_loss_weight. Caption
 dropout (config.loss.caption_dropout) turns a caption into all pads, the stream of an
 image-only example and of the unconditional side of guidance. Text-only examples score
-their caption only. Sampling: KV-cache decoding in upgen/sampling/dalle_sampler.py.
+their caption only. Sampling: KV-cache decoding in upgen/sampling/ar_sampler.py.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from upgen.data import readers
 from upgen.data.spec import DataSpec
 from upgen.families import Batch, Family
 from upgen.models import layers
-from upgen.sampling import dalle_sampler
+from upgen.sampling import ar_sampler
 from upgen.sampling.settings import SampleSettings
 
 
@@ -179,6 +179,13 @@ class Dalle(nn.Module):
   def next_image_logits(self, ids_BxT: jax.Array, start) -> jax.Array:
     """Image logits BxVi predicted by the last of these inputs (prefill or one decode step)."""
     return self.image_head(self.hidden(ids_BxT, start)[:, -1:])[:, 0]
+
+  def allocate_cache(self, text_tokens_BxLt: jax.Array, text_valid_BxLt: jax.Array
+                     ) -> jax.Array:
+    """Decoding: a forward over a whole stream, which sizes the KV cache (under eval_shape)."""
+    del text_valid_BxLt
+    ids_BxL = jnp.zeros((text_tokens_BxLt.shape[0], self.config.stream_len), jnp.int32)
+    return self.next_image_logits(ids_BxL, 0)
 
   def prefill(self, text_tokens_BxLt: jax.Array, text_valid_BxLt: jax.Array) -> jax.Array:
     """Decoding: [START, caption, BOI] into the KV cache -> logits of image token 0, BxVi."""
@@ -325,6 +332,6 @@ FAMILY = Family(
     name="dalle", reads=readers.TOKEN_RECORDS, model_config=model_config,
     loss_config=loss_config, make_model=Dalle, init_variables=init_variables,
     loss_fn=loss_fn, sample_config=sample_config,
-    sample_images=dalle_sampler.sample_images, inpaint=dalle_sampler.inpaint,
-    unconditional_images=dalle_sampler.unconditional_images, image_nll=image_nll,
+    sample_images=ar_sampler.sample_images, inpaint=ar_sampler.inpaint,
+    unconditional_images=ar_sampler.unconditional_images, image_nll=image_nll,
     train_flops=train_flops, sample_cost=sample_cost)

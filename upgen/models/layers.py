@@ -32,6 +32,10 @@ REMAT_POLICIES: dict[str, Optional[Callable[..., Any]]] = {
     "dots": jax.checkpoint_policies.checkpoint_dots,  # Save matmul outputs.
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+ACTIVATIONS = {
+    "gelu_tanh": functools.partial(nn.gelu, approximate=True),  # GPT-2's "gelu_new".
+    "gelu": functools.partial(nn.gelu, approximate=False),  # erf: BERT's and BART's "gelu".
+}
 # Vocabulary-sized tables are padded to this multiple so "vocab" shards evenly over "tensor".
 VOCAB_PAD_MULTIPLE = 128
 
@@ -73,6 +77,10 @@ class TransformerConfig:
   attention_impl: Optional[str] = None
   scan_layers: bool = False  # nn.scan over layers (params get a leading "layers" axis).
   remat: str = "none"  # Rematerialization policy, a key of REMAT_POLICIES.
+  # "pre": x + f(LN(x)) (pre-LN); "post": LN(x + f(x)) (BERT / BART, post-LN).
+  norm_position: str = "pre"
+  norm_eps: float = 1e-6  # LayerNorm epsilon (BART: 1e-5).
+  activation: str = "gelu_tanh"  # MLP activation, a key of ACTIVATIONS.
 
   def __post_init__(self):
     set_ = functools.partial(object.__setattr__, self)
@@ -97,6 +105,12 @@ class TransformerConfig:
     if self.remat not in REMAT_POLICIES:
       raise errors.ConfigError(f"config.model.remat={self.remat!r}: choose one of "
                                f"{sorted(REMAT_POLICIES)}")
+    if self.norm_position not in ("pre", "post"):
+      raise errors.ConfigError(f"config.model.norm_position={self.norm_position!r}: choose "
+                               "'pre' or 'post'")
+    if self.activation not in ACTIVATIONS:
+      raise errors.ConfigError(f"config.model.activation={self.activation!r}: choose one of "
+                               f"{sorted(ACTIVATIONS)}")
 
   def stack(self, **changes: Any) -> "TransformerConfig":
     """Just the transformer fields (a subclass's extra fields dropped), with `changes`."""
@@ -138,17 +152,18 @@ class LayerNorm(nn.Module):
   """LayerNorm with ("embed",) scale and bias."""
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  epsilon: float = 1e-6
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     return nn.LayerNorm(
-        epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
+        epsilon=self.epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(x)
 
 
 class Mlp(nn.Module):
-  """Dense(mlp_dim) -> gelu -> Dense(emb_dim)."""
+  """Dense(mlp_dim) -> activation (config.activation) -> Dense(emb_dim)."""
   config: TransformerConfig
 
   @nn.compact
@@ -158,7 +173,8 @@ class Mlp(nn.Module):
         cfg.mlp_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="wi",
         kernel_init=nn.with_logical_partitioning(dense_init, ("embed", "mlp")),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x_BxLxE)
-    h_BxLxM = nn.with_logical_constraint(nn.gelu(h_BxLxM), ("batch", "length", "mlp"))
+    h_BxLxM = nn.with_logical_constraint(ACTIVATIONS[cfg.activation](h_BxLxM),
+                                         ("batch", "length", "mlp"))
     return nn.Dense(
         cfg.emb_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="wo",
         kernel_init=nn.with_logical_partitioning(dense_init, ("mlp", "embed")),
@@ -285,17 +301,37 @@ class Attention(nn.Module):
     mask = allowed_1x1xTxS if mask is None else mask & allowed_1x1xTxS
     return cached_k.value, cached_v.value, mask, True
 
+  def _cross_cache(self, kv_BxSxE: Optional[jax.Array], mask: Optional[jax.Array]):
+    """Decoding cross-attention: the prefill (kv given) projects and caches the encoder's keys,
+    values and key mask; the steps after it (kv None) read them."""
+    if kv_BxSxE is None:
+      return (self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value"),
+              self.get_variable("cache", "cross_mask"))
+    k = self._proj("key", kv_BxSxE)
+    v = self._proj("value", kv_BxSxE)
+    mask = jnp.ones((k.shape[0], 1, 1, k.shape[1]), bool) if mask is None else jnp.broadcast_to(
+        mask, (k.shape[0], 1, 1, k.shape[1]))
+    for name, value in (("cross_key", k), ("cross_value", v), ("cross_mask", mask)):
+      self.variable("cache", name, jnp.zeros, value.shape, value.dtype).value = value
+    return k, v, mask
+
   @nn.compact
   def __call__(self, x_BxTxE: jax.Array, kv_BxSxE: Optional[jax.Array] = None,
                mask: Optional[jax.Array] = None, *, deterministic: bool) -> jax.Array:
     cfg = self.config
-    kv_BxSxE = x_BxTxE if kv_BxSxE is None else kv_BxSxE
     qkv_names = ("batch", "length", "heads", "kv")
     q = nn.with_logical_constraint(self._proj("query", x_BxTxE), qkv_names)
-    k = nn.with_logical_constraint(self._proj("key", kv_BxSxE), qkv_names)
-    v = nn.with_logical_constraint(self._proj("value", kv_BxSxE), qkv_names)
     causal = cfg.causal and not self.is_cross
     used_cache = False
+    if self.is_cross and cfg.decode:
+      k, v, mask = self._cross_cache(kv_BxSxE, mask)
+      used_cache = kv_BxSxE is None
+    else:
+      kv_BxSxE = x_BxTxE if kv_BxSxE is None else kv_BxSxE
+      k = self._proj("key", kv_BxSxE)
+      v = self._proj("value", kv_BxSxE)
+    k = nn.with_logical_constraint(k, qkv_names)
+    v = nn.with_logical_constraint(v, qkv_names)
     if cfg.decode and not self.is_cross:
       k, v, mask, used_cache = self._update_cache(k, v, mask)
       causal = causal and not used_cache  # The cache mask is already causal.
@@ -316,7 +352,10 @@ class Attention(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-  """Pre-LN block: x + Attn(LN x) [+ CrossAttn(LN x, encoded)] + Mlp(LN x), dropout on branches."""
+  """Self-attention [+ cross-attention to an encoder output] + MLP, each a residual branch
+  with dropout: pre-LN x + f(LN x), or post-LN LN(x + f(x)) (config.norm_position). In
+  decode mode the cross-attention reads the keys and values its prefill cached when
+  `encoded_BxSxE` is None."""
   config: TransformerConfig
 
   @nn.compact
@@ -324,21 +363,25 @@ class TransformerBlock(nn.Module):
                encoded_BxSxE: Optional[jax.Array] = None, encoded_mask: Optional[jax.Array] = None,
                deterministic: bool = True) -> jax.Array:
     cfg = self.config
-    norm = functools.partial(LayerNorm, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     drop = nn.Dropout(cfg.dropout_rate)
-    names = ("batch", "length", "embed")
-    h = Attention(cfg, name="attn")(norm(name="ln_attn")(x_BxLxE), mask=mask,
-                                    deterministic=deterministic)
-    x_BxLxE = nn.with_logical_constraint(x_BxLxE + drop(h, deterministic=deterministic), names)
+
+    def residual(x_BxLxE, norm_name, branch):
+      norm = LayerNorm(cfg.dtype, cfg.param_dtype, cfg.norm_eps, name=norm_name)
+      if cfg.norm_position == "pre":
+        x_BxLxE = x_BxLxE + drop(branch(norm(x_BxLxE)), deterministic=deterministic)
+      else:
+        x_BxLxE = norm(x_BxLxE + drop(branch(x_BxLxE), deterministic=deterministic))
+      return nn.with_logical_constraint(x_BxLxE, ("batch", "length", "embed"))
+
+    x_BxLxE = residual(x_BxLxE, "ln_attn", lambda y: Attention(cfg, name="attn")(
+        y, mask=mask, deterministic=deterministic))
     if cfg.cross_attention:
-      if encoded_BxSxE is None:
+      if encoded_BxSxE is None and not cfg.decode:
         raise ValueError("TransformerBlock with cross_attention=True needs encoded_BxSxE")
-      h = Attention(cfg, is_cross=True, name="cross_attn")(
-          norm(name="ln_cross")(x_BxLxE), encoded_BxSxE, mask=encoded_mask,
-          deterministic=deterministic)
-      x_BxLxE = nn.with_logical_constraint(x_BxLxE + drop(h, deterministic=deterministic), names)
-    h = Mlp(cfg, name="mlp")(norm(name="ln_mlp")(x_BxLxE))
-    return nn.with_logical_constraint(x_BxLxE + drop(h, deterministic=deterministic), names)
+      x_BxLxE = residual(x_BxLxE, "ln_cross", lambda y: Attention(
+          cfg, is_cross=True, name="cross_attn")(y, encoded_BxSxE, mask=encoded_mask,
+                                                 deterministic=deterministic))
+    return residual(x_BxLxE, "ln_mlp", lambda y: Mlp(cfg, name="mlp")(y))
 
 
 class TransformerStack(nn.Module):

@@ -59,14 +59,20 @@ def _take(model: dict, key: str, where: str, hint: str) -> Any:
   return model.pop(key)
 
 
-def _tokenizer_resolution(data_dir: str) -> int:
-  """The image tokenizer's resolution from the records' metadata (as today's reader puts it
-  in the spec), or 0 when the records are not reachable from here."""
+def _from_records(data_dir: str) -> dict[str, int]:
+  """Spec fields the old config never held, read from the records' metadata as today's
+  reader reads them ({} when the records are not reachable from here: they stay unknown)."""
   try:
     meta = records.read_metadata(data_dir)
-    return int(meta["image_tokenizer"]["image_size"]) if meta["image_tokenizer"] else 0
   except (OSError, ValueError, KeyError, TypeError):
-    return 0
+    return {}
+  out = {}
+  if meta["image_tokenizer"]:
+    out["image_size"] = int(meta["image_tokenizer"]["image_size"])
+  if meta["text_tokenizer"]:
+    out["text_bos_id"] = int(meta["text_tokenizer"]["bos_id"])
+    out["text_eos_id"] = int(meta["text_tokenizer"]["eos_id"])
+  return out
 
 
 def from_v1(raw: dict, where: str) -> tuple[dict, DataSpec]:
@@ -100,7 +106,7 @@ def from_v1(raw: dict, where: str) -> tuple[dict, DataSpec]:
                     text_mask_id=sizes["text_mask_id"], text_seq_len=sizes["text_seq_len"],
                     image_vocab_size=sizes["image_vocab_size"],
                     image_grid=(sizes["image_seq_len"] // width, width),
-                    image_size=_tokenizer_resolution(data.get("dir", "")))
+                    **_from_records(data.get("dir", "")))
   for (group, key), renames in RENAMED_VALUES.items():
     value = raw.get(group, {}).get(key)
     if value in renames:

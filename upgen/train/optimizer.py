@@ -1,4 +1,4 @@
-"""AdamW with linear warmup, cosine (or constant) decay and global-norm clipping."""
+"""AdamW with linear warmup, cosine, linear (or constant) decay and global-norm clipping."""
 from __future__ import annotations
 
 import jax
@@ -17,8 +17,12 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -
   elif optim.decay == "cosine":
     decay_steps = max(int(total_steps) - warmup, 1)
     after = optax.cosine_decay_schedule(peak, decay_steps, alpha=float(optim.final_lr_frac))
+  elif optim.decay == "linear":  # DALL-E mini's: warmup, then straight down.
+    decay_steps = max(int(total_steps) - warmup, 1)
+    after = optax.linear_schedule(peak, peak * float(optim.final_lr_frac), decay_steps)
   else:
-    raise errors.ConfigError(f"config.optim.decay={optim.decay!r}: expected 'cosine' or 'constant'")
+    raise errors.ConfigError(f"config.optim.decay={optim.decay!r}: expected 'cosine', "
+                             "'linear' or 'constant'")
   if warmup == 0:
     return after
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])

@@ -1,13 +1,20 @@
-"""Samplers for the decoder-only family: text->image, inpainting and unconditional images by
-KV-cache decoding (upgen/sampling/autoregressive.py) or beam search (beam_search.py).
+"""Samplers for the families that write image codes one at a time over a KV cache (the
+decoder-only and the encoder-decoder families): text->image, inpainting and unconditional
+images by cached decoding (upgen/sampling/autoregressive.py) or beam search (beam_search.py).
 
-All take `params`, the `Dalle` module (upgen/models/dalle.py) and the `SampleSettings`
-(temperature, top_k, top_p, guidance_scale, beam_size), are jitted with the module and the
-settings static, and return int32 image token ids. The model supplies the decoding steps
-(`Dalle.prefill`, `Dalle.feed_image_token`); this module owns the cache and the loop.
+All take `params`, the family's module and the `SampleSettings` (temperature, top_k, top_p,
+guidance_scale, beam_size), are jitted with the module and the settings static, and return
+int32 image token ids. The module supplies the decoding steps as methods, run in its
+`config.decode` mode, and this module owns the cache and the loop:
 
-Classifier-free guidance: the unconditional stream's caption is all pads (every text
-position invalid), the stream of image-only examples and of caption dropout in training.
+  allocate_cache(text_BxLt, valid_BxLt)  a forward that sizes every cache (used under eval_shape)
+  prefill(text_BxLt, valid_BxLt)         the prompt into the cache -> logits of code 0, BxV
+  feed_image_token(tokens_B, i)          code i into the cache -> logits of code i + 1, BxV
+
+and its config has image_seq_len, text_seq_len, text_pad_id and scan_layers.
+
+Classifier-free guidance: the unconditional stream's caption is empty (every text position
+invalid), the stream of image-only examples and of caption dropout in training.
 """
 from __future__ import annotations
 
@@ -37,9 +44,9 @@ def cache_batch_axis(model: nn.Module) -> int:
 def init_cache(model: nn.Module, batch_size: int) -> Any:
   """An empty KV cache for `batch_size` streams of the full length."""
   dec = decoder(model)
-  ids_BxL = jnp.zeros((batch_size, model.config.stream_len), jnp.int32)
-  shapes = jax.eval_shape(lambda: dec.init(jax.random.key(0), ids_BxL, 0,
-                                           method="next_image_logits"))["cache"]
+  text_BxLt = jnp.zeros((batch_size, model.config.text_seq_len), jnp.int32)
+  shapes = jax.eval_shape(lambda: dec.init(jax.random.key(0), text_BxLt, text_BxLt > 0,
+                                           method="allocate_cache"))["cache"]
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 

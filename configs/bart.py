@@ -1,0 +1,67 @@
+"""BART-style encoder-decoder: text encoder, decoder writing image codes (DALL-E mini).
+
+  upgen train --config configs/bart.py:tiny --workdir /tmp/bart \
+      --config.data.dir=/tmp/qs/data
+  upgen quickstart --workdir /tmp/qs_bart --family bart
+
+Variants: tiny (CPU smoke / quickstart; pre-LN, trained from scratch), base (BART-base:
+6 + 6 layers x 768) and large (12 + 12 x 1024, DALL-E mini's seed), both with BART's exact
+architecture so a pretrained BART encoder can start them. Design notes: docs/bart.md.
+"""
+import ml_collections
+
+from configs import common
+
+SIZES = {
+    # name: (decoder layers, emb_dim, num_heads, mlp_dim); encoder layers in ENCODER_LAYERS.
+    "tiny": (4, 128, 4, 512),
+    "base": (6, 768, 12, 3072),
+    "large": (12, 1024, 16, 4096),
+}
+ENCODER_LAYERS = {"tiny": 2, "base": 6, "large": 12}
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+  c = common.base_config()
+  common.transformer_model(c, "bart", arg, SIZES)
+  c.model.encoder_layers = ENCODER_LAYERS[arg]  # Encoder blocks (num_layers: decoder blocks).
+  # "bart": BART's architecture exactly (post-LN, learned positions at +2, LayerNorm on the
+  # embeddings, exact GELU): what pretrained BART weights need. "preln": pre-LN with fixed
+  # sin-cos positions, which trains from scratch faster on CPU budgets (docs/bart.md).
+  c.model.architecture = "preln"
+  c.model.scale_embedding = False  # Token embeddings times sqrt(emb_dim) (BART: per model).
+  c.model.max_positions = 0  # "bart": caption position table rows (BART: 1024; 0 = Lt + 2).
+
+  c.loss.caption_dropout = 0.1  # Captions replaced by the empty one (guidance's other stream).
+
+  common.token_records(c, text_dropout=0.0)  # Caption dropout happens in the loss.
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.temperature = 1.0  # Softmax temperature (0 = greedy).
+  c.sample.top_k = 0  # Sample among the k most likely codes (0 = all).
+  c.sample.top_p = 1.0  # Nucleus: the most likely codes holding this much mass (1 = all).
+  # Classifier-free guidance on the logits: (1 + s) * cond - s * uncond (0 = unguided;
+  # DALL-E mini's "condition scale" is 1 + s).
+  c.sample.guidance_scale = 2.0
+  c.sample.beam_size = 0  # > 0: beam search with this many beams instead of sampling.
+  c.sample.per_prompt = 4  # Samples per prompt in `upgen sample`.
+
+  if arg == "tiny":
+    c.data.batch_size = 64
+    c.optim.lr = 2e-3
+    c.optim.warmup_steps = 50
+    c.optim.weight_decay = 0.01
+    c.train.steps = 1000
+    c.train.log_every = 10
+    c.train.checkpoint_every = 200
+    c.train.sample_every = 250
+  else:
+    common.accelerator_recipe(c)
+    c.model.architecture = "bart"
+    c.model.max_positions = 1024
+    c.model.scan_layers = arg == "large"
+    # DALL-E mini's schedule: linear warmup over the first 10% of steps, then linear decay.
+    c.optim.decay = "linear"
+    c.optim.warmup_steps = c.train.steps // 10
+    c.optim.final_lr_frac = 0.0
+  return c
