@@ -57,6 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.05  # Decoupled weight decay on matrices (not biases/norms).
   c.optim.grad_clip = 1.0  # Clip by global norm; 0 disables.
   c.optim.grad_accum_steps = 1  # Micro-batches per optimizer step (batch_size divisible).
+  # Parameter groups kept as they are (comma-separated, e.g. "encoder"; the family names its
+  # groups): no update and no weight decay, so they stay bit-identical.
+  c.optim.freeze = ""
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000  # Optimizer steps to train for.
@@ -72,6 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Multi-process: how often the processes agree on SIGTERM / max_minutes (a host sync).
   c.train.stop_check_every = 10
   c.train.progress = True  # Console progress bar.
+  # A directory of `upgen import hf` whose parameters start a new run (docs/families.md).
+  c.train.init_from = ""
 
   c.mesh = ml_collections.ConfigDict()
   # Device mesh shape; one entry may be -1 to take the remaining devices.

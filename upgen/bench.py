@@ -57,10 +57,9 @@ def setup_for(config: ml_collections.ConfigDict, image_grid: int = 16, image_voc
 
 def _state(config: ml_collections.ConfigDict, setup: families.Setup):
   from upgen.train import mesh as mesh_lib
-  from upgen.train import optimizer as optimizer_lib
   from upgen.train import state as state_lib
   mesh = mesh_lib.make_mesh(config.mesh)
-  tx = optimizer_lib.make_optimizer(config.optim, config.train.steps)
+  tx = setup.optimizer(config.optim, config.train.steps)
   return mesh, state_lib.create_state(setup, tx, mesh, config.mesh,
                                       jax.random.key(config.seed))
 

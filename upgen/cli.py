@@ -7,6 +7,7 @@
   upgen eval captions --workdir W --data SPLIT_DIR [--num N]
   upgen tokenizer text --captions DIR --vocab-size N --out DIR
   upgen tokenize --source DIR --out DIR --text-tokenizer DIR --image-tokenizer RUN_DIR
+  upgen import hf --from HF_DIR --family bart --out INIT
   upgen train --config configs/upgen.py:tiny --workdir W [--config.KEY=VALUE ...]
   upgen sample --workdir W --prompts FILE --per-prompt K --out DIR
   upgen bench train|sample --config configs/upgen.py:large [--config.KEY=VALUE ...]
@@ -30,6 +31,7 @@ COMMANDS = {
     ("eval", "shapes"): "upgen.data.shapes_eval",
     ("eval", "nll"): "upgen.likelihood",
     ("eval", "captions"): "upgen.caption_eval",
+    ("import", "hf"): "upgen.hf_import",
     ("tokenizer", "text"): "upgen.tokenizers.text",
     ("tokenize",): "upgen.data.tokenize",
     ("train",): "upgen.train.main",

@@ -136,6 +136,11 @@ class Family:
   image_nll: Optional[ImageNllFn] = None
   train_flops: Optional[TrainFlopsFn] = None
   sample_cost: Optional[SampleCostFn] = None
+  # Parameter groups config.optim.freeze can name: group -> top-level parameter names.
+  param_groups: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+  # `upgen import hf`: (HF config.json dict, weights by "a/b/c" name in the Flax layout) ->
+  # HFImport (config.model values, the parameters it supplies, notes).
+  import_hf: Optional[Callable[[Mapping[str, Any], Mapping[str, Any]], Any]] = None
 
   def can(self, what: str) -> Callable[..., Any]:
     """The entry `what` (e.g. "inpaint"), or an error naming the family that lacks it."""
@@ -187,6 +192,11 @@ class Setup:
 
   def dummy_batch(self, batch_size: int) -> dict[str, Any]:
     return self.family.reads.dummy_batch(self.spec, batch_size)
+
+  def optimizer(self, optim: Any, total_steps: int) -> Any:
+    """config.optim's optimizer, with the family's groups for config.optim.freeze."""
+    from upgen.train import optimizer as optimizer_lib
+    return optimizer_lib.make_optimizer(optim, total_steps, self.family.param_groups)
 
 
 def get_family(name: str) -> Family:

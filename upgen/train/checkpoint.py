@@ -239,12 +239,11 @@ def restore_params(workdir: str, step: Optional[int] = None, mesh=None
   devices as data parallel), whatever mesh wrote them.
   """
   from upgen.train import mesh as mesh_lib
-  from upgen.train import optimizer as optimizer_lib
   from upgen.train import state as state_lib
 
   config, spec = load_run_config(workdir)
   setup = families.build(config, spec)
-  tx = optimizer_lib.make_optimizer(config.optim, config.train.steps)
+  tx = setup.optimizer(config.optim, config.train.steps)
   if mesh is None:
     mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(
         {"data": -1, "fsdp": 1, "tensor": 1, "rules": config.mesh.rules}))

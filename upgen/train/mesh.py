@@ -83,8 +83,16 @@ def detached():
 
 def logical_shardings(abstract_tree: Any, mesh: Mesh, mesh_config: ml_collections.ConfigDict) -> Any:
   """NamedShardings for a tree whose leaves may be flax LogicallyPartitioned boxes."""
-  specs = nn.get_partition_spec(abstract_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules(mesh_config))
+  table = rules(mesh_config)
+
+  def sharding(x):
+    if not isinstance(x, nn.Partitioned):
+      return NamedSharding(mesh, P())  # Unannotated: replicated.
+    if not jax.tree.leaves(x.value):  # optax's MaskedNode (a frozen parameter's optimizer
+      return x.value  # state) in a box: an empty node, as it is once unboxed.
+    return NamedSharding(mesh, nn.logical_to_mesh_axes(x.get_partition_spec(), table))
+
+  return jax.tree.map(sharding, abstract_tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
 def batch_sharding(mesh: Mesh, mesh_config: ml_collections.ConfigDict) -> NamedSharding:

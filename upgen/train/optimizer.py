@@ -1,5 +1,8 @@
-"""AdamW with linear warmup, cosine, linear (or constant) decay and global-norm clipping."""
+"""AdamW with linear warmup, cosine, linear (or constant) decay and global-norm clipping,
+and frozen parameter groups (config.optim.freeze)."""
 from __future__ import annotations
+
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +36,23 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+def frozen_names(optim: ml_collections.ConfigDict,
+                 groups: Mapping[str, Sequence[str]]) -> frozenset[str]:
+  """The top-level parameter names of the groups config.optim.freeze names (comma-separated;
+  `groups` is the family's `param_groups`)."""
+  names = [g.strip() for g in str(optim.get("freeze", "")).split(",") if g.strip()]
+  unknown = [g for g in names if g not in groups]
+  if unknown:
+    raise errors.ConfigError(
+        f"config.optim.freeze={optim.freeze!r}: no parameter group {', '.join(unknown)} in this "
+        f"family (its groups: {', '.join(sorted(groups)) or 'none'})")
+  return frozenset(name for g in names for name in groups[g])
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int,
+                   groups: Mapping[str, Sequence[str]] = {}) -> optax.GradientTransformation:
+  """Clip, then AdamW on every parameter outside the frozen groups; frozen parameters get a
+  zero update (no weight decay either), so they stay bit-identical."""
   schedule = learning_rate_schedule(optim, total_steps)
   parts = []
   if optim.grad_clip and optim.grad_clip > 0:
@@ -42,4 +61,13 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.
       optax.adamw(
           schedule, b1=float(optim.b1), b2=float(optim.b2), eps=float(optim.eps),
           weight_decay=float(optim.weight_decay), mask=_decay_mask))
-  return optax.chain(*parts)
+  train = optax.chain(*parts)
+  frozen = frozen_names(optim, groups)
+  if not frozen:
+    return train
+
+  def labels(params):
+    return {name: jax.tree.map(lambda _, n=name: "frozen" if n in frozen else "train", sub)
+            for name, sub in params.items()}
+
+  return optax.multi_transform({"train": train, "frozen": optax.set_to_zero()}, labels)

@@ -23,6 +23,7 @@ from upgen import errors
 from upgen import families
 from upgen.data.spec import DataSpec
 from upgen.train import checkpoint as ckpt_lib
+from upgen.train import init_from
 from upgen.train import mesh as mesh_lib
 from upgen.train import optimizer as optimizer_lib
 from upgen.train import preview as preview_lib
@@ -139,7 +140,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   ckpt_lib.save_run_config(workdir, config, spec)
 
   mesh = mesh_lib.make_mesh(config.mesh)
-  tx = optimizer_lib.make_optimizer(config.optim, config.train.steps)
+  tx = setup.optimizer(config.optim, config.train.steps)
   abstract, shardings = state_lib.abstract_state(setup, tx, mesh, config.mesh)
   batch_sharding = mesh_lib.batch_sharding(mesh, config.mesh)
   rows = mesh_lib.process_rows(batch_sharding, config.data.batch_size)
@@ -157,7 +158,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     writers.truncate_metrics(workdir, latest)
     log.info("resumed %s from step %d", workdir, latest)
   else:
+    if config.train.init_from:
+      init_from.check_architecture(config.train.init_from, config.model)
     state = state_lib.create_state(setup, tx, mesh, config.mesh, jax.random.key(config.seed))
+    if config.train.init_from:
+      state = state.replace(params=init_from.apply(state.params, config.train.init_from))
   step = int(jax.device_get(state.step))
   num_params = state_lib.count_params(state.params)
 

@@ -1,0 +1,165 @@
+"""`upgen import hf --family bart` against transformers' own BART (4.57, the last release
+with Flax models): a tiny random FlaxBartModel built and saved here, in every file layout,
+imported, gives transformers' encoder hidden states (and, for a decoder over the text
+vocabulary, its decoder outputs) within 1e-5 in float32, with padding in the batch. Then
+`train.init_from` starts a run from it and `optim.freeze=encoder` keeps the encoder exact."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import linen as nn
+from safetensors.numpy import save_file
+
+from tests import token_data
+from upgen import cli
+from upgen import errors
+from upgen import families
+from upgen import hf_import
+from upgen.data.spec import DataSpec
+from upgen.models import bart
+from upgen.train import checkpoint
+from upgen.train import init_from
+
+V, E, LT = token_data.TEXT_VOCAB, 32, 6  # The records' caption vocabulary.
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory):
+  """The same random BART saved as Flax msgpack, Flax safetensors and PyTorch-layout
+  safetensors (the last written here from the Flax weights, as transformers' PyTorch
+  state dict names and lays them out: transformers needs torch to write it itself)."""
+  from transformers import BartConfig, FlaxBartModel
+  config = BartConfig(vocab_size=V, d_model=E, encoder_layers=2, decoder_layers=2,
+                      encoder_attention_heads=4, decoder_attention_heads=4,
+                      encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=16,
+                      scale_embedding=True, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+  model = FlaxBartModel(config, seed=0)
+  root = tmp_path_factory.mktemp("hf")
+  dirs = {"msgpack": root / "msgpack", "flax_safetensors": root / "flax_st",
+          "pt_safetensors": root / "pt_st"}
+  model.save_pretrained(dirs["msgpack"])
+  model.save_pretrained(dirs["flax_safetensors"], safe_serialization=True)
+  os.makedirs(dirs["pt_safetensors"])
+  (dirs["pt_safetensors"] / "config.json").write_text((dirs["msgpack"] / "config.json").read_text())
+  pt = {}
+  for path, value in jax.tree_util.tree_flatten_with_path(model.params)[0]:
+    names = ["model"] + [str(k.key) for k in path]
+    value = np.asarray(value)
+    if names[-1] == "kernel":
+      names[-1], value = "weight", value.T
+    elif names[-1] in ("scale", "embedding"):
+      names[-1] = "weight"
+    pt[".".join(names)] = np.ascontiguousarray(value)
+  pt["model.encoder.embed_tokens.weight"] = pt["model.shared.weight"]
+  pt["final_logits_bias"] = np.zeros((1, V), np.float32)
+  save_file(pt, str(dirs["pt_safetensors"] / "model.safetensors"), metadata={"format": "pt"})
+  return model, dirs
+
+
+def _setup(init_dir, image_vocab=8, grid=(2, 2)):
+  config = token_data.small_config("bart", architecture="bart")
+  with open(os.path.join(init_dir, "config.json")) as f:
+    config.model.update({k: v for k, v in json.load(f)["model"].items()
+                         if k not in ("family", "size")})
+  config.model.update(dropout_rate=0.0, attention_dropout_rate=0.0, dtype="float32",
+                      param_dtype="float32")
+  spec = DataSpec(text_vocab_size=V, text_pad_id=0, text_mask_id=1, text_bos_id=2,
+                  text_eos_id=3, text_seq_len=LT, image_vocab_size=image_vocab, image_grid=grid)
+  return families.build(config, spec)
+
+
+def _batch():
+  valid = np.arange(LT)[None] < np.array([[6], [3], [1]])
+  text = np.where(valid, np.arange(3 * LT).reshape(3, LT) % (V - 4) + 4, 0).astype(np.int32)
+  return text, valid
+
+
+@pytest.mark.parametrize("layout", ["msgpack", "flax_safetensors", "pt_safetensors"])
+def test_imported_encoder_gives_transformers_hidden_states(hf_dirs, layout, tmp_path):
+  hf_model, dirs = hf_dirs
+  init_dir = str(tmp_path / "init")
+  assert cli.main(["import", "hf", "--from", str(dirs[layout]), "--family", "bart",
+                   "--out", init_dir]) == 0
+  report = json.load(open(os.path.join(init_dir, "import.json")))
+  assert report["model"]["architecture"] == "bart" and report["model"]["encoder_layers"] == 2
+  assert ("PyTorch layout" in report["source"]) == (layout == "pt_safetensors")
+  setup = _setup(init_dir)
+  fresh = nn.unbox(bart.init_variables(setup.model, jax.random.key(0),
+                                       setup.dummy_batch(1))["params"])
+  params = init_from.apply(fresh, init_dir)
+  text, valid = _batch()
+  ours, mask = setup.model.apply({"params": params}, text, valid, method=bart.Bart.encode)
+  ids, enc_valid = (np.asarray(x) for x in bart.encoder_inputs(text, valid,
+                                                                setup.model_config))
+  assert (~enc_valid).any()  # Padding in the batch.
+  theirs = hf_model.encode(ids, attention_mask=enc_valid.astype(np.int32)).last_hidden_state
+  np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-5)
+
+  # A decoder over the caption vocabulary (decoder-start = its last id) is transformers'
+  # decoder: give it the shared embedding and compare its outputs.
+  setup = _setup(init_dir, image_vocab=V - 1, grid=(2, 3))
+  fresh = nn.unbox(bart.init_variables(setup.model, jax.random.key(0),
+                                       setup.dummy_batch(1))["params"])
+  params = init_from.apply(fresh, init_dir)
+  params["image_embed"] = params["text_embed"]
+  codes = np.arange(3 * 6).reshape(3, 6) % (V - 1)
+  dec_ids = np.asarray(bart.decoder_inputs(codes, setup.model_config))
+  encoded, mask = setup.model.apply({"params": params}, text, valid, method=bart.Bart.encode)
+  ours = setup.model.apply({"params": params}, dec_ids, 0, encoded, mask,
+                           method=bart.Bart.decode_hidden)
+  theirs = hf_model(ids, attention_mask=enc_valid.astype(np.int32), decoder_input_ids=dec_ids,
+                    decoder_attention_mask=np.ones_like(dec_ids)).last_hidden_state
+  np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-5)
+
+
+def test_import_errors_name_the_problem(hf_dirs, tmp_path):
+  _, dirs = hf_dirs
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  (empty / "config.json").write_text("{}")
+  (empty / "pytorch_model.bin").write_bytes(b"not read")
+  with pytest.raises(errors.NotFound, match="pickled weights are not read"):
+    hf_import.read_weights(str(empty))
+  with pytest.raises(errors.ConfigError, match="family 'vqgan' cannot|imports no Hugging Face"):
+    hf_import.import_hf(str(dirs["msgpack"]), "vqgan", str(tmp_path / "out"))
+  bad = tmp_path / "gpt"
+  bad.mkdir()
+  (bad / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+  (bad / "flax_model.msgpack").write_bytes((dirs["msgpack"] / "flax_model.msgpack").read_bytes())
+  with pytest.raises(errors.ConfigError, match="model_type='gpt2', not a BART"):
+    hf_import.import_hf(str(bad), "bart", str(tmp_path / "out"))
+
+
+def test_training_from_an_import_with_the_encoder_frozen(hf_dirs, tmp_path):
+  _, dirs = hf_dirs
+  init_dir = str(tmp_path / "init")
+  hf_import.import_hf(str(dirs["msgpack"]), "bart", init_dir)
+  data_dir = token_data.write(str(tmp_path / "records"))
+  workdir = tmp_path / "run"
+  model_flags = [f"--config.model.{k}={v}" for k, v in json.load(
+      open(os.path.join(init_dir, "import.json")))["model"].items()]
+  flags = [f"--config.{k}={v}" for k, v in token_data.tiny_overrides(data_dir).items()
+           if not k.startswith("model.")]
+  argv = ["train", "--config", "configs/bart.py:tiny", "--workdir", str(workdir), *flags,
+          *model_flags, "--config.train.steps=4", f"--config.train.init_from={init_dir}",
+          "--config.optim.freeze=encoder", "--config.optim.weight_decay=0.1",
+          "--config.optim.warmup_steps=0"]
+  assert cli.main(argv) == 0
+  _, setup, params = checkpoint.restore_params(str(workdir))
+  imported = hf_import.load_params(init_dir)
+  for group in bart.PARAM_GROUPS["encoder"]:
+    if group not in imported:
+      continue
+    for a, b in zip(jax.tree.leaves(imported[group]), jax.tree.leaves(params[group])):
+      np.testing.assert_array_equal(np.asarray(a)[:np.shape(b)[0]], np.asarray(b))
+  # The decoder trained: its blocks moved away from the imported ones.
+  moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
+      jax.tree.leaves(imported["decoder"]), jax.tree.leaves(params["decoder"]))]
+  assert any(moved)
+  # A run's architecture must be the import's.
+  with pytest.raises(errors.ConfigError, match="the imported model has config.model.emb_dim=32, "
+                                               "this run 128"):
+    init_from.check_architecture(init_dir, token_data.small_config(
+        "bart", 1, architecture="bart", emb_dim=128).model)
