@@ -158,11 +158,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     writers.truncate_metrics(workdir, latest)
     log.info("resumed %s from step %d", workdir, latest)
   else:
-    if config.train.init_from:
-      init_from.check_architecture(config.train.init_from, config.model)
+    start_from = config.train.get("init_from", "")  # Configs written before it lack it.
+    if start_from:
+      init_from.check_architecture(start_from, config.model)
     state = state_lib.create_state(setup, tx, mesh, config.mesh, jax.random.key(config.seed))
-    if config.train.init_from:
-      state = state.replace(params=init_from.apply(state.params, config.train.init_from))
+    if start_from:
+      state = state.replace(params=init_from.apply(state.params, start_from))
   step = int(jax.device_get(state.step))
   num_params = state_lib.count_params(state.params)
 
