@@ -75,8 +75,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Multi-process: how often the processes agree on SIGTERM / max_minutes (a host sync).
   c.train.stop_check_every = 10
   c.train.progress = True  # Console progress bar.
-  # A directory of `upgen import hf` whose parameters start a new run (docs/families.md).
+  # A directory of `upgen import hf`, or a run of the same family, whose parameters start a
+  # new run (docs/families.md); init_groups limits it to some parameter groups ("encoder").
   c.train.init_from = ""
+  c.train.init_groups = ""
 
   c.mesh = ml_collections.ConfigDict()
   # Device mesh shape; one entry may be -1 to take the remaining devices.

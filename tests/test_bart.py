@@ -195,3 +195,58 @@ def test_overfit_greedy_decoding_reproduces_the_grids(overfit):
   assert float(loss) == pytest.approx(-logp.mean(), abs=1e-6)
   np.testing.assert_allclose(np.asarray(bart.image_nll(params, batch, model=setup.model)),
                              -logp.sum(1), atol=1e-5)
+
+
+def test_masked_text_masks_at_least_one_caption_token_and_never_padding():
+  valid = np.arange(LT)[None] < np.array([0, 1, 3, 5] * 64)[:, None]
+  masked = np.asarray(bart.mask_caption_tokens(jax.random.key(0), jnp.asarray(valid), 0.3))
+  assert not np.any(masked & ~valid)
+  counts = masked.sum(1)
+  assert np.all(counts[valid.sum(1) > 0] >= 1) and np.all(counts[valid.sum(1) == 0] == 0)
+  # Five tokens: each masked with probability 0.3, plus one when none was: 5 * 0.3 + 0.7 ** 5.
+  five = np.asarray(bart.mask_caption_tokens(jax.random.key(1), jnp.ones((2048, 5), bool), 0.3))
+  assert abs(five.sum(1).mean() - 1.668) < 0.06, five.sum(1).mean()
+
+
+def test_masked_text_pretrains_the_encoder_alone():
+  setup = _setup("preln", num_layers=1, objective="masked_text", text_mask_rate=0.3)
+  # Captions [a, a+1, a+2, ...]: a masked token follows from its neighbours.
+  rng = np.random.default_rng(0)
+  b = 32
+  start = rng.integers(4, VT - LT, b)
+  lengths = rng.integers(2, LT + 1, b)
+  mask = np.arange(LT)[None] < lengths[:, None]
+  batch = {**_batch(b=b), "text_mask": mask,
+           "text_tokens": np.where(mask, start[:, None] + np.arange(LT)[None], 0)
+           .astype(np.int32)}
+  params = _params(setup, batch)
+  loss_fn = setup.loss_fn()
+  grads = jax.grad(lambda p: loss_fn(p, batch, jax.random.key(1), train=True, step=0)[0])(params)
+  decoder = [name for name in bart.PARAM_GROUPS["decoder"] if name in grads]
+  assert "decoder" in decoder and "image_head" in decoder
+  for name in decoder:
+    assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(grads[name])), name
+  assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads["encoder"]))
+  opt = optax.adam(3e-3)
+
+  @jax.jit
+  def train(params):
+    def step(carry, rng):
+      params, opt_state = carry
+      (loss, _), g = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng, train=True,
+                                                               step=0)
+      updates, opt_state = opt.update(g, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), loss
+    (params, _), losses = jax.lax.scan(step, (params, opt.init(params)),
+                                       jax.random.split(jax.random.key(2), 300))
+    return params, losses
+
+  params, losses = train(params)
+  _, metrics = loss_fn(params, batch, jax.random.key(3), train=False, step=0)
+  assert float(losses[-20:].mean()) < 0.2 * float(losses[:5].mean()), losses
+  # (Chance is 1 / 24; a caption whose every token is masked cannot be recovered.)
+  assert float(metrics["acc_text"]) > 0.8, metrics
+  with pytest.raises(ValueError, match="masked_text needs a \\[MASK\\] token"):
+    _setup(spec=dataclasses.replace(SPEC, text_mask_id=-1), objective="masked_text")
+  with pytest.raises(ValueError, match="config.loss.objective='mlm'"):
+    _setup(objective="mlm")

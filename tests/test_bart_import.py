@@ -159,7 +159,39 @@ def test_training_from_an_import_with_the_encoder_frozen(hf_dirs, tmp_path):
       jax.tree.leaves(imported["decoder"]), jax.tree.leaves(params["decoder"]))]
   assert any(moved)
   # A run's architecture must be the import's.
-  with pytest.raises(errors.ConfigError, match="the imported model has config.model.emb_dim=32, "
+  with pytest.raises(errors.ConfigError, match="its model has config.model.emb_dim=32, "
                                                "this run 128"):
     init_from.check_architecture(init_dir, token_data.small_config(
         "bart", 1, architecture="bart", emb_dim=128).model)
+
+
+def test_a_masked_text_run_starts_the_encoder_of_an_image_run(tmp_path):
+  """init_from a run directory of the same family, taking only its encoder."""
+  data_dir = token_data.write(str(tmp_path / "records"))
+  flags = [f"--config.{k}={v}" for k, v in token_data.tiny_overrides(data_dir).items()]
+  pre, run = str(tmp_path / "pre"), str(tmp_path / "run")
+  assert cli.main(["train", "--config", "configs/bart.py:tiny", "--workdir", pre, *flags,
+                   "--config.train.steps=3", "--config.loss.objective=masked_text"]) == 0
+  metrics = [json.loads(l) for l in open(os.path.join(pre, "metrics.jsonl"))]
+  assert "loss_text" in metrics[0] and "loss_image" not in metrics[0]
+  _, _, pretrained = checkpoint.restore_params(pre)
+  argv = ["train", "--config", "configs/bart.py:tiny", "--workdir", run, *flags,
+          "--config.train.steps=2", "--config.seed=1", f"--config.train.init_from={pre}",
+          "--config.train.init_groups=encoder", "--config.optim.freeze=encoder"]
+  assert cli.main(argv) == 0
+  _, _, params = checkpoint.restore_params(run)
+  taken = [g for g in bart.PARAM_GROUPS["encoder"] if g in params]
+  assert {"text_embed", "text_pos", "encoder"} <= set(taken)
+  for group in taken:
+    for a, b in zip(jax.tree.leaves(pretrained[group]), jax.tree.leaves(params[group])):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # The decoder was not taken: another seed's init, then trained.
+  for group in ("decoder", "image_head", "image_pos"):
+    assert all(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
+        jax.tree.leaves(pretrained[group]), jax.tree.leaves(params[group])))
+  with pytest.raises(errors.ConfigError, match="init_groups='encodr': no parameter group "
+                                               "encodr in this family"):
+    init_from.group_names("encodr", bart.PARAM_GROUPS)
+  with pytest.raises(errors.ConfigError, match="its model has config.model.emb_dim=32, "
+                                               "this run 128"):
+    init_from.check_architecture(pre, token_data.small_config("bart", 2, emb_dim=128).model)

@@ -126,6 +126,21 @@ def test_quickstart_train_and_sample_contract(tmp_path):
   assert grid.shape[0] >= 2 * 64 and grid.shape[1] >= 2 * 64
   first = np.asarray(Image.open(samples / manifest[0]["image"]))
   assert (first.repeat(2, 0).repeat(2, 1) == grid[5:5 + 64, 5:5 + 64]).all()
+  # Sampling settings from the command line, recorded in the manifest; a misspelt key is
+  # named. Same seed: the samples differ from the run's own settings'.
+  _upgen("sample", "--workdir", r, "--prompts", prompts, "--per-prompt", 2, "--out",
+         tmp_path / "hot", "--config.sample.temperature=4.0", "--config.sample.guidance_scale=0")
+  hot = _jsonl(tmp_path / "hot" / "manifest.jsonl")
+  assert hot[0]["settings"]["temperature"] == 4.0 and hot[0]["settings"]["guidance_scale"] == 0
+  assert any(not np.array_equal(np.asarray(Image.open(samples / a["image"])),
+                                np.asarray(Image.open(tmp_path / "hot" / b["image"])))
+             for a, b in zip(manifest, hot))
+  bad = subprocess.run([sys.executable, "-m", "upgen.cli", "sample", "--workdir", str(r),
+                        "--prompts", str(prompts), "--out", str(tmp_path / "bad"),
+                        "--config.sample.tempreature=0"], cwd=ROOT, capture_output=True,
+                       text=True)
+  assert bad.returncode == 2 and ("upgen sample: error: --config.sample.tempreature=0: "
+                                  "config.sample has no key 'tempreature'") in bad.stderr
   # A prompt cut to the model's text length, and one with a word no training caption has:
   # one warning each, and the manifest says what the model read.
   odd = tmp_path / "odd_prompts.txt"

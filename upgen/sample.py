@@ -4,6 +4,8 @@
   upgen sample --workdir R --unconditional N --out DIR
   upgen sample --workdir R --prompts prompts.txt --inpaint IMAGE --region X0,Y0,X1,Y1 --out DIR
   upgen sample --workdir R --captions-for IMAGES_DIR --out DIR
+  ... [--config.sample.KEY=VALUE ...]    (e.g. temperature, guidance_scale: the run's own
+                                          config.sample otherwise)
 
 Images: one PNG per sample, DIR/manifest.jsonl (one object per sample: prompt, image,
 prompt_index, sample_index, and grid_row / grid_col, its cell in the grid) and DIR/grid.png
@@ -64,6 +66,35 @@ def load_run(workdir: str) -> Run:
   image_tok = image_tok_lib.load(
       records.tokenizer_path(config.data.dir, metadata, "image_tokenizer"))
   return Run(config, setup, params, text_tok, image_tok)
+
+
+def with_sample_settings(run: Run, overrides: Sequence[str]) -> Run:
+  """The run with `--config.sample.KEY=VALUE` overrides applied to its sampling settings
+  (each value read as the type the run's config.sample gives the key)."""
+  if not overrides:
+    return run
+  config = ml_collections.ConfigDict(run.config.to_dict())
+  for arg in overrides:
+    key, sep, text = arg[len("--config.sample."):].partition("=")
+    if not sep:
+      raise errors.ConfigError(f"{arg}: write --config.sample.KEY=VALUE")
+    if "sample" not in config or key not in config.sample:
+      raise errors.ConfigError(f"{arg}: config.sample has no key {key!r} in this run (its "
+                               f"keys: {', '.join(sorted(config.get('sample', {})))})")
+    current = config.sample[key]
+    try:
+      if isinstance(current, bool):
+        if text.lower() not in ("true", "false"):
+          raise ValueError(text)
+        value = text.lower() == "true"
+      else:
+        value = type(current)(text)
+    except ValueError:
+      raise errors.ConfigError(f"{arg}: {text!r} is not a {type(current).__name__}") from None
+    config.sample[key] = value
+  settings = run.family.sample_config(config.sample)
+  return dataclasses.replace(run, config=config,
+                             setup=dataclasses.replace(run.setup, sample=settings))
 
 
 def _run_batched(fn: Callable[..., jax.Array], params: Any, arrays: Sequence[np.ndarray],
@@ -243,14 +274,17 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--out", required=True)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--batch-size", type=int, default=64)
-  args = parser.parse_args(argv)
+  args, rest = parser.parse_known_args(argv)
+  unknown = [a for a in rest if not a.startswith("--config.sample.")]
+  if unknown:
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}")
   logging.basicConfig(format="upgen sample: warning: %(message)s", level=logging.WARNING,
                       force=True)
   if not (args.prompts or args.captions_for or args.unconditional):
     parser.error("give --prompts FILE, --unconditional N and/or --captions-for IMAGES")
   if bool(args.inpaint) != bool(args.region) or (args.inpaint and not args.prompts):
     parser.error("--inpaint IMAGE needs --region X0,Y0,X1,Y1 and --prompts FILE")
-  run = load_run(args.workdir)
+  run = with_sample_settings(load_run(args.workdir), rest)
   k = args.per_prompt or run.setup.sample.per_prompt
   prompts = read_prompts(args.prompts) if args.prompts else []
   seen = read_as(run, prompts)
@@ -262,7 +296,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"upgen sample: {len(images)} inpainted images -> {manifest}")
   elif args.prompts:
     images = generate_images(run, prompts, k, seed=args.seed, batch_size=args.batch_size)
-    manifest = write_samples(args.out, prompts, k, images, seen=seen)
+    manifest = write_samples(args.out, prompts, k, images,
+                             {"settings": dataclasses.asdict(run.setup.sample)}
+                             if rest else None, seen=seen)
     print(f"upgen sample: {len(images)} images -> {manifest}")
   if args.unconditional:
     images = unconditional_images(run, args.unconditional, seed=args.seed,

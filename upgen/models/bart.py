@@ -13,6 +13,12 @@ encoder output. Input vocabulary: the Vi image codes and decoder-start (id Vi). 
 cross-entropy on every image code of examples with an image; caption dropout
 (config.loss.caption_dropout) trains the unconditional stream.
 
+config.loss.objective="masked_text" pretrains the encoder alone on captions (of paired or
+text-only records): a share of each caption's tokens is replaced by the tokenizer's [MASK]
+and predicted from the encoder output through the tied caption embedding. Such a run is a
+`config.train.init_from` directory whose encoder starts a text->image run
+(`config.train.init_groups=encoder`).
+
 config.model.architecture:
   "bart"   BART exactly (transformers' FlaxBart): post-LN blocks with LayerNorm eps 1e-5,
            learned positions looked up at position + 2, LayerNorm on the embeddings, exact
@@ -69,6 +75,7 @@ class BartConfig(layers.TransformerConfig):
   text_pad_id: int
   text_bos_id: int
   text_eos_id: int
+  text_mask_id: int = -1  # The tokenizer's [MASK] (-1: none), for loss.objective=masked_text.
 
   def __post_init__(self):
     super().__post_init__()
@@ -108,7 +115,6 @@ class BartConfig(layers.TransformerConfig):
 def model_config(group: Any, spec: DataSpec) -> BartConfig:
   architecture = (group.get("architecture") if hasattr(group, "get") else None) or "preln"
   sizes = spec.token_sizes()
-  del sizes["text_mask_id"]  # No [MASK] needed: the caption is never masked.
   given = {**sizes, **spec.special_ids("bos", "eos"),
            **ARCHITECTURES.get(architecture, {})}
   return schema.parse(BartConfig, group, "config.model", given=given,
@@ -205,6 +211,15 @@ class Bart(nn.Module):
       x_BxLxE = self.encoder_norm(x_BxLxE)
     return x_BxLxE, mask
 
+  def masked_text_logits(self, text_BxLt: jax.Array, text_valid_BxLt: jax.Array, *,
+                         train: bool = False) -> jax.Array:
+    """Caption logits BxLtxVt of the encoder output at the caption's positions (between
+    [BOS] and [EOS]), through the tied caption embedding."""
+    cfg = self.config
+    encoded_BxLxE, _ = self.encode(text_BxLt, text_valid_BxLt, train=train)
+    logits_BxLtxV = self.text_embed.attend(encoded_BxLxE[:, 1:cfg.text_seq_len + 1])
+    return logits_BxLtxV[..., :cfg.text_vocab_size].astype(jnp.float32)
+
   def decode_hidden(self, ids_BxT: jax.Array, start, encoded_BxSxE, encoded_mask, *,
                     train: bool = False) -> jax.Array:
     """Decoder output BxTxE of decoder inputs at image positions [start, start + T)."""
@@ -254,20 +269,35 @@ class Bart(nn.Module):
     return self.decode_logits(tokens_B.astype(jnp.int32)[:, None], i + 1, None, None)[:, 0]
 
 
+OBJECTIVES = ("image", "masked_text")
+
+
 @dataclasses.dataclass(frozen=True)
 class BartLoss:
-  """config.loss: caption dropout."""
+  """config.loss: the objective and its settings."""
   caption_dropout: float = 0.1  # Captions replaced by the empty caption (for guidance).
+  objective: str = "image"  # "image": codes given the caption; "masked_text": see above.
+  text_mask_rate: float = 0.3  # masked_text: share of caption tokens masked (at least one).
 
   def __post_init__(self):
     if not 0.0 <= self.caption_dropout <= 1.0:
       raise errors.ConfigError(f"config.loss.caption_dropout={self.caption_dropout}: must be "
                                "in [0, 1]")
+    if self.objective not in OBJECTIVES:
+      raise errors.ConfigError(f"config.loss.objective={self.objective!r}: choose one of "
+                               f"{', '.join(OBJECTIVES)}")
+    if not 0.0 < self.text_mask_rate <= 1.0:
+      raise errors.ConfigError(f"config.loss.text_mask_rate={self.text_mask_rate}: must be "
+                               "in (0, 1]")
 
 
 def loss_config(group: Any, model_cfg: BartConfig) -> BartLoss:
-  del model_cfg
-  return schema.parse(BartLoss, group, "config.loss")
+  settings = schema.parse(BartLoss, group, "config.loss")
+  if settings.objective == "masked_text" and not 0 <= model_cfg.text_mask_id < \
+      model_cfg.text_vocab_size:
+    raise errors.DataError("config.loss.objective=masked_text needs a [MASK] token, and the "
+                           "data's text tokenizer has none (metadata.json text_tokenizer)")
+  return settings
 
 
 def init_variables(model: Bart, rng: jax.Array, batch: Batch) -> dict[str, Any]:
@@ -289,8 +319,10 @@ def loss_fn(params, batch: Batch, rng: jax.Array, *, model: Bart, settings: Bart
             train: bool, step=None):
   """Cross-entropy of every image code of the examples with an image -> (loss, metrics).
   In training each caption is replaced by the empty caption with probability
-  settings.caption_dropout. (`step` is unused.)"""
+  settings.caption_dropout. (`step` is unused.) objective="masked_text": masked_text_loss."""
   del step
+  if settings.objective == "masked_text":
+    return masked_text_loss(params, batch, rng, model=model, settings=settings, train=train)
   drop_rng, dropout_rng = jax.random.split(rng)
   has_text_B = jnp.asarray(batch["has_text"], bool)
   dropped_B = jnp.zeros_like(has_text_B)
@@ -306,6 +338,35 @@ def loss_fn(params, batch: Batch, rng: jax.Array, *, model: Bart, settings: Bart
   return loss, {"loss": loss, "loss_image": loss,
                 "acc_image": jnp.sum(correct & scored_BxLi) / count,
                 "captions_dropped": jnp.sum(dropped_B & has_text_B).astype(jnp.float32)}
+
+
+def mask_caption_tokens(rng: jax.Array, text_valid_BxLt: jax.Array, rate: float) -> jax.Array:
+  """Which caption tokens to mask: each valid one with probability `rate`, and always at
+  least one per non-empty caption (its lowest draw)."""
+  noise_BxLt = jnp.where(text_valid_BxLt, jax.random.uniform(rng, text_valid_BxLt.shape), 2.0)
+  lowest_BxLt = noise_BxLt == jnp.min(noise_BxLt, axis=1, keepdims=True)
+  return text_valid_BxLt & ((noise_BxLt < rate) | lowest_BxLt)
+
+
+def masked_text_loss(params, batch: Batch, rng: jax.Array, *, model: Bart,
+                     settings: BartLoss, train: bool):
+  """The encoder's masked-token cross-entropy over the examples with a caption."""
+  mask_rng, dropout_rng = jax.random.split(rng)
+  cfg = model.config
+  text_BxLt = jnp.asarray(batch["text_tokens"], jnp.int32)
+  valid_BxLt = (jnp.asarray(batch["text_mask"], bool)
+                & jnp.asarray(batch["has_text"], bool)[:, None])
+  masked_BxLt = mask_caption_tokens(mask_rng, valid_BxLt, settings.text_mask_rate)
+  logits_BxLtxV = model.apply({"params": params},
+                              jnp.where(masked_BxLt, cfg.text_mask_id, text_BxLt), valid_BxLt,
+                              train=train, rngs={"dropout": dropout_rng},
+                              method=Bart.masked_text_logits)
+  ce_BxLt = optax.softmax_cross_entropy_with_integer_labels(logits_BxLtxV, text_BxLt)
+  count = jnp.maximum(jnp.sum(masked_BxLt), 1).astype(jnp.float32)
+  loss = jnp.sum(jnp.where(masked_BxLt, ce_BxLt, 0.0)) / count
+  correct = (jnp.argmax(logits_BxLtxV, -1) == text_BxLt) & masked_BxLt
+  return loss, {"loss": loss, "loss_text": loss, "acc_text": jnp.sum(correct) / count,
+                "num_masked_text": count}
 
 
 def image_nll(params, batch: Batch, *, model: Bart) -> jax.Array:

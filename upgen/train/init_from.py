@@ -1,12 +1,16 @@
-"""`config.train.init_from=INIT`: a new run starts from the parameters an import wrote.
+"""`config.train.init_from=INIT`: a new run starts from parameters trained elsewhere.
 
-INIT is a directory of `upgen import hf` (its config.json and init_params/). Every parameter
-INIT holds replaces the freshly initialized one of the same name: same shape, or, for a
-table with more rows than the model needs (a position table cut to the model's length), its
-first rows. Blocks stored unrolled (layers_0, layers_1, ...) fill a model that scans its
-layers (one stacked "layers"). The architecture in INIT's config.json must be the run's
-(a mismatch names the key); a parameter INIT has and the model has not, or a shape that
-does not fit, is an error naming it. What INIT does not hold keeps its fresh init.
+INIT is a directory of `upgen import hf` (import.json and init_params/), or a run directory
+of the same family (config.json and checkpoints/; its latest checkpoint), for instance an
+encoder pretrained with another objective. `config.train.init_groups` (comma-separated
+parameter groups of the family, e.g. "encoder"; empty: all) limits what is taken.
+
+Every parameter taken replaces the freshly initialized one of the same name: same shape,
+or, for a table with more rows than the model needs (a position table cut to the model's
+length), its first rows. Blocks stored unrolled (layers_0, layers_1, ...) fill a model that
+scans its layers (one stacked "layers"). INIT's architecture must be the run's (a mismatch
+names the key); a parameter INIT has and the model has not, or a shape that does not fit,
+is an error naming it. What is not taken keeps its fresh init.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import json
 import logging
 import os
 import re
-from typing import Any
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import ml_collections
@@ -24,6 +28,8 @@ from upgen import errors
 from upgen import hf_import
 
 log = logging.getLogger("upgen.train")
+# config.model keys that change how parameters are computed with, not what they are.
+IMPLEMENTATION_KEYS = ("attention_impl", "dtype", "param_dtype", "remat", "scan_layers", "size")
 
 
 def _path(keys) -> str:
@@ -49,29 +55,69 @@ def _scan_stacked(source: dict[str, np.ndarray], model_paths: set[str]) -> dict[
   return out
 
 
-def check_architecture(init_dir: str, model: ml_collections.ConfigDict) -> None:
-  """The architecture the import read (import.json; dropout rates aside) against the run's
-  config.model: every such key must be the same."""
+def _is_run(init_dir: str) -> bool:
+  from upgen.train import checkpoint
+  return not os.path.isfile(os.path.join(init_dir, hf_import.REPORT_FILE)) and \
+      os.path.isdir(os.path.join(init_dir, checkpoint.CHECKPOINT_DIR))
+
+
+def _architecture(init_dir: str) -> dict[str, Any]:
+  """The config.model keys INIT's parameters were made for."""
+  if _is_run(init_dir):
+    from upgen.train import checkpoint
+    config, _ = checkpoint.load_run_config(init_dir)
+    return config.model.to_dict()
   path = os.path.join(init_dir, hf_import.REPORT_FILE)
   if not os.path.isfile(path):
     raise errors.NotFound(f"{path}: not found; config.train.init_from must name a directory "
-                          "written by `upgen import hf`")
+                          "written by `upgen import hf` or a run directory with checkpoints/")
   with open(path) as f:
-    imported = json.load(f)["model"]
-  diffs = sorted(k for k, v in imported.items()
-                 if not k.endswith("dropout_rate") and model.get(k) != v)
+    return json.load(f)["model"]
+
+
+def check_architecture(init_dir: str, model: ml_collections.ConfigDict) -> None:
+  """INIT's architecture (import.json, or the run's config.model; dropout rates aside)
+  against the run's config.model: every such key must be the same."""
+  source = _architecture(init_dir)
+  diffs = sorted(k for k, v in source.items()
+                 if not k.endswith("dropout_rate") and k not in IMPLEMENTATION_KEYS
+                 and model.get(k) != v)
   if diffs:
     k = diffs[0]
     raise errors.ConfigError(
-        f"config.train.init_from={init_dir}: the imported model has config.model.{k}="
-        f"{imported[k]!r}, this run {model.get(k)!r}; set --config.model.{k}={imported[k]} "
-        "(the imported weights need their architecture)")
+        f"config.train.init_from={init_dir}: its model has config.model.{k}="
+        f"{source[k]!r}, this run {model.get(k)!r}; set --config.model.{k}={source[k]} "
+        "(the weights need their architecture)")
 
 
-def apply(params: Any, init_dir: str) -> Any:
-  """`params` (sharded jax arrays) with INIT's parameters in; logs what came from INIT."""
+def _source_params(init_dir: str) -> dict[str, np.ndarray]:
+  if _is_run(init_dir):
+    from upgen.train import checkpoint
+    _, _, params = checkpoint.restore_params(init_dir)
+    return {name: np.asarray(jax.device_get(v)) for name, v in _flat(params).items()}
+  return _flat(hf_import.load_params(init_dir))
+
+
+def group_names(groups: str, param_groups: Mapping[str, Sequence[str]]) -> Optional[set[str]]:
+  """The top-level parameter names of config.train.init_groups (None: take everything)."""
+  names = [g.strip() for g in str(groups or "").split(",") if g.strip()]
+  if not names:
+    return None
+  unknown = [g for g in names if g not in param_groups]
+  if unknown:
+    raise errors.ConfigError(
+        f"config.train.init_groups={groups!r}: no parameter group {', '.join(unknown)} in this "
+        f"family (its groups: {', '.join(sorted(param_groups)) or 'none'})")
+  return {n for g in names for n in param_groups[g]}
+
+
+def apply(params: Any, init_dir: str, take: Optional[set[str]] = None) -> Any:
+  """`params` (sharded jax arrays) with INIT's parameters in (only those under the top-level
+  names `take`, when given); logs what came from INIT."""
   target = _flat(params)
-  source = _scan_stacked(_flat(hf_import.load_params(init_dir)), set(target))
+  source = _scan_stacked(_source_params(init_dir), set(target))
+  if take is not None:
+    source = {n: v for n, v in source.items() if n.split("/")[0] in take}
   treedef = jax.tree_util.tree_structure(params)
   out, cut = dict(target), []
   for name, value in sorted(source.items()):

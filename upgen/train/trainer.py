@@ -161,9 +161,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     start_from = config.train.get("init_from", "")  # Configs written before it lack it.
     if start_from:
       init_from.check_architecture(start_from, config.model)
+      take = init_from.group_names(config.train.get("init_groups", ""),
+                                   family.param_groups)
     state = state_lib.create_state(setup, tx, mesh, config.mesh, jax.random.key(config.seed))
     if start_from:
-      state = state.replace(params=init_from.apply(state.params, start_from))
+      state = state.replace(params=init_from.apply(state.params, start_from, take))
   step = int(jax.device_get(state.step))
   num_params = state_lib.count_params(state.params)
 
