@@ -195,3 +195,42 @@ def test_a_masked_text_run_starts_the_encoder_of_an_image_run(tmp_path):
   with pytest.raises(errors.ConfigError, match="its model has config.model.emb_dim=32, "
                                                "this run 128"):
     init_from.check_architecture(pre, token_data.small_config("bart", 2, emb_dim=128).model)
+
+
+def test_the_imported_tokenizer_gives_the_encoder_barts_own_input_ids(hf_dirs, tmp_path):
+  """A BART tokenizer in the HF directory becomes INIT/tokenizer; captions tokenized with
+  it reach the encoder as transformers' tokenizer writes them: <s> caption </s>."""
+  import shutil
+  import types
+
+  from tokenizers import ByteLevelBPETokenizer
+  from transformers import BartTokenizerFast
+
+  from upgen.tokenizers import text as text_tok
+  _, dirs = hf_dirs
+  captions = ["a small red circle on the left", "a large blue square above a green triangle",
+              "two yellow stars to the right of a circle"]
+  bpe = ByteLevelBPETokenizer()
+  bpe.train_from_iterator(captions * 4, vocab_size=300, min_frequency=1,
+                          special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+  files = tmp_path / "bpe"
+  files.mkdir()
+  bpe.save_model(str(files))
+  hf_tok = BartTokenizerFast(vocab_file=str(files / "vocab.json"),
+                             merges_file=str(files / "merges.txt"))
+  hf_dir = tmp_path / "bart_with_tokenizer"
+  shutil.copytree(dirs["msgpack"], hf_dir)
+  hf_tok.save_pretrained(str(hf_dir))
+  init_dir = str(tmp_path / "init")
+  assert cli.main(["import", "hf", "--from", str(hf_dir), "--family", "bart",
+                   "--out", init_dir]) == 0
+  ours = text_tok.load(os.path.join(init_dir, hf_import.TOKENIZER_DIR))
+  assert (ours.bos_id, ours.pad_id, ours.eos_id, ours.mask_id) == (0, 1, 2, 4)
+  ids, valid = ours.pad_batch(ours.encode_batch(captions), 40)
+  cfg = types.SimpleNamespace(text_pad_id=ours.pad_id, text_bos_id=ours.bos_id,
+                              text_eos_id=ours.eos_id)
+  enc_ids, enc_valid = bart.encoder_inputs(ids, valid, cfg)
+  for row, caption in enumerate(captions):
+    want = hf_tok(caption)["input_ids"]
+    assert want[0] == 0 and want[-1] == 2
+    assert np.asarray(enc_ids[row])[np.asarray(enc_valid[row])].tolist() == want
