@@ -189,6 +189,9 @@ def test_a_masked_text_run_starts_the_encoder_of_an_image_run(tmp_path):
   for group in ("decoder", "image_head", "image_pos"):
     assert all(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
         jax.tree.leaves(pretrained[group]), jax.tree.leaves(params[group])))
+  # A run cannot start from itself (a resumed run would ignore init_from without a word).
+  assert cli.main(["train", "--config", "configs/bart.py:tiny", "--workdir", pre, *flags,
+                   "--config.train.steps=3", f"--config.train.init_from={pre}"]) == 2
   with pytest.raises(errors.ConfigError, match="init_groups='encodr': no parameter group "
                                                "encodr in this family"):
     init_from.group_names("encodr", bart.PARAM_GROUPS)

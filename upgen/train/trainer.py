@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import threading
 import time
@@ -135,6 +136,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     saved = ckpt_lib.load_run_config(workdir)
   except FileNotFoundError:
     saved = None
+  start_from = config.train.get("init_from", "")  # Configs written before it lack it.
+  if start_from and os.path.realpath(start_from) == os.path.realpath(workdir):
+    raise errors.ConfigError(f"config.train.init_from={start_from} is this run's own "
+                             "directory; a run starts from another one")
   if saved is not None:
     check_resume(saved, config, spec, workdir)
   ckpt_lib.save_run_config(workdir, config, spec)
@@ -158,7 +163,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     writers.truncate_metrics(workdir, latest)
     log.info("resumed %s from step %d", workdir, latest)
   else:
-    start_from = config.train.get("init_from", "")  # Configs written before it lack it.
     if start_from:
       init_from.check_architecture(start_from, config.model)
       take = init_from.group_names(config.train.get("init_groups", ""),
