@@ -37,7 +37,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # "image": image codes given the caption. "masked_text": pretrain the encoder alone on the
   # captions (tokens replaced by [MASK] and predicted), a run that init_from can start from.
   c.loss.objective = "image"
-  c.loss.text_mask_rate = 0.3  # masked_text: share of caption tokens masked (at least one).
+  c.loss.text_mask_rate = 0.3  # masked_text: share of caption tokens selected (at least one).
+  # masked_text: "bert" (a selected token becomes [MASK] 80%, a random id 10%, stays 10%) or
+  # "mask" (always [MASK]: the encoder then need not say what the unmasked tokens are, and
+  # frozen it barely tells captions apart; docs/results.md).
+  c.loss.text_corruption = "bert"
 
   common.token_records(c, text_dropout=0.0)  # Caption dropout happens in the loss.
 

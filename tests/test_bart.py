@@ -208,6 +208,23 @@ def test_masked_text_masks_at_least_one_caption_token_and_never_padding():
   assert abs(five.sum(1).mean() - 1.668) < 0.06, five.sum(1).mean()
 
 
+def test_bert_corruption_masks_replaces_and_keeps_the_selected_tokens():
+  cfg = _setup().model_config
+  text = jnp.asarray(np.random.default_rng(0).integers(4, VT, (4096, LT)), jnp.int32)
+  valid = jnp.ones((4096, LT), bool)
+  for corruption, want in (("bert", (0.8, 0.1 * (VT - 1) / VT, 0.1 + 0.1 / VT)),
+                           ("mask", (1.0, 0.0, 0.0))):
+    settings = bart.BartLoss(objective="masked_text", text_corruption=corruption)
+    ids, selected = map(np.asarray, bart.corrupt_caption(jax.random.key(0), text, valid,
+                                                         settings, cfg))
+    text_np = np.asarray(text)
+    assert np.array_equal(ids[~selected], text_np[~selected])  # Unselected: untouched.
+    picked, orig = ids[selected], text_np[selected]
+    shares = ((picked == cfg.text_mask_id).mean(),
+              ((picked != cfg.text_mask_id) & (picked != orig)).mean(), (picked == orig).mean())
+    np.testing.assert_allclose(shares, want, atol=0.015, err_msg=corruption)
+
+
 def test_masked_text_pretrains_the_encoder_alone():
   setup = _setup("preln", num_layers=1, objective="masked_text", text_mask_rate=0.3)
   # Captions [a, a+1, a+2, ...]: a masked token follows from its neighbours.

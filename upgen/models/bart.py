@@ -14,8 +14,8 @@ cross-entropy on every image code of examples with an image; caption dropout
 (config.loss.caption_dropout) trains the unconditional stream.
 
 config.loss.objective="masked_text" pretrains the encoder alone on captions (of paired or
-text-only records): a share of each caption's tokens is replaced by the tokenizer's [MASK]
-and predicted from the encoder output through the tied caption embedding. Such a run is a
+text-only records): a share of each caption's tokens is corrupted (BERT's recipe: mostly the
+tokenizer's [MASK]) and predicted from the encoder output through the tied caption embedding. Such a run is a
 `config.train.init_from` directory whose encoder starts a text->image run
 (`config.train.init_groups=encoder`).
 
@@ -277,7 +277,8 @@ class BartLoss:
   """config.loss: the objective and its settings."""
   caption_dropout: float = 0.1  # Captions replaced by the empty caption (for guidance).
   objective: str = "image"  # "image": codes given the caption; "masked_text": see above.
-  text_mask_rate: float = 0.3  # masked_text: share of caption tokens masked (at least one).
+  text_mask_rate: float = 0.3  # masked_text: share of caption tokens selected (at least one).
+  text_corruption: str = "bert"  # masked_text: "bert" (80/10/10) or "mask" (all [MASK]).
 
   def __post_init__(self):
     if not 0.0 <= self.caption_dropout <= 1.0:
@@ -286,6 +287,9 @@ class BartLoss:
     if self.objective not in OBJECTIVES:
       raise errors.ConfigError(f"config.loss.objective={self.objective!r}: choose one of "
                                f"{', '.join(OBJECTIVES)}")
+    if self.text_corruption not in ("bert", "mask"):
+      raise errors.ConfigError(f"config.loss.text_corruption={self.text_corruption!r}: choose "
+                               "bert or mask")
     if not 0.0 < self.text_mask_rate <= 1.0:
       raise errors.ConfigError(f"config.loss.text_mask_rate={self.text_mask_rate}: must be "
                                "in (0, 1]")
@@ -348,17 +352,34 @@ def mask_caption_tokens(rng: jax.Array, text_valid_BxLt: jax.Array, rate: float)
   return text_valid_BxLt & ((noise_BxLt < rate) | lowest_BxLt)
 
 
+def corrupt_caption(rng: jax.Array, text_BxLt: jax.Array, valid_BxLt: jax.Array,
+                    settings: BartLoss, cfg: BartConfig) -> tuple[jax.Array, jax.Array]:
+  """(encoder input ids, selected) for masked_text: `mask_caption_tokens` selects; with
+  text_corruption="bert" a selected token becomes [MASK] with probability 0.8, a random
+  caption-vocabulary id with 0.1 and stays itself with 0.1 (so the output at every position
+  must say which token is there); with "mask" every selected token becomes [MASK]."""
+  select_rng, kind_rng, id_rng = jax.random.split(rng, 3)
+  selected_BxLt = mask_caption_tokens(select_rng, valid_BxLt, settings.text_mask_rate)
+  if settings.text_corruption == "mask":
+    return jnp.where(selected_BxLt, cfg.text_mask_id, text_BxLt), selected_BxLt
+  kind_BxLt = jax.random.uniform(kind_rng, text_BxLt.shape)
+  random_BxLt = jax.random.randint(id_rng, text_BxLt.shape, 0, cfg.text_vocab_size)
+  ids_BxLt = jnp.where(kind_BxLt < 0.8, cfg.text_mask_id,
+                       jnp.where(kind_BxLt < 0.9, random_BxLt, text_BxLt))
+  return jnp.where(selected_BxLt, ids_BxLt, text_BxLt), selected_BxLt
+
+
 def masked_text_loss(params, batch: Batch, rng: jax.Array, *, model: Bart,
                      settings: BartLoss, train: bool):
-  """The encoder's masked-token cross-entropy over the examples with a caption."""
+  """The encoder's cross-entropy on the selected caption tokens of the examples with a
+  caption (`corrupt_caption`)."""
   mask_rng, dropout_rng = jax.random.split(rng)
   cfg = model.config
   text_BxLt = jnp.asarray(batch["text_tokens"], jnp.int32)
   valid_BxLt = (jnp.asarray(batch["text_mask"], bool)
                 & jnp.asarray(batch["has_text"], bool)[:, None])
-  masked_BxLt = mask_caption_tokens(mask_rng, valid_BxLt, settings.text_mask_rate)
-  logits_BxLtxV = model.apply({"params": params},
-                              jnp.where(masked_BxLt, cfg.text_mask_id, text_BxLt), valid_BxLt,
+  inputs_BxLt, masked_BxLt = corrupt_caption(mask_rng, text_BxLt, valid_BxLt, settings, cfg)
+  logits_BxLtxV = model.apply({"params": params}, inputs_BxLt, valid_BxLt,
                               train=train, rngs={"dropout": dropout_rng},
                               method=Bart.masked_text_logits)
   ce_BxLt = optax.softmax_cross_entropy_with_integer_labels(logits_BxLtxV, text_BxLt)
