@@ -158,6 +158,10 @@ def test_training_from_an_import_with_the_encoder_frozen(hf_dirs, tmp_path):
   moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
       jax.tree.leaves(imported["decoder"]), jax.tree.leaves(params["decoder"]))]
   assert any(moved)
+  # INIT is no trained run: commands reading a run say what to do with it.
+  with pytest.raises(errors.NotFound, match="an import .*train from it with "
+                                            "--config.train.init_from"):
+    checkpoint.restore_params(init_dir)
   # A run's architecture must be the import's.
   with pytest.raises(errors.ConfigError, match="its model has config.model.emb_dim=32, "
                                                "this run 128"):

@@ -76,7 +76,7 @@ def test_dalle_forward_flops_match_xla_with_causal_half_removed():
 def test_bart_forward_flops_match_xla_with_causal_half_removed():
   # The count is the same for both architectures; "preln" keeps XLA's count matmul-bound at
   # this small width ("bart"'s exact GELU costs XLA ~20 elementwise FLOPs per MLP unit).
-  setup = _setup(bart_config, encoder_layers=2)
+  setup = _setup(bart_config, encoder_layers=2, architecture="preln")
   family, model, batch = setup.family, setup.model, setup.dummy_batch(2)
   params = nn.unbox(jax.eval_shape(lambda r: family.init_variables(model, r, batch),
                                    jax.random.key(0))["params"])

@@ -85,6 +85,10 @@ def load_run_config(workdir: str) -> tuple[ml_collections.ConfigDict, DataSpec]:
     raw = migrate.drop_retired(raw, path)
   elif migrate.is_v1(raw):
     raw, spec = migrate.from_v1(raw, path)
+  elif paths.exists(paths.join(workdir, "import.json")):
+    raise errors.NotFound(f"{workdir}: an import (`upgen import hf`), not a trained run: its "
+                          "image sizes come from the records a run trains on; train from it "
+                          "with --config.train.init_from, then use that run's directory")
   else:
     raise errors.NotFound(f"{spec_path}: missing; the run's model cannot be rebuilt without "
                             "the sizes of its data (train again in a new --workdir)")
