@@ -61,10 +61,15 @@ def train_step(state: TrainState, batch: Any, rng: jax.Array, *, loss_fn: LossFn
 
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  updated = state.apply_gradients(grads)
-  kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                      (updated.params, updated.opt_state), (state.params, state.opt_state))
-  new_state = updated.replace(params=kept[0], opt_state=kept[1])
+
+  def update():
+    updated = state.apply_gradients(grads)
+    return updated.params, updated.opt_state
+
+  # A branch, not a select over the state: a select keeps the old and the new state alive
+  # and copies both (a quarter of the tiny CPU step); the branch updates in place.
+  params, opt_state = jax.lax.cond(finite, update, lambda: (state.params, state.opt_state))
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   metrics = dict(aux)
   metrics.update(loss=loss, grad_norm=grad_norm, param_norm=optax.tree.norm(new_state.params),
                  finite=finite.astype(jnp.float32))
