@@ -32,7 +32,7 @@ cached in every cross-attention (upgen/sampling/ar_sampler.py).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,11 +43,11 @@ from flax import linen as nn
 from upgen import errors
 from upgen import families
 from upgen import flops
-from upgen import hf_import
 from upgen import schema
 from upgen.data import readers
 from upgen.data.spec import DataSpec
 from upgen.families import Batch, Family
+from upgen.models import bart_hf
 from upgen.models import layers
 from upgen.sampling import ar_sampler
 from upgen.sampling.settings import SampleSettings
@@ -430,102 +430,13 @@ def sample_cost(c: BartConfig, s: SampleSettings, batch_size: int, param_bytes: 
             f"cross K,V of {rows} rows x {mean_context:.0f} positions on average)"))
 
 
-# ---------------------------------------------------------------------- BART import
+# ----------------------------------------------- parameter groups (freeze, init_groups)
 
 PARAM_GROUPS = {
     "encoder": ("text_embed", "text_pos", "encoder_embed_norm", "encoder", "encoder_norm"),
     "decoder": ("image_embed", "image_pos", "decoder_embed_norm", "decoder", "decoder_norm",
                 "image_head"),
 }
-_BLOCK = {"self_attn": "attn", "encoder_attn": "cross_attn", "self_attn_layer_norm": "ln_attn",
-          "encoder_attn_layer_norm": "ln_cross", "final_layer_norm": "ln_mlp"}
-_PROJ = {"q_proj": "query", "k_proj": "key", "v_proj": "value", "out_proj": "out"}
-
-
-def _set(tree: dict, path: str, value: Any) -> None:
-  *parents, leaf = path.split("/")
-  for p in parents:
-    tree = tree.setdefault(p, {})
-  tree[leaf] = value
-
-
-def import_hf(hf: Mapping[str, Any], weights: Mapping[str, np.ndarray]) -> hf_import.HFImport:
-  """A transformers BART (FlaxBartModel / ...ForConditionalGeneration, or their PyTorch
-  files) as this family's "bart" architecture: the caption embedding and positions, every
-  encoder and decoder block, both embedding LayerNorms, and the decoder's position table
-  (the first Li + 2 rows start the image positions). The image embeddings and head depend on
-  the image tokenizer and start fresh."""
-  if hf.get("model_type") not in ("bart", None):
-    raise errors.ConfigError(f"config.json: model_type={hf.get('model_type')!r}, not a BART")
-  for key in ("normalize_before", "add_final_layer_norm"):
-    if hf.get(key):
-      raise errors.ConfigError(f"config.json: {key}=true (an mBART-style pre-LN model); the "
-                               "bart architecture here is BART's post-LN")
-  if hf.get("activation_function", "gelu") != "gelu":
-    raise errors.ConfigError(f"config.json: activation_function="
-                             f"{hf.get('activation_function')!r}; BART's is the exact 'gelu'")
-  for a, b in (("encoder_attention_heads", "decoder_attention_heads"),
-               ("encoder_ffn_dim", "decoder_ffn_dim")):
-    if hf[a] != hf[b]:
-      raise errors.ConfigError(f"config.json: {a}={hf[a]} but {b}={hf[b]}; upgen's encoder and "
-                               "decoder share one width")
-  e, heads = int(hf["d_model"]), int(hf["encoder_attention_heads"])
-  model = {"architecture": "bart", "emb_dim": e, "num_heads": heads,
-           "mlp_dim": int(hf["encoder_ffn_dim"]), "encoder_layers": int(hf["encoder_layers"]),
-           "num_layers": int(hf["decoder_layers"]),
-           "max_positions": int(hf["max_position_embeddings"]),
-           "scale_embedding": bool(hf.get("scale_embedding", False)),
-           "dropout_rate": float(hf.get("dropout", 0.0)),
-           "attention_dropout_rate": float(hf.get("attention_dropout", 0.0))}
-  w = {k[len("model/"):] if k.startswith("model/") else k: v for k, v in weights.items()}
-  params, notes, used = {}, [], set()
-
-  def take(name: str) -> np.ndarray:
-    if name not in w:
-      raise errors.DataError(f"the weights have no {name!r} (is this a BART checkpoint?)")
-    used.add(name)
-    return np.asarray(w[name], np.float32)
-
-  shared = take("shared/embedding")
-  rows = layers.pad_vocab(shared.shape[0])
-  _set(params, "text_embed/embedding", np.pad(shared, ((0, rows - shared.shape[0]), (0, 0))))
-  notes.append(f"shared/embedding {shared.shape} -> text_embed ({rows} rows, the last "
-               f"{rows - shared.shape[0]} zero: padding to a multiple of 128)")
-  _set(params, "text_pos", take("encoder/embed_positions/embedding"))
-  _set(params, "image_pos", take("decoder/embed_positions/embedding"))
-  notes.append("decoder/embed_positions -> image_pos (training starts from its first Li + 2 "
-               "rows)")
-  for side in ("encoder", "decoder"):
-    for part in ("scale", "bias"):
-      _set(params, f"{side}_embed_norm/LayerNorm_0/{part}",
-           take(f"{side}/layernorm_embedding/{part}"))
-    count = int(hf["encoder_layers" if side == "encoder" else "decoder_layers"])
-    for i in range(count):
-      src, dst = f"{side}/layers/{i}", f"{side}/layers_{i}"
-      for hf_sub, ours in _BLOCK.items():
-        if side == "encoder" and "encoder_attn" in hf_sub:
-          continue
-        if hf_sub.endswith("layer_norm"):
-          for part in ("scale", "bias"):
-            _set(params, f"{dst}/{ours}/LayerNorm_0/{part}", take(f"{src}/{hf_sub}/{part}"))
-          continue
-        for hf_proj, proj in _PROJ.items():
-          kernel = take(f"{src}/{hf_sub}/{hf_proj}/kernel")
-          bias = take(f"{src}/{hf_sub}/{hf_proj}/bias")
-          if proj == "out":
-            kernel, bias = kernel.reshape(heads, e // heads, e), bias
-          else:
-            kernel, bias = kernel.reshape(e, heads, e // heads), bias.reshape(heads, e // heads)
-          _set(params, f"{dst}/{ours}/{proj}/kernel", kernel)
-          _set(params, f"{dst}/{ours}/{proj}/bias", bias)
-      for hf_fc, ours in (("fc1", "wi"), ("fc2", "wo")):
-        for part in ("kernel", "bias"):
-          _set(params, f"{dst}/mlp/{ours}/{part}", take(f"{src}/{hf_fc}/{part}"))
-  skipped = sorted(set(w) - used)
-  if skipped:
-    notes.append(f"not used: {', '.join(skipped)} (the text LM head and its bias, and copies "
-                 "of the shared embedding)")
-  return hf_import.HFImport(model=model, params=params, notes=notes)
 
 
 FAMILY = Family(
@@ -534,4 +445,4 @@ FAMILY = Family(
     sample_config=sample_config, sample_images=ar_sampler.sample_images,
     inpaint=ar_sampler.inpaint, unconditional_images=ar_sampler.unconditional_images,
     image_nll=image_nll, train_flops=train_flops, sample_cost=sample_cost,
-    param_groups=PARAM_GROUPS, import_hf=import_hf)
+    param_groups=PARAM_GROUPS, import_hf=bart_hf.import_hf)
