@@ -45,32 +45,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
   common.token_records(c, text_dropout=0.0)  # Caption dropout happens in the loss.
 
-  c.sample = ml_collections.ConfigDict()
-  c.sample.temperature = 1.0  # Softmax temperature (0 = greedy).
-  c.sample.top_k = 0  # Sample among the k most likely codes (0 = all).
-  c.sample.top_p = 1.0  # Nucleus: the most likely codes holding this much mass (1 = all).
-  # Classifier-free guidance on the logits: (1 + s) * cond - s * uncond (0 = unguided;
-  # DALL-E mini's "condition scale" is 1 + s).
-  c.sample.guidance_scale = 2.0
-  c.sample.beam_size = 0  # > 0: beam search with this many beams instead of sampling.
-  c.sample.per_prompt = 4  # Samples per prompt in `upgen sample`.
-
-  if arg == "tiny":
-    c.data.batch_size = 64
-    c.optim.lr = 2e-3
-    c.optim.warmup_steps = 50
-    c.optim.weight_decay = 0.01
-    c.train.steps = 1000
-    c.train.log_every = 10
-    c.train.checkpoint_every = 200
-    c.train.sample_every = 250
-    # Measured on the quickstart's model (docs/results.md): guidance 2 at temperature 1
-    # draws the captions 0.50 of the time, temperature 0.5 with guidance 1 0.69, greedy 0.72
-    # (but greedy gives every sample of a prompt the same image).
-    c.sample.temperature = 0.5
-    c.sample.guidance_scale = 1.0
-  else:
-    common.accelerator_recipe(c)
+  common.autoregressive_recipe(c, arg)
+  if arg != "tiny":
     c.model.max_positions = 1024
     c.model.scan_layers = arg == "large"
     # DALL-E mini's schedule: linear warmup over the first 10% of steps, then linear decay.

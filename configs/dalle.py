@@ -36,28 +36,5 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # Pipeline caption dropout 0: loss.caption_dropout does it, in the loss.
   common.token_records(c, text_dropout=0.0)
 
-  c.sample = ml_collections.ConfigDict()
-  c.sample.temperature = 1.0  # Softmax temperature (0 = greedy).
-  c.sample.top_k = 0  # Sample among the k most likely tokens (0 = all).
-  c.sample.top_p = 1.0  # Nucleus: the most likely tokens holding this much mass (1 = all).
-  # Classifier-free guidance: (1 + s) * cond - s * uncond logits (0 = unguided).
-  c.sample.guidance_scale = 2.0
-  c.sample.beam_size = 0  # > 0: beam search with this many beams instead of sampling.
-  c.sample.per_prompt = 4  # Samples per prompt in `upgen sample`.
-
-  if arg == "tiny":
-    c.data.batch_size = 64
-    c.optim.lr = 2e-3
-    c.optim.warmup_steps = 50
-    c.optim.weight_decay = 0.01
-    c.train.steps = 1000
-    c.train.log_every = 10
-    c.train.checkpoint_every = 200
-    c.train.sample_every = 250
-    # Measured on one quickstart model (docs/results.md): 0.71 of validation captions drawn
-    # at temperature 1 with guidance 2, 0.965 at temperature 0.5 with guidance 1.
-    c.sample.temperature = 0.5
-    c.sample.guidance_scale = 1.0
-  else:
-    common.accelerator_recipe(c)
+  common.autoregressive_recipe(c, arg)
   return c
