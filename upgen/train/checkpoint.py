@@ -32,6 +32,7 @@ import orbax.checkpoint as ocp
 
 from upgen import errors
 from upgen import families
+from upgen import hf_import
 from upgen import paths
 from upgen.data.spec import SPEC_FILE, DataSpec
 from upgen.train import migrate
@@ -85,7 +86,7 @@ def load_run_config(workdir: str) -> tuple[ml_collections.ConfigDict, DataSpec]:
     raw = migrate.drop_retired(raw, path)
   elif migrate.is_v1(raw):
     raw, spec = migrate.from_v1(raw, path)
-  elif paths.exists(paths.join(workdir, "import.json")):
+  elif paths.exists(paths.join(workdir, hf_import.REPORT_FILE)):
     raise errors.NotFound(f"{workdir}: an import (`upgen import hf`), not a trained run: its "
                           "image sizes come from the records a run trains on; train from it "
                           "with --config.train.init_from, then use that run's directory")

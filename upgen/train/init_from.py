@@ -26,6 +26,7 @@ import numpy as np
 
 from upgen import errors
 from upgen import hf_import
+from upgen.train import checkpoint
 
 log = logging.getLogger("upgen.train")
 # config.model keys that change how parameters are computed with, not what they are.
@@ -56,7 +57,6 @@ def _scan_stacked(source: dict[str, np.ndarray], model_paths: set[str]) -> dict[
 
 
 def _is_run(init_dir: str) -> bool:
-  from upgen.train import checkpoint
   return not os.path.isfile(os.path.join(init_dir, hf_import.REPORT_FILE)) and \
       os.path.isdir(os.path.join(init_dir, checkpoint.CHECKPOINT_DIR))
 
@@ -64,7 +64,6 @@ def _is_run(init_dir: str) -> bool:
 def _architecture(init_dir: str) -> dict[str, Any]:
   """The config.model keys INIT's parameters were made for."""
   if _is_run(init_dir):
-    from upgen.train import checkpoint
     config, _ = checkpoint.load_run_config(init_dir)
     return config.model.to_dict()
   path = os.path.join(init_dir, hf_import.REPORT_FILE)
@@ -92,7 +91,6 @@ def check_architecture(init_dir: str, model: ml_collections.ConfigDict) -> None:
 
 def _source_params(init_dir: str) -> dict[str, np.ndarray]:
   if _is_run(init_dir):
-    from upgen.train import checkpoint
     _, _, params = checkpoint.restore_params(init_dir)
     return {name: np.asarray(jax.device_get(v)) for name, v in _flat(params).items()}
   return _flat(hf_import.load_params(init_dir))
