@@ -69,29 +69,29 @@ def load_run(workdir: str) -> Run:
 
 
 def with_sample_settings(run: Run, overrides: Sequence[str]) -> Run:
-  """The run with `--config.sample.KEY=VALUE` overrides applied to its sampling settings
-  (each value read as the type the run's config.sample gives the key)."""
+  """The run with `--config.sample.KEY=VALUE` overrides applied to its sampling settings,
+  parsed as `upgen train` parses its overrides (ml_collections' config flags: each value
+  read as the type the run's config.sample gives the key)."""
   if not overrides:
     return run
-  config = ml_collections.ConfigDict(run.config.to_dict())
+  from absl import flags
+  from ml_collections import config_flags
+  sample = ml_collections.ConfigDict(run.config.to_dict()).get("sample")
   for arg in overrides:
-    key, sep, text = arg[len("--config.sample."):].partition("=")
-    if not sep:
-      raise errors.ConfigError(f"{arg}: write --config.sample.KEY=VALUE")
-    if "sample" not in config or key not in config.sample:
+    key = arg[len("--config.sample."):].partition("=")[0]
+    if sample is None or key not in sample:
       raise errors.ConfigError(f"{arg}: config.sample has no key {key!r} in this run (its "
-                               f"keys: {', '.join(sorted(config.get('sample', {})))})")
-    current = config.sample[key]
-    try:
-      if isinstance(current, bool):
-        if text.lower() not in ("true", "false"):
-          raise ValueError(text)
-        value = text.lower() == "true"
-      else:
-        value = type(current)(text)
-    except ValueError:
-      raise errors.ConfigError(f"{arg}: {text!r} is not a {type(current).__name__}") from None
-    config.sample[key] = value
+                               f"keys: {', '.join(sorted(sample or {}))})")
+  fv = flags.FlagValues()
+  argv = ["upgen sample", *overrides]
+  config_flags.DEFINE_config_dict("config", ml_collections.ConfigDict({"sample": sample}),
+                                  flag_values=fv, lock_config=True, sys_argv=argv)
+  try:
+    fv(argv)
+  except flags.Error as e:
+    raise errors.ConfigError(str(e)) from None
+  config = ml_collections.ConfigDict(run.config.to_dict())
+  config.sample = fv.config.sample
   settings = run.family.sample_config(config.sample)
   return dataclasses.replace(run, config=config,
                              setup=dataclasses.replace(run.setup, sample=settings))
