@@ -169,7 +169,7 @@ def test_training_from_an_import_with_the_encoder_frozen(hf_dirs, tmp_path):
         "bart", 1, architecture="bart", emb_dim=128).model)
 
 
-def test_a_masked_text_run_starts_the_encoder_of_an_image_run(tmp_path):
+def test_a_masked_text_run_starts_the_encoder_of_an_image_run(tmp_path, capsys):
   """init_from a run directory of the same family, taking only its encoder."""
   data_dir = token_data.write(str(tmp_path / "records"))
   flags = [f"--config.{k}={v}" for k, v in token_data.tiny_overrides(data_dir).items()]
@@ -199,6 +199,11 @@ def test_a_masked_text_run_starts_the_encoder_of_an_image_run(tmp_path):
   with pytest.raises(errors.ConfigError, match="init_groups='encodr': no parameter group "
                                                "encodr in this family"):
     init_from.group_names("encodr", bart.PARAM_GROUPS)
+  assert cli.main(["train", "--config", "configs/bart.py:tiny", "--workdir",
+                   str(tmp_path / "frozen"), *flags, "--config.optim.freeze=encoder,decodr"]) == 2
+  assert ("config.optim.freeze='encoder,decodr': no parameter group decodr in this family "
+          "(its groups: decoder, encoder)") in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "frozen" / "checkpoints")
   with pytest.raises(errors.ConfigError, match="its model has config.model.emb_dim=32, "
                                                "this run 128"):
     init_from.check_architecture(pre, token_data.small_config("bart", 2, emb_dim=128).model)

@@ -25,7 +25,7 @@ import dataclasses
 import functools
 import importlib
 import pkgutil
-from typing import Any, Callable, Mapping, Optional, Protocol
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 import jax
 from flax import linen as nn
@@ -213,6 +213,19 @@ def get_family(name: str) -> Family:
   if not isinstance(family, Family):
     raise errors.ConfigError(f"upgen.models.{name} does not export FAMILY = Family(...)")
   return family
+
+
+def group_members(key: str, value: str, groups: Mapping[str, Sequence[str]]) -> frozenset[str]:
+  """The top-level parameter names of the comma-separated parameter groups `value` of the
+  config key `key` (config.optim.freeze, config.train.init_groups); `groups` is the family's
+  `param_groups`. An unknown group is an error naming the key and the family's groups."""
+  names = [g.strip() for g in str(value or "").split(",") if g.strip()]
+  unknown = [g for g in names if g not in groups]
+  if unknown:
+    raise errors.ConfigError(
+        f"{key}={value!r}: no parameter group {', '.join(unknown)} in this family (its "
+        f"groups: {', '.join(sorted(groups)) or 'none'})")
+  return frozenset(name for g in names for name in groups[g])
 
 
 def names() -> list[str]:

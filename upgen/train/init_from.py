@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from upgen import errors
+from upgen import families
 from upgen import hf_import
 from upgen.train import checkpoint
 
@@ -98,15 +99,7 @@ def _source_params(init_dir: str) -> dict[str, np.ndarray]:
 
 def group_names(groups: str, param_groups: Mapping[str, Sequence[str]]) -> Optional[set[str]]:
   """The top-level parameter names of config.train.init_groups (None: take everything)."""
-  names = [g.strip() for g in str(groups or "").split(",") if g.strip()]
-  if not names:
-    return None
-  unknown = [g for g in names if g not in param_groups]
-  if unknown:
-    raise errors.ConfigError(
-        f"config.train.init_groups={groups!r}: no parameter group {', '.join(unknown)} in this "
-        f"family (its groups: {', '.join(sorted(param_groups)) or 'none'})")
-  return {n for g in names for n in param_groups[g]}
+  return set(families.group_members("config.train.init_groups", groups, param_groups)) or None
 
 
 def apply(params: Any, init_dir: str, take: Optional[set[str]] = None) -> Any:

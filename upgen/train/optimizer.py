@@ -10,6 +10,7 @@ import ml_collections
 import optax
 
 from upgen import errors
+from upgen import families
 
 
 def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -36,19 +37,6 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
-def frozen_names(optim: ml_collections.ConfigDict,
-                 groups: Mapping[str, Sequence[str]]) -> frozenset[str]:
-  """The top-level parameter names of the groups config.optim.freeze names (comma-separated;
-  `groups` is the family's `param_groups`)."""
-  names = [g.strip() for g in str(optim.get("freeze", "")).split(",") if g.strip()]
-  unknown = [g for g in names if g not in groups]
-  if unknown:
-    raise errors.ConfigError(
-        f"config.optim.freeze={optim.freeze!r}: no parameter group {', '.join(unknown)} in this "
-        f"family (its groups: {', '.join(sorted(groups)) or 'none'})")
-  return frozenset(name for g in names for name in groups[g])
-
-
 def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int,
                    groups: Mapping[str, Sequence[str]] = {}) -> optax.GradientTransformation:
   """Clip, then AdamW on every parameter outside the frozen groups; frozen parameters get a
@@ -62,7 +50,7 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int,
           schedule, b1=float(optim.b1), b2=float(optim.b2), eps=float(optim.eps),
           weight_decay=float(optim.weight_decay), mask=_decay_mask))
   train = optax.chain(*parts)
-  frozen = frozen_names(optim, groups)
+  frozen = families.group_members("config.optim.freeze", optim.get("freeze", ""), groups)
   if not frozen:
     return train
 
