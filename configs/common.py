@@ -79,6 +79,13 @@ def base_config() -> ml_collections.ConfigDict:
   # new run (docs/families.md); init_groups limits it to some parameter groups ("encoder").
   c.train.init_from = ""
   c.train.init_groups = ""
+  # Rows a table gains over INIT's (a language model's token table expanded with image
+  # codes): "random" (fresh init), "mean" (of INIT's rows) or "contrastive" (`upgen align`).
+  c.train.init_new_rows = "random"
+
+  # Evaluators by name, run with the validation loss (upgen/evals.py), e.g.
+  # c.evals.held_out = ml_collections.ConfigDict(dict(type="text_ppl", text="lines.txt")).
+  c.evals = ml_collections.ConfigDict()
 
   c.mesh = ml_collections.ConfigDict()
   # Device mesh shape; one entry may be -1 to take the remaining devices.

@@ -117,8 +117,18 @@ def test_hugging_face_without_mask_falls_back_or_fails(tmp_path):
   only_eos = tmp_path / "only_eos"
   PreTrainedTokenizerFast(tokenizer_object=_word_level(["</s>", "a"]),
                           eos_token="</s>").save_pretrained(str(only_eos))
-  with pytest.raises(ValueError, match="only_eos.*mask"):
-    text.load(str(only_eos))
+  tok = text.load(str(only_eos))  # GPT-2's case: no [MASK] (the decoder-only family needs none).
+  assert (tok.pad_id, tok.mask_id) == (0, -1)
+  assert tok.decode(tok.encode("a")) == "a"
+  # A family that masks text tokens refuses such records by name.
+  from tests import token_data
+  from upgen import families
+  from upgen.data.spec import DataSpec
+  spec = DataSpec(text_vocab_size=tok.vocab_size, text_pad_id=tok.pad_id,
+                  text_mask_id=tok.mask_id, text_seq_len=4, image_vocab_size=8,
+                  image_grid=(2, 2))
+  with pytest.raises(ValueError, match="text_mask_id=-1.*UPGen needs .*\\[MASK\\]"):
+    families.build(token_data.small_config("upgen"), spec)
 
 
 def test_main_reads_split_folder(tmp_path):

@@ -2,12 +2,16 @@
 
   upgen quickstart --workdir W [--minutes M] [--source DIR]
   upgen data shapes --out DIR [--image-size 32 --num-train N --num-val N --num-test N --seed S]
+  upgen data docstrings --out DIR
   upgen eval shapes (--dir SPLIT_DIR | --manifest manifest.jsonl)
   upgen eval nll --workdir W [--split val] [--num 256]
   upgen eval captions --workdir W --data SPLIT_DIR [--num N]
   upgen tokenizer text --captions DIR --vocab-size N --out DIR
   upgen tokenize --source DIR --out DIR --text-tokenizer DIR --image-tokenizer RUN_DIR
-  upgen import hf --from HF_DIR --family bart --out INIT
+  upgen eval text-ppl --workdir W_OR_INIT --text FILE
+  upgen import hf --from HF_DIR --family bart|dalle --out INIT
+  upgen export hf --workdir W --out HF_DIR
+  upgen align --workdir INIT --data RECORDS
   upgen train --config configs/upgen.py:tiny --workdir W [--config.KEY=VALUE ...]
   upgen sample --workdir W --prompts FILE --per-prompt K --out DIR
   upgen bench train|sample --config configs/upgen.py:large [--config.KEY=VALUE ...]
@@ -28,10 +32,14 @@ from upgen import errors
 COMMANDS = {
     ("quickstart",): "upgen.quickstart",
     ("data", "shapes"): "upgen.data.shapes",
+    ("data", "docstrings"): "upgen.data.docstrings",
     ("eval", "shapes"): "upgen.data.shapes_eval",
     ("eval", "nll"): "upgen.likelihood",
     ("eval", "captions"): "upgen.caption_eval",
+    ("eval", "text-ppl"): "upgen.text_ppl",
     ("import", "hf"): "upgen.hf_import",
+    ("align",): "upgen.align",
+    ("export", "hf"): "upgen.hf_export",
     ("tokenizer", "text"): "upgen.tokenizers.text",
     ("tokenize",): "upgen.data.tokenize",
     ("train",): "upgen.train.main",

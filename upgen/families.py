@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import importlib
 import pkgutil
+import re
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 import jax
@@ -106,6 +107,13 @@ class ImageNllFn(Protocol):
     """float32 B: -log p(image tokens | caption) of each example in nats (`upgen eval nll`)."""
 
 
+class TextNllFn(Protocol):
+  def __call__(self, params: Any, ids_BxT: jax.Array, pads_B: jax.Array, *, model: nn.Module
+               ) -> tuple[jax.Array, jax.Array]:
+    """Plain text, left-padded (`pads_B` leading pads): (nats, scored), both Bx(T-1), of each
+    token after the first given the ones before it (`upgen eval text-ppl`)."""
+
+
 class TrainFlopsFn(Protocol):
   def __call__(self, model_config: Any) -> Any:
     """flops.FlopCount of one example's forward + backward (MFU in `upgen bench`)."""
@@ -134,13 +142,20 @@ class Family:
   unconditional_images: Optional[UnconditionalFn] = None
   caption_images: Optional[CaptionImagesFn] = None
   image_nll: Optional[ImageNllFn] = None
+  text_nll: Optional[TextNllFn] = None
+  text_context: Optional[Callable[[Any], int]] = None  # model config -> positions it reads.
   train_flops: Optional[TrainFlopsFn] = None
   sample_cost: Optional[SampleCostFn] = None
-  # Parameter groups config.optim.freeze can name: group -> top-level parameter names.
-  param_groups: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
-  # `upgen import hf`: (HF config.json dict, weights by "a/b/c" name in the Flax layout) ->
-  # HFImport (config.model values, the parameters it supplies, notes).
-  import_hf: Optional[Callable[[Mapping[str, Any], Mapping[str, Any]], Any]] = None
+  # Parameter groups config.optim.freeze and config.train.init_groups can name: group ->
+  # parameter patterns (`member`), or a function of the model config giving them.
+  param_groups: Any = dataclasses.field(default_factory=dict)
+  # `upgen import hf`: (HF config.json dict, weights by "a/b/c" name in the Flax layout,
+  # text_vocab_size=the directory's tokenizer size or None) -> HFImport (config.model
+  # values, the parameters it supplies, notes).
+  import_hf: Optional[Callable[..., Any]] = None
+  # `upgen export hf`: (params as numpy, model config) -> (HF config.json dict, weights by
+  # "a/b/c" name in the Flax layout).
+  export_hf: Optional[Callable[[Any, Any], tuple[dict, dict]]] = None
 
   def can(self, what: str) -> Callable[..., Any]:
     """The entry `what` (e.g. "inpaint"), or an error naming the family that lacks it."""
@@ -157,6 +172,8 @@ class Family:
 ABILITIES = {"sample_images": "draw images from captions", "inpaint": "inpaint images",
              "unconditional_images": "draw images without a caption",
              "caption_images": "caption images", "image_nll": "score image likelihoods",
+             "text_nll": "score plain text", "text_context": "score plain text",
+             "export_hf": "export a Hugging Face model",
              "sample_cost": "report its sampling cost", "train_flops": "count its FLOPs"}
 # config.model keys that select the family and name the variant; not architecture fields.
 MODEL_SELECTORS = ("family", "size")
@@ -196,7 +213,8 @@ class Setup:
   def optimizer(self, optim: Any, total_steps: int) -> Any:
     """config.optim's optimizer, with the family's groups for config.optim.freeze."""
     from upgen.train import optimizer as optimizer_lib
-    return optimizer_lib.make_optimizer(optim, total_steps, self.family.param_groups)
+    return optimizer_lib.make_optimizer(optim, total_steps,
+                                        resolve_groups(self.family, self.model_config))
 
 
 def get_family(name: str) -> Family:
@@ -216,16 +234,39 @@ def get_family(name: str) -> Family:
 
 
 def group_members(key: str, value: str, groups: Mapping[str, Sequence[str]]) -> frozenset[str]:
-  """The top-level parameter names of the comma-separated parameter groups `value` of the
-  config key `key` (config.optim.freeze, config.train.init_groups); `groups` is the family's
-  `param_groups`. An unknown group is an error naming the key and the family's groups."""
+  """The parameter patterns of the comma-separated parameter groups `value` of the config
+  key `key` (config.optim.freeze, config.train.init_groups); `groups` is the family's
+  `param_groups` (see `resolve_groups`). An unknown group is an error naming the key and
+  the family's groups."""
   names = [g.strip() for g in str(value or "").split(",") if g.strip()]
   unknown = [g for g in names if g not in groups]
   if unknown:
     raise errors.ConfigError(
         f"{key}={value!r}: no parameter group {', '.join(unknown)} in this family (its "
         f"groups: {', '.join(sorted(groups)) or 'none'})")
-  return frozenset(name for g in names for name in groups[g])
+  return frozenset(pattern for g in names for pattern in groups[g])
+
+
+def member(path: str, patterns: Sequence[str]) -> Optional[int]:
+  """How much of the parameter at `path` ("decoder/layers_0/attn/query/kernel") the group
+  `patterns` hold: -1 all of it, N > 0 its first N rows, None none. A pattern is a regular
+  expression matching the whole path or a leading part of it that ends at a "/", with an
+  optional "[:N]" suffix for a table's first N rows ("token_embed/embedding[:50257]")."""
+  rows = None
+  for pattern in patterns:
+    m = re.fullmatch(r"(.*)\[:(\d+)\]", pattern)
+    regex, n = (m.group(1), int(m.group(2))) if m else (pattern, -1)
+    if re.fullmatch(regex, path) or re.match(f"(?:{regex})/", path):
+      if n == -1:
+        return -1
+      rows = max(rows or 0, n)
+  return rows
+
+
+def resolve_groups(family: "Family", model_config: Any) -> Mapping[str, tuple[str, ...]]:
+  """The family's parameter groups for this model (`param_groups` may depend on it)."""
+  groups = family.param_groups
+  return groups(model_config) if callable(groups) else groups
 
 
 def names() -> list[str]:

@@ -138,26 +138,29 @@ def import_hf(directory: str, family_name: str, out: str) -> HFImport:
                              f"{', '.join(n for n in families.names() if families.get_family(n).import_hf)})")
   hf_config = read_config(directory)
   weights, source = read_weights(directory)
-  result = family.import_hf(hf_config, weights)
-  config = importlib.import_module(f"configs.{family_name}").get_config("base")
-  for key, value in result.model.items():
-    if key not in config.model:
-      raise errors.ConfigError(f"configs/{family_name}.py has no config.model.{key}")
-    config.model[key] = value
   os.makedirs(out, exist_ok=True)
-  from upgen.train import checkpoint
-  with open(os.path.join(out, checkpoint.CONFIG_FILE), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  save_params(os.path.join(out, PARAMS_DIR), result.params)
   tokenizer_files = [n for n in os.listdir(directory)
                      if n.startswith(("tokenizer", "special_tokens", "vocab", "merges",
                                       "added_tokens", "spiece", "sentencepiece"))]
+  text_vocab_size = None
   if tokenizer_files:
     os.makedirs(os.path.join(out, TOKENIZER_DIR), exist_ok=True)
     for name in tokenizer_files:
       shutil.copy(os.path.join(directory, name), os.path.join(out, TOKENIZER_DIR, name))
     shutil.copy(os.path.join(directory, "config.json"),
                 os.path.join(out, TOKENIZER_DIR, "config.json"))
+    from upgen.tokenizers import text
+    text_vocab_size = text.load(os.path.join(out, TOKENIZER_DIR)).vocab_size
+  result = family.import_hf(hf_config, weights, text_vocab_size=text_vocab_size)
+  config = importlib.import_module(f"configs.{family_name}").get_config("base")
+  for key, value in result.model.items():
+    if key not in config.model:
+      raise errors.ConfigError(f"configs/{family_name}.py has no config.model.{key}")
+    config.model[key] = value
+  from upgen.train import checkpoint
+  with open(os.path.join(out, checkpoint.CONFIG_FILE), "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  save_params(os.path.join(out, PARAMS_DIR), result.params)
   with open(os.path.join(out, REPORT_FILE), "w") as f:
     json.dump({"source": source, "family": family_name, "model": result.model,
                "parameters": sorted(_flatten(result.params)), "notes": result.notes,
@@ -174,10 +177,10 @@ def save_params(path: str, params: Mapping[str, Any]) -> None:
     ckpt.save(path, params)
 
 
-def load_params(init_dir: str) -> dict[str, Any]:
-  """The parameter tree an import wrote (numpy leaves)."""
+def load_params(init_dir: str, sub: str = PARAMS_DIR) -> dict[str, Any]:
+  """The parameter tree an import (or `upgen align`) wrote (numpy leaves)."""
   import orbax.checkpoint as ocp
-  path = os.path.abspath(os.path.join(init_dir, PARAMS_DIR))
+  path = os.path.abspath(os.path.join(init_dir, sub))
   if not os.path.isdir(path):
     raise errors.NotFound(f"{path}: not found; config.train.init_from must name a directory "
                           "written by `upgen import hf`")

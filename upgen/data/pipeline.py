@@ -148,10 +148,16 @@ def _open_split(directory: str, split: str, metadata_version: Any) -> records.Re
   return records.RecordDataSource(directory, split)
 
 
+def spec_has_images(directory: str) -> bool:
+  return records.read_metadata(directory).get("image_tokenizer") is not None
+
+
 def _record_source(directory: str, split: str, role: str,
                    config_key: str) -> records.RecordDataSource:
   version = paths.version(paths.join(directory, records.METADATA_FILE))
   src = _open_split(paths.absolute(directory), split, version)
+  if src.kind == "text" and role == "paired" and not spec_has_images(directory):
+    return src  # Text-only records with no image tokenizer: read as text (a language model).
   if src.kind not in ROLES[role]:
     raise errors.DataError(f"{config_key}: {directory} split {split!r} holds {src.kind!r} records, "
                            f"which cannot be used as {role!r}")
@@ -172,6 +178,8 @@ def _token_sources(config: ml_collections.ConfigDict, split: str,
               for k, w, d in parse_extra_sources(config.data.get("extra_sources", ""))]
   out = [(role, weight, _record_source(directory, split, role, key))
          for role, weight, directory, key in specs if weight != 0 or not extra]
+  if out[0][2].kind == "text" and not spec_has_images(config.data.dir):
+    out[0] = ("text",) + out[0][1:]  # Text-only data.dir: a language model's records.
   if not out:
     raise errors.ConfigError("config.data.paired_weight and all extra_sources weights are 0")
   return out

@@ -2,7 +2,7 @@
 (`upgen import hf --family bart`; upgen/hf_import.py reads the files, this maps the names)."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -22,12 +22,15 @@ def _set(tree: dict, path: str, value: Any) -> None:
   tree[leaf] = value
 
 
-def import_hf(hf: Mapping[str, Any], weights: Mapping[str, np.ndarray]) -> hf_import.HFImport:
+def import_hf(hf: Mapping[str, Any], weights: Mapping[str, np.ndarray],
+              text_vocab_size: Optional[int] = None) -> hf_import.HFImport:
   """A transformers BART (FlaxBartModel / ...ForConditionalGeneration, or their PyTorch
   files) as this family's "bart" architecture: the caption embedding and positions, every
   encoder and decoder block, both embedding LayerNorms, and the decoder's position table
   (the first Li + 2 rows start the image positions). The image embeddings and head depend on
-  the image tokenizer and start fresh."""
+  the image tokenizer and start fresh. (`text_vocab_size` is unused: the table keeps every
+  row, padded.)"""
+  del text_vocab_size
   if hf.get("model_type") not in ("bart", None):
     raise errors.ConfigError(f"config.json: model_type={hf.get('model_type')!r}, not a BART")
   for key in ("normalize_before", "add_final_layer_norm"):

@@ -38,9 +38,14 @@ from upgen import schema
 from upgen.data import readers
 from upgen.data.spec import DataSpec
 from upgen.families import Batch, Family
+from upgen.models import dalle_gpt2
+from upgen.models import gpt2_hf
 from upgen.models import layers
 from upgen.sampling import ar_sampler
 from upgen.sampling.settings import SampleSettings
+
+
+ARCHITECTURES = {"dalle": {}, "gpt2": dalle_gpt2.FIXED}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -48,6 +53,10 @@ class DalleConfig(layers.TransformerConfig):
   """The architecture: config.model plus the sizes the data fixes, and the joint input
   vocabulary they imply."""
   causal: bool = True
+  # "dalle": the layout above. "gpt2": GPT-2's network over the paper's documents, what a
+  # pretrained GPT-2 needs (upgen/models/dalle_gpt2.py).
+  architecture: str = "dalle"
+  max_positions: int = 0  # "gpt2": position table rows (GPT-2: 1024; 0 or fewer: as needed).
   image_vocab_size: int
   text_vocab_size: int
   image_seq_len: int
@@ -59,6 +68,11 @@ class DalleConfig(layers.TransformerConfig):
     super().__post_init__()
     if not self.causal:
       raise ValueError("the decoder-only family is causal (causal=False was given)")
+    if self.architecture not in ARCHITECTURES:
+      raise errors.ConfigError(f"config.model.architecture={self.architecture!r}: choose one "
+                               f"of {sorted(ARCHITECTURES)}")
+    if self.architecture == "gpt2" and self.image_seq_len == 0 == self.image_vocab_size:
+      return  # Text-only records: a plain language model.
     if not 0 <= self.text_pad_id < self.text_vocab_size:
       raise ValueError(f"the data's text_pad_id={self.text_pad_id} is outside its text "
                        f"vocabulary [0, {self.text_vocab_size})")
@@ -97,9 +111,19 @@ class DalleConfig(layers.TransformerConfig):
 
 
 def model_config(group: Any, spec: DataSpec) -> DalleConfig:
-  sizes = spec.token_sizes()
-  del sizes["text_mask_id"]  # Text pads are learned per position; no [MASK] is needed.
-  return schema.parse(DalleConfig, group, "config.model", given=sizes,
+  architecture = (group.get("architecture") if hasattr(group, "get") else None) or "dalle"
+  if architecture == "gpt2" and not spec.image_vocab_size:  # Text-only records.
+    if not spec.text_vocab_size:
+      raise errors.DataError("the data has no text tokenizer (metadata.json text_tokenizer is "
+                             "null): a language model needs text tokens")
+    sizes = dict(image_vocab_size=0, image_seq_len=0, image_grid_width=0,
+                 text_vocab_size=spec.text_vocab_size, text_seq_len=spec.text_seq_len,
+                 text_pad_id=max(spec.text_pad_id, 0))
+  else:
+    sizes = spec.token_sizes()
+    del sizes["text_mask_id"]  # Text pads are learned (or left out); no [MASK] is needed.
+  return schema.parse(DalleConfig, group, "config.model",
+                      given={**sizes, **ARCHITECTURES.get(architecture, {})},
                       skip=families.MODEL_SELECTORS)
 
 
@@ -235,8 +259,17 @@ def loss_fn(params, batch: Batch, rng: jax.Array, *, model: Dalle, settings: Dal
     dropped_B = jax.random.bernoulli(drop_rng, settings.caption_dropout, shape_B)
   else:
     dropped_B = jnp.zeros(shape_B, bool)
-  return stream_loss(params, batch, dropped_B, dropout_rng, model=model, settings=settings,
-                     train=train)
+  loss = dalle_gpt2.stream_loss if _gpt2(model.config) else stream_loss
+  return loss(params, batch, dropped_B, dropout_rng, model=model, settings=settings,
+              train=train)
+
+
+def _gpt2(c: DalleConfig) -> bool:
+  return c.architecture == "gpt2"
+
+
+def make_model(c: DalleConfig) -> nn.Module:
+  return dalle_gpt2.Gpt2(c) if _gpt2(c) else Dalle(c)
 
 
 def stream_loss(params, batch: Batch, dropped_B: jax.Array, dropout_rng: jax.Array, *,
@@ -277,6 +310,8 @@ def stream_loss(params, batch: Batch, dropped_B: jax.Array, dropout_rng: jax.Arr
 
 
 def init_variables(model: Dalle, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+  if _gpt2(model.config):
+    return dalle_gpt2.init_variables(model, rng, batch)
   return model.init({"params": rng}, jnp.asarray(batch["text_tokens"], jnp.int32),
                     jnp.asarray(batch["text_mask"], bool),
                     jnp.asarray(batch["image_tokens"], jnp.int32), train=False)
@@ -286,6 +321,8 @@ def train_flops(c: DalleConfig) -> flops.FlopCount:
   """Forward + backward FLOPs of one stream of L = Lt + 1 + Li inputs: 6N x L, causal
   attention 6 x layers x L^2 x E (the half a causal kernel computes), text logits on the
   text targets and image logits on the image targets (see upgen/flops.py)."""
+  if _gpt2(c):
+    return dalle_gpt2.train_flops(c)
   return flops.Transformer(
       c.num_layers, c.emb_dim, c.mlp_dim, c.stream_len, causal=True,
       heads=((c.text_seq_len, c.text_vocab_size), (c.image_seq_len, c.image_vocab_size))
@@ -295,6 +332,8 @@ def train_flops(c: DalleConfig) -> flops.FlopCount:
 def image_nll(params, batch: Batch, *, model: Dalle) -> jax.Array:
   """`upgen eval nll`: -log p(image | caption) per example, the sum of the image tokens'
   next-token cross-entropies (teacher forcing, no caption dropout)."""
+  if _gpt2(model.config):
+    return dalle_gpt2.image_nll(params, batch, model=model)
   image_BxLi = jnp.asarray(batch["image_tokens"], jnp.int32)
   text_valid_BxLt = (jnp.asarray(batch["text_mask"], bool)
                      & jnp.asarray(batch["has_text"], bool)[:, None])
@@ -313,7 +352,7 @@ def sample_cost(c: DalleConfig, s: SampleSettings, batch_size: int, param_bytes:
   rows = batch_size * (2 if s.guidance_scale > 0 else 1) * max(s.beam_size, 1)
   forward = train_flops(c).total / 3
   itemsize = jnp.dtype(c.dtype).itemsize
-  prompt = c.text_seq_len + 1
+  prompt = dalle_gpt2.layout(c).prompt_len - 1 if _gpt2(c) else c.text_seq_len + 1
   mean_context = prompt + (c.image_seq_len - 1) / 2
   cache_bytes = 2 * c.num_layers * c.emb_dim * itemsize * rows * mean_context
   return families.SampleCost(
@@ -324,14 +363,50 @@ def sample_cost(c: DalleConfig, s: SampleSettings, batch_size: int, param_bytes:
             f"{mean_context:.0f} positions on average)"))
 
 
+def _needs_gpt2(c: DalleConfig) -> None:
+  if not _gpt2(c):
+    raise errors.ConfigError("config.model.architecture=dalle models captions in per-position "
+                             "slots, not plain text; a text perplexity needs architecture gpt2")
+
+
+def export_hf(params, c: DalleConfig):
+  """`upgen export hf`: a "gpt2" model as a GPT2LMHeadModel (upgen/models/gpt2_hf.py) whose
+  vocabulary is the table's real rows (text only, for a language model on text records)."""
+  if not _gpt2(c):
+    raise errors.ConfigError("config.model.architecture=dalle has no Hugging Face "
+                             "counterpart; `upgen export hf` writes architecture gpt2")
+  lay = dalle_gpt2.layout(c)
+  rows = lay.text_vocab_size if lay.text_only else lay.vocab_size
+  hf_config, weights = gpt2_hf.export_hf(params, c, rows)
+  if not lay.text_only:
+    hf_config["upgen"] = {"document_tokens": {t: lay.doc_id(i) for i, t in
+                                              enumerate(dalle_gpt2.DOC_TOKENS)},
+                          "pad_id": lay.pad_id, "image_offset": lay.image_offset,
+                          "image_vocab_size": lay.image_vocab_size}
+  return hf_config, weights
+
+
+def text_context(c: DalleConfig) -> int:
+  _needs_gpt2(c)
+  return dalle_gpt2.context(c)
+
+
+def text_nll(params, ids_BxT, pads_B, *, model: nn.Module):
+  _needs_gpt2(model.config)
+  return dalle_gpt2.text_nll(params, ids_BxT, pads_B, model=model)
+
+
 def sample_config(group: Any) -> SampleSettings:
   return schema.parse(SampleSettings, group, "config.sample")
 
 
 FAMILY = Family(
     name="dalle", reads=readers.TOKEN_RECORDS, model_config=model_config,
-    loss_config=loss_config, make_model=Dalle, init_variables=init_variables,
+    loss_config=loss_config, make_model=make_model, init_variables=init_variables,
     loss_fn=loss_fn, sample_config=sample_config,
     sample_images=ar_sampler.sample_images, inpaint=ar_sampler.inpaint,
     unconditional_images=ar_sampler.unconditional_images, image_nll=image_nll,
-    train_flops=train_flops, sample_cost=sample_cost)
+    train_flops=train_flops, sample_cost=sample_cost,
+    text_nll=text_nll, text_context=text_context, export_hf=export_hf,
+    param_groups=lambda c: dalle_gpt2.param_groups(c) if _gpt2(c) else {},
+    import_hf=gpt2_hf.import_hf)

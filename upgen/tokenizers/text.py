@@ -181,7 +181,9 @@ class HFTokenizer(TextTokenizer):
   """A local Hugging Face tokenizer directory (transformers.AutoTokenizer, offline).
 
   [PAD] falls back to the tokenizer's EOS / SEP token and [MASK] to its UNK token when they
-  are missing; if that leaves no distinct pad and mask ids, loading fails.
+  are missing. A tokenizer with no [MASK] and no UNK apart from its pad id (GPT-2's: one id
+  is unk, bos, eos and pad) has mask_id -1: the families that mask text tokens refuse it by
+  name, the decoder-only family needs none.
   """
 
   kind = "hf"
@@ -197,9 +199,7 @@ class HFTokenizer(TextTokenizer):
       raise errors.DataError(f"{directory}: tokenizer has no pad, eos or sep token to use as [PAD]")
     mask_id = _first_id(tok, ("mask_token_id", "unk_token_id"), avoid=(pad_id,))
     if mask_id is None:
-      raise errors.DataError(f"{directory}: tokenizer has no mask token and no unk token distinct "
-                             f"from its pad id {pad_id} to use as [MASK]; add a mask_token to "
-                             f"{HF_CONFIG_FILE}")
+      mask_id = -1
     files = [os.path.join(directory, f) for f in HF_TOKENIZER_FILES
              if os.path.isfile(os.path.join(directory, f))]
     unk_id = _first_id(tok, ("unk_token_id",))

@@ -5,15 +5,23 @@ of the same family (config.json and checkpoints/; its latest checkpoint), for in
 encoder pretrained with another objective. `config.train.init_groups` (comma-separated
 parameter groups of the family, e.g. "encoder"; empty: all) limits what is taken.
 
-Every parameter taken replaces the freshly initialized one of the same name: same shape,
+Every parameter taken replaces the freshly initialized one of the same name: same shape;
 or, for a table with more rows than the model needs (a position table cut to the model's
-length), its first rows. Blocks stored unrolled (layers_0, layers_1, ...) fill a model that
-scans its layers (one stacked "layers"). INIT's architecture must be the run's (a mismatch
-names the key); a parameter INIT has and the model has not, or a shape that does not fit,
-is an error naming it. What is not taken keeps its fresh init.
+length), its first rows; or, for a table with fewer rows (a language model's token table
+that the run expands with image codes), the first rows of the model's, the rows past them
+set by `config.train.init_new_rows`:
+  "random"       the fresh init (a normal with the family's scale)
+  "mean"         the mean of INIT's rows, in every new row
+  "contrastive"  INIT/aligned_params/, written by `upgen align` for these records (the
+                 image codes' rows aligned to caption words; docs/dalle.md)
+Blocks stored unrolled (layers_0, layers_1, ...) fill a model that scans its layers (one
+stacked "layers"). INIT's architecture must be the run's (a mismatch names the key); a
+parameter INIT has and the model has not, or a shape that does not fit, is an error naming
+it. What is not taken keeps its fresh init.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -21,6 +29,7 @@ import re
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -32,6 +41,8 @@ from upgen.train import checkpoint
 log = logging.getLogger("upgen.train")
 # config.model keys that change how parameters are computed with, not what they are.
 IMPLEMENTATION_KEYS = ("attention_impl", "dtype", "param_dtype", "remat", "scan_layers", "size")
+NEW_ROWS = ("random", "mean", "contrastive")
+ALIGNED_DIR = "aligned_params"  # `upgen align`: the token table with aligned new rows.
 
 
 def _path(keys) -> str:
@@ -84,33 +95,59 @@ def check_architecture(init_dir: str, model: ml_collections.ConfigDict) -> None:
                  and model.get(k) != v)
   if diffs:
     k = diffs[0]
+    flags = " ".join(f"--config.model.{d}={source[d]}" for d in diffs)
     raise errors.ConfigError(
         f"config.train.init_from={init_dir}: its model has config.model.{k}="
-        f"{source[k]!r}, this run {model.get(k)!r}; set --config.model.{k}={source[k]} "
-        "(the weights need their architecture)")
+        f"{source[k]!r}, this run {model.get(k)!r}"
+        + (f" ({len(diffs) - 1} more keys differ)" if len(diffs) > 1 else "")
+        + f"; set {flags} (the weights need their architecture)")
 
 
-def _source_params(init_dir: str) -> dict[str, np.ndarray]:
+def source_params(init_dir: str, new_rows: str = "random") -> dict[str, np.ndarray]:
+  if new_rows not in NEW_ROWS:
+    raise errors.ConfigError(f"config.train.init_new_rows={new_rows!r}: choose one of "
+                             f"{NEW_ROWS}")
   if _is_run(init_dir):
     _, _, params = checkpoint.restore_params(init_dir)
-    return {name: np.asarray(jax.device_get(v)) for name, v in _flat(params).items()}
-  return _flat(hf_import.load_params(init_dir))
+    source = {name: np.asarray(jax.device_get(v)) for name, v in _flat(params).items()}
+  else:
+    source = _flat(hf_import.load_params(init_dir))
+  if new_rows == "contrastive":
+    aligned = os.path.join(init_dir, ALIGNED_DIR)
+    if not os.path.isdir(aligned):
+      raise errors.NotFound(f"{aligned}: not found; config.train.init_new_rows=contrastive "
+                            f"reads the rows `upgen align --workdir {init_dir} --data RECORDS` "
+                            "writes")
+    source.update(_flat(hf_import.load_params(init_dir, ALIGNED_DIR)))
+  return source
 
 
-def group_names(groups: str, param_groups: Mapping[str, Sequence[str]]) -> Optional[set[str]]:
-  """The top-level parameter names of config.train.init_groups (None: take everything)."""
-  return set(families.group_members("config.train.init_groups", groups, param_groups)) or None
+@functools.partial(jax.jit, static_argnames=("mean",), donate_argnums=0)
+def _grow(fresh: jax.Array, old: jax.Array, mean: bool) -> jax.Array:
+  """`fresh` with its first rows replaced by `old` (and the others by their mean)."""
+  n = old.shape[0]
+  if mean:
+    fresh = fresh.at[n:].set(jnp.mean(old, axis=0).astype(fresh.dtype))
+  return fresh.at[:n].set(old.astype(fresh.dtype))
 
 
-def apply(params: Any, init_dir: str, take: Optional[set[str]] = None) -> Any:
-  """`params` (sharded jax arrays) with INIT's parameters in (only those under the top-level
-  names `take`, when given); logs what came from INIT."""
+def group_names(groups: str, param_groups: Mapping[str, Sequence[str]]
+                ) -> Optional[frozenset[str]]:
+  """The parameter patterns of config.train.init_groups (None: take everything)."""
+  return families.group_members("config.train.init_groups", groups, param_groups) or None
+
+
+def apply(params: Any, init_dir: str, take: Optional[set[str]] = None,
+          new_rows: str = "random") -> Any:
+  """`params` (sharded jax arrays) with INIT's parameters in (only those the parameter
+  patterns `take` hold, when given; the rows a smaller table lacks as `new_rows` says); logs what
+  came from INIT."""
   target = _flat(params)
-  source = _scan_stacked(_source_params(init_dir), set(target))
+  source = _scan_stacked(source_params(init_dir, new_rows), set(target))
   if take is not None:
-    source = {n: v for n, v in source.items() if n.split("/")[0] in take}
+    source = {n: v for n, v in source.items() if families.member(n, tuple(take)) is not None}
   treedef = jax.tree_util.tree_structure(params)
-  out, cut = dict(target), []
+  out, cut, grown = dict(target), [], []
   for name, value in sorted(source.items()):
     if name not in target:
       raise errors.ConfigError(f"config.train.init_from={init_dir}: it holds {name!r}, which "
@@ -118,17 +155,21 @@ def apply(params: Any, init_dir: str, take: Optional[set[str]] = None) -> Any:
     want = target[name]
     value = np.asarray(value)
     if value.shape != want.shape:
-      if value.ndim == want.ndim and value.shape[1:] == want.shape[1:] and \
-          value.shape[0] > want.shape[0]:
+      rows_only = value.ndim == want.ndim and value.shape[1:] == want.shape[1:]
+      if rows_only and value.shape[0] > want.shape[0]:
         value = value[:want.shape[0]]
         cut.append(name)
+      elif rows_only and value.ndim == 2:
+        out[name] = _grow(want, value, mean=new_rows == "mean")
+        grown.append(f"{name} ({value.shape[0]} -> {want.shape[0]} rows, {new_rows})")
+        continue
       else:
         raise errors.ConfigError(f"config.train.init_from={init_dir}: {name!r} is "
                                  f"{value.shape} there, {tuple(want.shape)} in this model")
     value = value.astype(want.dtype)
     out[name] = jax.make_array_from_callback(want.shape, want.sharding,
                                              lambda index, v=value: v[index])
-  log.info("init_from %s: %d of %d parameters (%s); first rows of %s", init_dir, len(source),
-           len(target), ", ".join(sorted({n.split("/")[0] for n in source})),
-           ", ".join(cut) or "none")
+  log.info("init_from %s: %d of %d parameters (%s); first rows of %s; grown: %s", init_dir,
+           len(source), len(target), ", ".join(sorted({n.split("/")[0] for n in source})),
+           ", ".join(cut) or "none", ", ".join(grown) or "none")
   return jax.tree_util.tree_unflatten(treedef, [out[name] for name in target])

@@ -2,7 +2,7 @@
 and frozen parameter groups (config.optim.freeze)."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,10 +37,26 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
+def _path(keys) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keys)
+
+
+def zero_rows(rows: Callable[[Any], Any]) -> optax.GradientTransformation:
+  """Zero update for the first N rows of the leaves `rows(params)` maps to N (0: none)."""
+
+  def update(updates, state, params=None):
+    del params
+    counts = rows(updates)
+    return jax.tree.map(lambda u, n: u.at[:n].set(0) if n else u, updates, counts), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int,
                    groups: Mapping[str, Sequence[str]] = {}) -> optax.GradientTransformation:
-  """Clip, then AdamW on every parameter outside the frozen groups; frozen parameters get a
-  zero update (no weight decay either), so they stay bit-identical."""
+  """Clip, then AdamW on every parameter outside the frozen groups; frozen parameters (and
+  frozen leading rows of a table) get a zero update (no weight decay either), so they stay
+  bit-identical. A frozen group that holds none of the model's parameters is an error."""
   schedule = learning_rate_schedule(optim, total_steps)
   parts = []
   if optim.grad_clip and optim.grad_clip > 0:
@@ -50,12 +66,28 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int,
           schedule, b1=float(optim.b1), b2=float(optim.b2), eps=float(optim.eps),
           weight_decay=float(optim.weight_decay), mask=_decay_mask))
   train = optax.chain(*parts)
-  frozen = families.group_members("config.optim.freeze", optim.get("freeze", ""), groups)
+  value = optim.get("freeze", "")
+  names = [g.strip() for g in str(value or "").split(",") if g.strip()]
+  frozen = families.group_members("config.optim.freeze", value, groups)
   if not frozen:
     return train
 
-  def labels(params):
-    return {name: jax.tree.map(lambda _, n=name: "frozen" if n in frozen else "train", sub)
-            for name, sub in params.items()}
+  def members(params):
+    paths = [_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    for name in names:
+      if not any(families.member(p, groups[name]) is not None for p in paths):
+        raise errors.ConfigError(
+            f"config.optim.freeze={value!r}: group {name!r} holds none of this model's "
+            f"parameters ({', '.join(groups[name])}; with config.model.scan_layers the "
+            "blocks are one stacked tree and per-block groups cannot name them)")
+    # -1: the whole leaf frozen, N > 0: its first N rows, 0: none of it.
+    return jax.tree_util.tree_map_with_path(
+        lambda p, _: families.member(_path(p), tuple(frozen)) or 0, params)
 
-  return optax.multi_transform({"train": train, "frozen": optax.set_to_zero()}, labels)
+  def labels(params):
+    return jax.tree.map(lambda m: "frozen" if m == -1 else "train", members(params))
+
+  rows = lambda params: jax.tree.map(lambda m: max(m, 0), members(params))
+  return optax.chain(
+      optax.multi_transform({"train": train, "frozen": optax.set_to_zero()}, labels),
+      zero_rows(rows))

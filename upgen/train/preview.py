@@ -26,6 +26,8 @@ log = logging.getLogger("upgen.train")
 def preview_fn(setup: families.Setup) -> Optional[Callable[..., Any]]:
   """(params, batch, rng) -> the family's images for the batch, or None if it has none."""
   family = setup.family
+  if not setup.spec.image_seq_len and not setup.spec.image_size:
+    return None  # Data without images (a language model on text records): nothing to draw.
   if family.preview is not None:
     return lambda params, batch, rng: family.preview(params, batch, rng, model=setup.model)
   if family.sample_images is None:
@@ -91,7 +93,9 @@ def make(config: ml_collections.ConfigDict, setup: families.Setup,
     return None
   fn = preview_fn(setup)
   if fn is None:
-    log.warning("config.train.sample_every=%d but family %s neither previews nor samples; "
-                "no sample grids", config.train.sample_every, setup.family.name)
+    why = ("the data has no images" if not setup.spec.image_seq_len and not setup.spec.image_size
+           else f"family {setup.family.name} neither previews nor samples")
+    log.warning("config.train.sample_every=%d but %s; no sample grids",
+                config.train.sample_every, why)
     return None
   return Previewer(config, setup, fn, replicated)

@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from upgen import errors
+from upgen import evals
 from upgen import families
 from upgen.data.spec import DataSpec
 from upgen.train import checkpoint as ckpt_lib
@@ -166,10 +167,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if start_from:
       init_from.check_architecture(start_from, config.model)
       take = init_from.group_names(config.train.get("init_groups", ""),
-                                   family.param_groups)
+                                   families.resolve_groups(family, setup.model_config))
     state = state_lib.create_state(setup, tx, mesh, config.mesh, jax.random.key(config.seed))
     if start_from:
-      state = state.replace(params=init_from.apply(state.params, start_from, take))
+      state = state.replace(params=init_from.apply(
+          state.params, start_from, take, config.train.get("init_new_rows", "random")))
   step = int(jax.device_get(state.step))
   num_params = state_lib.count_params(state.params)
 
@@ -197,8 +199,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   log.info("%s: %d parameters, mesh %s, steps %d -> %d", family.name, num_params,
            dict(mesh.shape), step, total)
 
+  evaluators = evals.build(config, setup)
+
   def run_eval() -> dict:
-    return evaluate(config, eval_iter_fn, batch_sharding, p_eval, state.params)
+    out = evaluate(config, eval_iter_fn, batch_sharding, p_eval, state.params)
+    return {**out, **evals.run(evaluators, state.params)}
 
   def save(at_step: int) -> None:
     checkpointer.save(at_step, ckpt_lib.state_dict(state), train_iter.get_state(), force=True)
