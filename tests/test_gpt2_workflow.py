@@ -43,7 +43,8 @@ def test_pretrain_export_import_align_adapt(tmp_path, capsys):
                    *_flags(**{"data.dir": text_records, "data.text_seq_len": 24,
                               "train.steps": 6, "evals.text_ppl.text": str(held_out)})]) == 0
   rows = _metrics(lm)
-  assert "loss_text" in rows[0] and "loss_image" not in rows[0]  # A plain language model.
+  assert "loss_text" in rows[0] and "loss_image" not in rows[0]  # A plain language model,
+  assert all(r.get("captions_dropped", 0) == 0 for r in rows)  # whose text is no condition.
   final = rows[-1]
   assert final["text_ppl/perplexity"] == pytest.approx(math.exp(final["text_ppl/nats_per_token"]))
 

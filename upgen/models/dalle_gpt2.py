@@ -280,8 +280,11 @@ def scored(ids_BxS: jax.Array, pads_B: jax.Array, batch: Batch, dropped_B: jax.A
 
 def stream_loss(params, batch: Batch, dropped_B: jax.Array, dropout_rng: jax.Array, *,
                 model: Gpt2, settings: Any, train: bool):
-  """Cross-entropy on the documents, captions of `dropped_B` left empty (see dalle.py)."""
+  """Cross-entropy on the documents, captions of `dropped_B` left empty (see dalle.py; a
+  language model on text records drops nothing: its text is no condition)."""
   lay = layout(model.config)
+  if lay.text_only:
+    dropped_B = jnp.zeros_like(dropped_B)
   valid_BxLt = jnp.asarray(batch["text_mask"], bool) & ~dropped_B[:, None] & jnp.asarray(
       batch["has_text"], bool)[:, None]
   ids_BxS, pads_B = document(batch["text_tokens"], valid_BxLt, batch["image_tokens"], lay)
