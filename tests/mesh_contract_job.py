@@ -1,5 +1,5 @@
 """The 8-device half of tests/test_families.py, run as a subprocess (8 fake CPU devices):
-every family trains 2 steps on a (data 2, fsdp 2, tensor 2) mesh through `trainer.train`
+every family (and architecture) trains 2 steps on a (data 2, fsdp 2, tensor 2) mesh through `trainer.train`
 with a sample grid at step 2, then every sampler it has runs from the run directory the way
 `upgen sample` runs it. Prints one JSON line.
 
@@ -30,8 +30,8 @@ from upgen.train import trainer
 MESH = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
 
 
-def _train(name: str, data_dir: str, workdir: str) -> dict:
-  config = test_families.small_config(name)
+def _train(case: str, data_dir: str, workdir: str) -> dict:
+  config = test_families.small_config(case)
   config.update_from_flattened_dict({
       "data.dir": data_dir, "data.batch_size": 8, "train.steps": 2, "train.sample_every": 2,
       "train.sample_examples": 4, "train.eval_batches": 1, "train.progress": False, **MESH})
@@ -59,21 +59,21 @@ def main(out: str) -> dict:
   captions = [e["caption"] for e in sources.read_captions(os.path.join(images, "train"))]
   text = text_tok.train_bpe(captions, 64, os.path.join(out, "text"))
   results = {}
-  for name in families.names():
-    if families.get_family(name).reads is readers.IMAGE_FOLDER:
-      results[name] = _train(name, images, os.path.join(out, name))
-      tokenizer_run = os.path.join(out, name)
+  for case in test_families.CASES:
+    if families.get_family(case.partition(":")[0]).reads is readers.IMAGE_FOLDER:
+      results[case] = _train(case, images, os.path.join(out, case.replace(":", "-")))
+      tokenizer_run = os.path.join(out, case.replace(":", "-"))
   data = os.path.join(out, "data")
   tokenize.tokenize_folder({s: sources.ImageFolderSource(os.path.join(images, s), 16)
                             for s in ("train", "val")}, data, text,
                            image_tok.load(tokenizer_run))
   image_path = sources.read_captions(os.path.join(images, "val"))[0]["image"]
   prompts = ["a small red circle on the left", "a blue square above a green triangle"]
-  for name in families.names():
-    if families.get_family(name).reads is not readers.TOKEN_RECORDS:
+  for case in test_families.CASES:
+    if families.get_family(case.partition(":")[0]).reads is not readers.TOKEN_RECORDS:
       continue
-    workdir = os.path.join(out, name)
-    results[name] = _train(name, data, workdir)
+    workdir = os.path.join(out, case.replace(":", "-"))
+    results[case] = _train(case, data, workdir)
     run = sample.load_run(workdir)
     sampled, family = {}, run.family
     if family.sample_images:
@@ -85,7 +85,7 @@ def main(out: str) -> dict:
     if family.caption_images:
       sampled["caption_images"] = sample.caption_images(
           run, np.stack([sources.load_image(image_path, 16)] * 3))
-    results[name]["sampled"] = {k: list(np.shape(v)) for k, v in sampled.items()}
+    results[case]["sampled"] = {k: list(np.shape(v)) for k, v in sampled.items()}
   return {"devices": jax.device_count(), "families": results}
 
 

@@ -1,8 +1,10 @@
-"""The family contract, run over every family found under upgen/models/ (no list to keep):
+"""The family contract, run over every family found under upgen/models/ and every
+architecture a family's module lists in ARCHITECTURES (no list to keep):
 build against a synthetic data spec, dummy batch -> sharded init -> jitted loss -> one train
 step -> every sampler the family has, with the shapes the contract promises. Then the same
 families on an 8-device (data 2, fsdp 2, tensor 2) mesh through the real trainer (previews
 on) and `upgen sample` (tests/mesh_contract_job.py, started as the module starts)."""
+import importlib
 import json
 import os
 import subprocess
@@ -25,6 +27,15 @@ from upgen.train import step as step_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID, IMAGE_VOCAB, TEXT_VOCAB = 4, 16, 32
 NAMES = families.names()
+
+
+def architectures(name):
+  """The architectures `config.model.architecture` chooses among (None: the family has one)."""
+  module = importlib.import_module(f"upgen.models.{name}")
+  return sorted(getattr(module, "ARCHITECTURES", {})) or [None]
+
+
+CASES = [f"{name}:{arch}" if arch else name for name in NAMES for arch in architectures(name)]
 SAMPLERS = ("sample_images", "inpaint", "unconditional_images", "caption_images")
 
 
@@ -48,8 +59,12 @@ def mesh_job(request, tmp_path_factory):
     proc.wait()
 
 
-def small_config(name):
+def small_config(case):
+  """The family's test-sized config; "family:architecture" also sets the architecture."""
+  name, _, arch = case.partition(":")
   config = token_data.small_config(name)
+  if arch:
+    config.model.architecture = arch
   if "image_size" in config.data:
     config.data.image_size = 16
   return config
@@ -63,9 +78,10 @@ def test_every_family_is_found():
     families.get_family("nope")
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_contract(name):
-  config = small_config(name)
+@pytest.mark.parametrize("case", CASES)
+def test_contract(case):
+  name = case.partition(":")[0]
+  config = small_config(case)
   config.optim.warmup_steps = 0  # The first step moves the parameters.
   family = families.get_family(name)
   spec = family.reads.synthetic_spec(config.data, image_grid=GRID, image_vocab=IMAGE_VOCAB,
@@ -134,12 +150,13 @@ def test_every_family_trains_previews_and_samples_on_8_devices(mesh_job):
   assert proc.wait(timeout=900) == 0, (out / "err").read_text()[-4000:]
   result = json.loads((out / "out").read_text().strip().splitlines()[-1])
   assert result["devices"] == 8
-  assert sorted(result["families"]) == NAMES
-  for name, r in result["families"].items():
+  assert sorted(result["families"]) == sorted(CASES)
+  for case, r in result["families"].items():
+    name = case.partition(":")[0]
     # Trained on the mesh, wrote a sample grid (the preview ran on the mesh).
-    assert r["steps"] == 2 and r["grids"] == 1, (name, r)
-    assert r["sharded"], name  # Some parameter is split over fsdp / tensor.
-    assert r["losses"][0] == pytest.approx(r["losses"][1], rel=2e-5), name  # As on 1 device.
+    assert r["steps"] == 2 and r["grids"] == 1, (case, r)
+    assert r["sharded"], case  # Some parameter is split over fsdp / tensor.
+    assert r["losses"][0] == pytest.approx(r["losses"][1], rel=2e-5), case  # As on 1 device.
     family = families.get_family(name)
     for sampler in SAMPLERS:
       assert (sampler in r["sampled"]) == (getattr(family, sampler) is not None), (name, r)
