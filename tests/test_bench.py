@@ -11,6 +11,7 @@ from configs import upgen as upgen_config
 from upgen import bench
 from upgen import cli
 from upgen import flops
+from upgen.models import dalle_gpt2
 
 # A small but matmul-dominated shape so that XLA's count is close to the model count.
 SMALL = ["--config.model.num_layers=2", "--config.model.emb_dim=64", "--config.model.mlp_dim=256",
@@ -59,10 +60,12 @@ def test_upgen_forward_flops_match_xla():
   assert 0.9 < ours / _xla_flops(forward, params) < 1.05
 
 
-@pytest.mark.parametrize("family", ["dalle", "bart"])
+@pytest.mark.parametrize("family", ["dalle", "dalle:gpt2", "bart"])
 def test_causal_forward_flops_match_xla_with_the_masked_half_removed(family):
   if family == "dalle":
     setup = _setup(dalle_config)
+  elif family == "dalle:gpt2":  # Tied logits over every table row at every input.
+    setup = _setup(dalle_config, architecture="gpt2")
   else:  # The count is the same for both architectures; "preln" keeps XLA's count
     # matmul-bound at this small width ("bart"'s exact GELU costs XLA ~20 elementwise FLOPs
     # per MLP unit).
@@ -72,9 +75,14 @@ def test_causal_forward_flops_match_xla_with_the_masked_half_removed(family):
                                    jax.random.key(0))["params"])
   forward = lambda p: model.apply({"params": p}, batch["text_tokens"], batch["text_mask"],
                                   batch["image_tokens"], train=False)
+  causal_len = c.stream_len if family == "dalle" else c.image_seq_len
+  if family == "dalle:gpt2":
+    ids, pads = dalle_gpt2.document(batch["text_tokens"], batch["text_mask"],
+                                    batch["image_tokens"], dalle_gpt2.layout(c))
+    forward = lambda p: model.apply({"params": p}, ids[:, :-1], pads, train=False)
+    causal_len = dalle_gpt2.layout(c).doc_len - 1
   # XLA computes the full L x L scores of causal self-attention (the decoder-only stream,
   # the encoder-decoder's decoder); our count keeps only their causal half.
-  causal_len = c.stream_len if family == "dalle" else c.image_seq_len
   masked_half = 2 * c.num_layers * causal_len ** 2 * c.emb_dim
   ours = 2 * (setup.family.train_flops(c).total / 3 + masked_half)
   assert 0.9 < ours / _xla_flops(forward, params) < 1.05
