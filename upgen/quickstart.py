@@ -5,7 +5,7 @@
 1. data:      captioned shapes (or --source, a folder of images with captions.jsonl)
 2. text:      BPE tokenizer trained on the training captions           -> W/text_tokenizer
 3. image:     VQGAN tokenizer trained by the same trainer              -> W/vqgan
-4. tokenize:  pre-tokenized TFRecords + metadata.json                  -> W/data
+4. tokenize:  pre-tokenized TFRecords (with the pixels) + metadata.json -> W/data
 5. train:     UPGen tiny on the records for --minutes                  -> W/model
 6. sample:    held-out test captions and validation captions           -> W/samples, W/samples_val
               and, for families that caption, validation images        -> W/captions_val.json
@@ -83,7 +83,7 @@ def tokenize(images_dir: str, out: str, text_tok, image_tok, splits: list[str]) 
     return
   tokenize_lib.tokenize_folder(
       {s: sources.ImageFolderSource(os.path.join(images_dir, s), image_tok.image_size)
-       for s in splits}, out, text_tok, image_tok)
+       for s in splits}, out, text_tok, image_tok, pixels=True)
 
 
 def sample_and_score(run, captions: list[str], per_prompt: int, out: str, score: bool,

@@ -159,7 +159,8 @@ def _fields(data: bytes, start: int, end: int) -> list[tuple[int, int, Any]]:
   return out
 
 
-def _decode_list(data: bytes, start: int, end: int, kind: str):
+def decode_list(data: bytes, start: int, end: int, kind: str):
+  """The values of one list message data[start:end] of `kind` ("bytes", "float", "int64")."""
   if kind == "bytes":
     return [data[v[0]:v[1]] for n, w, v in _fields(data, start, end) if n == 1 and w == _LEN]
   chunks = []
@@ -217,5 +218,5 @@ def packed_payload(data: bytes, start: int, end: int) -> tuple[int, int] | None:
 def decode_example(data: bytes) -> dict[str, list[bytes] | np.ndarray]:
   """Parses a serialized tf.train.Example -> {name: list[bytes] | int64 array | float32 array}."""
   data = bytes(data)
-  return {key: _decode_list(data, start, end, kind)
+  return {key: decode_list(data, start, end, kind)
           for key, (kind, start, end) in feature_spans(data).items()}

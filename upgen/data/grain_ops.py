@@ -12,11 +12,13 @@ record, hence EpochShuffle and BatchDataset.
 """
 from __future__ import annotations
 
+import io
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
 import grain
 import numpy as np
+from PIL import Image
 
 from upgen import errors
 from upgen.data import example_proto
@@ -171,21 +173,45 @@ class TokenBatcher:
 
   def __init__(self, sources: list[records.RecordDataSource], roles: list[str], *,
                image_seq_len: int, text_seq_len: int, pad_id: int, image_vocab_size: int,
-               text_vocab_size: int):
+               text_vocab_size: int, pixels: int = 0):
     self.sources, self.roles = sources, roles
     self.image_seq_len, self.text_seq_len, self.pad_id = image_seq_len, text_seq_len, pad_id
     self.limits = {"image_tokens": image_vocab_size, "text_tokens": text_vocab_size}
+    self.pixels = pixels  # > 0: also decode each record's image_png, pixels x pixels.
 
   def _where(self, element: Mapping[str, Any]) -> str:
     return self.sources[element["source"]].where(element["index"])
 
+  def _spans(self, element: Mapping[str, Any]) -> dict[str, tuple[str, int, int]]:
+    try:
+      return example_proto.feature_spans(element["data"])
+    except example_proto.ProtoDecodeError as e:
+      raise errors.DataError(f"{self._where(element)}: not a valid tf.train.Example: {e}") from e
+
+  def _image(self, element: Mapping[str, Any]) -> np.ndarray:
+    """The record's image_png, decoded: uint8 pixels x pixels x 3."""
+    data = element["data"]
+    kind, start, end = self._spans(element).get("image_png", (None, 0, 0))
+    values = example_proto.decode_list(data, start, end, "bytes") if kind == "bytes" else []
+    if len(values) != 1:
+      raise errors.DataError(f"{self._where(element)}: feature 'image_png' missing or not a "
+                             "single bytes value (records written without --pixels?)")
+    try:
+      with Image.open(io.BytesIO(values[0])) as image:
+        image_HxWx3 = np.asarray(image.convert("RGB"), np.uint8)
+    except (OSError, ValueError) as e:
+      raise errors.DataError(f"{self._where(element)}: image_png is not a readable PNG "
+                             f"({e})") from e
+    if image_HxWx3.shape != (self.pixels, self.pixels, 3):
+      raise errors.DataError(f"{self._where(element)}: image_png is {image_HxWx3.shape[1]}x"
+                             f"{image_HxWx3.shape[0]}, metadata.json pixels.image_size says "
+                             f"{self.pixels}")
+    return image_HxWx3
+
   def _payloads(self, element: Mapping[str, Any]) -> tuple[bytes, bytes]:
     """Packed varint bytes of (image_tokens, text_tokens) of one serialized record."""
     data = element["data"]
-    try:
-      spans = example_proto.feature_spans(data)
-    except example_proto.ProtoDecodeError as e:
-      raise errors.DataError(f"{self._where(element)}: not a valid tf.train.Example: {e}") from e
+    spans = self._spans(element)
     out = []
     for key in ("image_tokens", "text_tokens"):
       kind, start, end = spans.get(key, (None, 0, 0))
@@ -242,5 +268,11 @@ class TokenBatcher:
     text_mask_BxLt = np.arange(lt)[None, :] < n_B[:, None]
     rows, cols = np.nonzero(text_mask_BxLt)
     text_BxLt[rows, cols] = text_T[text_starts_B[rows] + cols]
-    return {"image_tokens": image_BxLi, "text_tokens": text_BxLt, "text_mask": text_mask_BxLt,
-            "has_image": has_image_B, "has_text": has_text_B}
+    batch = {"image_tokens": image_BxLi, "text_tokens": text_BxLt, "text_mask": text_mask_BxLt,
+             "has_image": has_image_B, "has_text": has_text_B}
+    if self.pixels:
+      pixels_BxSxSx3 = np.zeros((len(elements), self.pixels, self.pixels, 3), np.uint8)
+      for row in np.nonzero(has_image_B)[0]:
+        pixels_BxSxSx3[row] = self._image(elements[row])
+      batch["pixels"] = pixels_BxSxSx3
+    return batch

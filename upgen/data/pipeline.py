@@ -51,7 +51,7 @@ def _derive_seed(seed: int, *names: Any) -> int:
 
 
 def _metadata_spec(meta: Mapping[str, Any], text_seq_len: int) -> DataSpec:
-  text, image = meta["text_tokenizer"], meta["image_tokenizer"]
+  text, image, pixels = meta["text_tokenizer"], meta["image_tokenizer"], meta.get("pixels")
   return DataSpec(
       text_vocab_size=text["vocab_size"] if text else 0,
       text_pad_id=text["pad_id"] if text else -1,
@@ -61,7 +61,7 @@ def _metadata_spec(meta: Mapping[str, Any], text_seq_len: int) -> DataSpec:
       text_seq_len=int(text_seq_len),
       image_vocab_size=image["codebook_size"] if image else 0,
       image_grid=tuple(image["grid"]) if image else (0, 0),
-      image_size=image["image_size"] if image else 0)
+      image_size=(pixels or image or {}).get("image_size", 0))
 
 
 def token_spec(data: ml_collections.ConfigDict) -> DataSpec:
@@ -148,16 +148,10 @@ def _open_split(directory: str, split: str, metadata_version: Any) -> records.Re
   return records.RecordDataSource(directory, split)
 
 
-def spec_has_images(directory: str) -> bool:
-  return records.read_metadata(directory).get("image_tokenizer") is not None
-
-
 def _record_source(directory: str, split: str, role: str,
                    config_key: str) -> records.RecordDataSource:
   version = paths.version(paths.join(directory, records.METADATA_FILE))
   src = _open_split(paths.absolute(directory), split, version)
-  if src.kind == "text" and role == "paired" and not spec_has_images(directory):
-    return src  # Text-only records with no image tokenizer: read as text (a language model).
   if src.kind not in ROLES[role]:
     raise errors.DataError(f"{config_key}: {directory} split {split!r} holds {src.kind!r} records, "
                            f"which cannot be used as {role!r}")
@@ -172,38 +166,43 @@ def _token_sources(config: ml_collections.ConfigDict, split: str,
     raise errors.ConfigError(
         "config.data.dir is empty: set it to a directory written by `upgen tokenize`")
   paired_weight = float(config.data.get("paired_weight", 1.0))
-  specs = [("paired", paired_weight, config.data.dir, "config.data.dir")]
+  # data.dir is paired, or text records with no images at all (a language model's data).
+  meta = records.read_metadata(config.data.dir)
+  text_only = (meta["image_tokenizer"] is None and meta.get("pixels") is None
+               and records.split_info(meta, config.data.dir, split)["kind"] == "text")
+  specs = [("text" if text_only else "paired", paired_weight, config.data.dir,
+            "config.data.dir")]
   if extra:
     specs += [(k, w, d, "config.data.extra_sources")
               for k, w, d in parse_extra_sources(config.data.get("extra_sources", ""))]
   out = [(role, weight, _record_source(directory, split, role, key))
          for role, weight, directory, key in specs if weight != 0 or not extra]
-  if out[0][2].kind == "text" and not spec_has_images(config.data.dir):
-    out[0] = ("text",) + out[0][1:]  # Text-only data.dir: a language model's records.
   if not out:
     raise errors.ConfigError("config.data.paired_weight and all extra_sources weights are 0")
   return out
 
 
 def _batcher(srcs: list[tuple[str, float, records.RecordDataSource]],
-             spec: DataSpec) -> grain_ops.TokenBatcher:
+             spec: DataSpec, pixels: bool = False) -> grain_ops.TokenBatcher:
   if spec.text_seq_len <= 0:
     raise errors.ConfigError(f"config.data.text_seq_len={spec.text_seq_len} must be positive")
   return grain_ops.TokenBatcher(
       [src for _, _, src in srcs], [role for role, _, _ in srcs],
       image_seq_len=spec.image_seq_len, text_seq_len=spec.text_seq_len,
       pad_id=spec.text_pad_id, image_vocab_size=spec.image_vocab_size,
-      text_vocab_size=spec.text_vocab_size)
+      text_vocab_size=spec.text_vocab_size, pixels=spec.image_size if pixels else 0)
 
 
 def make_train_iterator(config: ml_collections.ConfigDict, spec: DataSpec, *,
-                        rows: Optional[Sequence[int]] = None) -> grain.DatasetIterator:
+                        rows: Optional[Sequence[int]] = None,
+                        pixels: bool = False) -> grain.DatasetIterator:
   """Infinite iterator of this process's token batches (see the module docstring).
 
   Batches: image_tokens int32 [b, image_seq_len], text_tokens int32 [b, text_seq_len],
   text_mask bool [b, text_seq_len], has_image bool [b], has_text bool [b], with b = len(rows)
   (rows: sorted rows of each global batch to load; None = all, one process); the sizes
-  come from `spec` (`token_spec`).
+  come from `spec` (`token_spec`). With `pixels`, also pixels uint8 [b, S, S, 3] (S =
+  spec.image_size; zeros where has_image is False) decoded from the records' PNGs.
   """
   split = config.data.get("train_split", "train")
   srcs = _token_sources(config, split, extra=True)
@@ -223,7 +222,7 @@ def make_train_iterator(config: ml_collections.ConfigDict, spec: DataSpec, *,
     ds = ds.random_map(functools.partial(grain_ops.modality_dropout, text_dropout=text_dropout,
                                          image_dropout=image_dropout, paired_sources=paired),
                        seed=_derive_seed(config.seed, "modality_dropout"))
-  return _finish(ds, config, rows, _batcher(srcs, spec))
+  return _finish(ds, config, rows, _batcher(srcs, spec, pixels))
 
 
 def _one_pass(ds: grain.MapDataset, config: ml_collections.ConfigDict,
@@ -239,7 +238,8 @@ def _one_pass(ds: grain.MapDataset, config: ml_collections.ConfigDict,
 
 
 def make_eval_iterator(config: ml_collections.ConfigDict, spec: DataSpec, split: str, *,
-                       rows: Optional[Sequence[int]] = None) -> grain.DatasetIterator:
+                       rows: Optional[Sequence[int]] = None,
+                       pixels: bool = False) -> grain.DatasetIterator:
   """One deterministic pass over data.dir's `split` in record order, no shuffle, no dropout.
 
   The last partial global batch is dropped (fewer than config.data.batch_size examples).
@@ -247,7 +247,7 @@ def make_eval_iterator(config: ml_collections.ConfigDict, spec: DataSpec, split:
   srcs = _token_sources(config, split, extra=False)
   ds = grain.MapDataset.source(grain_ops.RawRecords(srcs[0][2], 0))
   return _finish(_one_pass(ds, config, f"{config.data.dir} split {split!r}"), config, rows,
-                 _batcher(srcs, spec))
+                 _batcher(srcs, spec, pixels))
 
 
 class _CachedImages:

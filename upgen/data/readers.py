@@ -11,6 +11,11 @@ shapes (init, bench), and the few views of a batch that previews need.
                    text_mask    bool  BxLt  True on real caption tokens
                    has_image    bool  B     the example carries an image
                    has_text     bool  B     the example carries a caption
+  PIXEL_RECORDS  records written with `upgen tokenize --pixels`: TOKEN_RECORDS' keys and
+                   pixels       uint8 BxSxSx3 the stored image (zeros where has_image is
+                                False), S = metadata.json pixels.image_size
+                 (image_tokens is Bx0 when the records were written without an image
+                 tokenizer), for the families that work in pixels
   IMAGE_FOLDER   a folder of images (DIR/<split>/captions.jsonl), for image tokenizers:
                    image        uint8 BxSxSx3 pixels, S = config.data.image_size
 """
@@ -134,6 +139,46 @@ class TokenRecords:
     return to_pixels
 
 
+class PixelRecords(TokenRecords):
+  """Records that carry each image's pixels (and its caption tokens)."""
+  name = "pixel_records"
+
+  def spec(self, data: Any) -> DataSpec:
+    spec = super().spec(data)
+    if records.read_metadata(data.dir).get("pixels") is None:
+      raise errors.DataError(f"config.data.dir={data.dir}: its records carry no pixels "
+                             "(metadata.json has no \"pixels\"); write them with "
+                             "`upgen tokenize --pixels`")
+    return spec
+
+  def synthetic_spec(self, data: Any, *, image_grid: int, image_vocab: int,
+                     text_vocab: int) -> DataSpec:
+    del image_grid, image_vocab
+    return DataSpec(text_vocab_size=text_vocab, text_pad_id=0, text_mask_id=1, text_bos_id=2,
+                    text_eos_id=3, text_seq_len=int(data.text_seq_len),
+                    image_size=int(data.get("image_size", 32)))
+
+  def train_iterator(self, config, spec, rows):
+    return pipeline.make_train_iterator(config, spec, rows=rows, pixels=True)
+
+  def eval_iterator(self, config, spec, split, rows):
+    return pipeline.make_eval_iterator(config, spec, split, rows=rows, pixels=True)
+
+  def dummy_batch(self, spec: DataSpec, batch_size: int) -> Batch:
+    batch = super().dummy_batch(spec, batch_size)
+    batch["pixels"] = np.zeros((batch_size, spec.image_size, spec.image_size, 3), np.uint8)
+    return batch
+
+  def tokens_per_example(self, spec: DataSpec) -> int:
+    return spec.text_seq_len
+
+  def reference(self, batch: Batch) -> Any:
+    return batch["pixels"]
+
+  def pixels(self, data: Any) -> Callable[[np.ndarray], np.ndarray]:
+    return _as_pixels
+
+
 class ImageFolder:
   """Images from config.data.dir/<split>/captions.jsonl at config.data.image_size."""
   name = "image_folder"
@@ -172,4 +217,5 @@ class ImageFolder:
 
 
 TOKEN_RECORDS = TokenRecords()
+PIXEL_RECORDS = PixelRecords()
 IMAGE_FOLDER = ImageFolder()

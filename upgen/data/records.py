@@ -1,10 +1,13 @@
 """Pre-tokenized record shards and their metadata.json (schema: docs/data.md).
 
 Each record is a tf.train.Example with features
-  image_tokens  int64 list  image token ids in raster order (empty for text-only records)
+  image_tokens  int64 list  image token ids in raster order (empty for text-only records,
+                            and for pixel records written without an image tokenizer)
   text_tokens   int64 list  text token ids, unpadded (empty for image-only records)
   caption       bytes       utf-8 caption
   id            bytes       example id
+  image_png     bytes       only in pixel records (`upgen tokenize --pixels`): the resized,
+                            center-cropped RGB image as PNG (metadata.json "pixels")
 written to `DIR/{split}-{i:05d}-of-{n:05d}.tfrecord`, with `DIR/metadata.json` describing
 the tokenizers and every split's shards. DIR may be a URL (gs://bucket/data; upgen.paths).
 """
@@ -44,7 +47,7 @@ def _num_tokens(example: Example, key: str) -> int:
 
 
 def _example_kind(example: Example) -> str:
-  has_image = _num_tokens(example, "image_tokens") > 0
+  has_image = _num_tokens(example, "image_tokens") > 0 or bool(example.get("image_png"))
   has_text = _num_tokens(example, "text_tokens") > 0
   if has_image and has_text:
     return "paired"
@@ -58,12 +61,15 @@ def encode_record(example: Example) -> bytes:
   def ids(key: str) -> np.ndarray:
     value = example.get(key)
     return np.zeros(0, np.int64) if value is None else np.asarray(value, np.int64).reshape(-1)
-  return example_proto.encode_example({
+  features = {
       "image_tokens": ids("image_tokens"),
       "text_tokens": ids("text_tokens"),
       "caption": str(example.get("caption", "")).encode("utf-8"),
       "id": str(example.get("id", "")).encode("utf-8"),
-  })
+  }
+  if example.get("image_png"):
+    features["image_png"] = bytes(example["image_png"])
+  return example_proto.encode_example(features)
 
 
 def _sha256(path: str) -> str:
@@ -150,10 +156,12 @@ def _write_json_atomic(path: str, obj: Any) -> None:
 
 def compatible_splits(out_dir: str, split: str, text_tokenizer: Optional[Mapping[str, Any]],
                       image_tokenizer: Optional[Mapping[str, Any]],
-                      replace: bool = False) -> dict[str, Any]:
+                      replace: bool = False,
+                      pixels: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
   """The splits of an existing out_dir/metadata.json that `split` can join: all of them when
-  the tokenizer entries are equal; none with `replace` (their shards are deleted); otherwise
-  a MetadataError naming the file and the differing key. Call before writing shards."""
+  the tokenizer (and pixels) entries are equal; none with `replace` (their shards are
+  deleted); otherwise a MetadataError naming the file and the differing key. Call before
+  writing shards."""
   path = paths.join(out_dir, METADATA_FILE)
   if not paths.exists(path):
     return {}
@@ -163,10 +171,14 @@ def compatible_splits(out_dir: str, split: str, text_tokenizer: Optional[Mapping
     if not replace:
       raise
     return {}
-  if old["text_tokenizer"] == text_tokenizer and old["image_tokenizer"] == image_tokenizer:
+  new = {"text_tokenizer": text_tokenizer, "image_tokenizer": image_tokenizer,
+         "pixels": pixels}
+  differs = [k for k in ("text_tokenizer", "image_tokenizer", "pixels")
+             if old.get(k) != new[k]]
+  if not differs:
     return dict(old["splits"])
   if not replace:
-    key = "text_tokenizer" if old["text_tokenizer"] != text_tokenizer else "image_tokenizer"
+    key = differs[0]
     raise MetadataError(f"{path}: key {key!r} differs from the tokenizer used for split "
                         f"{split!r}; write to a fresh output directory")
   for name, info in old["splits"].items():
@@ -179,12 +191,17 @@ def compatible_splits(out_dir: str, split: str, text_tokenizer: Optional[Mapping
 
 def update_metadata(out_dir: str, split: str, split_info: Mapping[str, Any],
                     text_tokenizer: Optional[Mapping[str, Any]],
-                    image_tokenizer: Optional[Mapping[str, Any]], replace: bool = False) -> dict:
+                    image_tokenizer: Optional[Mapping[str, Any]], replace: bool = False,
+                    pixels: Optional[Mapping[str, Any]] = None) -> dict:
   """Adds/overwrites `split` in out_dir/metadata.json (see compatible_splits for the rules
-  on an existing file) and returns the new metadata."""
+  on an existing file) and returns the new metadata. `pixels` ({"image_size": S, "format":
+  "png"}) says the records carry images; metadata without the key carries none."""
   meta = {"format_version": FORMAT_VERSION, "text_tokenizer": text_tokenizer,
           "image_tokenizer": image_tokenizer,
-          "splits": compatible_splits(out_dir, split, text_tokenizer, image_tokenizer, replace)}
+          "splits": compatible_splits(out_dir, split, text_tokenizer, image_tokenizer, replace,
+                                      pixels)}
+  if pixels is not None:
+    meta["pixels"] = dict(pixels)
   meta["splits"][split] = dict(split_info)
   _write_json_atomic(paths.join(out_dir, METADATA_FILE), meta)
   return meta
@@ -234,6 +251,12 @@ def read_metadata(data_dir: str) -> dict[str, Any]:
     grid = meta["image_tokenizer"]["grid"]
     _check(len(grid) == 2 and all(_is_int(g) and g > 0 for g in grid), path,
            "image_tokenizer.grid", f"must be [height, width], got {grid!r}")
+  meta.setdefault("pixels", None)  # Written before pixel records existed: none.
+  if meta["pixels"] is not None:
+    _check_fields(meta["pixels"], path, "pixels", {"image_size": int, "format": str})
+    _check(meta["pixels"]["format"] == "png", path, "pixels.format",
+           f"must be 'png', got {meta['pixels']['format']!r}")
+    _check(meta["pixels"]["image_size"] > 0, path, "pixels.image_size", "must be positive")
   _check(isinstance(meta["splits"], dict), path, "splits", "must be an object")
   for split, info in meta["splits"].items():
     prefix = f"splits.{split}"
@@ -251,8 +274,8 @@ def read_metadata(data_dir: str) -> dict[str, Any]:
     needs_image = info["kind"] in ("paired", "image")
     _check(not needs_text or meta["text_tokenizer"] is not None, path, "text_tokenizer",
            f"is null but split {split!r} has text")
-    _check(not needs_image or meta["image_tokenizer"] is not None, path, "image_tokenizer",
-           f"is null but split {split!r} has images")
+    _check(not needs_image or meta["image_tokenizer"] is not None or meta["pixels"] is not None,
+           path, "image_tokenizer", f"is null (and no pixels) but split {split!r} has images")
   return meta
 
 

@@ -2,7 +2,12 @@
 
   upgen tokenize --source DIR|tfds:NAME --out OUT --text-tokenizer PATH \
       --image-tokenizer WORKDIR [--splits train,val,test] [--num-shards N] \
-      [--val-fraction 0.05] [--kind paired|image|text] [--batch-size 64]
+      [--val-fraction 0.05] [--kind paired|image|text] [--batch-size 64] \
+      [--pixels [--image-size S]]
+
+--pixels also stores each resized, center-cropped image as PNG bytes in its record (the
+families that work in pixels read them); --image-tokenizer is then optional (records
+without image tokens), and --image-size gives the size when there is none.
 
 DIR either has one sub-folder per split (DIR/train/captions.jsonl, ...; by default every
 one of train, val, test that exists is tokenized) or is a single folder
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import io
 import math
 import os
 import sys
@@ -26,6 +32,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import tqdm
+from PIL import Image
 
 from upgen import errors
 from upgen.data import records
@@ -42,8 +49,15 @@ def _check_ids(ids: np.ndarray, limit: int, what: str, example_id: str) -> None:
         f"{what} returned id {bad} outside [0, {limit}) for example {example_id!r}")
 
 
+def png_bytes(image_HxWx3: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(np.asarray(image_HxWx3, np.uint8)).save(buf, format="PNG")
+  return buf.getvalue()
+
+
 def _tokenized(source: Any, kind: str, text_tokenizer: Any, image_tokenizer: Any,
-               batch_size: int, progress: bool, desc: str) -> Iterator[dict[str, Any]]:
+               batch_size: int, progress: bool, desc: str,
+               pixels: bool = False) -> Iterator[dict[str, Any]]:
   """Yields record dicts for every example of `source`, tokenizing `batch_size` at a time."""
   with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, \
       tqdm.tqdm(total=len(source), desc=desc, disable=not progress, unit="ex") as bar:
@@ -55,7 +69,10 @@ def _tokenized(source: Any, kind: str, text_tokenizer: Any, image_tokenizer: Any
         examples = list(pool.map(source.__getitem__, indices))
       image_tokens = [None] * len(examples)
       text_tokens = [None] * len(examples)
-      if kind != "text":
+      pngs = [None] * len(examples)
+      if kind != "text" and pixels:
+        pngs = list(pool.map(png_bytes, [e["image"] for e in examples]))
+      if kind != "text" and image_tokenizer is not None:
         images_BxHxWx3 = np.stack([e["image"] for e in examples])
         tokens_Bxhxw = np.asarray(image_tokenizer.encode(images_BxHxWx3))
         want = (len(examples), *tuple(image_tokenizer.grid))
@@ -66,7 +83,7 @@ def _tokenized(source: Any, kind: str, text_tokenizer: Any, image_tokenizer: Any
       if kind != "image":
         text_tokens = [np.asarray(t, np.int64) for t in
                        text_tokenizer.encode_batch([e["caption"] for e in examples])]
-      for example, image_ids, text_ids in zip(examples, image_tokens, text_tokens):
+      for example, image_ids, text_ids, png in zip(examples, image_tokens, text_tokens, pngs):
         if image_ids is not None:
           _check_ids(image_ids, image_tokenizer.codebook_size, "image tokenizer", example["id"])
         if text_ids is not None:
@@ -75,7 +92,7 @@ def _tokenized(source: Any, kind: str, text_tokenizer: Any, image_tokenizer: Any
             raise errors.DataError(
                 f"text tokenizer returned no tokens for example {example['id']!r} "
                 f"(caption {example['caption']!r})")
-        yield {"image_tokens": image_ids, "text_tokens": text_ids,
+        yield {"image_tokens": image_ids, "text_tokens": text_ids, "image_png": png,
                "caption": example["caption"], "id": example["id"]}
       bar.update(len(examples))
 
@@ -83,21 +100,29 @@ def _tokenized(source: Any, kind: str, text_tokenizer: Any, image_tokenizer: Any
 def tokenize_split(source: Any, out_dir: str, split: str, text_tokenizer: Any,
                    image_tokenizer: Any, num_shards: Optional[int] = None, batch_size: int = 64,
                    *, kind: str = "paired", replace_metadata: bool = False,
-                   progress: bool = False) -> dict[str, Any]:
+                   progress: bool = False, pixels: bool = False) -> dict[str, Any]:
   """Tokenizes every example of `source` into out_dir/{split}-*.tfrecord; updates metadata.json.
 
   kind "paired" stores image and text tokens, "image" only image tokens (text_tokenizer may
   be None), "text" only text tokens (image_tokenizer may be None; pixels are never read).
-  num_shards None = one shard per RECORDS_PER_SHARD examples. Returns the split's metadata.
+  `pixels` adds each image as PNG bytes (the source's size; image_tokenizer may then be
+  None). num_shards None = one shard per RECORDS_PER_SHARD examples. Returns the split's
+  metadata.
   """
   if kind not in records.KINDS:
     raise errors.DataError(f"kind must be one of {records.KINDS}, got {kind!r}")
-  if kind != "text" and image_tokenizer is None:
-    raise errors.DataError(f"kind {kind!r} needs an image tokenizer")
+  if kind != "text" and image_tokenizer is None and not pixels:
+    raise errors.DataError(f"kind {kind!r} needs an image tokenizer (or --pixels)")
   if kind != "image" and text_tokenizer is None:
     raise errors.DataError(f"kind {kind!r} needs a text tokenizer")
   image_size = getattr(source, "image_size", None)
-  if kind != "text" and image_size is not None and image_size != image_tokenizer.image_size:
+  pixel_info = None
+  if pixels and kind != "text":
+    if not image_size:
+      raise errors.DataError(f"source {source!r} has no image size to store pixels at")
+    pixel_info = {"image_size": int(image_size), "format": "png"}
+  if (kind != "text" and image_tokenizer is not None and image_size is not None
+      and image_size != image_tokenizer.image_size):
     raise errors.DataError(
         f"source {source!r} yields {image_size}px images but the image tokenizer "
         f"{image_tokenizer.path} expects {image_tokenizer.image_size}px")
@@ -106,23 +131,27 @@ def tokenize_split(source: Any, out_dir: str, split: str, text_tokenizer: Any,
     text_info = records.text_tokenizer_info(text_tokenizer)
   if image_tokenizer is not None:
     image_info = records.image_tokenizer_info(image_tokenizer)
-  records.compatible_splits(out_dir, split, text_info, image_info, replace_metadata)
+  records.compatible_splits(out_dir, split, text_info, image_info, replace_metadata,
+                            pixel_info)
   num_shards = num_shards or max(1, math.ceil(len(source) / RECORDS_PER_SHARD))
   examples = _tokenized(source, kind, text_tokenizer, image_tokenizer, batch_size, progress,
-                        desc=f"tokenize {split}")
+                        desc=f"tokenize {split}", pixels=pixel_info is not None)
   info = records.write_split(out_dir, split, examples, num_shards, kind=kind)
-  records.update_metadata(out_dir, split, info, text_info, image_info, replace=replace_metadata)
+  records.update_metadata(out_dir, split, info, text_info, image_info, replace=replace_metadata,
+                          pixels=pixel_info)
   return info
 
 
 def tokenize_folder(split_sources: Mapping[str, Any], out_dir: str, text_tokenizer: Any,
                     image_tokenizer: Any, num_shards: Optional[int] = None, batch_size: int = 64,
-                    *, kind: str = "paired", progress: bool = False) -> dict[str, Any]:
+                    *, kind: str = "paired", progress: bool = False,
+                    pixels: bool = False) -> dict[str, Any]:
   """tokenize_split for every {split: source}; a fresh metadata.json (an older one made with
   other tokenizers is replaced). Returns the final metadata."""
   for i, (split, source) in enumerate(split_sources.items()):
     tokenize_split(source, out_dir, split, text_tokenizer, image_tokenizer, num_shards,
-                   batch_size, kind=kind, replace_metadata=(i == 0), progress=progress)
+                   batch_size, kind=kind, replace_metadata=(i == 0), progress=progress,
+                   pixels=pixels)
   return records.read_metadata(out_dir)
 
 
@@ -195,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--tfds-image-key", default="image")
   p.add_argument("--tfds-caption-key", default="caption")
   p.add_argument("--tfds-data-dir", default=None)
+  p.add_argument("--pixels", action="store_true",
+                 help="also store each image as PNG bytes (families that work in pixels)")
+  p.add_argument("--image-size", type=int, default=None,
+                 help="with --pixels and no --image-tokenizer: pixels per side")
   return p
 
 
@@ -207,18 +240,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       raise SystemExit(f"upgen tokenize: --text-tokenizer is required for --kind {args.kind}")
     from upgen.tokenizers import text  # pylint: disable=g-import-not-at-top
     text_tokenizer = text.load(args.text_tokenizer)
-  if args.kind != "text":
+  if args.kind != "text" and (args.image_tokenizer or not args.pixels):
     if not args.image_tokenizer:
-      raise SystemExit(f"upgen tokenize: --image-tokenizer is required for --kind {args.kind}")
+      raise SystemExit(f"upgen tokenize: --image-tokenizer (or --pixels) is required for "
+                       f"--kind {args.kind}")
     from upgen.tokenizers import image  # pylint: disable=g-import-not-at-top
     image_tokenizer = image.load(args.image_tokenizer)
-  image_size = image_tokenizer.image_size if image_tokenizer is not None else None
+  image_size = image_tokenizer.image_size if image_tokenizer is not None else args.image_size
+  if args.kind != "text" and args.pixels and not image_size:
+    raise SystemExit("upgen tokenize: --pixels without --image-tokenizer needs --image-size")
+  if image_tokenizer is not None and args.image_size and args.image_size != image_size:
+    raise SystemExit(f"upgen tokenize: --image-size {args.image_size} differs from the image "
+                     f"tokenizer's {image_size}")
   split_sources = resolve_sources(args.source, _parse_splits(args.splits), image_size,
                                   args.val_fraction, args.kind,
                                   (args.tfds_image_key, args.tfds_caption_key), args.tfds_data_dir)
   meta = tokenize_folder(split_sources, args.out, text_tokenizer, image_tokenizer,
                          args.num_shards, args.batch_size, kind=args.kind,
-                         progress=sys.stderr.isatty())
+                         progress=sys.stderr.isatty(), pixels=args.pixels)
   for split in split_sources:
     info = meta["splits"][split]
     print(f"{split}: {sum(info['records_per_shard'])} {info['kind']} records in "
