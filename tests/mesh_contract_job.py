@@ -66,11 +66,12 @@ def main(out: str) -> dict:
   data = os.path.join(out, "data")
   tokenize.tokenize_folder({s: sources.ImageFolderSource(os.path.join(images, s), 16)
                             for s in ("train", "val")}, data, text,
-                           image_tok.load(tokenizer_run))
+                           image_tok.load(tokenizer_run), pixels=True)
   image_path = sources.read_captions(os.path.join(images, "val"))[0]["image"]
   prompts = ["a small red circle on the left", "a blue square above a green triangle"]
   for case in test_families.CASES:
-    if families.get_family(case.partition(":")[0]).reads is not readers.TOKEN_RECORDS:
+    if families.get_family(case.partition(":")[0]).reads not in (readers.TOKEN_RECORDS,
+                                                                 readers.PIXEL_RECORDS):
       continue
     workdir = os.path.join(out, case.replace(":", "-"))
     results[case] = _train(case, data, workdir)

@@ -177,3 +177,37 @@ def test_quickstart_train_and_sample_contract(tmp_path):
                         "0,0,16,40", "--out", str(tmp_path / "bad")], cwd=ROOT,
                        capture_output=True, text=True)
   assert bad.returncode != 0 and "--region 0,0,16,40: need 0 <= X0 < X1 <= 32" in bad.stderr
+
+  # A CLIP scorer on the quickstart's pixel records; best-of-N reranking by it, and
+  # `upgen eval clip-score` agreeing with the scores the manifest recorded.
+  scorer = tmp_path / "clip"
+  _upgen("train", "--config", "configs/clip.py:tiny", "--workdir", scorer,
+         f"--config.data.dir={w / 'data'}", "--config.train.steps=3", "--config.data.batch_size=16",
+         "--config.model.num_layers=1", "--config.model.emb_dim=32", "--config.model.num_heads=2",
+         "--config.model.mlp_dim=64", "--config.model.vision_layers=1",
+         "--config.model.vision_width=32", "--config.model.vision_heads=2",
+         "--config.model.vision_mlp_dim=64", "--config.model.embed_dim=16")
+  assert "acc_image_to_text" in _jsonl(scorer / "metrics.jsonl")[0]
+  _upgen("sample", "--workdir", r, "--prompts", prompts, "--per-prompt", 3, "--out",
+         tmp_path / "all3", "--seed", 7)
+  _upgen("sample", "--workdir", r, "--prompts", prompts, "--per-prompt", 1, "--candidates", 3,
+         "--scorer", scorer, "--out", tmp_path / "best", "--seed", 7)
+  best = _jsonl(tmp_path / "best" / "manifest.jsonl")
+  assert len(best) == 2 and all(m["candidates"] == 3 for m in best)
+  scored = json.loads(_upgen("eval", "clip-score", "--scorer", scorer, "--manifest",
+                             tmp_path / "all3" / "manifest.jsonl", "--retrieval", 16
+                             ).stdout.strip().splitlines()[-1])
+  assert scored["num"] == 6 and 0 <= scored["clip_score"] <= 100
+  assert scored["scorer_retrieval"]["pairs"] == 16
+  per_sample = [s["clip_score"] for s in _jsonl(scored["scores"])]
+  for p, m in enumerate(best):  # The kept sample is the best of the same three draws.
+    assert m["clip_score"] == pytest.approx(max(per_sample[3 * p:3 * p + 3]), abs=1e-3)
+  assert cli_error("sample", "--workdir", r, "--prompts", prompts, "--candidates", 3,
+                   "--out", tmp_path / "bad") == "--candidates N (> 1) and --scorer RUN go together"
+
+
+def cli_error(*args):
+  bad = subprocess.run([sys.executable, "-m", "upgen.cli", *map(str, args)], cwd=ROOT,
+                       capture_output=True, text=True)
+  assert bad.returncode == 2, bad.stderr
+  return bad.stderr.strip().splitlines()[-1].split("error: ", 1)[-1]

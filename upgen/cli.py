@@ -9,6 +9,7 @@
   upgen tokenizer text --captions DIR --vocab-size N --out DIR
   upgen tokenize --source DIR --out DIR --text-tokenizer DIR --image-tokenizer RUN_DIR
   upgen eval text-ppl --workdir W_OR_INIT --text FILE
+  upgen eval clip-score --scorer CLIP_RUN --manifest SAMPLES/manifest.jsonl
   upgen import hf --from HF_DIR --family bart|dalle --out INIT
   upgen export hf --workdir W --out HF_DIR
   upgen align --workdir INIT --data RECORDS
@@ -37,6 +38,7 @@ COMMANDS = {
     ("eval", "nll"): "upgen.likelihood",
     ("eval", "captions"): "upgen.caption_eval",
     ("eval", "text-ppl"): "upgen.text_ppl",
+    ("eval", "clip-score"): "upgen.scorer",
     ("import", "hf"): "upgen.hf_import",
     ("align",): "upgen.align",
     ("export", "hf"): "upgen.hf_export",

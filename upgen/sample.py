@@ -4,6 +4,7 @@
   upgen sample --workdir R --unconditional N --out DIR
   upgen sample --workdir R --prompts prompts.txt --inpaint IMAGE --region X0,Y0,X1,Y1 --out DIR
   upgen sample --workdir R --captions-for IMAGES_DIR --out DIR
+  upgen sample ... --candidates N --scorer CLIP_RUN   (best of N per sample, by CLIP score)
   ... [--config.sample.KEY=VALUE ...]    (e.g. temperature, guidance_scale: the run's own
                                           config.sample otherwise)
 
@@ -208,11 +209,25 @@ def caption_images(run: Run, images: np.ndarray, *, seed: int = 0, batch_size: i
   return [run.text_tokenizer.decode([int(t) for t in row]) for row in ids]
 
 
+def rerank(scorer: Any, prompts: list[str], per_prompt: int, candidates: int,
+           images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Best of each `candidates` consecutive images by the scorer's CLIP score with their
+  prompt: images [P * K * N] prompt-major -> (images [P * K], scores [P * K])."""
+  from upgen import scorer as scorer_lib
+  p, k, n = len(prompts), per_prompt, candidates
+  scores = scorer_lib.clip_score(scorer.cosine(
+      images, [q for q in prompts for _ in range(k * n)])).reshape(p * k, n)
+  best = np.argmax(scores, axis=1)
+  rows = np.arange(p * k) * n + best
+  return images[rows], scores[np.arange(p * k), best]
+
+
 def write_samples(out_dir: str, prompts: list[str], per_prompt: int, images: np.ndarray,
-                  extra: Optional[dict] = None, seen: Optional[list[str]] = None) -> str:
+                  extra: Optional[dict] = None, seen: Optional[list[str]] = None,
+                  per_sample: Optional[list[dict]] = None) -> str:
   """PNGs, manifest.jsonl and grid.png; returns the manifest path. `extra` goes into every
-  manifest line; `seen[p]`, the text the model read for prompt p (`read_as`), as
-  "model_read"."""
+  manifest line, `per_sample[i]` into sample i's; `seen[p]`, the text the model read for
+  prompt p (`read_as`), as "model_read"."""
   os.makedirs(out_dir, exist_ok=True)
   grid, cells = writers.sample_grid(images, per_prompt)
   manifest = os.path.join(out_dir, "manifest.jsonl")
@@ -222,7 +237,8 @@ def write_samples(out_dir: str, prompts: list[str], per_prompt: int, images: np.
       name = f"{p:05d}_{k:02d}.png"
       Image.fromarray(np.asarray(image, np.uint8)).save(os.path.join(out_dir, name))
       line = {"prompt": prompts[p], "image": name, "prompt_index": p, "sample_index": k,
-              "grid_row": row, "grid_col": col, **(extra or {})}
+              "grid_row": row, "grid_col": col, **(extra or {}),
+              **(per_sample[i] if per_sample else {})}
       if seen is not None:
         line["model_read"] = seen[p]
       f.write(json.dumps(line) + "\n")
@@ -274,6 +290,9 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--out", required=True)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--batch-size", type=int, default=64)
+  parser.add_argument("--candidates", type=int, default=1,
+                      help="Draw N candidates per sample and keep the best by --scorer.")
+  parser.add_argument("--scorer", help="A clip run (configs/clip.py) that ranks candidates.")
   args, rest = parser.parse_known_args(argv)
   unknown = [a for a in rest if not a.startswith("--config.sample.")]
   if unknown:
@@ -284,21 +303,36 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.error("give --prompts FILE, --unconditional N and/or --captions-for IMAGES")
   if bool(args.inpaint) != bool(args.region) or (args.inpaint and not args.prompts):
     parser.error("--inpaint IMAGE needs --region X0,Y0,X1,Y1 and --prompts FILE")
+  if args.candidates < 1 or (args.candidates > 1) != bool(args.scorer):
+    parser.error("--candidates N (> 1) and --scorer RUN go together")
+  scorer = None
+  if args.scorer:
+    from upgen import scorer as scorer_lib
+    scorer = scorer_lib.load(args.scorer)
   run = with_sample_settings(load_run(args.workdir), rest)
   k = args.per_prompt or run.setup.sample.per_prompt
+  n = args.candidates
+
+  def kept(images: np.ndarray) -> tuple[np.ndarray, Optional[list[dict]]]:
+    if scorer is None:
+      return images, None
+    images, scores = rerank(scorer, prompts, k, n, images)
+    return images, [{"clip_score": float(x), "candidates": n} for x in scores]
+
   prompts = read_prompts(args.prompts) if args.prompts else []
   seen = read_as(run, prompts)
   if args.prompts and args.inpaint:
-    images = inpaint_images(run, prompts, k, args.inpaint, args.region, seed=args.seed,
-                            batch_size=args.batch_size)
+    images, scores = kept(inpaint_images(run, prompts, k * n, args.inpaint, args.region,
+                                         seed=args.seed, batch_size=args.batch_size))
     manifest = write_samples(args.out, prompts, k, images, {
-        "inpaint": os.path.abspath(args.inpaint), "region": list(args.region)}, seen)
+        "inpaint": os.path.abspath(args.inpaint), "region": list(args.region)}, seen, scores)
     print(f"upgen sample: {len(images)} inpainted images -> {manifest}")
   elif args.prompts:
-    images = generate_images(run, prompts, k, seed=args.seed, batch_size=args.batch_size)
+    images, scores = kept(generate_images(run, prompts, k * n, seed=args.seed,
+                                          batch_size=args.batch_size))
     manifest = write_samples(args.out, prompts, k, images,
                              {"settings": dataclasses.asdict(run.setup.sample)}
-                             if rest else None, seen=seen)
+                             if rest else None, seen=seen, per_sample=scores)
     print(f"upgen sample: {len(images)} images -> {manifest}")
   if args.unconditional:
     images = unconditional_images(run, args.unconditional, seed=args.seed,

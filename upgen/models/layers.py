@@ -35,6 +35,7 @@ REMAT_POLICIES: dict[str, Optional[Callable[..., Any]]] = {
 ACTIVATIONS = {
     "gelu_tanh": functools.partial(nn.gelu, approximate=True),  # GPT-2's "gelu_new".
     "gelu": functools.partial(nn.gelu, approximate=False),  # erf: BERT's and BART's "gelu".
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # OpenAI CLIP's.
 }
 # Vocabulary-sized tables are padded to this multiple so "vocab" shards evenly over "tensor".
 VOCAB_PAD_MULTIPLE = 128

@@ -1,0 +1,65 @@
+"""CLIP: a contrastive image-text scorer on pixel records (`upgen tokenize --pixels`).
+
+  upgen train --config configs/clip.py:tiny --workdir /tmp/clip \
+      --config.data.dir=/tmp/qs/data
+  upgen eval clip-score --scorer /tmp/clip --manifest SAMPLES/manifest.jsonl
+
+Variants: tiny (CPU, 32 px shapes: 4 x 4 patches, 4 + 4 layers x 128), base (OpenAI's
+ViT-B/16 at 224 px: vision 12 x 768, text 12 x 512, joint space 512). The text tower's
+fields are num_layers / emb_dim / num_heads / mlp_dim; the image tower's vision_*.
+"""
+import ml_collections
+
+from configs import common
+
+SIZES = {
+    # name: text (num_layers, emb_dim, num_heads, mlp_dim)
+    "tiny": (4, 128, 4, 512),
+    "base": (12, 512, 8, 2048),
+}
+VISION = {
+    # name: (patch_size, layers, width, heads, mlp_dim, embed_dim)
+    "tiny": (4, 4, 128, 4, 512, 128),
+    "base": (16, 12, 768, 12, 3072, 512),
+}
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+  c = common.base_config()
+  common.transformer_model(c, "clip", arg, SIZES)
+  (c.model.patch_size,  # Pixels per side of a ViT patch.
+   c.model.vision_layers,  # Image tower blocks.
+   c.model.vision_width,  # Image tower width.
+   c.model.vision_heads,  # Image tower attention heads.
+   c.model.vision_mlp_dim,  # Image tower MLP width.
+   c.model.embed_dim) = VISION[arg]  # Joint image-text space.
+  c.model.max_positions = 0  # Text position rows (CLIP: 77; 0: the captions' length).
+  # The image size, vocabulary and caption length come from the records (data_spec.json).
+
+  c.loss.max_scale = 100.0  # Cap on the learned temperature exp(logit_scale) (CLIP's).
+
+  common.token_records(c, text_dropout=0.0)
+  # Every example is a pair: modality dropout would only remove positives.
+  if arg == "tiny":
+    c.data.batch_size = 128  # Negatives per example: the batch.
+    c.data.text_seq_len = 12
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 100
+    c.optim.weight_decay = 0.1
+    c.train.steps = 2000
+    c.train.log_every = 25
+    c.train.checkpoint_every = 500
+  else:
+    c.data.batch_size = 32_768  # CLIP's.
+    c.data.text_seq_len = 76
+    c.model.max_positions = 77
+    c.model.dtype = "bfloat16"
+    c.optim.lr = 5e-4
+    c.optim.b2 = 0.98
+    c.optim.eps = 1e-6
+    c.optim.weight_decay = 0.2
+    c.optim.warmup_steps = 2000
+    c.train.steps = 100_000
+    c.train.log_every = 100
+    c.train.checkpoint_every = 2000
+  return c

@@ -1,0 +1,82 @@
+"""The CLIP scorer family (upgen/models/clip.py): its loss is CLIP's symmetric contrastive
+cross-entropy over the batch, its caption features ignore padding and end at [EOS], and the
+learned temperature is capped."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from tests import token_data
+from upgen import families
+from upgen.data.spec import DataSpec
+from upgen.models import clip
+
+SPEC = DataSpec(text_vocab_size=20, text_pad_id=0, text_mask_id=1, text_bos_id=2,
+                text_eos_id=3, text_seq_len=6, image_size=16)
+
+
+def _setup(**model):
+  config = token_data.small_config("clip", 2)
+  config.model.update({**dict(patch_size=4, vision_layers=2, vision_width=32, vision_heads=2,
+                              vision_mlp_dim=64, embed_dim=16), **model})
+  return families.build(config, SPEC)
+
+
+def _batch(b=4, seed=0):
+  rng = np.random.default_rng(seed)
+  n = rng.integers(1, 7, b)
+  mask = np.arange(6)[None] < n[:, None]
+  return {"pixels": rng.integers(0, 256, (b, 16, 16, 3)).astype(np.uint8),
+          "text_tokens": np.where(mask, rng.integers(4, 20, (b, 6)), 0).astype(np.int32),
+          "text_mask": mask, "has_image": np.ones(b, bool), "has_text": np.ones(b, bool),
+          "image_tokens": np.zeros((b, 0), np.int32)}
+
+
+def test_loss_is_clips_symmetric_cross_entropy():
+  setup = _setup()
+  batch = _batch(5)
+  params = nn.unbox(clip.init_variables(setup.model, jax.random.key(0), batch)["params"])
+  params["logit_scale"] = jnp.asarray(np.log(20.0), jnp.float32)
+  loss, metrics = setup.loss_fn()(params, batch, jax.random.key(1), train=False, step=0)
+  image, text, _ = setup.model.apply({"params": params}, batch["pixels"],
+                                     batch["text_tokens"], batch["text_mask"])
+  image = np.asarray(image, np.float64)
+  text = np.asarray(text, np.float64)
+  image /= np.linalg.norm(image, axis=1, keepdims=True)
+  text /= np.linalg.norm(text, axis=1, keepdims=True)
+  logits = 20.0 * image @ text.T
+  ce = lambda l: np.mean(np.log(np.exp(l).sum(1)) - np.diag(l))
+  np.testing.assert_allclose(float(loss), (ce(logits) + ce(logits.T)) / 2, rtol=1e-5)
+  assert metrics["temperature"] == pytest.approx(20.0)
+  # Examples without a pair take no part: the loss is that of the others alone.
+  partial = dict(batch, has_text=np.array([True, True, True, False, True]))
+  keep = [0, 1, 2, 4]
+  sub = {k: (v[keep] if np.ndim(v) else v) for k, v in batch.items()}
+  np.testing.assert_allclose(
+      float(setup.loss_fn()(params, partial, jax.random.key(1), train=False, step=0)[0]),
+      float(setup.loss_fn()(params, sub, jax.random.key(1), train=False, step=0)[0]), rtol=1e-5)
+  # The temperature is capped at config.loss.max_scale.
+  params["logit_scale"] = jnp.asarray(10.0, jnp.float32)
+  _, metrics = setup.loss_fn()(params, batch, jax.random.key(1), train=False, step=0)
+  assert metrics["temperature"] == pytest.approx(100.0)
+
+
+def test_caption_features_end_at_eos_and_ignore_padding():
+  setup = _setup()
+  cfg = setup.model_config
+  batch = _batch(2)
+  params = nn.unbox(clip.init_variables(setup.model, jax.random.key(0), batch)["params"])
+  ids, valid = clip.text_inputs(np.array([[5, 6, 0, 0, 0, 0]]), np.array([[1, 1, 0, 0, 0, 0]],
+                                                                          bool), cfg)
+  assert np.asarray(ids).tolist() == [[5, 6, 3, 0, 0, 0, 0]]
+  assert np.asarray(valid).tolist() == [[True, True, True] + [False] * 4]
+  encode = lambda t, m: np.asarray(setup.model.apply({"params": params}, t, m,
+                                                     method=clip.Clip.encode_text))
+  a = encode(np.array([[5, 6, 0, 0, 0, 0]]), np.array([[1, 1, 0, 0, 0, 0]], bool))
+  b = encode(np.array([[5, 6, 9, 9, 9, 9]]), np.array([[1, 1, 0, 0, 0, 0]], bool))
+  np.testing.assert_allclose(a, b, atol=1e-6)  # Whatever the padding holds.
+  c = encode(np.array([[5, 7, 0, 0, 0, 0]]), np.array([[1, 1, 0, 0, 0, 0]], bool))
+  assert np.abs(a - c).max() > 1e-3  # A different caption, a different feature.
+  with pytest.raises(ValueError, match="patch_size=5 does not divide"):
+    _setup(patch_size=5)

@@ -1,0 +1,272 @@
+"""CLIP: a contrastive image-text scorer, trained by the same trainer on pixel records
+(`upgen tokenize --pixels`), used to score and rerank every family's samples.
+
+Architecture (OpenAI CLIP's, as transformers' FlaxCLIPModel computes it, so a pretrained
+CLIP can be imported later):
+- image tower, a ViT: patches of config.model.patch_size by a convolution without bias, a
+  learned class embedding in front, learned positions, a LayerNorm before the blocks
+  ("pre_layrnorm"), pre-LN blocks, a LayerNorm on the class token, a projection (no bias)
+  to config.model.embed_dim. Pixels are scaled to [0, 1] and normalized with CLIP's
+  per-channel mean and std.
+- text tower: token and learned position embeddings, causal pre-LN blocks (padding keys
+  masked), a final LayerNorm, the state at the last real token ([EOS] where the tokenizer
+  has one, which is appended), a projection (no bias).
+- blocks: LayerNorm epsilon 1e-5, quick_gelu MLP (x * sigmoid(1.702 x)).
+
+Loss: CLIP's symmetric cross-entropy over the global batch (image i's caption is text i;
+every other caption in the batch is a negative, whichever device holds it: the logits are
+one B x B matmul over the sharded batch, so the partitioner gathers the features), scaled
+by a learned temperature exp(logit_scale) (init 1/0.07, capped at 100). Examples without
+both an image and a caption take no part. Metrics: loss, image->text and text->image
+in-batch top-1 accuracy, the temperature.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+
+from upgen import errors
+from upgen import families
+from upgen import flops
+from upgen import schema
+from upgen.data import readers
+from upgen.data.spec import DataSpec
+from upgen.families import Batch, Family
+from upgen.models import layers
+
+# OpenAI CLIP's image normalization (transformers' CLIPImageProcessor).
+PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)
+PIXEL_STD = (0.26862954, 0.26130258, 0.27577711)
+MAX_SCALE = 100.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClipConfig(layers.TransformerConfig):
+  """config.model: the text tower in TransformerConfig's fields (num_layers, emb_dim, ...),
+  the image tower in vision_*, plus the sizes the data fixes."""
+  norm_eps: float = 1e-5
+  activation: str = "quick_gelu"
+  patch_size: int = 4
+  vision_layers: int = 4
+  vision_width: int = 128
+  vision_heads: int = 4
+  vision_mlp_dim: int = 512
+  embed_dim: int = 128  # The joint space both towers project to.
+  max_positions: int = 0  # Text position table rows (CLIP: 77; 0: the captions' length).
+  image_size: int
+  text_vocab_size: int
+  text_seq_len: int
+  text_pad_id: int
+  text_eos_id: int = -1  # Appended after the caption when the tokenizer has one.
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.image_size % self.patch_size:
+      raise errors.ConfigError(f"config.model.patch_size={self.patch_size} does not divide the "
+                               f"records' image size {self.image_size}")
+    if self.vision_width % self.vision_heads:
+      raise errors.ConfigError(f"config.model.vision_width={self.vision_width} is not "
+                               f"divisible by config.model.vision_heads={self.vision_heads}")
+    if self.max_positions and self.max_positions < self.text_len:
+      raise errors.ConfigError(f"config.model.max_positions={self.max_positions} < the "
+                               f"caption length {self.text_len}")
+
+  @property
+  def num_patches(self) -> int:
+    return (self.image_size // self.patch_size) ** 2
+
+  @property
+  def text_len(self) -> int:
+    return self.text_seq_len + (1 if self.text_eos_id >= 0 else 0)
+
+  def text_stack(self) -> layers.TransformerConfig:
+    return self.stack(causal=True, cross_attention=False, decode=False)
+
+  def vision_stack(self) -> layers.TransformerConfig:
+    return self.stack(num_layers=self.vision_layers, emb_dim=self.vision_width,
+                      num_heads=self.vision_heads, mlp_dim=self.vision_mlp_dim, causal=False,
+                      cross_attention=False, decode=False)
+
+
+def model_config(group: Any, spec: DataSpec) -> ClipConfig:
+  if not spec.image_size:
+    raise errors.DataError("the data carries no pixels: a CLIP scorer reads images "
+                           "(`upgen tokenize --pixels`)")
+  if not spec.text_vocab_size:
+    raise errors.DataError("the data has no text tokenizer: a CLIP scorer reads captions")
+  given = {"image_size": spec.image_size, "text_vocab_size": spec.text_vocab_size,
+           "text_seq_len": spec.text_seq_len, "text_pad_id": max(spec.text_pad_id, 0),
+           "text_eos_id": spec.text_eos_id if 0 <= spec.text_eos_id < spec.text_vocab_size
+           else -1}
+  return schema.parse(ClipConfig, group, "config.model", given=given,
+                      skip=families.MODEL_SELECTORS)
+
+
+def text_inputs(text_BxLt, valid_BxLt, cfg: ClipConfig) -> tuple[jax.Array, jax.Array]:
+  """(ids, valid) of the text tower: the caption, then [EOS] where there is one."""
+  ids = jnp.asarray(text_BxLt, jnp.int32)
+  valid = jnp.asarray(valid_BxLt, bool)
+  if cfg.text_eos_id < 0:
+    return ids, valid
+  n_B = jnp.sum(valid, axis=1)
+  ids = jnp.concatenate([jnp.where(valid, ids, cfg.text_pad_id),
+                         jnp.full((ids.shape[0], 1), cfg.text_pad_id, jnp.int32)], axis=1)
+  pos = jnp.arange(ids.shape[1])[None]
+  ids = jnp.where(pos == n_B[:, None], cfg.text_eos_id, ids)
+  return ids, pos <= n_B[:, None]
+
+
+class Clip(nn.Module):
+  config: ClipConfig
+
+  def setup(self):
+    cfg = self.config
+    v = cfg.vision_stack()
+    emb = lambda names: nn.with_logical_partitioning(layers.embed_init, names)
+    self.patch_embed = nn.Conv(
+        v.emb_dim, (cfg.patch_size, cfg.patch_size), strides=cfg.patch_size, use_bias=False,
+        dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        kernel_init=nn.with_logical_partitioning(layers.dense_init,
+                                                 (None, None, None, "embed")))
+    self.class_embed = self.param("class_embed", emb(("embed",)), (v.emb_dim,),
+                                  cfg.param_dtype)
+    self.vision_pos = self.param("vision_pos", emb((None, "embed")),
+                                 (cfg.num_patches + 1, v.emb_dim), cfg.param_dtype)
+    self.vision_pre_norm = layers.LayerNorm(cfg.dtype, cfg.param_dtype, cfg.norm_eps)
+    self.vision = layers.TransformerStack(v)
+    self.vision_post_norm = layers.LayerNorm(cfg.dtype, cfg.param_dtype, cfg.norm_eps)
+    self.vision_proj = nn.Dense(
+        cfg.embed_dim, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        kernel_init=nn.with_logical_partitioning(layers.dense_init, ("embed", "mlp")))
+    self.text_embed = layers.Embed(layers.pad_vocab(cfg.text_vocab_size), cfg.emb_dim,
+                                   dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    self.text_pos = self.param("text_pos", emb((None, "embed")),
+                               (cfg.max_positions or cfg.text_len, cfg.emb_dim),
+                               cfg.param_dtype)
+    self.text = layers.TransformerStack(cfg.text_stack())
+    self.text_norm = layers.LayerNorm(cfg.dtype, cfg.param_dtype, cfg.norm_eps)
+    self.text_proj = nn.Dense(
+        cfg.embed_dim, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        kernel_init=nn.with_logical_partitioning(layers.dense_init, ("embed", "mlp")))
+    self.logit_scale = self.param("logit_scale", nn.initializers.constant(np.log(1 / 0.07)),
+                                  (), jnp.float32)
+
+  def encode_image(self, pixels_BxSxSx3: jax.Array, *, train: bool = False) -> jax.Array:
+    """uint8 images -> projected features BxD (not normalized)."""
+    cfg = self.config
+    x = jnp.asarray(pixels_BxSxSx3, jnp.float32) / 255.0
+    x = ((x - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)).astype(cfg.dtype)
+    patches_BxPxE = self.patch_embed(x).reshape(x.shape[0], cfg.num_patches, -1)
+    cls_Bx1xE = jnp.broadcast_to(jnp.asarray(self.class_embed, cfg.dtype),
+                                 (x.shape[0], 1, patches_BxPxE.shape[-1]))
+    h = jnp.concatenate([cls_Bx1xE, patches_BxPxE], axis=1)
+    h = self.vision_pre_norm(h + jnp.asarray(self.vision_pos, cfg.dtype)[None])
+    h = nn.with_logical_constraint(h, ("batch", "length", "embed"))
+    h = self.vision(h, deterministic=not train)
+    return self.vision_proj(self.vision_post_norm(h[:, 0])).astype(jnp.float32)
+
+  def encode_text(self, text_BxLt: jax.Array, valid_BxLt: jax.Array, *,
+                  train: bool = False) -> jax.Array:
+    """Caption ids (+ valid mask, as records give them) -> projected features BxD."""
+    cfg = self.config
+    ids, valid = text_inputs(text_BxLt, valid_BxLt, cfg)
+    h = self.text_embed(ids) + jnp.asarray(self.text_pos[:ids.shape[1]], cfg.dtype)[None]
+    h = self.text(h, layers.key_mask(valid | (jnp.arange(ids.shape[1])[None] == 0)),
+                  deterministic=not train)
+    h = self.text_norm(h)
+    last_B = jnp.maximum(jnp.sum(valid, axis=1) - 1, 0)
+    pooled = jnp.take_along_axis(h, last_B[:, None, None], axis=1)[:, 0]
+    return self.text_proj(pooled).astype(jnp.float32)
+
+  def __call__(self, pixels, text_BxLt, valid_BxLt, *, train: bool = False):
+    """(image features, text features, logit scale)."""
+    return (self.encode_image(pixels, train=train),
+            self.encode_text(text_BxLt, valid_BxLt, train=train), self.logit_scale)
+
+
+def normalize(x: jax.Array) -> jax.Array:
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipLoss:
+  """config.loss: CLIP's loss has no settings beyond the temperature cap."""
+  max_scale: float = MAX_SCALE
+
+  def __post_init__(self):
+    if self.max_scale <= 0:
+      raise errors.ConfigError(f"config.loss.max_scale={self.max_scale}: must be > 0")
+
+
+def loss_config(group: Any, model_cfg: ClipConfig) -> ClipLoss:
+  del model_cfg
+  return schema.parse(ClipLoss, group, "config.loss")
+
+
+def loss_fn(params, batch: Batch, rng: jax.Array, *, model: Clip, settings: ClipLoss,
+            train: bool, step=None):
+  """Symmetric contrastive cross-entropy over the global batch -> (loss, metrics)."""
+  del step
+  valid_BxLt = jnp.asarray(batch["text_mask"], bool)
+  image_BxD, text_BxD, scale = model.apply(
+      {"params": params}, batch["pixels"], batch["text_tokens"], valid_BxLt, train=train,
+      rngs={"dropout": rng})
+  pair_B = jnp.asarray(batch["has_image"], bool) & jnp.asarray(batch["has_text"], bool)
+  temperature = jnp.exp(jnp.minimum(scale, np.log(settings.max_scale)))
+  logits_BxB = temperature * normalize(image_BxD) @ normalize(text_BxD).T
+  logits_BxB = jnp.where(pair_B[None, :] & pair_B[:, None], logits_BxB, -1e9)
+  labels = jnp.arange(logits_BxB.shape[0])
+  n = jnp.maximum(jnp.sum(pair_B), 1).astype(jnp.float32)
+  mean = lambda x_B: jnp.sum(jnp.where(pair_B, x_B, 0.0)) / n
+  i2t = optax.softmax_cross_entropy_with_integer_labels(logits_BxB, labels)
+  t2i = optax.softmax_cross_entropy_with_integer_labels(logits_BxB.T, labels)
+  loss = (mean(i2t) + mean(t2i)) / 2
+  hits = lambda l: (jnp.argmax(l, axis=1) == labels).astype(jnp.float32)
+  return loss, dict(loss=loss, acc_image_to_text=mean(hits(logits_BxB)),
+                    acc_text_to_image=mean(hits(logits_BxB.T)), temperature=temperature,
+                    num_pairs=n)
+
+
+def init_variables(model: Clip, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+  return model.init({"params": rng}, jnp.asarray(batch["pixels"]),
+                    jnp.asarray(batch["text_tokens"], jnp.int32),
+                    jnp.asarray(batch["text_mask"], bool), train=False)
+
+
+def train_flops(c: ClipConfig) -> flops.FlopCount:
+  """Both towers (bidirectional ViT over the class token and the patches, causal text over
+  the caption), the patch embedding, the two projections; the B x B logits are left out
+  (2 x B x D per example: under 0.1% at these sizes)."""
+  v = c.vision_stack()
+  image = flops.Transformer(v.num_layers, v.emb_dim, v.mlp_dim, c.num_patches + 1,
+                            causal=False).train_flops()
+  text = flops.Transformer(c.num_layers, c.emb_dim, c.mlp_dim, c.text_len,
+                           causal=True).train_flops()
+  patch = 6.0 * c.num_patches * 3 * c.patch_size ** 2 * v.emb_dim
+  proj = 6.0 * (v.emb_dim + c.emb_dim) * c.embed_dim
+  return flops.FlopCount(
+      tuple((f"image {name}", f, formula) for name, f, formula in image.terms
+            if name != "output heads") +
+      tuple((f"text {name}", f, formula) for name, f, formula in text.terms
+            if name != "output heads") +
+      (("patch embed", patch, f"6 x {c.num_patches} patches x 3 x {c.patch_size}^2 x "
+        f"{v.emb_dim}"),
+       ("projections", proj, f"6 x ({v.emb_dim} + {c.emb_dim}) x {c.embed_dim}")))
+
+
+PARAM_GROUPS = {
+    "image": ("patch_embed", "class_embed", "vision_pos", "vision_pre_norm", "vision",
+              "vision_post_norm", "vision_proj"),
+    "text": ("text_embed", "text_pos", "text", "text_norm", "text_proj"),
+}
+
+FAMILY = Family(
+    name="clip", reads=readers.PIXEL_RECORDS, model_config=model_config,
+    loss_config=loss_config, make_model=Clip, init_variables=init_variables, loss_fn=loss_fn,
+    train_flops=train_flops, param_groups=PARAM_GROUPS)
