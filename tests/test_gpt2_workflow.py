@@ -108,3 +108,20 @@ def test_pretrain_export_import_align_adapt(tmp_path, capsys):
   with pytest.raises(errors.ConfigError, match="config.model.architecture='gpt2'"):
     from configs import dalle
     init_from.check_architecture(init_dir, dalle.get_config("tiny").model)
+
+
+def test_exported_upgen_bpe_loads_in_transformers_with_the_same_ids(tmp_path):
+  """A run trained on upgen's own BPE exports it as a tokenizer transformers loads."""
+  from transformers import AutoTokenizer
+  from upgen import hf_export
+  from upgen.tokenizers import text
+  lines = gpt2_data.lines(50, 3)
+  ours = text.train_bpe(lines, 120, str(tmp_path / "bpe"))
+  loaded = text.load(str(tmp_path / "bpe"))  # As the records' metadata path loads it.
+  out = tmp_path / "hf"
+  out.mkdir()
+  assert hf_export.write_tokenizer(loaded, str(out)) == ["tokenizer.json", "tokenizer_config.json"]
+  hf = AutoTokenizer.from_pretrained(str(out))
+  for line in lines[:5] + ["A Red Circle, far left!"]:
+    assert hf(line, add_special_tokens=False)["input_ids"] == ours.encode(line)
+  assert hf.pad_token_id == ours.pad_id and hf.mask_token_id == ours.mask_id

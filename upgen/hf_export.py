@@ -59,7 +59,7 @@ def write_tokenizer(tokenizer: Any, out: str) -> list[str]:
     for f in tokenizer._files:  # pylint: disable=protected-access
       shutil.copy(f, os.path.join(out, os.path.basename(f)))
     return names
-  shutil.copy(tokenizer.path, os.path.join(out, text.TOKENIZER_FILE))
+  shutil.copy(tokenizer._files[0], os.path.join(out, text.TOKENIZER_FILE))  # pylint: disable=protected-access
   specials = dict(zip(("pad_token", "mask_token", "unk_token", "bos_token", "eos_token"),
                       text.SPECIAL_TOKENS))
   with open(os.path.join(out, text.HF_CONFIG_FILE), "w") as f:
