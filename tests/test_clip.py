@@ -69,8 +69,8 @@ def test_caption_features_end_at_eos_and_ignore_padding():
   params = nn.unbox(clip.init_variables(setup.model, jax.random.key(0), batch)["params"])
   ids, valid = clip.text_inputs(np.array([[5, 6, 0, 0, 0, 0]]), np.array([[1, 1, 0, 0, 0, 0]],
                                                                           bool), cfg)
-  assert np.asarray(ids).tolist() == [[5, 6, 3, 0, 0, 0, 0]]
-  assert np.asarray(valid).tolist() == [[True, True, True] + [False] * 4]
+  assert np.asarray(ids).tolist() == [[2, 5, 6, 3, 0, 0, 0, 0]]  # [BOS] caption [EOS].
+  assert np.asarray(valid).tolist() == [[True] * 4 + [False] * 4]
   encode = lambda t, m: np.asarray(setup.model.apply({"params": params}, t, m,
                                                      method=clip.Clip.encode_text))
   a = encode(np.array([[5, 6, 0, 0, 0, 0]]), np.array([[1, 1, 0, 0, 0, 0]], bool))

@@ -47,7 +47,7 @@ def pytorch_layout(flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
       value = value.T
     elif parts[-1] in ("scale", "embedding"):
       parts[-1] = "weight"
-    out[".".join(parts)] = np.ascontiguousarray(value)
+    out[".".join(parts)] = np.array(value, order="C")  # (ascontiguousarray makes 0-d 1-d.)
   return out
 
 

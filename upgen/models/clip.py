@@ -8,9 +8,9 @@ CLIP can be imported later):
   ("pre_layrnorm"), pre-LN blocks, a LayerNorm on the class token, a projection (no bias)
   to config.model.embed_dim. Pixels are scaled to [0, 1] and normalized with CLIP's
   per-channel mean and std.
-- text tower: token and learned position embeddings, causal pre-LN blocks (padding keys
-  masked), a final LayerNorm, the state at the last real token ([EOS] where the tokenizer
-  has one, which is appended), a projection (no bias).
+- text tower: [BOS] caption [EOS] (each where the tokenizer has one), token and learned
+  position embeddings, causal pre-LN blocks (padding keys masked), a final LayerNorm, the
+  state at the last real token ([EOS]), a projection (no bias).
 - blocks: LayerNorm epsilon 1e-5, quick_gelu MLP (x * sigmoid(1.702 x)).
 
 Loss: CLIP's symmetric cross-entropy over the global batch (image i's caption is text i;
@@ -38,6 +38,7 @@ from upgen import schema
 from upgen.data import readers
 from upgen.data.spec import DataSpec
 from upgen.families import Batch, Family
+from upgen.models import clip_hf
 from upgen.models import layers
 
 # OpenAI CLIP's image normalization (transformers' CLIPImageProcessor).
@@ -63,7 +64,8 @@ class ClipConfig(layers.TransformerConfig):
   text_vocab_size: int
   text_seq_len: int
   text_pad_id: int
-  text_eos_id: int = -1  # Appended after the caption when the tokenizer has one.
+  text_bos_id: int = -1  # Put before the caption when the tokenizer has one (CLIP's
+  text_eos_id: int = -1  # <|startoftext|> ... <|endoftext|>), the EOS after it.
 
   def __post_init__(self):
     super().__post_init__()
@@ -83,7 +85,7 @@ class ClipConfig(layers.TransformerConfig):
 
   @property
   def text_len(self) -> int:
-    return self.text_seq_len + (1 if self.text_eos_id >= 0 else 0)
+    return self.text_seq_len + (self.text_bos_id >= 0) + (self.text_eos_id >= 0)
 
   def text_stack(self) -> layers.TransformerConfig:
     return self.stack(causal=True, cross_attention=False, decode=False)
@@ -100,26 +102,32 @@ def model_config(group: Any, spec: DataSpec) -> ClipConfig:
                            "(`upgen tokenize --pixels`)")
   if not spec.text_vocab_size:
     raise errors.DataError("the data has no text tokenizer: a CLIP scorer reads captions")
+  special = lambda i: i if 0 <= i < spec.text_vocab_size else -1
   given = {"image_size": spec.image_size, "text_vocab_size": spec.text_vocab_size,
            "text_seq_len": spec.text_seq_len, "text_pad_id": max(spec.text_pad_id, 0),
-           "text_eos_id": spec.text_eos_id if 0 <= spec.text_eos_id < spec.text_vocab_size
-           else -1}
+           "text_bos_id": special(spec.text_bos_id), "text_eos_id": special(spec.text_eos_id)}
   return schema.parse(ClipConfig, group, "config.model", given=given,
                       skip=families.MODEL_SELECTORS)
 
 
 def text_inputs(text_BxLt, valid_BxLt, cfg: ClipConfig) -> tuple[jax.Array, jax.Array]:
-  """(ids, valid) of the text tower: the caption, then [EOS] where there is one."""
+  """(ids, valid) of the text tower: [BOS] caption [EOS] (each where the tokenizer has
+  one), padded to cfg.text_len; the caption's valid tokens are taken as a prefix."""
   ids = jnp.asarray(text_BxLt, jnp.int32)
   valid = jnp.asarray(valid_BxLt, bool)
-  if cfg.text_eos_id < 0:
-    return ids, valid
+  b = ids.shape[0]
+  ids = jnp.where(valid, ids, cfg.text_pad_id)
   n_B = jnp.sum(valid, axis=1)
-  ids = jnp.concatenate([jnp.where(valid, ids, cfg.text_pad_id),
-                         jnp.full((ids.shape[0], 1), cfg.text_pad_id, jnp.int32)], axis=1)
-  pos = jnp.arange(ids.shape[1])[None]
-  ids = jnp.where(pos == n_B[:, None], cfg.text_eos_id, ids)
-  return ids, pos <= n_B[:, None]
+  if cfg.text_bos_id >= 0:
+    ids = jnp.concatenate([jnp.full((b, 1), cfg.text_bos_id, jnp.int32), ids], axis=1)
+    valid = jnp.concatenate([jnp.ones((b, 1), bool), valid], axis=1)
+    n_B = n_B + 1
+  if cfg.text_eos_id >= 0:
+    ids = jnp.concatenate([ids, jnp.full((b, 1), cfg.text_pad_id, jnp.int32)], axis=1)
+    pos = jnp.arange(ids.shape[1])[None]
+    ids = jnp.where(pos == n_B[:, None], cfg.text_eos_id, ids)
+    valid = pos <= n_B[:, None]
+  return ids, valid
 
 
 class Clip(nn.Module):
@@ -269,4 +277,4 @@ PARAM_GROUPS = {
 FAMILY = Family(
     name="clip", reads=readers.PIXEL_RECORDS, model_config=model_config,
     loss_config=loss_config, make_model=Clip, init_variables=init_variables, loss_fn=loss_fn,
-    train_flops=train_flops, param_groups=PARAM_GROUPS)
+    train_flops=train_flops, param_groups=PARAM_GROUPS, import_hf=clip_hf.import_hf)

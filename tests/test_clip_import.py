@@ -1,0 +1,86 @@
+"""`upgen import hf --family clip` against transformers' own CLIP (4.57): a tiny random
+FlaxCLIPModel built and saved here, as Flax msgpack and as PyTorch-layout safetensors,
+imported, gives transformers' image and text features within 1e-5 in float32 (captions of
+different lengths, padded, framed by <|startoftext|> ... <|endoftext|>)."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import linen as nn
+from safetensors.numpy import save_file
+
+from tests import token_data
+from upgen import cli
+from upgen import families
+from upgen import hf_export
+from upgen.data.spec import DataSpec
+from upgen.models import clip
+from upgen.train import init_from
+
+V, BOS, EOS, SIZE, LT = 50, 2, 3, 16, 6
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory):
+  from transformers import CLIPConfig, FlaxCLIPModel
+  config = CLIPConfig(
+      text_config=dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, max_position_embeddings=16, bos_token_id=BOS,
+                       eos_token_id=EOS, pad_token_id=0),
+      vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, image_size=SIZE, patch_size=4),
+      projection_dim=24)
+  model = FlaxCLIPModel(config, seed=0)
+  root = tmp_path_factory.mktemp("clip")
+  dirs = {"msgpack": root / "msgpack", "pt_safetensors": root / "pt"}
+  model.save_pretrained(dirs["msgpack"])
+  os.makedirs(dirs["pt_safetensors"])
+  (dirs["pt_safetensors"] / "config.json").write_text((dirs["msgpack"] / "config.json").read_text())
+  flat = {"/".join(str(k.key) for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_flatten_with_path(model.params)[0]}
+  conv = flat.pop("vision_model/embeddings/patch_embedding/kernel")  # (kh, kw, in, out)
+  pt = hf_export.pytorch_layout(flat)
+  pt["vision_model.embeddings.patch_embedding.weight"] = np.ascontiguousarray(
+      conv.transpose(3, 2, 0, 1))  # PyTorch's Conv2d: (out, in, kh, kw).
+  save_file(pt, str(dirs["pt_safetensors"] / "model.safetensors"), metadata={"format": "pt"})
+  return model, dirs
+
+
+@pytest.mark.parametrize("layout", ["msgpack", "pt_safetensors"])
+def test_imported_clip_gives_transformers_features(hf_dirs, layout, tmp_path):
+  hf_model, dirs = hf_dirs
+  init_dir = str(tmp_path / "init")
+  assert cli.main(["import", "hf", "--from", str(dirs[layout]), "--family", "clip",
+                   "--out", init_dir]) == 0
+  config = token_data.small_config("clip")
+  with open(os.path.join(init_dir, "import.json")) as f:
+    config.model.update(json.load(f)["model"])
+  config.model.update(dtype="float32", dropout_rate=0.0)
+  spec = DataSpec(text_vocab_size=V, text_pad_id=0, text_mask_id=-1, text_bos_id=BOS,
+                  text_eos_id=EOS, text_seq_len=LT, image_size=SIZE)
+  setup = families.build(config, spec)
+  fresh = nn.unbox(clip.init_variables(setup.model, jax.random.key(1),
+                                       setup.dummy_batch(1))["params"])
+  params = init_from.apply(fresh, init_dir)
+  rng = np.random.default_rng(0)
+  pixels = rng.integers(0, 256, (3, SIZE, SIZE, 3)).astype(np.uint8)
+  normalized = (pixels / 255.0 - np.asarray(clip.PIXEL_MEAN)) / np.asarray(clip.PIXEL_STD)
+  theirs = hf_model.get_image_features(pixel_values=normalized.transpose(0, 3, 1, 2))
+  ours = setup.model.apply({"params": params}, pixels, method=clip.Clip.encode_image)
+  np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-5)
+
+  lengths = [6, 3, 1]
+  valid = np.arange(LT)[None] < np.asarray(lengths)[:, None]
+  text = np.where(valid, rng.integers(4, V, (3, LT)), 0).astype(np.int32)
+  ours = setup.model.apply({"params": params}, text, valid, method=clip.Clip.encode_text)
+  ids = np.zeros((3, LT + 2), np.int32)
+  mask = np.zeros((3, LT + 2), np.int32)
+  for row, n in enumerate(lengths):  # CLIP's tokenizer: <|startoftext|> caption <|endoftext|>.
+    ids[row, :n + 2] = [BOS, *text[row, :n], EOS]
+    mask[row, :n + 2] = 1
+  theirs = hf_model.get_text_features(input_ids=ids, attention_mask=mask)
+  np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-5)
+  np.testing.assert_allclose(float(params["logit_scale"]),
+                             float(hf_model.params["logit_scale"]), rtol=1e-6)
