@@ -84,3 +84,43 @@ def test_imported_clip_gives_transformers_features(hf_dirs, layout, tmp_path):
   np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-5)
   np.testing.assert_allclose(float(params["logit_scale"]),
                              float(hf_model.params["logit_scale"]), rtol=1e-6)
+
+
+def test_an_imported_clip_scores_samples_as_transformers_does(tmp_path):
+  """A CLIP directory with its tokenizer, imported, is a scorer as it is: its cosines are
+  transformers' on the tokenizer's own framing of each caption."""
+  from tokenizers import ByteLevelBPETokenizer
+  from transformers import BartTokenizerFast, CLIPConfig, FlaxCLIPModel
+  from upgen import scorer as scorer_lib
+  captions = ["a small red circle on the left", "a blue square above a green triangle"]
+  bpe = ByteLevelBPETokenizer()
+  bpe.train_from_iterator(captions * 4, vocab_size=300, min_frequency=1,
+                          special_tokens=["<pad>", "<unk>", "<mask>", "<s>", "</s>"])
+  bpe.save_model(str(tmp_path))
+  tok = BartTokenizerFast(vocab_file=str(tmp_path / "vocab.json"),
+                          merges_file=str(tmp_path / "merges.txt"))  # <s> ... </s>: 3, 4.
+  # (An eos id of 2 would make transformers pool at the largest id: CLIP's legacy rule.)
+  config = CLIPConfig(
+      text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                       num_hidden_layers=1, num_attention_heads=4, max_position_embeddings=20,
+                       bos_token_id=3, eos_token_id=4, pad_token_id=0),
+      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, image_size=SIZE, patch_size=8),
+      projection_dim=16)
+  model = FlaxCLIPModel(config, seed=3)
+  hf_dir = tmp_path / "clip"
+  model.save_pretrained(hf_dir)
+  tok.save_pretrained(hf_dir)
+  init_dir = str(tmp_path / "init")
+  assert cli.main(["import", "hf", "--from", str(hf_dir), "--family", "clip", "--out",
+                   init_dir]) == 0
+  scorer = scorer_lib.Scorer(init_dir)
+  images = np.random.default_rng(1).integers(0, 256, (2, SIZE, SIZE, 3)).astype(np.uint8)
+  ours = scorer.cosine(images, captions)
+  normalized = (images / 255.0 - np.asarray(clip.PIXEL_MEAN)) / np.asarray(clip.PIXEL_STD)
+  image_f = np.asarray(model.get_image_features(pixel_values=normalized.transpose(0, 3, 1, 2)))
+  enc = tok(captions, padding=True, return_tensors="np")
+  text_f = np.asarray(model.get_text_features(input_ids=enc["input_ids"],
+                                              attention_mask=enc["attention_mask"]))
+  unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+  np.testing.assert_allclose(ours, np.sum(unit(image_f) * unit(text_f), 1), atol=1e-5)

@@ -44,6 +44,9 @@ class HFImport:
   model: dict[str, Any]
   params: dict[str, Any]  # Nested, numpy leaves, the family's own names and shapes.
   notes: list[str] = dataclasses.field(default_factory=list)
+  # Sizes the weights were made for that records decide in a run (e.g. a CLIP's image
+  # size), for using the import as it is (import.json "data").
+  data: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
@@ -163,6 +166,7 @@ def import_hf(directory: str, family_name: str, out: str) -> HFImport:
   save_params(os.path.join(out, PARAMS_DIR), result.params)
   with open(os.path.join(out, REPORT_FILE), "w") as f:
     json.dump({"source": source, "family": family_name, "model": result.model,
+               "data": result.data,
                "parameters": sorted(_flatten(result.params)), "notes": result.notes,
                "tokenizer": sorted(tokenizer_files)}, f, indent=1)
   return result

@@ -15,6 +15,7 @@ caption length, as in training.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -35,17 +36,23 @@ class Scorer:
     from upgen.data import records
     from upgen.tokenizers import text
     from upgen.train import checkpoint
+    from upgen.train import init_from
     self.workdir = workdir
-    self.config, self.setup, self.params = checkpoint.restore_params(workdir)
+    if init_from.is_import(workdir):  # A pretrained CLIP as imported, with its tokenizer.
+      self.config = None
+      self.setup, self.params, self.tokenizer = init_from.load_import(workdir, _import_spec)
+    else:
+      self.config, self.setup, self.params = checkpoint.restore_params(workdir)
+      meta = records.read_metadata(self.config.data.dir)
+      self.tokenizer = text.load(records.tokenizer_path(self.config.data.dir, meta,
+                                                        "text_tokenizer"))
     if self.setup.family.name != "clip":
-      raise errors.ConfigError(f"--scorer {workdir}: a run of family "
+      raise errors.ConfigError(f"--scorer {workdir}: a model of family "
                                f"{self.setup.family.name!r}; a scorer is a clip run "
-                               "(configs/clip.py)")
-    meta = records.read_metadata(self.config.data.dir)
-    self.tokenizer = text.load(records.tokenizer_path(self.config.data.dir, meta,
-                                                      "text_tokenizer"))
+                               "(configs/clip.py) or a CLIP import")
     self.image_size = self.setup.spec.image_size
-    model = self.setup.model
+    model = self.setup.model  # Scores are computed in float32 whatever the run trained in.
+    model = type(model)(dataclasses.replace(model.config, dtype=jnp.float32))
     self._image = jax.jit(lambda p, x: model.apply({"params": p}, x,
                                                    method=type(model).encode_image))
     self._text = jax.jit(lambda p, t, m: model.apply({"params": p}, t, m,
@@ -83,6 +90,9 @@ class Scorer:
 
   def retrieval(self, num: int = 256, split: str = "val") -> dict[str, float]:
     """In-batch top-1 retrieval over the first `num` pairs of the scorer's `split`."""
+    if self.config is None:
+      raise errors.ConfigError(f"--scorer {self.workdir} is an import, with no records of "
+                               "its own to measure retrieval on (--retrieval 0)")
     config = self.config.copy_and_resolve_references()
     config.data.batch_size = 1
     images, texts, masks = [], [], []
@@ -102,6 +112,18 @@ class Scorer:
     return {"pairs": len(sim),
             "image_to_text_top1": float(np.mean(np.argmax(sim, 1) == labels)),
             "text_to_image_top1": float(np.mean(np.argmax(sim, 0) == labels))}
+
+
+def _import_spec(model: Any, tok: Any, report: dict):
+  """An imported CLIP's sizes: captions of its context less [BOS] and [EOS], images of the
+  size it was trained at (import.json "data")."""
+  from upgen.data.spec import DataSpec
+  framed = (tok.bos_id is not None) + (tok.eos_id is not None)
+  return DataSpec(text_vocab_size=tok.vocab_size, text_pad_id=tok.pad_id,
+                  text_bos_id=-1 if tok.bos_id is None else tok.bos_id,
+                  text_eos_id=-1 if tok.eos_id is None else tok.eos_id,
+                  text_seq_len=int(model.max_positions) - framed,
+                  image_size=int(report["data"]["image_size"]))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -31,7 +31,6 @@ import numpy as np
 
 from upgen import errors
 from upgen import families
-from upgen import hf_import
 
 BUCKET = 32  # Batches are padded to a multiple of this many tokens (fewer compiles).
 
@@ -87,36 +86,22 @@ def perplexity(params: Any, setup: families.Setup, ids: Sequence[Sequence[int]],
           "lines": len(ids)}
 
 
-def _load_init(init_dir: str):
-  """An `upgen import hf` directory as (setup, params, tokenizer) over plain text."""
+def _text_spec(model: Any, tok: Any, report: dict):
+  """A language model over plain text of its whole context."""
   from upgen.data.spec import DataSpec
-  from upgen.tokenizers import text
-  from upgen.train import init_from
-  with open(os.path.join(init_dir, hf_import.REPORT_FILE)) as f:
-    family = families.get_family(json.load(f)["family"])
-  with open(os.path.join(init_dir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  tok_dir = os.path.join(init_dir, hf_import.TOKENIZER_DIR)
-  if not os.path.isdir(tok_dir):
-    raise errors.NotFound(f"{tok_dir}: not found; the imported directory had no tokenizer")
-  tok = text.load(tok_dir)
-  length = max(int(config.model.get("max_positions", 0)), 1)
-  spec = DataSpec(text_vocab_size=tok.vocab_size, text_pad_id=tok.pad_id,
-                  text_seq_len=length)
-  setup = families.build(config, spec, family)
-  from flax import linen as nn
-  fresh = nn.unbox(jax.jit(setup.family.init_variables, static_argnums=0)(
-      setup.model, jax.random.key(0), setup.dummy_batch(1))["params"])
-  return setup, init_from.apply(fresh, init_dir), tok
+  del report
+  return DataSpec(text_vocab_size=tok.vocab_size, text_pad_id=tok.pad_id,
+                  text_seq_len=max(int(model.get("max_positions", 0)), 1))
 
 
 def load(workdir: str):
   """(setup, params, text tokenizer) of a run directory or an import's INIT."""
-  if os.path.isfile(os.path.join(workdir, hf_import.REPORT_FILE)):
-    return _load_init(workdir)
   from upgen.data import records
   from upgen.tokenizers import text
   from upgen.train import checkpoint
+  from upgen.train import init_from
+  if init_from.is_import(workdir):
+    return init_from.load_import(workdir, _text_spec)
   config, setup, params = checkpoint.restore_params(workdir)
   meta = records.read_metadata(config.data.dir)
   tok = text.load(records.tokenizer_path(config.data.dir, meta, "text_tokenizer"))

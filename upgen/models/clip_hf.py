@@ -107,4 +107,5 @@ def import_hf(hf: Mapping[str, Any], weights: Mapping[str, np.ndarray],
   skipped = sorted(set(weights) - used)
   if skipped:
     notes.append(f"not used: {', '.join(skipped)}")
-  return hf_import.HFImport(model=model, params=params, notes=notes)
+  return hf_import.HFImport(model=model, params=params, notes=notes,
+                            data={"image_size": int(v.get("image_size", 224))})

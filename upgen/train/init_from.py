@@ -173,3 +173,29 @@ def apply(params: Any, init_dir: str, take: Optional[set[str]] = None,
            len(source), len(target), ", ".join(sorted({n.split("/")[0] for n in source})),
            ", ".join(cut) or "none", ", ".join(grown) or "none")
   return jax.tree_util.tree_unflatten(treedef, [out[name] for name in target])
+
+
+def is_import(directory: str) -> bool:
+  return os.path.isfile(os.path.join(directory, hf_import.REPORT_FILE))
+
+
+def load_import(init_dir: str, spec_for) -> tuple[Any, Any, Any]:
+  """An `upgen import hf` directory used as it is, without training: (setup, params, text
+  tokenizer), the model built by its family for the sizes records would give (e.g. plain
+  text of the model's context for a language
+  model; `spec_for(model, tokenizer, import.json)`) and filled with INIT's parameters."""
+  from flax import linen as nn
+  from upgen.tokenizers import text
+  with open(os.path.join(init_dir, hf_import.REPORT_FILE)) as f:
+    report = json.load(f)
+  family = families.get_family(report["family"])
+  with open(os.path.join(init_dir, checkpoint.CONFIG_FILE)) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  tok_dir = os.path.join(init_dir, hf_import.TOKENIZER_DIR)
+  if not os.path.isdir(tok_dir):
+    raise errors.NotFound(f"{tok_dir}: not found; the imported directory had no tokenizer")
+  tok = text.load(tok_dir)
+  setup = families.build(config, spec_for(config.model, tok, report), family)
+  fresh = nn.unbox(jax.jit(setup.family.init_variables, static_argnums=0)(
+      setup.model, jax.random.key(0), setup.dummy_batch(1))["params"])
+  return setup, apply(fresh, init_dir), tok
