@@ -202,6 +202,14 @@ def test_quickstart_train_and_sample_contract(tmp_path):
   per_sample = [s["clip_score"] for s in _jsonl(scored["scores"])]
   for p, m in enumerate(best):  # The kept sample is the best of the same three draws.
     assert m["clip_score"] == pytest.approx(max(per_sample[3 * p:3 * p + 3]), abs=1e-3)
+  # FID / KID in the scorer's feature space: a set against itself is 0, samples are not.
+  fid = lambda real, fake: json.loads(_upgen(
+      "eval", "fid", "--real", real, "--fake", fake, "--features", f"scorer:{scorer}",
+      "--kid-subsets", 5, "--kid-subset-size", 6).stdout.strip().splitlines()[-1])
+  same = fid(w / "shapes" / "val", w / "shapes" / "val")
+  assert same["num_real"] == same["num_fake"] == 64 and abs(same["fid"]) < 1e-3
+  apart = fid(w / "shapes" / "val" / "images", tmp_path / "all3" / "manifest.jsonl")
+  assert apart["num_fake"] == 6 and apart["fid"] > 1e-3 and np.isfinite(apart["kid"])
   assert cli_error("sample", "--workdir", r, "--prompts", prompts, "--candidates", 3,
                    "--out", tmp_path / "bad") == "--candidates N (> 1) and --scorer RUN go together"
 

@@ -10,6 +10,7 @@
   upgen tokenize --source DIR --out DIR --text-tokenizer DIR --image-tokenizer RUN_DIR
   upgen eval text-ppl --workdir W_OR_INIT --text FILE
   upgen eval clip-score --scorer CLIP_RUN --manifest SAMPLES/manifest.jsonl
+  upgen eval fid --real DIR --fake DIR_OR_MANIFEST --features scorer:CLIP_RUN
   upgen import hf --from HF_DIR --family bart|dalle --out INIT
   upgen export hf --workdir W --out HF_DIR
   upgen align --workdir INIT --data RECORDS
@@ -39,6 +40,7 @@ COMMANDS = {
     ("eval", "captions"): "upgen.caption_eval",
     ("eval", "text-ppl"): "upgen.text_ppl",
     ("eval", "clip-score"): "upgen.scorer",
+    ("eval", "fid"): "upgen.fid",
     ("import", "hf"): "upgen.hf_import",
     ("align",): "upgen.align",
     ("export", "hf"): "upgen.hf_export",
