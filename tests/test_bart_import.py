@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 from flax import linen as nn
-from safetensors.numpy import save_file
 
+from tests import hf_layouts
 from tests import token_data
 from upgen import cli
 from upgen import errors
@@ -37,24 +37,12 @@ def hf_dirs(tmp_path_factory):
                       scale_embedding=True, pad_token_id=0, bos_token_id=2, eos_token_id=3)
   model = FlaxBartModel(config, seed=0)
   root = tmp_path_factory.mktemp("hf")
-  dirs = {"msgpack": root / "msgpack", "flax_safetensors": root / "flax_st",
-          "pt_safetensors": root / "pt_st"}
-  model.save_pretrained(dirs["msgpack"])
-  model.save_pretrained(dirs["flax_safetensors"], safe_serialization=True)
-  os.makedirs(dirs["pt_safetensors"])
-  (dirs["pt_safetensors"] / "config.json").write_text((dirs["msgpack"] / "config.json").read_text())
-  pt = {}
-  for path, value in jax.tree_util.tree_flatten_with_path(model.params)[0]:
-    names = ["model"] + [str(k.key) for k in path]
-    value = np.asarray(value)
-    if names[-1] == "kernel":
-      names[-1], value = "weight", value.T
-    elif names[-1] in ("scale", "embedding"):
-      names[-1] = "weight"
-    pt[".".join(names)] = np.ascontiguousarray(value)
-  pt["model.encoder.embed_tokens.weight"] = pt["model.shared.weight"]
-  pt["final_logits_bias"] = np.zeros((1, V), np.float32)
-  save_file(pt, str(dirs["pt_safetensors"] / "model.safetensors"), metadata={"format": "pt"})
+
+  def tied(pt):
+    pt["model.encoder.embed_tokens.weight"] = pt["model.shared.weight"]
+    pt["final_logits_bias"] = np.zeros((1, V), np.float32)
+
+  dirs = hf_layouts.save(model, root, prefix="model/", extra=tied)
   return model, dirs
 
 

@@ -9,12 +9,11 @@ import jax
 import numpy as np
 import pytest
 from flax import linen as nn
-from safetensors.numpy import save_file
 
+from tests import hf_layouts
 from tests import token_data
 from upgen import cli
 from upgen import families
-from upgen import hf_export
 from upgen.data.spec import DataSpec
 from upgen.models import clip
 from upgen.train import init_from
@@ -34,17 +33,14 @@ def hf_dirs(tmp_path_factory):
       projection_dim=24)
   model = FlaxCLIPModel(config, seed=0)
   root = tmp_path_factory.mktemp("clip")
-  dirs = {"msgpack": root / "msgpack", "pt_safetensors": root / "pt"}
-  model.save_pretrained(dirs["msgpack"])
-  os.makedirs(dirs["pt_safetensors"])
-  (dirs["pt_safetensors"] / "config.json").write_text((dirs["msgpack"] / "config.json").read_text())
-  flat = {"/".join(str(k.key) for k in path): np.asarray(v)
-          for path, v in jax.tree_util.tree_flatten_with_path(model.params)[0]}
-  conv = flat.pop("vision_model/embeddings/patch_embedding/kernel")  # (kh, kw, in, out)
-  pt = hf_export.pytorch_layout(flat)
-  pt["vision_model.embeddings.patch_embedding.weight"] = np.ascontiguousarray(
-      conv.transpose(3, 2, 0, 1))  # PyTorch's Conv2d: (out, in, kh, kw).
-  save_file(pt, str(dirs["pt_safetensors"] / "model.safetensors"), metadata={"format": "pt"})
+
+  def conv(pt):  # PyTorch's Conv2d weight is (out, in, kh, kw); Flax's kernel (kh, kw, in, out).
+    kernel = hf_layouts.flat(model.params)["vision_model/embeddings/patch_embedding/kernel"]
+    del pt["vision_model.embeddings.patch_embedding.weight"]
+    pt["vision_model.embeddings.patch_embedding.weight"] = np.ascontiguousarray(
+        kernel.transpose(3, 2, 0, 1))
+
+  dirs = hf_layouts.save(model, root, extra=conv, layouts=("msgpack", "pt_safetensors"))
   return model, dirs
 
 

@@ -14,14 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
-from safetensors.numpy import save_file
 
 from tests import gpt2_data
+from tests import hf_layouts
 from tests import token_data
 from upgen import cli
 from upgen import errors
 from upgen import families
-from upgen import hf_export
 from upgen import text_ppl
 from upgen.data.spec import DataSpec
 from upgen.models import dalle
@@ -39,18 +38,9 @@ def gpt2(tmp_path_factory):
   root = tmp_path_factory.mktemp("gpt2")
   tok = gpt2_data.tokenizer(root / "tokenizer")
   model = gpt2_data.hf_model(tok, CTX, E)
-  dirs = {"msgpack": root / "msgpack", "flax_safetensors": root / "flax_st",
-          "pt_safetensors": root / "pt_st"}
-  model.save_pretrained(dirs["msgpack"])
-  model.save_pretrained(dirs["flax_safetensors"], safe_serialization=True)
-  os.makedirs(dirs["pt_safetensors"])
-  (dirs["pt_safetensors"] / "config.json").write_text((dirs["msgpack"] / "config.json").read_text())
-  # transformers' PyTorch names and layouts (it needs torch to write them itself): Conv1D
-  # weights (in, out), the transpose of the Flax kernels.
-  flat = {"/".join(str(k.key) for k in path): np.asarray(v)
-          for path, v in jax.tree_util.tree_flatten_with_path(model.params)[0]}
-  save_file(hf_export.pytorch_layout(flat), str(dirs["pt_safetensors"] / "model.safetensors"),
-            metadata={"format": "pt"})
+  # PyTorch's Conv1D weights are (in, out): the transpose of the Flax kernels, which
+  # hf_export.pytorch_layout writes.
+  dirs = hf_layouts.save(model, root)
   for d in dirs.values():
     tok.save_pretrained(d)
   return model, tok, dirs

@@ -49,6 +49,29 @@ class HFImport:
   data: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+class WeightReader:
+  """An import's weights by "a/b/c" name (`prefix` stripped where present), float32, with
+  what was read kept track of for the report."""
+
+  def __init__(self, weights: Mapping[str, Any], what: str, prefix: str = ""):
+    self.weights = {k[len(prefix):] if prefix and k.startswith(prefix) else k: v
+                    for k, v in weights.items()}
+    self.what, self.used = what, set()
+
+  def __contains__(self, name: str) -> bool:
+    return name in self.weights
+
+  def __call__(self, name: str) -> np.ndarray:
+    if name not in self.weights:
+      raise errors.DataError(f"the weights have no {name!r} (is this a {self.what} "
+                             "checkpoint?)")
+    self.used.add(name)
+    return np.asarray(self.weights[name], np.float32)
+
+  def unused(self) -> list[str]:
+    return sorted(set(self.weights) - self.used)
+
+
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
   out = {}
   for key, value in tree.items():

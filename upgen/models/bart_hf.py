@@ -53,14 +53,8 @@ def import_hf(hf: Mapping[str, Any], weights: Mapping[str, np.ndarray],
            "scale_embedding": bool(hf.get("scale_embedding", False)),
            "dropout_rate": float(hf.get("dropout", 0.0)),
            "attention_dropout_rate": float(hf.get("attention_dropout", 0.0))}
-  w = {k[len("model/"):] if k.startswith("model/") else k: v for k, v in weights.items()}
-  params, notes, used = {}, [], set()
-
-  def take(name: str) -> np.ndarray:
-    if name not in w:
-      raise errors.DataError(f"the weights have no {name!r} (is this a BART checkpoint?)")
-    used.add(name)
-    return np.asarray(w[name], np.float32)
+  take = hf_import.WeightReader(weights, "BART", prefix="model/")
+  params, notes = {}, []
 
   shared = take("shared/embedding")
   rows = layers.pad_vocab(shared.shape[0])
@@ -97,7 +91,7 @@ def import_hf(hf: Mapping[str, Any], weights: Mapping[str, np.ndarray],
       for hf_fc, ours in (("fc1", "wi"), ("fc2", "wo")):
         for part in ("kernel", "bias"):
           _set(params, f"{dst}/mlp/{ours}/{part}", take(f"{src}/{hf_fc}/{part}"))
-  skipped = sorted(set(w) - used)
+  skipped = take.unused()
   if skipped:
     notes.append(f"not used: {', '.join(skipped)} (the text LM head and its bias, and copies "
                  "of the shared embedding)")

@@ -50,13 +50,15 @@ def import_hf(hf: Mapping[str, Any], weights: Mapping[str, np.ndarray],
            "vision_layers": int(v["num_hidden_layers"]),
            "vision_heads": int(v["num_attention_heads"]),
            "embed_dim": int(hf.get("projection_dim", 512))}
-  used, notes = set(), []
-
-  def take(name: str) -> np.ndarray:
-    if name not in weights:
-      raise errors.DataError(f"the weights have no {name!r} (is this a CLIP checkpoint?)")
-    used.add(name)
-    return np.asarray(weights[name], np.float32)
+  patch_name = "vision_model/embeddings/patch_embedding/kernel"
+  pt_patch = "vision_model/embeddings/patch_embedding/embedding"
+  if patch_name not in weights and pt_patch in weights:
+    # PyTorch layout: a Conv2d weight (out, in, kh, kw), named like an embedding.
+    conv = np.asarray(weights[pt_patch])
+    weights = {k: v for k, v in weights.items() if k != pt_patch}
+    weights[patch_name] = np.transpose(conv, (2, 3, 1, 0))
+  take = hf_import.WeightReader(weights, "CLIP")
+  notes = []
 
   def blocks(src: str, count: int, width: int, heads: int) -> dict[str, Any]:
     out = {}
@@ -81,12 +83,6 @@ def import_hf(hf: Mapping[str, Any], weights: Mapping[str, np.ndarray],
   ln = lambda name: {"LayerNorm_0": {p: take(f"{name}/{p}") for p in ("scale", "bias")}}
   tokens = take("text_model/embeddings/token_embedding/embedding")
   rows = layers.pad_vocab(tokens.shape[0])
-  patch_name = "vision_model/embeddings/patch_embedding/kernel"
-  if patch_name not in weights:  # PyTorch layout: a Conv2d weight (out, in, kh, kw).
-    pt = "vision_model/embeddings/patch_embedding/embedding"
-    weights = {**weights, patch_name: np.transpose(np.asarray(weights.get(pt)), (2, 3, 1, 0))
-               if pt in weights else None}
-    used.add(pt)
   params = {
       "text_embed": {"embedding": np.pad(tokens, ((0, rows - tokens.shape[0]), (0, 0)))},
       "text_pos": take("text_model/embeddings/position_embedding/embedding"),
@@ -104,7 +100,7 @@ def import_hf(hf: Mapping[str, Any], weights: Mapping[str, np.ndarray],
       "logit_scale": take("logit_scale").reshape(()),
   }
   notes.append(f"token_embedding {tokens.shape} -> text_embed ({rows} rows, padded)")
-  skipped = sorted(set(weights) - used)
+  skipped = take.unused()
   if skipped:
     notes.append(f"not used: {', '.join(skipped)}")
   return hf_import.HFImport(model=model, params=params, notes=notes,

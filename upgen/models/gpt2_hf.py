@@ -50,15 +50,8 @@ def import_hf(hf: Mapping[str, Any], weights: Mapping[str, np.ndarray],
            "max_positions": int(hf["n_positions"]),
            "dropout_rate": float(hf.get("resid_pdrop", 0.0)),
            "attention_dropout_rate": float(hf.get("attn_pdrop", 0.0))}
-  w = {k[len("transformer/"):] if k.startswith("transformer/") else k: v
-       for k, v in weights.items()}
-  params, notes, used = {}, [], set()
-
-  def take(name: str) -> np.ndarray:
-    if name not in w:
-      raise errors.DataError(f"the weights have no {name!r} (is this a GPT-2 checkpoint?)")
-    used.add(name)
-    return np.asarray(w[name], np.float32)
+  take = hf_import.WeightReader(weights, "GPT-2", prefix="transformer/")
+  params, notes = {}, []
 
   wte = take("wte/embedding")
   if text_vocab_size is not None and text_vocab_size < wte.shape[0]:
@@ -94,7 +87,7 @@ def import_hf(hf: Mapping[str, Any], weights: Mapping[str, np.ndarray],
                   for hf_fc, ours in (("c_fc", "wi"), ("c_proj", "wo"))}
     blocks[f"layers_{i}"] = blk
   params["decoder"] = blocks
-  skipped = sorted(set(w) - used)
+  skipped = take.unused()
   if skipped:
     notes.append(f"not used: {', '.join(skipped)} (a tied LM head is the token table)")
   return hf_import.HFImport(model=model, params=params, notes=notes)
