@@ -38,6 +38,9 @@ def main():
   p.add_argument("--smooth", type=int, default=1)
   p.add_argument("--title", default="")
   p.add_argument("--log", action="append", default=[], help="Metrics on a log scale.")
+  p.add_argument("--hline", action="append", default=[],
+                 help="METRIC=VALUE:LABEL, a reference line on that metric's panel.")
+  p.add_argument("--xmax", type=int, default=0, help="Last step shown (0: all).")
   args = p.parse_args()
   runs = [r.split("=", 1) for r in args.run]
   fig, axes = plt.subplots(1, len(args.metric), figsize=(4.8 * len(args.metric), 3.6),
@@ -52,12 +55,20 @@ def main():
         values = np.convolve(values, kernel, mode="valid")
         steps = steps[args.smooth - 1:]
       ax.plot(steps, values, label=label, marker="o" if len(steps) < 15 else None, ms=3)
+    for line in args.hline:
+      name, _, rest = line.partition("=")
+      value, _, label = rest.partition(":")
+      if name == metric:
+        ax.axhline(float(value), color="gray", ls="--", lw=1, label=label)
+    if args.xmax:
+      ax.set_xlim(0, args.xmax)
     ax.set_xlabel("step")
     ax.set_title(metric)
     if metric in args.log:
       ax.set_yscale("log")
     ax.grid(alpha=0.3)
-  axes[0][0].legend(fontsize=8)
+  for ax in axes[0]:
+    ax.legend(fontsize=7)
   if args.title:
     fig.suptitle(args.title)
   fig.tight_layout()
