@@ -181,8 +181,8 @@ def test_frozen_groups_stay_bit_identical_and_images_never_take_text_ids(gpt2, t
     grads = jax.grad(lambda p: loss_fn(p, batch, jax.random.key(i), train=True, step=i)[0])(new)
     updates, opt_state = tx.update(grads, opt_state, new)
     new = jax.tree.map(lambda p, u: p + u, new, updates)
-  flat_old = {init_from._path(p): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-  flat_new = {init_from._path(p): v for p, v in jax.tree_util.tree_flatten_with_path(new)[0]}
+  flat_old = {families.param_path(p): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  flat_new = {families.param_path(p): v for p, v in jax.tree_util.tree_flatten_with_path(new)[0]}
   for name, old in flat_old.items():
     same = np.array_equal(np.asarray(old), np.asarray(flat_new[name]))
     frozen = "/attn/" in name or name == "pos_embed"

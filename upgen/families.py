@@ -247,6 +247,11 @@ def group_members(key: str, value: str, groups: Mapping[str, Sequence[str]]) -> 
   return frozenset(pattern for g in names for pattern in groups[g])
 
 
+def param_path(keys) -> str:
+  """A pytree key path as "decoder/layers_0/attn/query/kernel" (the names `member` reads)."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keys)
+
+
 def member(path: str, patterns: Sequence[str]) -> Optional[int]:
   """How much of the parameter at `path` ("decoder/layers_0/attn/query/kernel") the group
   `patterns` hold: -1 all of it, N > 0 its first N rows, None none. A pattern is a regular

@@ -55,11 +55,11 @@ def write_tokenizer(tokenizer: Any, out: str) -> list[str]:
   """The text tokenizer as files transformers.AutoTokenizer loads; returns their names."""
   from upgen.tokenizers import text
   if isinstance(tokenizer, text.HFTokenizer):
-    names = [os.path.basename(f) for f in tokenizer._files]  # pylint: disable=protected-access
-    for f in tokenizer._files:  # pylint: disable=protected-access
+    names = [os.path.basename(f) for f in tokenizer.files]
+    for f in tokenizer.files:
       shutil.copy(f, os.path.join(out, os.path.basename(f)))
     return names
-  shutil.copy(tokenizer._files[0], os.path.join(out, text.TOKENIZER_FILE))  # pylint: disable=protected-access
+  shutil.copy(tokenizer.files[0], os.path.join(out, text.TOKENIZER_FILE))
   specials = dict(zip(("pad_token", "mask_token", "unk_token", "bos_token", "eos_token"),
                       text.SPECIAL_TOKENS))
   with open(os.path.join(out, text.HF_CONFIG_FILE), "w") as f:

@@ -98,7 +98,7 @@ def with_sample_settings(run: Run, overrides: Sequence[str]) -> Run:
                              setup=dataclasses.replace(run.setup, sample=settings))
 
 
-def _run_batched(fn: Callable[..., jax.Array], params: Any, arrays: Sequence[np.ndarray],
+def run_batched(fn: Callable[..., jax.Array], params: Any, arrays: Sequence[np.ndarray],
                  batch_size: int, seed: int) -> np.ndarray:
   """fn(params, *batch_arrays, rng) over rows in fixed-size batches (the last padded by
   repeating its final row, so fn compiles once); batch i gets fold_in(key(seed), i)."""
@@ -153,7 +153,7 @@ def generate_images(run: Run, prompts: list[str], per_prompt: int, *, seed: int 
   """uint8 images [len(prompts) * per_prompt, H, W, 3], prompt-major order."""
   sample = jax.jit(run.setup.bind("sample_images"))
   ids, mask = _captions(run, prompts, per_prompt)
-  return _pixels(run, _run_batched(sample, run.params, [ids, mask], batch_size, seed))
+  return _pixels(run, run_batched(sample, run.params, [ids, mask], batch_size, seed))
 
 
 def unconditional_images(run: Run, num: int, *, seed: int = 0, batch_size: int = 64
@@ -197,7 +197,7 @@ def inpaint_images(run: Run, prompts: list[str], per_prompt: int, image_path: st
   n = len(ids)
   tokens = np.broadcast_to(tokens_Li, (n, tokens_Li.size)).copy()
   known = np.broadcast_to(known_Li, (n, known_Li.size)).copy()
-  return _pixels(run, _run_batched(fn, run.params, [tokens, known, ids, mask], batch_size,
+  return _pixels(run, run_batched(fn, run.params, [tokens, known, ids, mask], batch_size,
                                    seed))
 
 
@@ -205,7 +205,7 @@ def caption_images(run: Run, images: np.ndarray, *, seed: int = 0, batch_size: i
                    ) -> list[str]:
   caption = jax.jit(run.setup.bind("caption_images"))
   tokens = run.image_tokenizer.encode(images).reshape(len(images), -1)
-  ids = _run_batched(caption, run.params, [tokens], batch_size, seed)
+  ids = run_batched(caption, run.params, [tokens], batch_size, seed)
   return [run.text_tokenizer.decode([int(t) for t in row]) for row in ids]
 
 

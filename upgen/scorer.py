@@ -59,15 +59,10 @@ class Scorer:
                                                      method=type(model).encode_text))
 
   def _batched(self, fn, arrays: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
-    n, out = len(arrays[0]), []
-    for start in range(0, n, batch_size):
-      chunk = [x[start:start + batch_size] for x in arrays]
-      short = batch_size - len(chunk[0])
-      if short and n > batch_size:  # Fixed shapes: compile once.
-        chunk = [np.concatenate([c, np.repeat(c[-1:], short, 0)]) for c in chunk]
-      feats = np.asarray(fn(self.params, *[jnp.asarray(c) for c in chunk]))
-      out.append(feats[:len(feats) - short if short and n > batch_size else len(feats)])
-    return np.concatenate(out)
+    """fn over fixed-size batches (upgen.sample.run_batched; fn takes no rng)."""
+    from upgen import sample
+    return sample.run_batched(lambda p, *xs: fn(p, *xs[:-1]), self.params, arrays, batch_size,
+                              seed=0)
 
   def image_features(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """uint8 N x S x S x 3 (resized first if another size) -> unit vectors N x D."""

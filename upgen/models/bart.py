@@ -125,17 +125,8 @@ def encoder_inputs(text_BxLt: jax.Array, text_valid_BxLt: jax.Array, cfg: BartCo
                    ) -> tuple[jax.Array, jax.Array]:
   """([BOS] caption [EOS] [PAD]..., valid) of length Lt + 2; the caption is its valid
   prefix (text_valid marks it; an all-invalid row is the empty caption)."""
-  b, lt = text_BxLt.shape
-  length_B = jnp.sum(text_valid_BxLt.astype(jnp.int32), axis=1)
-  pos_L = jnp.arange(lt + 2)[None]
-  caption_BxL = jnp.concatenate([jnp.full((b, 1), cfg.text_pad_id, jnp.int32),
-                                 text_BxLt.astype(jnp.int32),
-                                 jnp.full((b, 1), cfg.text_pad_id, jnp.int32)], axis=1)
-  ids_BxL = jnp.where(pos_L == 0, cfg.text_bos_id,
-                      jnp.where(pos_L == length_B[:, None] + 1, cfg.text_eos_id,
-                                jnp.where(pos_L <= length_B[:, None], caption_BxL,
-                                          cfg.text_pad_id)))
-  return ids_BxL, pos_L <= length_B[:, None] + 1
+  return layers.frame_caption(text_BxLt, text_valid_BxLt, cfg.text_pad_id, cfg.text_bos_id,
+                              cfg.text_eos_id)
 
 
 def decoder_inputs(codes_BxLi: jax.Array, cfg: BartConfig) -> jax.Array:

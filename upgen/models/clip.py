@@ -113,21 +113,8 @@ def model_config(group: Any, spec: DataSpec) -> ClipConfig:
 def text_inputs(text_BxLt, valid_BxLt, cfg: ClipConfig) -> tuple[jax.Array, jax.Array]:
   """(ids, valid) of the text tower: [BOS] caption [EOS] (each where the tokenizer has
   one), padded to cfg.text_len; the caption's valid tokens are taken as a prefix."""
-  ids = jnp.asarray(text_BxLt, jnp.int32)
-  valid = jnp.asarray(valid_BxLt, bool)
-  b = ids.shape[0]
-  ids = jnp.where(valid, ids, cfg.text_pad_id)
-  n_B = jnp.sum(valid, axis=1)
-  if cfg.text_bos_id >= 0:
-    ids = jnp.concatenate([jnp.full((b, 1), cfg.text_bos_id, jnp.int32), ids], axis=1)
-    valid = jnp.concatenate([jnp.ones((b, 1), bool), valid], axis=1)
-    n_B = n_B + 1
-  if cfg.text_eos_id >= 0:
-    ids = jnp.concatenate([ids, jnp.full((b, 1), cfg.text_pad_id, jnp.int32)], axis=1)
-    pos = jnp.arange(ids.shape[1])[None]
-    ids = jnp.where(pos == n_B[:, None], cfg.text_eos_id, ids)
-    valid = pos <= n_B[:, None]
-  return ids, valid
+  return layers.frame_caption(text_BxLt, valid_BxLt, cfg.text_pad_id, cfg.text_bos_id,
+                              cfg.text_eos_id)
 
 
 class Clip(nn.Module):

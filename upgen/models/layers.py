@@ -144,6 +144,29 @@ def sinusoidal_2d(height: int, width: int, dim: int) -> np.ndarray:
   return np.concatenate([rows_HWxD2, cols_HWxD2], axis=1)
 
 
+def frame_caption(text_BxLt: jax.Array, valid_BxLt: jax.Array, pad_id: int,
+                  bos_id: int = -1, eos_id: int = -1) -> tuple[jax.Array, jax.Array]:
+  """([BOS] caption [EOS] [PAD]..., valid) of length Lt + (bos_id >= 0) + (eos_id >= 0):
+  the caption is the valid prefix of each row (an all-invalid row is the empty caption),
+  each frame token present where its id is >= 0."""
+  text_BxLt = jnp.asarray(text_BxLt, jnp.int32)
+  b = text_BxLt.shape[0]
+  n_B = jnp.sum(jnp.asarray(valid_BxLt, jnp.int32), axis=1)
+  pad = jnp.full((b, 1), pad_id, jnp.int32)
+  start = int(bos_id >= 0)
+  ids = jnp.concatenate(([pad] if start else []) + [text_BxLt] + ([pad] if eos_id >= 0 else []),
+                        axis=1)
+  pos_L = jnp.arange(ids.shape[1])[None]
+  end_B = n_B[:, None] + start  # One past the caption.
+  ids = jnp.where((pos_L >= start) & (pos_L < end_B), ids, pad_id)
+  if start:
+    ids = jnp.where(pos_L == 0, bos_id, ids)
+  if eos_id >= 0:
+    ids = jnp.where(pos_L == end_B, eos_id, ids)
+    end_B = end_B + 1
+  return ids, pos_L < end_B
+
+
 def key_mask(valid_BxS: jax.Array) -> jax.Array:
   """Key-padding mask Bx1x1xS for `Attention`: True where a key may be attended."""
   return valid_BxS.astype(bool)[:, None, None, :]

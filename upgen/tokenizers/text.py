@@ -103,6 +103,11 @@ class TextTokenizer(abc.ABC):
   def path(self) -> str:
     return self._path
 
+  @property
+  def files(self) -> tuple[str, ...]:
+    """The files that define it (its identity is their hash)."""
+    return self._files
+
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
     """Token ids per text: no padding, no BOS/EOS."""
     return self._encode_batch(list(texts))

@@ -45,12 +45,8 @@ NEW_ROWS = ("random", "mean", "contrastive")
 ALIGNED_DIR = "aligned_params"  # `upgen align`: the token table with aligned new rows.
 
 
-def _path(keys) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keys)
-
-
 def _flat(tree: Any) -> dict[str, Any]:
-  return {_path(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {families.param_path(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _scan_stacked(source: dict[str, np.ndarray], model_paths: set[str]) -> dict[str, np.ndarray]:
@@ -69,7 +65,7 @@ def _scan_stacked(source: dict[str, np.ndarray], model_paths: set[str]) -> dict[
 
 
 def _is_run(init_dir: str) -> bool:
-  return not os.path.isfile(os.path.join(init_dir, hf_import.REPORT_FILE)) and \
+  return not is_import(init_dir) and \
       os.path.isdir(os.path.join(init_dir, checkpoint.CHECKPOINT_DIR))
 
 

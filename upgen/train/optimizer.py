@@ -37,10 +37,6 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
-def _path(keys) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keys)
-
-
 def zero_rows(rows: Callable[[Any], Any]) -> optax.GradientTransformation:
   """Zero update for the first N rows of the leaves `rows(params)` maps to N (0: none)."""
 
@@ -73,7 +69,7 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int,
     return train
 
   def members(params):
-    paths = [_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    paths = [families.param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     for name in names:
       if not any(families.member(p, groups[name]) is not None for p in paths):
         raise errors.ConfigError(
@@ -82,7 +78,7 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int,
             "blocks are one stacked tree and per-block groups cannot name them)")
     # -1: the whole leaf frozen, N > 0: its first N rows, 0: none of it.
     return jax.tree_util.tree_map_with_path(
-        lambda p, _: families.member(_path(p), tuple(frozen)) or 0, params)
+        lambda p, _: families.member(families.param_path(p), tuple(frozen)) or 0, params)
 
   def labels(params):
     return jax.tree.map(lambda m: "frozen" if m == -1 else "train", members(params))
