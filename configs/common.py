@@ -57,6 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.05  # Decoupled weight decay on matrices (not biases/norms).
   c.optim.grad_clip = 1.0  # Clip by global norm; 0 disables.
   c.optim.grad_accum_steps = 1  # Micro-batches per optimizer step (batch_size divisible).
+  # Exponential moving average of the parameters, kept in checkpoints and sampled from by
+  # `upgen sample`, previews and evaluators (0 = none; warm-up: min(d, (1+n)/(10+n))).
+  c.optim.ema_decay = 0.0
   # Parameter groups kept as they are (comma-separated, e.g. "encoder"; the family names its
   # groups): no update and no weight decay, so they stay bit-identical.
   c.optim.freeze = ""

@@ -6,12 +6,13 @@ from ml_collections import config_dict
 
 from upgen.train import main
 
-FAMILIES = {"upgen": ("tiny", "small", "base", "large"), "dalle": None, "vqgan": ("tiny", "base")}
+FAMILIES = {"upgen": ("tiny", "small", "base", "large"), "dalle": None, "vqgan": ("tiny", "base"),
+            "clip": None, "glide": None}
 
 
 def _variants(name):
   module = importlib.import_module(f"configs.{name}")
-  return FAMILIES[name] or tuple(module.SIZES)
+  return FAMILIES[name] or tuple(getattr(module, "SIZES", None) or module.VARIANTS)
 
 
 CASES = [(name, v) for name in FAMILIES for v in _variants(name)]

@@ -257,3 +257,44 @@ def test_mesh_falls_back_to_device_order_only_when_the_layout_does_not_fit(monke
   monkeypatch.setattr(mesh_lib.mesh_utils, "create_device_mesh", broken)
   with pytest.raises(RuntimeError, match="backend failure"):
     mesh_lib.make_mesh(c.mesh)
+
+
+def test_ema_follows_the_parameters_is_checkpointed_and_sampled(data_dir, tmp_path):
+  """config.optim.ema_decay keeps an EMA of the parameters: it equals the warmed-up average
+  of the trained parameters step by step, resumes exactly, is what restore_params (and so
+  `upgen sample`) returns, and cannot be switched on or off in a run that has checkpoints."""
+  decay = 0.9
+  c = _config(data_dir, **{"train.steps": 6, "optim.ema_decay": decay})
+  setup = trainer.build(c)
+  tx = setup.optimizer(c.optim, 6)
+  mesh = mesh_lib.make_mesh(c.mesh)
+  state = state_lib.create_state(setup, tx, mesh, c.mesh, jax.random.key(0), ema=True)
+  batch = setup.dummy_batch(8)
+  step = jax.jit(lambda s, b: step_lib.train_step(s, b, jax.random.key(1),
+                                                  loss_fn=setup.loss_fn(), ema_decay=decay))
+  expected = jax.tree.map(np.asarray, state.params)
+  for n in range(3):
+    state, _ = step(state, batch)
+    d = min(decay, (1 + n) / (10 + n))
+    expected = jax.tree.map(lambda e, p: e + (1 - d) * (np.asarray(p) - e), expected,
+                            state.params)
+  for e, got in zip(jax.tree.leaves(expected), jax.tree.leaves(state.ema_params)):
+    np.testing.assert_allclose(np.asarray(got), e, rtol=1e-5, atol=1e-7)
+  assert any(not np.allclose(np.asarray(a), np.asarray(b)) for a, b in
+             zip(jax.tree.leaves(state.params), jax.tree.leaves(state.ema_params)))
+
+  # Through the trainer: 3 steps, resume to 6, against 6 straight.
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  trainer.train(c, straight)
+  trainer.train(_config(data_dir, **{"train.steps": 3, "optim.ema_decay": decay}), resumed)
+  trainer.train(c, resumed)
+  _, _, ema_a = checkpoint.restore_params(straight)
+  _, _, ema_b = checkpoint.restore_params(resumed)
+  _, _, trained = checkpoint.restore_params(straight, ema=False)
+  for a, b in zip(jax.tree.leaves(ema_a), jax.tree.leaves(ema_b)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+  assert any(not np.allclose(np.asarray(a), np.asarray(b)) for a, b in
+             zip(jax.tree.leaves(ema_a), jax.tree.leaves(trained)))
+  assert "val_ema_loss" in writers.read_metrics(straight)[-1]
+  with pytest.raises(ValueError, match=r"config\.optim\.ema_decay=0\.9 there but 0\.0 now"):
+    trainer.train(_config(data_dir, **{"train.steps": 8, "optim.ema_decay": 0.0}), straight)

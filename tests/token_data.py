@@ -47,7 +47,10 @@ def tiny_overrides(data_dir: str) -> dict:
 
 # Test-sized architectures: every key a family's tiny config has is shrunk to this.
 SMALL = {"emb_dim": 32, "num_heads": 2, "mlp_dim": 64, "base_channels": 4, "codebook_size": 8,
-         "embedding_dim": 4}
+         "embedding_dim": 4,
+         # GLIDE's UNet and text transformer.
+         "model_channels": 16, "num_res_blocks": 1, "norm_groups": 4, "num_head_channels": 8,
+         "text_layers": 1, "text_width": 32, "text_heads": 2}
 
 
 def small_config(family: str, num_layers: int = 1, **keys):

@@ -54,18 +54,23 @@ class Run:
     return self.setup.family
 
 
-def load_run(workdir: str) -> Run:
+def load_run(workdir: str, ema: bool = True) -> Run:
+  """A trained run, its parameters (the EMA where the run keeps one and `ema`) and its data's
+  tokenizers. Records without an image tokenizer (pixel records for a family that samples
+  pixels) give image_tokenizer None."""
   from upgen.data import records
   from upgen.tokenizers import image as image_tok_lib
   from upgen.tokenizers import text as text_tok_lib
   from upgen.train import checkpoint
 
-  config, setup, params = checkpoint.restore_params(workdir)
+  config, setup, params = checkpoint.restore_params(workdir, ema=ema)
   metadata = records.read_metadata(config.data.dir)
   text_tok = text_tok_lib.load(
       records.tokenizer_path(config.data.dir, metadata, "text_tokenizer"))
-  image_tok = image_tok_lib.load(
-      records.tokenizer_path(config.data.dir, metadata, "image_tokenizer"))
+  image_tok = None
+  if metadata.get("image_tokenizer"):
+    image_tok = image_tok_lib.load(
+        records.tokenizer_path(config.data.dir, metadata, "image_tokenizer"))
   return Run(config, setup, params, text_tok, image_tok)
 
 
@@ -120,6 +125,9 @@ def _pixels(run: Run, out: np.ndarray) -> np.ndarray:
   out = np.asarray(out)
   if out.dtype == np.uint8 and out.ndim == 4:
     return out
+  if run.image_tokenizer is None:
+    raise errors.DataError(f"config.data.dir={run.config.data.dir}: the records have no image "
+                           "tokenizer to decode this family's image tokens")
   return run.image_tokenizer.decode(out.reshape((-1,) + tuple(run.image_tokenizer.grid)))
 
 
@@ -293,6 +301,9 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--candidates", type=int, default=1,
                       help="Draw N candidates per sample and keep the best by --scorer.")
   parser.add_argument("--scorer", help="A clip run (configs/clip.py) that ranks candidates.")
+  parser.add_argument("--no-ema", action="store_true",
+                      help="Sample from the trained parameters, not their EMA "
+                           "(config.optim.ema_decay), where the run keeps one.")
   args, rest = parser.parse_known_args(argv)
   unknown = [a for a in rest if not a.startswith("--config.sample.")]
   if unknown:
@@ -309,7 +320,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   if args.scorer:
     from upgen import scorer as scorer_lib
     scorer = scorer_lib.load(args.scorer)
-  run = with_sample_settings(load_run(args.workdir), rest)
+  run = with_sample_settings(load_run(args.workdir, ema=not args.no_ema), rest)
   k = args.per_prompt or run.setup.sample.per_prompt
   n = args.candidates
 
@@ -341,6 +352,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     manifest = write_samples(out, [""] * len(images), 1, images, {"unconditional": True})
     print(f"upgen sample: {len(images)} unconditional images -> {manifest}")
   if args.captions_for:
+    run.family.can("caption_images")
     files, images = _read_images(args.captions_for, run.image_tokenizer.image_size)
     texts = caption_images(run, images, seed=args.seed, batch_size=args.batch_size)
     os.makedirs(args.out, exist_ok=True)

@@ -204,7 +204,15 @@ class Checkpointer:
 
 
 def state_dict(state) -> dict[str, Any]:
-  return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+  out = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+  if getattr(state, "ema_params", None) is not None:
+    out["ema_params"] = state.ema_params
+  return out
+
+
+def uses_ema(config: ml_collections.ConfigDict) -> bool:
+  """Whether the run keeps an EMA of its parameters (config.optim.ema_decay > 0)."""
+  return float(config.optim.get("ema_decay", 0.0) or 0.0) > 0.0
 
 
 # tensorstore's status codes for failures to read or write what is on disk.
@@ -236,9 +244,11 @@ def _existing_parent(path: str) -> str:
   return path
 
 
-def restore_params(workdir: str, step: Optional[int] = None, mesh=None
+def restore_params(workdir: str, step: Optional[int] = None, mesh=None, ema: bool = True
                    ) -> tuple[ml_collections.ConfigDict, families.Setup, Any]:
-  """(config, built family, params) from the latest (or given) checkpoint of a run directory.
+  """(config, built family, params) from the latest (or given) checkpoint of a run directory:
+  the EMA of the parameters where the run keeps one (config.optim.ema_decay) and `ema`,
+  else the trained parameters.
 
   Params are restored in the layout the current mesh gives them (by default all local
   devices as data parallel), whatever mesh wrote them.
@@ -253,10 +263,10 @@ def restore_params(workdir: str, step: Optional[int] = None, mesh=None
     mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(
         {"data": -1, "fsdp": 1, "tensor": 1, "rules": config.mesh.rules}))
   with mesh_lib.detached():  # The caller's mesh (a training loop's) is not this layout.
-    abstract, _ = state_lib.abstract_state(setup, tx, mesh, config.mesh)
+    abstract, _ = state_lib.abstract_state(setup, tx, mesh, config.mesh, uses_ema(config))
     ckpt = Checkpointer(workdir, async_save=False)
     try:
       _, restored, _ = ckpt.restore(state_dict(abstract), step)
     finally:
       ckpt.close()
-  return config, setup, restored["params"]
+  return config, setup, restored["ema_params" if ema and "ema_params" in restored else "params"]

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from upgen.train.state import TrainState
+from upgen.train.state import TrainState, ema_decay_at, update_ema
 
 # (params, batch, rng, *, train, step) -> (loss, metrics): a family's loss_fn with its model
 # and settings bound (families.Setup.loss_fn).
@@ -30,11 +30,12 @@ def _split_microbatches(batch: Any, num_micro: int) -> Any:
 
 
 def train_step(state: TrainState, batch: Any, rng: jax.Array, *, loss_fn: LossFn,
-               grad_accum_steps: int = 1, schedule: Optional[optax.Schedule] = None
-               ) -> tuple[TrainState, dict]:
+               grad_accum_steps: int = 1, schedule: Optional[optax.Schedule] = None,
+               ema_decay: float = 0.0) -> tuple[TrainState, dict]:
   """One optimizer step. Randomness is fold_in(rng, step), so a resumed run repeats it.
   `grad_accum_steps` micro-batches make one step; `schedule` (the learning rate by step) is
-  only logged.
+  only logged. With `ema_decay` > 0 the state's ema_params follow the new parameters
+  (state.ema_decay_at's warm-up).
 
   A step whose loss or gradient is not finite leaves parameters and optimizer state as they
   were (only the step counter advances) and reports finite=0; the host decides to stop or
@@ -64,12 +65,17 @@ def train_step(state: TrainState, batch: Any, rng: jax.Array, *, loss_fn: LossFn
 
   def update():
     updated = state.apply_gradients(grads)
-    return updated.params, updated.opt_state
+    ema = state.ema_params
+    if ema is not None:
+      ema = update_ema(ema, updated.params, ema_decay_at(ema_decay, state.step))
+    return updated.params, updated.opt_state, ema
 
   # A branch, not a select over the state: a select keeps the old and the new state alive
   # and copies both (a quarter of the tiny CPU step); the branch updates in place.
-  params, opt_state = jax.lax.cond(finite, update, lambda: (state.params, state.opt_state))
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  params, opt_state, ema = jax.lax.cond(
+      finite, update, lambda: (state.params, state.opt_state, state.ema_params))
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            ema_params=ema)
   metrics = dict(aux)
   metrics.update(loss=loss, grad_norm=grad_norm, param_norm=optax.tree.norm(new_state.params),
                  finite=finite.astype(jnp.float32))

@@ -95,6 +95,12 @@ def check_resume(saved: tuple[ml_collections.ConfigDict, DataSpec],
         f"{workdir}/data_spec.json: {k}={getattr(saved_spec, k)!r} there but "
         f"{getattr(spec, k)!r} in the data now (config.data.dir={config.data.dir}); resume "
         "on records of the same tokenizers and lengths or use a new --workdir")
+  if ckpt_lib.uses_ema(saved_config) != ckpt_lib.uses_ema(config):
+    raise ValueError(
+        f"{workdir}/config.json: config.optim.ema_decay="
+        f"{saved_config.optim.get('ema_decay', 0.0)!r} there but "
+        f"{config.optim.get('ema_decay', 0.0)!r} now; an EMA cannot be added to or dropped "
+        "from a run's checkpoints (its decay may change while it stays on)")
   old_loss = saved_config.get("loss", ml_collections.ConfigDict()).to_dict()
   new_loss = config.loss.to_dict()
   for k in sorted(set(old_loss) | set(new_loss)):
@@ -147,7 +153,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   mesh = mesh_lib.make_mesh(config.mesh)
   tx = setup.optimizer(config.optim, config.train.steps)
-  abstract, shardings = state_lib.abstract_state(setup, tx, mesh, config.mesh)
+  ema = ckpt_lib.uses_ema(config)
+  abstract, shardings = state_lib.abstract_state(setup, tx, mesh, config.mesh, ema)
   batch_sharding = mesh_lib.batch_sharding(mesh, config.mesh)
   rows = mesh_lib.process_rows(batch_sharding, config.data.batch_size)
   train_iter = family.reads.train_iterator(config, spec, rows)
@@ -168,10 +175,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       init_from.check_architecture(start_from, config.model)
       take = init_from.group_names(config.train.get("init_groups", ""),
                                    families.resolve_groups(family, setup.model_config))
-    state = state_lib.create_state(setup, tx, mesh, config.mesh, jax.random.key(config.seed))
+    state = state_lib.create_state(setup, tx, mesh, config.mesh, jax.random.key(config.seed),
+                                   ema)
     if start_from:
       state = state.replace(params=init_from.apply(
           state.params, start_from, take, config.train.get("init_new_rows", "random")))
+      if ema:
+        state = state.replace(ema_params=jax.tree.map(lambda p: p.copy(), state.params))
   step = int(jax.device_get(state.step))
   num_params = state_lib.count_params(state.params)
 
@@ -181,7 +191,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   p_train = jax.jit(
       functools.partial(
           step_lib.train_step, loss_fn=loss_fn, grad_accum_steps=config.optim.grad_accum_steps,
-          schedule=optimizer_lib.learning_rate_schedule(config.optim, config.train.steps)),
+          schedule=optimizer_lib.learning_rate_schedule(config.optim, config.train.steps),
+          ema_decay=float(config.optim.get("ema_decay", 0.0) or 0.0)),
       in_shardings=(state_shardings, batch_sharding, replicated),
       out_shardings=(state_shardings, replicated), donate_argnums=0)
   p_eval = jax.jit(functools.partial(step_lib.eval_step, loss_fn=loss_fn,
@@ -201,15 +212,22 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   evaluators = evals.build(config, setup)
 
+  def sampled_params():
+    """What samplers and evaluators use: the EMA where the run keeps one."""
+    return state.params if state.ema_params is None else state.ema_params
+
   def run_eval() -> dict:
     out = evaluate(config, eval_iter_fn, batch_sharding, p_eval, state.params)
-    return {**out, **evals.run(evaluators, state.params)}
+    if state.ema_params is not None:
+      out.update({k.replace("val_", "val_ema_", 1): v for k, v in evaluate(
+          config, eval_iter_fn, batch_sharding, p_eval, state.ema_params).items()})
+    return {**out, **evals.run(evaluators, sampled_params())}
 
   def save(at_step: int) -> None:
     checkpointer.save(at_step, ckpt_lib.state_dict(state), train_iter.get_state(), force=True)
 
   def write_preview(at_step: int) -> None:
-    grid = previewer(state.params,
+    grid = previewer(sampled_params(),
                      lambda: _global_batch(next(iter(eval_iter_fn())), batch_sharding,
                                            config.data.batch_size),
                      jax.random.key(config.seed + 2))
