@@ -263,3 +263,20 @@ def test_variants_build(variant, params):
                   image_size=size)
   cfg = families.build(config, spec).model_config
   assert glide_unet.num_params_estimate(cfg) == params
+
+
+def test_patches_fold_into_channels_and_back():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 6)), jnp.float32)
+  folded = glide_unet.space_to_depth(x, 2)
+  assert folded.shape == (2, 4, 4, 24)
+  # The first folded pixel holds the top-left 2 x 2 patch, row-major, channels together.
+  np.testing.assert_array_equal(folded[0, 0, 0], np.concatenate(
+      [x[0, 0, 0], x[0, 0, 1], x[0, 1, 0], x[0, 1, 1]]))
+  np.testing.assert_array_equal(glide_unet.depth_to_space(folded, 2), x)
+  # A patched UNet maps 16 px images to 16 px outputs of 6 channels.
+  setup = _setup(patch_size=2, attention_resolutions=(4,))
+  assert setup.model_config.resolution == 8
+  params = _params(setup)
+  out = setup.model.apply({"params": params}, jnp.zeros((1, 16, 16, 3)), jnp.array([3]),
+                          jnp.zeros((1, 6), jnp.int32), jnp.zeros((1, 6), bool))
+  assert out.shape == (1, 16, 16, 6)

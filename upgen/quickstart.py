@@ -5,8 +5,9 @@
 1. data:      captioned shapes (or --source, a folder of images with captions.jsonl)
 2. text:      BPE tokenizer trained on the training captions           -> W/text_tokenizer
 3. image:     VQGAN tokenizer trained by the same trainer              -> W/vqgan
+              (not for families that work in pixels: --family glide)
 4. tokenize:  pre-tokenized TFRecords (with the pixels) + metadata.json -> W/data
-5. train:     UPGen tiny on the records for --minutes                  -> W/model
+5. train:     --family's tiny config (UPGen) on the records for --minutes -> W/model
 6. sample:    held-out test captions and validation captions           -> W/samples, W/samples_val
               and, for families that caption, validation images        -> W/captions_val.json
 7. score:     caption fidelity and image->text accuracy (shapes only)  -> W/summary.json
@@ -28,7 +29,10 @@ import numpy as np
 
 from upgen import errors
 
-DEFAULT_MINUTES = 8.0  # UPGen training budget that keeps the whole job under 15 minutes.
+# Training budgets that keep the whole job under 15 minutes on the 2-core CPU machine: token
+# families share the time with the VQGAN; a pixel family (no VQGAN) spends more sampling.
+DEFAULT_MINUTES = 8.0
+FAMILY_MINUTES = {"glide": 9.0}
 
 
 def _log(msg: str) -> None:
@@ -76,13 +80,16 @@ def train_image_tokenizer(images_dir: str, out: str, overrides: dict):
   return image.load(out)
 
 
-def tokenize(images_dir: str, out: str, text_tok, image_tok, splits: list[str]) -> None:
+def tokenize(images_dir: str, out: str, text_tok, image_tok, splits: list[str],
+             image_size: int) -> None:
+  """Records with the pixels, and the image tokens where there is an image tokenizer."""
   from upgen.data import sources
   from upgen.data import tokenize as tokenize_lib
   if os.path.exists(os.path.join(out, "metadata.json")):
     return
+  size = image_tok.image_size if image_tok is not None else image_size
   tokenize_lib.tokenize_folder(
-      {s: sources.ImageFolderSource(os.path.join(images_dir, s), image_tok.image_size)
+      {s: sources.ImageFolderSource(os.path.join(images_dir, s), size)
        for s in splits}, out, text_tok, image_tok, pixels=True)
 
 
@@ -120,8 +127,9 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="upgen quickstart", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True)
-  parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
-                      help="Training budget of the text-to-image model, in minutes.")
+  parser.add_argument("--minutes", type=float, default=None,
+                      help="Training budget of the text-to-image model, in minutes (default: "
+                           f"{DEFAULT_MINUTES:g}; {', '.join(f'{k} {v:g}' for k, v in FAMILY_MINUTES.items())}).")
   parser.add_argument("--source", help="Folder of images with captions.jsonl instead of shapes.")
   parser.add_argument("--family", default="upgen", help="Model family to train.")
   parser.add_argument("--seed", type=int, default=0)
@@ -169,17 +177,19 @@ def main(argv: Optional[list[str]] = None) -> int:
                                   args.text_vocab_size)
   stage("text tokenizer", t)
 
-  t = time.time()
-  overrides = {"data.image_size": args.image_size, "seed": args.seed}
-  if args.vqgan_steps:
-    overrides["train.steps"] = args.vqgan_steps
-  image_tok = train_image_tokenizer(images_dir, os.path.join(w, "vqgan"), overrides)
-  recon = reconstruction_report(image_tok, images_dir, "val", 500, shapes_mode)
-  _log(f"image tokenizer reconstructions: {recon}")
-  stage("image tokenizer", t)
+  image_tok = recon = None
+  if _needs_image_tokens(args.family):
+    t = time.time()
+    overrides = {"data.image_size": args.image_size, "seed": args.seed}
+    if args.vqgan_steps:
+      overrides["train.steps"] = args.vqgan_steps
+    image_tok = train_image_tokenizer(images_dir, os.path.join(w, "vqgan"), overrides)
+    recon = reconstruction_report(image_tok, images_dir, "val", 500, shapes_mode)
+    _log(f"image tokenizer reconstructions: {recon}")
+    stage("image tokenizer", t)
 
   t = time.time()
-  tokenize(images_dir, os.path.join(w, "data"), text_tok, image_tok, splits)
+  tokenize(images_dir, os.path.join(w, "data"), text_tok, image_tok, splits, args.image_size)
   stage("tokenize", t)
 
   t = time.time()
@@ -188,8 +198,9 @@ def main(argv: Optional[list[str]] = None) -> int:
   config = _family_config(args.family)
   config.data.dir = os.path.join(w, "data")
   config.seed = args.seed
-  config.train.max_minutes = args.minutes
-  config.train.steps = _steps_for_budget(config, args.minutes)
+  minutes = args.minutes or FAMILY_MINUTES.get(args.family, DEFAULT_MINUTES)
+  config.train.max_minutes = minutes
+  config.train.steps = _steps_for_budget(config, minutes)
   summary = trainer.train(config, os.path.join(w, "model"))
   _log(f"trained {args.family}: step {summary['step']} ({summary['stopped']}), "
        f"val {summary['eval']}")
@@ -226,6 +237,14 @@ def main(argv: Optional[list[str]] = None) -> int:
   _log(f"done in {results['total_s']:.0f} s; summary in {os.path.join(w, 'summary.json')}, "
        f"sample grid in {os.path.join(w, 'samples', 'grid.png')}")
   return 0
+
+
+def _needs_image_tokens(family: str) -> bool:
+  """Whether the family trains on image tokens (so the quickstart trains a VQGAN), not on
+  the records' pixels."""
+  from upgen import families
+  from upgen.data import readers
+  return families.get_family(family).reads is not readers.PIXEL_RECORDS
 
 
 def _family_config(family: str):

@@ -24,6 +24,9 @@ guided-diffusion's UNetModel), so a released checkpoint maps onto it by name:
   legacy channel order: head-major, then q | k | v) -> softmax(q k / sqrt(d)) v over the
   text's keys followed by the image's -> a zero-initialized output projection, residual.
 - GroupNorm: `norm_groups` groups, epsilon 1e-5, computed in float32 (GroupNorm32).
+- `patch_size` p > 1 (not in ADM; the CPU recipe's): the image's p x p patches are folded
+  into channels before the first conv and the output unfolded after the last, so the UNet
+  runs at 1/p of the resolution (p^2 fewer FLOPs in every conv).
 
 Parameters carry the VQGAN's logical axis names (conv kernels (None, None, "conv_in",
 "conv_out"); the 3- or 6-channel output conv keeps its channels whole), the text transformer
@@ -59,13 +62,17 @@ class UNetConfig:
   model_channels: int = 64
   channel_mult: tuple[int, ...] = (1, 2, 2)
   num_res_blocks: int = 2
-  attention_resolutions: tuple[int, ...] = (16, 8)  # Pixel resolutions with attention.
+  # Feature-map sides with attention blocks (the image's, over patch_size and 2 per level).
+  attention_resolutions: tuple[int, ...] = (16, 8)
   num_head_channels: int = 32
   norm_groups: int = 32
   dropout: float = 0.0
   use_scale_shift_norm: bool = True
   resblock_updown: bool = False
   learn_sigma: bool = True  # 6 output channels: epsilon and the variance value.
+  # Pixels per side folded into channels before the UNet (space-to-depth) and unfolded after
+  # it: 1 is ADM; 2 runs the UNet at half the resolution (a 4x cheaper CPU recipe).
+  patch_size: int = 1
   text_layers: int = 2
   text_width: int = 128
   text_heads: int = 4
@@ -82,24 +89,25 @@ class UNetConfig:
     set_("channel_mult", tuple(int(m) for m in self.channel_mult))
     set_("attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
     for key in ("model_channels", "num_res_blocks", "num_head_channels", "norm_groups",
-                "text_width", "text_heads", "diffusion_steps"):
+                "text_width", "text_heads", "diffusion_steps", "patch_size"):
       if getattr(self, key) < 1:
         raise errors.ConfigError(f"config.model.{key}={getattr(self, key)}: must be >= 1")
     if not self.channel_mult or min(self.channel_mult) < 1:
       raise errors.ConfigError(f"config.model.channel_mult={self.channel_mult}: one positive "
                                "multiplier per level")
-    factor = 2 ** (len(self.channel_mult) - 1)
+    factor = 2 ** (len(self.channel_mult) - 1) * self.patch_size
     if self.image_size % factor:
       raise errors.ConfigError(
           f"config.model.channel_mult={self.channel_mult} halves the image "
-          f"{len(self.channel_mult) - 1} times; the records' {self.image_size} px do not "
-          "divide")
-    reached = {self.image_size // 2 ** i for i in range(len(self.channel_mult))}
+          f"{len(self.channel_mult) - 1} times after config.model.patch_size="
+          f"{self.patch_size}; the records' {self.image_size} px do not divide")
+    reached = {self.resolution // 2 ** i for i in range(len(self.channel_mult))}
     bad = [r for r in self.attention_resolutions if r not in reached]
     if bad:
       raise errors.ConfigError(
           f"config.model.attention_resolutions={self.attention_resolutions}: {bad} not among "
-          f"the UNet's resolutions {sorted(reached, reverse=True)} at {self.image_size} px")
+          f"the UNet's feature-map resolutions {sorted(reached, reverse=True)} at "
+          f"{self.image_size} px")
     for c in {self.model_channels * m for m in self.channel_mult}:
       if c % self.norm_groups:
         raise errors.ConfigError(f"config.model.norm_groups={self.norm_groups} does not divide "
@@ -122,11 +130,16 @@ class UNetConfig:
                                "'linear' or 'cosine'")
 
   def _attention_widths(self) -> set[int]:
-    ds = {self.image_size // r for r in self.attention_resolutions}
+    ds = {self.resolution // r for r in self.attention_resolutions}
     widths = {self.model_channels * m for i, m in enumerate(self.channel_mult) if 2 ** i in ds}
     if self.channel_mult:
       widths.add(self.model_channels * self.channel_mult[-1])  # The middle block's.
     return widths
+
+  @property
+  def resolution(self) -> int:
+    """Side of the UNet's first feature map (the image over patch_size)."""
+    return self.image_size // self.patch_size
 
   @property
   def context(self) -> int:
@@ -156,6 +169,22 @@ def timestep_embedding(t_B: jax.Array, dim: int, max_period: float = 10_000.0) -
   if dim % 2:
     emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
   return emb
+
+
+def space_to_depth(x_BxHxWxC: jax.Array, p: int) -> jax.Array:
+  """B x H x W x C -> B x H/p x W/p x (p p C): each p x p patch's pixels, row-major, each
+  pixel's C channels together."""
+  b, h, w, c = x_BxHxWxC.shape
+  x = x_BxHxWxC.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h // p, w // p, p * p * c)
+
+
+def depth_to_space(x_BxhxwxK: jax.Array, p: int) -> jax.Array:
+  """The inverse of space_to_depth: B x h x w x (p p C) -> B x hp x wp x C."""
+  b, h, w, k = x_BxhxwxK.shape
+  c = k // (p * p)
+  x = x_BxhxwxK.reshape(b, h, w, p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h * p, w * p, c)
 
 
 def _conv(cfg: UNetConfig, features: int, kernel: int = 3, *, stride: int = 1,
@@ -291,7 +320,7 @@ class GlideUNet(nn.Module):
     emb = _dense(cfg, emb_dim, name="time_embed_1")(nn.silu(emb))
     text_BxSxW, last_BxW = TextEncoder(cfg, name="text")(text_BxLt, valid_BxLt, train=train)
     emb = emb + _dense(cfg, emb_dim, name="text_proj")(last_BxW).astype(emb.dtype)
-    attn_ds = {cfg.image_size // r for r in cfg.attention_resolutions}
+    attn_ds = {cfg.resolution // r for r in cfg.attention_resolutions}
 
     def res(h, channels, name, resample=""):
       return ResBlock(cfg, channels, resample, name=name)(h, emb, train=train)
@@ -299,8 +328,11 @@ class GlideUNet(nn.Module):
     def attn(h, name):
       return AttentionBlock(cfg, name=name)(h, text_BxSxW)
 
-    h = _conv(cfg, mc * cfg.channel_mult[0], name="input_blocks_0")(
-        jnp.asarray(x_BxHxWx3, cfg.dtype))
+    p = cfg.patch_size
+    x = jnp.asarray(x_BxHxWx3, cfg.dtype)
+    if p > 1:
+      x = space_to_depth(x, p)
+    h = _conv(cfg, mc * cfg.channel_mult[0], name="input_blocks_0")(x)
     skips, ds, n = [h], 1, 1
     for level, mult in enumerate(cfg.channel_mult):
       for _ in range(cfg.num_res_blocks):
@@ -333,7 +365,9 @@ class GlideUNet(nn.Module):
           ds //= 2
         n += 1
     h = nn.silu(GroupNorm(cfg.norm_groups, cfg.param_dtype, name="out_norm")(h))
-    out = _conv(cfg, cfg.out_channels, zero=True, head=True, name="out_conv")(h)
+    out = _conv(cfg, cfg.out_channels * p * p, zero=True, head=True, name="out_conv")(h)
+    if p > 1:
+      out = depth_to_space(out, p)
     return out.astype(jnp.float32)
 
 
@@ -341,7 +375,7 @@ def forward_flops(cfg: UNetConfig) -> list[tuple[str, float, str]]:
   """Multiply-add FLOPs (2 per MAC) of one example's forward pass, by part: (name, FLOPs,
   formula). Convolutions and dense layers only (norms, activations and softmax are
   elementwise, under 1% here); attention counts QK^T and AV over the text and image keys."""
-  s, mc, e = cfg.image_size, cfg.model_channels, cfg.emb_dim
+  s, mc, e, p = cfg.resolution, cfg.model_channels, cfg.emb_dim, cfg.patch_size
   ctx, w = cfg.context, cfg.text_width
   totals = {"convs": 0.0, "attention projections": 0.0, "attention scores": 0.0,
             "timestep and text embeddings": 0.0}
@@ -361,7 +395,7 @@ def forward_flops(cfg: UNetConfig) -> list[tuple[str, float, str]]:
     totals["attention scores"] += 2.0 * 2 * hw * (hw + ctx) * c
 
   attn_ds = {s // r for r in cfg.attention_resolutions}
-  totals["convs"] += conv(s, 3, mc * cfg.channel_mult[0])
+  totals["convs"] += conv(s, 3 * p * p, mc * cfg.channel_mult[0])
   ch, ds, chans = mc * cfg.channel_mult[0], 1, [mc * cfg.channel_mult[0]]
   for level, mult in enumerate(cfg.channel_mult):
     for _ in range(cfg.num_res_blocks):
@@ -392,7 +426,7 @@ def forward_flops(cfg: UNetConfig) -> list[tuple[str, float, str]]:
         else:
           totals["convs"] += conv(s // ds * 2, ch, ch)
         ds //= 2
-  totals["convs"] += conv(s, ch, cfg.out_channels)
+  totals["convs"] += conv(s, ch, cfg.out_channels * p * p)
   totals["timestep and text embeddings"] += 2.0 * (mc * e + e * e + w * e)
   out = [(k, v, "") for k, v in totals.items()]
   text = 2.0 * cfg.text_layers * ctx * (12 * w * w + 2 * ctx * w)
