@@ -25,7 +25,7 @@ VARIANTS = {
     # name: (model_channels, channel_mult, num_res_blocks, attention_resolutions,
     #        num_head_channels, text (layers, width, heads, ctx)); tiny is for 32 px
     #        records, mini and base for 64 px.
-    "tiny": (64, (1, 2, 2), 2, (16, 8), 32, (2, 128, 4, 0)),
+    "tiny": (64, (1, 2, 2), 1, (8, 4), 32, (2, 128, 4, 0)),
     "mini": (96, (1, 2, 3, 4), 3, (32, 16, 8), 32, (16, 512, 8, 128)),
     "base": (192, (1, 2, 3, 4), 3, (32, 16, 8), 64, (16, 512, 8, 128)),
 }
@@ -49,6 +49,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.model.use_scale_shift_norm = True  # Timestep embedding as scale and shift of a norm.
   c.model.resblock_updown = arg != "tiny"  # Residual blocks resample (else conv / nearest).
   c.model.learn_sigma = True  # 6 output channels: epsilon and the learned-range variance.
+  c.model.prediction = "epsilon"  # What the first 3 output channels predict: epsilon or v.
+  # Pixels per side folded into channels around the UNet (1 = ADM; 2, 4 run it at 1/2, 1/4
+  # of the resolution).
+  c.model.patch_size = 1
   c.model.text_layers = t_layers  # Text transformer blocks.
   c.model.text_width = t_width  # Text transformer width.
   c.model.text_heads = t_heads  # Text transformer heads.
@@ -64,6 +68,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.sample.num_steps = 50  # Respaced sampling steps (0 = all of T).
   c.sample.eta = 0.0  # DDIM noise (0 = deterministic given the start noise).
   # Classifier-free guidance on epsilon: (1 + g) cond - g uncond; GLIDE's scale s = g + 1.
+  # GLIDE's s = 3; on the quickstart's model the best of 0 / 2 / 5 / 11 (docs/results.md).
   c.sample.guidance_scale = 2.0
   c.sample.clip_denoised = True  # Clip each step's predicted x_0 to [-1, 1].
   c.sample.per_prompt = 4  # Samples per prompt in `upgen sample`.
@@ -82,6 +87,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 500
     c.train.sample_every = 1000
     c.sample.num_steps = 25
+    # The CPU recipe (docs/results.md): the UNet at 16 px on 2 x 2 patches, v prediction.
+    c.model.patch_size = 2
+    c.model.prediction = "v"
   else:
     c.data.batch_size = 12 if arg == "mini" else 2048  # miniGLIDE's; GLIDE's.
     c.data.text_seq_len = 128

@@ -24,13 +24,7 @@ def _setup(**model):
 
 
 def _batch(b=4, seed=0):
-  rng = np.random.default_rng(seed)
-  n = rng.integers(1, 7, b)
-  mask = np.arange(6)[None] < n[:, None]
-  return {"pixels": rng.integers(0, 256, (b, 16, 16, 3)).astype(np.uint8),
-          "text_tokens": np.where(mask, rng.integers(4, 20, (b, 6)), 0).astype(np.int32),
-          "text_mask": mask, "has_image": np.ones(b, bool), "has_text": np.ones(b, bool),
-          "image_tokens": np.zeros((b, 0), np.int32)}
+  return token_data.pixel_batch(b, seed)
 
 
 def test_loss_is_clips_symmetric_cross_entropy():

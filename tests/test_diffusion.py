@@ -351,3 +351,33 @@ def test_bad_settings_are_config_errors():
     diffusion.training_losses(proc, out, x0, xt, t_B, noise, loss_type="l1")
   with pytest.raises(errors.ConfigError, match="config.loss.loss_type='hybrid'"):
     diffusion.training_losses(proc, out[..., :3], x0, xt, t_B, noise, loss_type="hybrid")
+
+
+def test_v_prediction_converts_to_epsilon_and_trains_on_v():
+  """prediction "v": the true velocity converts back to the true noise, its MSE is zero
+  there, and the bound still trains only the variance channels."""
+  proc = diffusion.process("cosine", 1000)
+  rng = np.random.default_rng(0)
+  x0 = jnp.asarray(rng.uniform(-1, 1, (3, 4, 4, 3)), jnp.float32)
+  noise = jnp.asarray(rng.normal(size=(3, 4, 4, 3)), jnp.float32)
+  t = jnp.array([0, 400, 999])
+  xt = diffusion.q_sample(proc, x0, t, noise)
+  v = diffusion.v_target(proc, x0, t, noise)
+  abar = proc.alphas_cumprod[np.asarray(t)][:, None, None, None]
+  np.testing.assert_allclose(
+      v, np.sqrt(abar) * np.asarray(noise) - np.sqrt(1 - abar) * np.asarray(x0), atol=1e-6)
+  var = jnp.zeros_like(x0)
+  out = jnp.concatenate([v, var], axis=-1)
+  eps = diffusion.as_epsilon(proc, out, xt, t, "v")
+  np.testing.assert_allclose(eps[..., :3], noise, atol=2e-5)
+  np.testing.assert_array_equal(eps[..., 3:], var)
+  assert diffusion.as_epsilon(proc, out, xt, t, "epsilon") is out
+  losses = diffusion.training_losses(proc, out, x0, xt, t, noise, loss_type="hybrid",
+                                     prediction="v")
+  np.testing.assert_allclose(losses["mse"], 0.0, atol=1e-9)
+  grad = jax.grad(lambda o: jnp.sum(diffusion.training_losses(
+      proc, o, x0, xt, t, noise, loss_type="hybrid", prediction="v")["vb"]))(out + 0.1)
+  assert float(jnp.abs(grad[..., :3]).max()) == 0.0
+  assert float(jnp.abs(grad[..., 3:]).max()) > 0.0
+  with pytest.raises(ValueError, match="config.model.prediction='x0'"):
+    diffusion.as_epsilon(proc, out, xt, t, "x0")

@@ -36,13 +36,7 @@ def _setup(sample=None, loss=None, **model):
 
 
 def _batch(b=4, seed=0):
-  rng = np.random.default_rng(seed)
-  n = rng.integers(1, 7, b)
-  mask = np.arange(6)[None] < n[:, None]
-  return {"pixels": rng.integers(0, 256, (b, 16, 16, 3)).astype(np.uint8),
-          "text_tokens": np.where(mask, rng.integers(4, 20, (b, 6)), 0).astype(np.int32),
-          "text_mask": mask, "has_image": np.ones(b, bool), "has_text": np.ones(b, bool),
-          "image_tokens": np.zeros((b, 0), np.int32)}
+  return token_data.pixel_batch(b, seed)
 
 
 def _params(setup, seed=0):
@@ -138,12 +132,15 @@ def test_guided_sampling():
       params, batch["text_tokens"], batch["text_mask"], rng))
   out = sample(setup, jax.random.key(0))
   assert out.shape == (2, 16, 16, 3) and out.dtype == np.uint8
-  # Guidance 0 is the conditional model alone, sampled by the DDIM steps of diffusion.py.
+  # Guidance 0 is the conditional model alone (its v output as epsilon at the original
+  # t), sampled by the DDIM steps of diffusion.py.
   cfg = setup.model_config
+  assert cfg.prediction == "v"
   proc = glide.sampling_process(cfg, setup.sample)
-  model_fn = lambda x, t: setup.model.apply({"params": params}, x, t,
-                                            jnp.asarray(batch["text_tokens"]),
-                                            jnp.asarray(batch["text_mask"]))
+  model_fn = lambda x, t: diffusion.as_epsilon(
+      glide.base_process(cfg), setup.model.apply({"params": params}, x, t,
+                                                 jnp.asarray(batch["text_tokens"]),
+                                                 jnp.asarray(batch["text_mask"])), x, t, "v")
   direct = glide.to_pixels(diffusion.ddim_sample(proc, model_fn, (2, 16, 16, 3),
                                                  jax.random.key(0)))
   np.testing.assert_array_equal(out, np.asarray(direct))
@@ -180,6 +177,7 @@ def test_image_nll_is_the_bound_in_nats():
     xt = diffusion.q_sample(proc, x0, t_B, noise)
     out = setup.model.apply({"params": params}, xt, t_B, batch["text_tokens"],
                             batch["text_mask"])
+    out = diffusion.as_epsilon(proc, out, xt, t_B, cfg.prediction)  # The tiny config's v.
     total += np.asarray(diffusion.vlb_bits_per_dim(proc, out, x0, xt, t_B)) * dims * np.log(2)
   abar = proc.alphas_cumprod[-1]
   x0 = np.asarray(x0, np.float64)
@@ -233,11 +231,12 @@ def test_train_then_sample_on_shapes(tmp_path):
           "--config.train.progress=False", "--config.train.eval_batches=1",
           "--config.model.channel_mult=(1,2)", "--config.model.attention_resolutions=(8,)",
           "--config.optim.warmup_steps=5", "--config.optim.lr=3e-3",
+          "--config.model.diffusion_steps=100",
           *[f"--config.model.{k}={v}" for k, v in small.items()]]
   assert cli.main(args) == 0
   rows = [json.loads(line) for line in open(os.path.join(work, "metrics.jsonl"))]
   mse = [r["mse"] for r in rows if "mse" in r]
-  assert mse[-1] < 0.6 * mse[0], mse
+  assert mse[-1] < 0.8 * mse[0], mse  # v prediction: its MSE starts near 1.
   assert any("val_ema_loss" in r for r in rows)
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("a red circle\na blue square\n")
@@ -250,9 +249,14 @@ def test_train_then_sample_on_shapes(tmp_path):
   from PIL import Image
   first = np.asarray(Image.open(os.path.join(out, manifest[0]["image"])))
   assert first.shape == (16, 16, 3)
+  # The variational bound of validation images, in bits per dimension: under the 8 bits of
+  # a uniform guess once the model has learned anything.
+  from upgen import likelihood
+  bound = likelihood.image_nll(work, "val", num=8, batch_size=8)
+  assert 0.5 < bound["bits_per_dim"] < 8.0, bound
 
 
-@pytest.mark.parametrize("variant,params", [("tiny", 8_094_982), ("base", 385_054_790)])
+@pytest.mark.parametrize("variant,params", [("tiny", 5_646_872), ("base", 385_054_790)])
 def test_variants_build(variant, params):
   """configs/glide.py's variants build at the resolution they are for; base is the released
   GLIDE base model's size (385M parameters with GLIDE's 50,257-token vocabulary)."""

@@ -34,6 +34,19 @@ def write(path: str, num_train: int = 64, num_val: int = 16, seed: int = 0) -> s
   return path
 
 
+def pixel_batch(b: int = 4, seed: int = 0, size: int = 16, text_len: int = 6,
+                text_vocab: int = 20) -> dict:
+  """A batch of pixel records' layout: random images, captions of 1..text_len tokens."""
+  rng = np.random.default_rng(seed)
+  n = rng.integers(1, text_len + 1, b)
+  mask = np.arange(text_len)[None] < n[:, None]
+  return {"pixels": rng.integers(0, 256, (b, size, size, 3)).astype(np.uint8),
+          "text_tokens": np.where(mask, rng.integers(4, text_vocab, (b, text_len)),
+                                  0).astype(np.int32),
+          "text_mask": mask, "has_image": np.ones(b, bool), "has_text": np.ones(b, bool),
+          "image_tokens": np.zeros((b, 0), np.int32)}
+
+
 def tiny_overrides(data_dir: str) -> dict:
   """Flattened config overrides for a seconds-fast UPGen on these records."""
   return {

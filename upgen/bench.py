@@ -43,25 +43,30 @@ USAGE = """usage:
 
 
 def setup_for(config: ml_collections.ConfigDict, image_grid: int = 16, image_vocab: int = 8192,
-              text_vocab: int = 32768) -> families.Setup:
+              text_vocab: int = 32768, image_size: int = 0) -> families.Setup:
   """The family built against config.data.dir's data, or against a synthetic spec of these
-  sizes when config.data.dir is empty."""
+  sizes when config.data.dir is empty (`image_size`: the pixels of pixel families; 0 =
+  the reader's default)."""
   family = families.get_family(config.model.family)
   if config.data.get("dir"):
     spec = family.reads.spec(config.data)
   else:
-    spec = family.reads.synthetic_spec(config.data, image_grid=image_grid,
+    data = config.data
+    if image_size:
+      data = ml_collections.ConfigDict({**config.data.to_dict(), "image_size": image_size})
+    spec = family.reads.synthetic_spec(data, image_grid=image_grid,
                                        image_vocab=image_vocab, text_vocab=text_vocab)
   return families.build(config, spec, family)
 
 
 def _state(config: ml_collections.ConfigDict, setup: families.Setup):
+  from upgen.train import checkpoint
   from upgen.train import mesh as mesh_lib
   from upgen.train import state as state_lib
   mesh = mesh_lib.make_mesh(config.mesh)
   tx = setup.optimizer(config.optim, config.train.steps)
   return mesh, state_lib.create_state(setup, tx, mesh, config.mesh,
-                                      jax.random.key(config.seed))
+                                      jax.random.key(config.seed), checkpoint.uses_ema(config))
 
 
 def _peak_memory() -> Optional[int]:
@@ -90,7 +95,8 @@ def bench_train(config: ml_collections.ConfigDict, setup: families.Setup, steps:
   batch = {k: jax.device_put(v, sharding)
            for k, v in setup.dummy_batch(config.data.batch_size).items()}
   step = jax.jit(functools.partial(step_lib.train_step, loss_fn=setup.loss_fn(),
-                                   grad_accum_steps=config.optim.grad_accum_steps),
+                                   grad_accum_steps=config.optim.grad_accum_steps,
+                                   ema_decay=float(config.optim.get("ema_decay", 0.0) or 0.0)),
                  donate_argnums=0)
   rng = jax.random.key(0)
   with mesh_lib.activate(mesh, config.mesh):
@@ -200,6 +206,8 @@ def _common_flags(fv) -> None:
                        flag_values=fv)
   flags.DEFINE_integer("image_vocab", 8192, "Synthetic image codebook size.", flag_values=fv)
   flags.DEFINE_integer("text_vocab", 32768, "Synthetic text vocabulary.", flag_values=fv)
+  flags.DEFINE_integer("image_size", 0, "Synthetic image side of pixel families (0: the "
+                       "reader's default, 32).", flag_values=fv)
   flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s per device (default: from the "
                      "device kind, e.g. 989 for an H100).", flag_values=fv)
   flags.DEFINE_float("bandwidth_tbs", None, "Memory bandwidth TB/s per device (default: "
@@ -267,7 +275,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   except (AttributeError, KeyError) as e:
     from upgen.train.main import override_error
     raise errors.ConfigError(override_error(rest, e)) from e
-  setup = setup_for(raw, fv.image_grid, fv.image_vocab, fv.text_vocab)
+  setup = setup_for(raw, fv.image_grid, fv.image_vocab, fv.text_vocab, fv.image_size)
   config = raw
   peak_flops, bandwidth = _device_peaks(fv.peak_tflops, fv.bandwidth_tbs)
   if command == "train":

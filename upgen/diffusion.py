@@ -34,6 +34,7 @@ from upgen import errors
 
 SCHEDULES = ("linear", "cosine")
 LOSS_TYPES = ("simple", "hybrid")
+PREDICTIONS = ("epsilon", "v")  # What the model's first C output channels predict.
 MAX_BETA = 0.999  # Cap on the cosine schedule's betas (the last one would be 1).
 COSINE_OFFSET = 0.008  # s in alphabar(t) = cos^2((t/T + s) / (1 + s) * pi/2).
 
@@ -207,6 +208,34 @@ def eps_from_x0(proc: Process, xt, t_B, x0) -> jax.Array:
           / _at(proc.sqrt_recipm1_alphas_cumprod, t_B, xt.ndim))
 
 
+def v_target(proc: Process, x0, t_B, noise) -> jax.Array:
+  """The velocity v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022)."""
+  x0 = _f32(x0)
+  return (_at(proc.sqrt_alphas_cumprod, t_B, x0.ndim) * _f32(noise)
+          - _at(proc.sqrt_one_minus_alphas_cumprod, t_B, x0.ndim) * x0)
+
+
+def check_prediction(prediction: str) -> str:
+  if prediction not in PREDICTIONS:
+    raise errors.ConfigError(f"config.model.prediction={prediction!r}: choose one of "
+                             f"{PREDICTIONS}")
+  return prediction
+
+
+def as_epsilon(proc: Process, out_BxHxWxC, xt, t_B, prediction: str) -> jax.Array:
+  """The model output with its first C channels turned into epsilon (the form everything
+  below reads): `prediction` "epsilon" as it is, "v" by eps = sqrt(abar) v +
+  sqrt(1 - abar) x_t; the variance channels, if any, unchanged. `t_B` indexes `proc`."""
+  if check_prediction(prediction) == "epsilon":
+    return out_BxHxWxC
+  xt = _f32(xt)
+  c = xt.shape[-1]
+  out = _f32(out_BxHxWxC)
+  eps = (_at(proc.sqrt_alphas_cumprod, t_B, xt.ndim) * out[..., :c]
+         + _at(proc.sqrt_one_minus_alphas_cumprod, t_B, xt.ndim) * xt)
+  return jnp.concatenate([eps, out[..., c:]], axis=-1)
+
+
 def split_output(out_BxHxWxC, image_channels: int) -> tuple[jax.Array, Optional[jax.Array]]:
   """(eps, v or None) from a model output of `image_channels` or twice as many channels."""
   channels = out_BxHxWxC.shape[-1]
@@ -289,20 +318,24 @@ def check_loss_type(loss_type: str) -> str:
   return loss_type
 
 
-def training_losses(proc: Process, out_BxHxWxC, x0, xt, t_B, noise, *, loss_type: str
-                    ) -> dict[str, jax.Array]:
-  """Per-example float32 losses (B): "loss" and "mse", and for "hybrid" "vb" (the rescaled
-  bound term that trains the variance channels) and "vlb_bpd" (the unscaled term)."""
+def training_losses(proc: Process, out_BxHxWxC, x0, xt, t_B, noise, *, loss_type: str,
+                    prediction: str = "epsilon") -> dict[str, jax.Array]:
+  """Per-example float32 losses (B): "loss" and "mse" (of the predicted quantity:
+  epsilon, or v), and for "hybrid" "vb" (the rescaled bound term that trains the variance
+  channels) and "vlb_bpd" (the unscaled term)."""
   check_loss_type(loss_type)
   out = _f32(out_BxHxWxC)
-  eps, v = split_output(out, jnp.shape(x0)[-1])
-  mse_B = _mean_over_example((_f32(noise) - eps) ** 2)
+  pred, v = split_output(out, jnp.shape(x0)[-1])
+  target = _f32(noise) if check_prediction(prediction) == "epsilon" else v_target(
+      proc, x0, t_B, noise)
+  mse_B = _mean_over_example((target - pred) ** 2)
   if loss_type == "simple":
     return {"loss": mse_B, "mse": mse_B}
   if v is None:
     raise errors.ConfigError(
         f"config.loss.loss_type='hybrid' learns the variance: the model must output "
         f"{2 * out.shape[-1]} channels (epsilon and v), not {out.shape[-1]}")
+  eps = as_epsilon(proc, out, xt, t_B, prediction)[..., :pred.shape[-1]]
   frozen = jnp.concatenate([jax.lax.stop_gradient(eps), v], axis=-1)
   vlb_B = vlb_bits_per_dim(proc, frozen, x0, xt, t_B, clip_denoised=False)
   vb_B = vlb_B * (proc.original_num_steps / 1000.0)

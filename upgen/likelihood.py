@@ -1,5 +1,6 @@
 """`upgen eval nll --workdir W [--split val] [--num 256]`: how likely a trained model finds
-the held-out images given their captions, in nats per image token.
+the held-out images given their captions, in nats per image token (token families) or bits
+per dimension (families that model pixels: the diffusion family's variational bound).
 
 The families report comparable numbers: the decoder-only model's is its exact next-token
 likelihood; UPGen's factorizes the same joint one token per step in raster order (each
@@ -29,11 +30,14 @@ def image_nll(workdir: str, split: str = "val", num: int = 256, batch_size: int 
   config = config.copy_and_resolve_references()
   config.data.batch_size = batch_size
   score = jax.jit(functools.partial(nll, model=setup.model))
-  totals, image_tokens = [], 0
+  from upgen.data import readers
+  in_pixels = setup.family.reads is readers.PIXEL_RECORDS
+  totals, units = [], 0
   for batch in setup.family.reads.eval_iterator(config, setup.spec, split, None):
     paired = np.asarray(batch["has_image"], bool) & np.asarray(batch["has_text"], bool)
     totals.extend(np.asarray(score(params, batch))[paired].tolist())
-    image_tokens = int(np.shape(batch["image_tokens"])[1])
+    units = int(np.prod(np.shape(batch["pixels"])[1:]) if in_pixels
+                else np.shape(batch["image_tokens"])[1])
     if len(totals) >= num:
       break
   if not totals:
@@ -42,9 +46,12 @@ def image_nll(workdir: str, split: str = "val", num: int = 256, batch_size: int 
         f"one full batch of {batch_size})")
   totals = totals[:num]
   per_image = float(np.mean(totals))
-  return {"family": setup.family.name, "split": split, "num": len(totals),
-          "nll_per_image": per_image, "nll_per_image_token": per_image / image_tokens,
-          "bits_per_image_token": per_image / image_tokens / np.log(2)}
+  out = {"family": setup.family.name, "split": split, "num": len(totals),
+         "nll_per_image": per_image}
+  if in_pixels:  # Images in [0, 255] with 256 bins per dimension.
+    return dict(out, bits_per_dim=per_image / units / np.log(2))
+  return dict(out, nll_per_image_token=per_image / units,
+              bits_per_image_token=per_image / units / np.log(2))
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -59,6 +59,17 @@ class DataSpec:
             "text_seq_len": self.text_seq_len, "text_pad_id": self.text_pad_id,
             "text_mask_id": self.text_mask_id}
 
+  def pixel_sizes(self, family: str) -> dict[str, int]:
+    """The sizes a family that reads pixels and captions is built with (an error says which
+    the records lack, naming `family`, e.g. "a CLIP scorer")."""
+    if not self.image_size:
+      raise errors.DataError(f"the data carries no pixels: {family} reads images "
+                             "(`upgen tokenize --pixels`)")
+    if not self.text_vocab_size:
+      raise errors.DataError(f"the data has no text tokenizer: {family} reads captions")
+    return {"image_size": self.image_size, "text_vocab_size": self.text_vocab_size,
+            "text_seq_len": self.text_seq_len, "text_pad_id": max(self.text_pad_id, 0)}
+
   def special_ids(self, *names: str, where: str = "the data's text tokenizer") -> dict[str, int]:
     """{"text_<name>_id": id} for the named special tokens ("bos", "eos", ...), each checked
     to exist (an error names the missing one)."""

@@ -97,15 +97,9 @@ class ClipConfig(layers.TransformerConfig):
 
 
 def model_config(group: Any, spec: DataSpec) -> ClipConfig:
-  if not spec.image_size:
-    raise errors.DataError("the data carries no pixels: a CLIP scorer reads images "
-                           "(`upgen tokenize --pixels`)")
-  if not spec.text_vocab_size:
-    raise errors.DataError("the data has no text tokenizer: a CLIP scorer reads captions")
+  given = spec.pixel_sizes("a CLIP scorer")
   special = lambda i: i if 0 <= i < spec.text_vocab_size else -1
-  given = {"image_size": spec.image_size, "text_vocab_size": spec.text_vocab_size,
-           "text_seq_len": spec.text_seq_len, "text_pad_id": max(spec.text_pad_id, 0),
-           "text_bos_id": special(spec.text_bos_id), "text_eos_id": special(spec.text_eos_id)}
+  given.update(text_bos_id=special(spec.text_bos_id), text_eos_id=special(spec.text_eos_id))
   return schema.parse(ClipConfig, group, "config.model", given=given,
                       skip=families.MODEL_SELECTORS)
 

@@ -42,14 +42,8 @@ KEY = "config.sample"
 
 
 def model_config(group: Any, spec: DataSpec) -> UNetConfig:
-  if not spec.image_size:
-    raise errors.DataError("the data carries no pixels: a diffusion model trains on images "
-                           "(`upgen tokenize --pixels`)")
-  if not spec.text_vocab_size:
-    raise errors.DataError("the data has no text tokenizer: GLIDE reads captions")
-  given = {"image_size": spec.image_size, "text_vocab_size": spec.text_vocab_size,
-           "text_seq_len": spec.text_seq_len, "text_pad_id": max(spec.text_pad_id, 0)}
-  return schema.parse(UNetConfig, group, "config.model", given=given,
+  return schema.parse(UNetConfig, group, "config.model",
+                      given=spec.pixel_sizes("a GLIDE diffusion model"),
                       skip=families.MODEL_SELECTORS)
 
 
@@ -142,7 +136,8 @@ def loss_fn(params, batch: Batch, rng: jax.Array, *, model: GlideUNet, settings:
   valid = jnp.asarray(batch["text_mask"], bool) & keep_B[:, None]
   out = model.apply({"params": params}, xt, t_B,
                     batch["text_tokens"], valid, train=train, rngs={"dropout": dropout_rng})
-  terms = diffusion.training_losses(proc, out, x0, xt, t_B, noise, loss_type=settings.loss_type)
+  terms = diffusion.training_losses(proc, out, x0, xt, t_B, noise, loss_type=settings.loss_type,
+                                    prediction=cfg.prediction)
   weight_B = jnp.asarray(batch["has_image"], bool).astype(jnp.float32)
   n = jnp.maximum(jnp.sum(weight_B), 1.0)
   mean = lambda x_B: jnp.sum(weight_B * x_B) / n
@@ -162,16 +157,19 @@ def init_variables(model: GlideUNet, rng: jax.Array, batch: Batch) -> dict[str, 
 
 
 def _guided_model(params, model: GlideUNet, text_BxLt, valid_BxLt, guidance_scale: float):
-  """model_fn(x, t) of the samplers: conditional and unconditional halves in one batch
-  when guided."""
+  """model_fn(x, t) of the samplers, t the original timestep: the output as epsilon (and
+  variance), conditional and unconditional halves in one batch when guided."""
+  cfg = model.config
+  base = base_process(cfg)
+  eps = lambda out, x, t_B: diffusion.as_epsilon(base, out, x, t_B, cfg.prediction)
 
   def model_fn(x, t_B):
     if not guidance_scale:
-      return model.apply({"params": params}, x, t_B, text_BxLt, valid_BxLt)
+      return eps(model.apply({"params": params}, x, t_B, text_BxLt, valid_BxLt), x, t_B)
     both = model.apply({"params": params}, jnp.concatenate([x, x]), jnp.concatenate([t_B, t_B]),
                        jnp.concatenate([text_BxLt, text_BxLt]),
                        jnp.concatenate([valid_BxLt, jnp.zeros_like(valid_BxLt)]))
-    cond, uncond = jnp.split(both, 2)
+    cond, uncond = jnp.split(eps(both, jnp.concatenate([x, x]), jnp.concatenate([t_B, t_B])), 2)
     return diffusion.guide(cond, uncond, guidance_scale)
 
   return model_fn
@@ -222,7 +220,9 @@ def image_nll(params, batch: Batch, *, model: GlideUNet) -> jax.Array:
     t_B = jnp.full((b,), t, jnp.int32)
     noise = jax.random.normal(jax.random.fold_in(rng, t), x0.shape)
     xt = diffusion.q_sample(proc, x0, t_B, noise)
-    out = model.apply({"params": params}, xt, t_B, batch["text_tokens"], valid)
+    out = diffusion.as_epsilon(proc, model.apply({"params": params}, xt, t_B,
+                                                 batch["text_tokens"], valid),
+                               xt, t_B, cfg.prediction)
     return total_B + diffusion.vlb_bits_per_dim(proc, out, x0, xt, t_B) * dims * np.log(2.0)
 
   total_B = jax.lax.fori_loop(0, proc.num_timesteps, body, jnp.zeros((b,), jnp.float32))

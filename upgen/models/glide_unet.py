@@ -70,6 +70,7 @@ class UNetConfig:
   use_scale_shift_norm: bool = True
   resblock_updown: bool = False
   learn_sigma: bool = True  # 6 output channels: epsilon and the variance value.
+  prediction: str = "epsilon"  # What the first 3 channels predict: "epsilon" or "v".
   # Pixels per side folded into channels before the UNet (space-to-depth) and unfolded after
   # it: 1 is ADM; 2 runs the UNet at half the resolution (a 4x cheaper CPU recipe).
   patch_size: int = 1
@@ -125,6 +126,9 @@ class UNetConfig:
                                f"length {self.text_seq_len} (config.data.text_seq_len)")
     if not 0.0 <= self.dropout < 1.0:
       raise errors.ConfigError(f"config.model.dropout={self.dropout}: must be in [0, 1)")
+    if self.prediction not in ("epsilon", "v"):
+      raise errors.ConfigError(f"config.model.prediction={self.prediction!r}: choose "
+                               "'epsilon' or 'v'")
     if self.noise_schedule not in ("linear", "cosine"):
       raise errors.ConfigError(f"config.model.noise_schedule={self.noise_schedule!r}: choose "
                                "'linear' or 'cosine'")
