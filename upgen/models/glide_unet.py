@@ -45,11 +45,10 @@ from flax import linen as nn
 
 from upgen import errors
 from upgen.models import layers
+from upgen.models.vqgan_layers import (ACTIVATION_AXES, CHANNEL_AXES, HEAD_KERNEL_AXES,
+                                       KERNEL_AXES)
 
-KERNEL_AXES = (None, None, "conv_in", "conv_out")
 DENSE_AXES = ("conv_in", "conv_out")
-CHANNEL_AXES = ("conv_out",)
-ACTIVATION_AXES = ("batch", None, None, "conv_out")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -200,7 +199,7 @@ def _conv(cfg: UNetConfig, features: int, kernel: int = 3, *, stride: int = 1,
       features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
       dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
       kernel_init=nn.with_logical_partitioning(
-          init, (None, None, "conv_in", None) if head else KERNEL_AXES),
+          init, HEAD_KERNEL_AXES if head else KERNEL_AXES),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                              (None,) if head else CHANNEL_AXES))
 
