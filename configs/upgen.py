@@ -52,6 +52,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.loss.paired_text_weight = 0.1  # Loss weight, text tokens of paired examples.
   c.loss.unpaired_image_weight = 1.0  # Loss weight, image-only examples.
   c.loss.unpaired_text_weight = 0.01  # Loss weight, text-only examples.
+  # Speed levers that leave the loss as it is (upgen/models/head_loss.py): the heads run on
+  # the masked positions only, gathered into a buffer of this fraction of all positions
+  # (batches masking more use every position; 0 = off); and the logits in this many
+  # chunks, recomputed in the backward pass, so the batch's float32 logits never exist whole.
+  c.loss.logits_capacity = 0.0
+  c.loss.logits_chunks = 1
 
   common.token_records(c, text_dropout=0.1)
 

@@ -200,7 +200,8 @@ def _zero_layer_loss(params, batch, masks, weights_4):
   settings are a plain namespace: MaskingLoss checks its values)."""
   names = ("paired_image_weight", "paired_text_weight", "unpaired_image_weight",
            "unpaired_text_weight")
-  settings = types.SimpleNamespace(**dict(zip(names, weights_4)))
+  settings = types.SimpleNamespace(**dict(zip(names, weights_4)), logits_capacity=0.0,
+                                   logits_chunks=1)
   return upgen.masked_loss(params, batch, masks, jax.random.key(0), model=ZERO_LAYER,
                            settings=settings, train=False)
 

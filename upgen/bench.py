@@ -59,20 +59,34 @@ def setup_for(config: ml_collections.ConfigDict, image_grid: int = 16, image_voc
   return families.build(config, spec, family)
 
 
-def _state(config: ml_collections.ConfigDict, setup: families.Setup):
-  from upgen.train import checkpoint
+def _optimizer_and_mesh(config: ml_collections.ConfigDict, setup: families.Setup):
   from upgen.train import mesh as mesh_lib
+  return mesh_lib.make_mesh(config.mesh), setup.optimizer(config.optim, config.train.steps)
+
+
+def _state(config: ml_collections.ConfigDict, setup: families.Setup, mesh, tx):
+  from upgen.train import checkpoint
   from upgen.train import state as state_lib
-  mesh = mesh_lib.make_mesh(config.mesh)
-  tx = setup.optimizer(config.optim, config.train.steps)
-  return mesh, state_lib.create_state(setup, tx, mesh, config.mesh,
-                                      jax.random.key(config.seed), checkpoint.uses_ema(config))
+  return state_lib.create_state(setup, tx, mesh, config.mesh, jax.random.key(config.seed),
+                                checkpoint.uses_ema(config))
 
 
 def _peak_memory() -> Optional[int]:
   stats = [d.memory_stats() or {} for d in jax.local_devices()]
   peaks = [s.get("peak_bytes_in_use") for s in stats]
   return max(peaks) if peaks and all(p is not None for p in peaks) else None
+
+
+def _program_memory(compiled) -> Optional[float]:
+  """GiB a compiled program needs per device: arguments + outputs + temporaries - aliased
+  (donated) buffers, from XLA's memory analysis."""
+  try:
+    m = compiled.memory_analysis()
+    total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - m.alias_size_in_bytes)
+  except Exception:  # pylint: disable=broad-except
+    return None  # Not every backend reports it.
+  return total / 2 ** 30
 
 
 def _device_peaks(peak_tflops: Optional[float], bandwidth_tbs: Optional[float]):
@@ -85,12 +99,39 @@ def _device_line() -> str:
   return f"{jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()})"
 
 
-def bench_train(config: ml_collections.ConfigDict, setup: families.Setup, steps: int,
-                peak_flops: Optional[float]) -> dict[str, Any]:
-  """Times `steps` train steps after a compile step and one warm-up step."""
+@dataclasses.dataclass
+class TrainProgram:
+  """A train step lowered for `config` (`lower_train`), compiled by `compile()` (which may
+  run on another thread: scripts/gpu_measure.py compiles several at once) and timed by
+  `time_train`."""
+  config: ml_collections.ConfigDict
+  setup: families.Setup
+  mesh: Any
+  tx: Any
+  batch: dict
+  lowered: Any
+  lower_s: float
+  compiled: Any = None
+  compile_s: float = 0.0
+
+  def compile(self) -> "TrainProgram":
+    start = time.perf_counter()
+    self.compiled = self.lowered.compile()
+    self.compile_s = time.perf_counter() - start
+    return self
+
+
+def lower_train(config: ml_collections.ConfigDict, setup: families.Setup) -> TrainProgram:
+  """The jitted train step (state donated) lowered on abstract state and a synthetic batch
+  of the real shapes."""
+  from upgen.train import checkpoint
   from upgen.train import mesh as mesh_lib
+  from upgen.train import state as state_lib
   from upgen.train import step as step_lib
-  mesh, state = _state(config, setup)
+  start = time.perf_counter()
+  mesh, tx = _optimizer_and_mesh(config, setup)
+  abstract, _ = state_lib.abstract_state(setup, tx, mesh, config.mesh,
+                                         checkpoint.uses_ema(config))
   sharding = mesh_lib.batch_sharding(mesh, config.mesh)
   batch = {k: jax.device_put(v, sharding)
            for k, v in setup.dummy_batch(config.data.batch_size).items()}
@@ -98,17 +139,28 @@ def bench_train(config: ml_collections.ConfigDict, setup: families.Setup, steps:
                                    grad_accum_steps=config.optim.grad_accum_steps,
                                    ema_decay=float(config.optim.get("ema_decay", 0.0) or 0.0)),
                  donate_argnums=0)
-  rng = jax.random.key(0)
   with mesh_lib.activate(mesh, config.mesh):
-    start = time.perf_counter()
-    state, metrics = step(state, batch, rng)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - start
-    state, metrics = step(state, batch, rng)  # Warm-up (allocator, autotuning).
+    lowered = step.lower(abstract, batch, jax.random.key(0))
+  return TrainProgram(config, setup, mesh, tx, batch, lowered, time.perf_counter() - start)
+
+
+def time_train(program: TrainProgram, steps: int, peak_flops: Optional[float]
+               ) -> dict[str, Any]:
+  """Runs a compiled program: two warm-up steps (allocator, first-run costs), then `steps`
+  timed steps."""
+  from upgen.train import mesh as mesh_lib
+  if program.compiled is None:
+    program.compile()
+  config, setup, step = program.config, program.setup, program.compiled
+  state = _state(config, setup, program.mesh, program.tx)
+  rng = jax.random.key(0)
+  with mesh_lib.activate(program.mesh, config.mesh):
+    for _ in range(2):
+      state, metrics = step(state, program.batch, rng)
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for _ in range(steps):
-      state, metrics = step(state, batch, rng)
+      state, metrics = step(state, program.batch, rng)
     jax.block_until_ready(metrics)
     step_s = (time.perf_counter() - start) / steps
   loss = float(metrics["loss"])
@@ -122,11 +174,12 @@ def bench_train(config: ml_collections.ConfigDict, setup: families.Setup, steps:
       "bench": "train", "config": family.name, "size": config.model.get("size", ""),
       "device": _device_line(), "batch_size": batch_size,
       "tokens_per_example": tokens_per_example, "step_ms": step_s * 1e3,
-      "compile_s": compile_s, "examples_per_s": batch_size / step_s,
+      "compile_s": program.lower_s + program.compile_s, "examples_per_s": batch_size / step_s,
       "tokens_per_s": batch_size * tokens_per_example / step_s,
       "peak_memory_gib": (_peak_memory() or 0) / 2 ** 30 or None,
+      "program_memory_gib": _program_memory(step),
       "num_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
-      "dtype": config.model.dtype, "param_dtype": config.model.param_dtype,
+      "dtype": config.model.dtype, "param_dtype": config.model.param_dtype, "loss": loss,
   }
   if count is not None:
     out["flops_per_example"] = count.total
@@ -139,26 +192,62 @@ def bench_train(config: ml_collections.ConfigDict, setup: families.Setup, steps:
   return out
 
 
+def bench_train(config: ml_collections.ConfigDict, setup: families.Setup, steps: int,
+                peak_flops: Optional[float]) -> dict[str, Any]:
+  """Times `steps` train steps after compiling and two warm-up steps."""
+  return time_train(lower_train(config, setup).compile(), steps, peak_flops)
+
+
 def time_train_steps(config: ml_collections.ConfigDict, num_steps: int = 5) -> float:
   """Seconds per train step on synthetic batches of the real shapes, compilation excluded."""
   return bench_train(config, setup_for(config), num_steps, None)["step_ms"] / 1e3
 
 
-def bench_sample(config: ml_collections.ConfigDict, setup: families.Setup,
-                 batch_sizes: list[int], repeats: int, peak_flops: Optional[float],
-                 bandwidth: Optional[float]) -> list[dict[str, Any]]:
-  """Times the family's sample_images per batch size (compile excluded, median of `repeats`)."""
+@dataclasses.dataclass
+class SampleProgram:
+  """The family's sample_images lowered per batch size (`lower_sample`); compiled like
+  TrainProgram; timed by `time_sample`."""
+  config: ml_collections.ConfigDict
+  setup: families.Setup
+  lowered: dict  # batch size -> (Lowered, caption arrays)
+  compiled: Optional[dict] = None
+  compile_s: float = 0.0
+
+  def compile(self) -> "SampleProgram":
+    start = time.perf_counter()
+    self.compiled = {b: (low.compile(), captions) for b, (low, captions) in self.lowered.items()}
+    self.compile_s = time.perf_counter() - start
+    return self
+
+
+def lower_sample(config: ml_collections.ConfigDict, setup: families.Setup,
+                 batch_sizes: list[int]) -> SampleProgram:
+  from upgen.train import checkpoint
+  from upgen.train import state as state_lib
+  mesh, tx = _optimizer_and_mesh(config, setup)
+  params = state_lib.abstract_state(setup, tx, mesh, config.mesh,
+                                    checkpoint.uses_ema(config))[0].params
   sample = jax.jit(setup.bind("sample_images"))
-  _, state = _state(config, setup)
-  params = state.params
+  lowered = {}
+  for b in batch_sizes:
+    captions = setup.family.reads.captions(setup.dummy_batch(b))
+    lowered[b] = (sample.lower(params, *captions, jax.random.key(0)), captions)
+  return SampleProgram(config, setup, lowered)
+
+
+def time_sample(program: SampleProgram, repeats: int, peak_flops: Optional[float],
+                bandwidth: Optional[float]) -> list[dict[str, Any]]:
+  """Per batch size: one untimed call, then the median of `repeats` timed calls."""
+  if program.compiled is None:
+    program.compile()
+  config, setup = program.config, program.setup
+  mesh, tx = _optimizer_and_mesh(config, setup)
+  params = _state(config, setup, mesh, tx).params
   param_bytes = int(sum(x.nbytes for x in jax.tree.leaves(params)))
   family = setup.family
   rows = []
-  for b in batch_sizes:
-    captions = family.reads.captions(setup.dummy_batch(b))
-    start = time.perf_counter()
+  for b, (sample, captions) in program.compiled.items():
     out = jax.block_until_ready(sample(params, *captions, jax.random.key(0)))
-    compile_s = time.perf_counter() - start
     times = []
     for i in range(repeats):
       start = time.perf_counter()
@@ -168,8 +257,9 @@ def bench_sample(config: ml_collections.ConfigDict, setup: families.Setup,
     per_image = int(np.prod(out.shape[1:])) if out.dtype != np.uint8 else 0
     row = {"bench": "sample", "config": family.name,
            "size": config.model.get("size", ""), "device": _device_line(), "batch_size": b,
-           "seconds": seconds, "compile_s": compile_s, "images_per_s": b / seconds,
+           "seconds": seconds, "compile_s": program.compile_s, "images_per_s": b / seconds,
            "image_tokens_per_s": b * per_image / seconds,
+           "param_dtype": config.model.get("param_dtype", ""),
            "sample": dataclasses.asdict(setup.sample)}
     if family.sample_cost is not None:
       cost = family.sample_cost(setup.model_config, setup.sample, b, param_bytes)
@@ -181,6 +271,14 @@ def bench_sample(config: ml_collections.ConfigDict, setup: families.Setup,
         row["bandwidth_bound_images_per_s"] = b * jax.device_count() * bandwidth / cost.bytes
     rows.append(row)
   return rows
+
+
+def bench_sample(config: ml_collections.ConfigDict, setup: families.Setup,
+                 batch_sizes: list[int], repeats: int, peak_flops: Optional[float],
+                 bandwidth: Optional[float]) -> list[dict[str, Any]]:
+  """Times the family's sample_images per batch size (compile excluded, median of `repeats`)."""
+  return time_sample(lower_sample(config, setup, batch_sizes).compile(), repeats, peak_flops,
+                     bandwidth)
 
 
 def bench_data(data_dir: str, split: str, batch_size: int, seconds: float) -> dict:

@@ -32,6 +32,7 @@ from upgen import schema
 from upgen.data import readers
 from upgen.data.spec import DataSpec
 from upgen.families import Batch, Family
+from upgen.models import head_loss
 from upgen.models import layers
 from upgen.sampling import mask_schedule
 from upgen.sampling import upgen_sampler
@@ -111,7 +112,10 @@ class UPGen(nn.Module):
   @nn.compact
   def __call__(self, image_tokens_BxLi: jax.Array, text_tokens_BxLt: jax.Array,
                text_mask_BxLt: jax.Array, has_image_B: Optional[jax.Array] = None, *,
-               train: bool = False) -> tuple[jax.Array, jax.Array]:
+               train: bool = False, features: bool = False) -> tuple[jax.Array, jax.Array]:
+    """(image logits BxLixVi, text logits BxLtxVt); with `features`, the final-norm hidden
+    states of the image and text positions instead (BxLixE, BxLtxE), for a loss that applies
+    the heads itself (upgen/models/head_loss.py)."""
     cfg = self.config
     li, lt = image_tokens_BxLi.shape[1], text_tokens_BxLt.shape[1]
     if (li, lt) != (cfg.image_seq_len, cfg.text_seq_len):
@@ -141,6 +145,8 @@ class UPGen(nn.Module):
     x_BxLxE = layers.TransformerStack(cfg.stack(), name="encoder")(
         x_BxLxE, layers.key_mask(valid_BxL), deterministic=not train)
     x_BxLxE = layers.LayerNorm(cfg.dtype, cfg.param_dtype, name="final_norm")(x_BxLxE)
+    if features:
+      return x_BxLxE[:, :li], x_BxLxE[:, li:]
     head = lambda n, name: layers.Unembed(n, cfg.dtype, cfg.param_dtype, name=name)
     image_logits_BxLixV = head(cfg.image_vocab_size, "image_head")(x_BxLxE[:, :li])
     text_logits_BxLtxV = head(cfg.text_vocab_size, "text_head")(x_BxLxE[:, li:])
@@ -159,6 +165,11 @@ class MaskingLoss:
   paired_text_weight: float = 0.1
   unpaired_image_weight: float = 1.0
   unpaired_text_weight: float = 0.01
+  # Speed levers, exact (upgen/models/head_loss.py): heads on the masked positions only,
+  # into a buffer of this fraction of the positions (0 = every position); and the logits
+  # in this many chunks, recomputed in the backward pass (1 = all at once).
+  logits_capacity: float = 0.0
+  logits_chunks: int = 1
 
   def __post_init__(self):
     mask_schedule.check_schedule(self.mask_schedule, "config.loss.mask_schedule")
@@ -175,6 +186,11 @@ class MaskingLoss:
                         "unpaired_text_weight"):
       if getattr(self, key) < 0:
         raise errors.ConfigError(f"config.loss.{key}={getattr(self, key)}: must be >= 0")
+    if not 0.0 <= self.logits_capacity <= 1.0:
+      raise errors.ConfigError(f"config.loss.logits_capacity={self.logits_capacity}: must be "
+                               "in [0, 1] (0 = logits at every position)")
+    if self.logits_chunks < 1:
+      raise errors.ConfigError(f"config.loss.logits_chunks={self.logits_chunks}: must be >= 1")
 
 
 def loss_config(group: Any, model_cfg: UPGenConfig) -> MaskingLoss:
@@ -277,12 +293,17 @@ def masked_loss(params, batch: Batch, masks: tuple[jax.Array, jax.Array], dropou
   # never do).
   masked_image_BxLi = jnp.asarray(masks[0], bool) & has_image_B[:, None]
   masked_text_BxLt = jnp.asarray(masks[1], bool) & text_valid_BxLt
-  image_logits, text_logits = model.apply(
+  image_BxLixE, text_BxLtxE = model.apply(
       {"params": params}, jnp.where(masked_image_BxLi, cfg.image_mask_id, image_BxLi),
       jnp.where(masked_text_BxLt, cfg.text_mask_id, text_BxLt), text_valid_BxLt, has_image_B,
-      train=train, rngs={"dropout": dropout_rng})
-  ce_image_BxLi = optax.softmax_cross_entropy_with_integer_labels(image_logits, image_BxLi)
-  ce_text_BxLt = optax.softmax_cross_entropy_with_integer_labels(text_logits, text_BxLt)
+      train=train, features=True, rngs={"dropout": dropout_rng})
+  head_ce = lambda x, name, labels, where, vocab: head_loss.masked_cross_entropy(
+      x, head_loss.unembed_params(params, name), labels, where, vocab_size=vocab,
+      dtype=cfg.dtype, capacity=settings.logits_capacity, chunks=settings.logits_chunks)
+  ce_image_BxLi, correct_image = head_ce(image_BxLixE, "image_head", image_BxLi,
+                                         masked_image_BxLi, cfg.image_vocab_size)
+  ce_text_BxLt, correct_text = head_ce(text_BxLtxE, "text_head", text_BxLt, masked_text_BxLt,
+                                       cfg.text_vocab_size)
   paired_Bx1 = (has_image_B & has_text_B)[:, None]
   losses = {
       "loss_image": _masked_mean(ce_image_BxLi, masked_image_BxLi & paired_Bx1),
@@ -294,8 +315,6 @@ def masked_loss(params, batch: Batch, masks: tuple[jax.Array, jax.Array], dropou
            + settings.paired_text_weight * losses["loss_text"]
            + settings.unpaired_image_weight * losses["loss_unpaired_image"]
            + settings.unpaired_text_weight * losses["loss_unpaired_text"])
-  correct_image = jnp.argmax(image_logits, -1) == image_BxLi
-  correct_text = jnp.argmax(text_logits, -1) == text_BxLt
   metrics = dict(
       losses, loss=total,
       acc_image=_masked_mean(correct_image, masked_image_BxLi),
