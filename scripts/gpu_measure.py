@@ -2,8 +2,10 @@
 speed lever, sampling speed, and the peer baselines of ../shared/peers beside them, in one
 process that stops itself before --deadline seconds.
 
-  XLA_FLAGS=--xla_gpu_autotune_level=0 python3 scripts/gpu_measure.py --out results.jsonl \
-      --peers .peers --deadline 500
+  python3 scripts/gpu_measure.py --out results.jsonl --peers .peers --deadline 500
+  ONLY=upgen_cudnn,peer_torch_b64 python3 scripts/gpu_measure.py ...   # some items, in order
+
+(scripts/gpu_measure.sh sets the environment and installs the carried wheels first.)
 
 Every upgen program is lowered at start-up (one thread) and compiled on a pool of threads
 while the first peer runs, so the 24-layer compiles overlap instead of queueing; the GPU
@@ -30,7 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 LARGE_SHAPES = ["--image_grid", "16", "--image_vocab", "32768", "--text_vocab", "32768"]
 QUICK_SHAPES = ["--image_grid", "4", "--image_vocab", "64", "--text_vocab", "128"]
-BASE = ["--config.model.attention_impl=cudnn", "--config.model.scan_layers=true",
+# Unrolled layers: scanning them cost 28% of the step on the H200 (docs/performance.md).
+BASE = ["--config.model.attention_impl=cudnn", "--config.model.scan_layers=false",
         "--config.data.batch_size=64"]
 # UPGen's linear joint mask ratio masks half of the positions on average (a batch of 64
 # deviates by about 0.04), so a 0.7 buffer overflows (and falls back) practically never.
@@ -42,6 +45,7 @@ LEVERS = {
     "batch128": ["--config.data.batch_size=128"],
     "batch128_remat": ["--config.data.batch_size=128", "--config.model.remat=dots_no_batch"],
 }
+COMMON_LEVERS = ("bf16_params", "batch128", "batch128_remat")  # Not UPGen's own loss keys.
 
 
 def plan():
@@ -64,7 +68,8 @@ def plan():
             ("sample", "dalle_sample_g0_bf16", (da, BASE[:2] + [
                 "--config.sample.guidance_scale=0", "--config.sample.top_k=64",
                 "--config.model.param_dtype=bfloat16"], [1, 8, 64])),
-            ("train", "upgen_cudnn_unrolled", (up, BASE[:1] + BASE[2:])),
+            ("train", "upgen_cudnn_scanned", (up, BASE[:1] + BASE[2:] + [
+                "--config.model.scan_layers=true"])),
             ("peer", "peer_jax_xla_b64", (["peer_mfu_jax.py", "64", "xla"], 120))]
   return items
 
@@ -170,6 +175,9 @@ def main(argv=None) -> int:
   from upgen import bench
   shapes = QUICK_SHAPES if args.quick else LARGE_SHAPES
   items = [quick(i) for i in plan()] if args.quick else plan()
+  if os.environ.get("ONLY"):  # A re-run of some items, in this order: ONLY=name,name,...
+    named = {i[1]: i for i in items}
+    items = [named[n] for n in os.environ["ONLY"].split(",")]
   peak, bandwidth = bench._device_peaks(None, None)
   run.record("device", {"status": "ok", "device": bench._device_line(), "jax": jax.__version__,
                         "xla_flags": os.environ.get("XLA_FLAGS", ""), "peak_flops": peak,

@@ -17,11 +17,13 @@ if [ -d .whl ]; then
     --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH="/tmp/site:$PWD"
 fi
-# GEMM autotuning off: it multiplies the 24-layer compiles, and for these large bf16 matmuls
-# cuBLAS's own choice is the one that counts. The peers run under the same flags.
-export XLA_FLAGS="${XLA_FLAGS:---xla_gpu_autotune_level=0}"
-# Programs and peers share the card one after the other: nobody preallocates 75% of it.
-export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
+# XLA's GEMM autotuning stays at its default level: on jax 0.11.2 --xla_gpu_autotune_level=0
+# made every large program 25x slower (docs/performance.md, 2026-11-30). The peers inherit
+# the same XLA_FLAGS.
+# Programs and peers share the card one after the other: nobody preallocates 75% of it, and
+# the asynchronous CUDA allocator hands freed memory back (with preallocation off, jax's own
+# allocator failed to find 40-80 GiB contiguous after earlier programs in the process).
+export XLA_PYTHON_CLIENT_PREALLOCATE=false TF_GPU_ALLOCATOR=cuda_malloc_async PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
   > "$out/nvidia_smi.csv" 2>&1
 timeout "${KILL:-540}" python3 scripts/gpu_measure.py --out "$out/results.jsonl" \

@@ -1,0 +1,51 @@
+"""Tests for scripts/gpu_measure.py, the prepared accelerator run: a misspelt override or a
+wrong lever choice would only show on the device, where every minute is rationed."""
+import importlib.util
+import os
+
+import pytest
+
+from upgen import bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def gm():
+  spec = importlib.util.spec_from_file_location(
+      "gpu_measure", os.path.join(ROOT, "scripts", "gpu_measure.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_every_planned_override_parses(gm):
+  items = gm.plan()
+  names = [name for _, name, _ in items]
+  assert len(names) == len(set(names))
+  for kind, name, spec in items:
+    if kind == "peer":
+      assert os.path.basename(spec[0][0]).startswith("peer_"), name
+      continue
+    # Round two adds levers: all of them to UPGen, the family-independent ones to others.
+    levers = [k for k in gm.LEVERS if "upgen" in spec[0] or k in gm.COMMON_LEVERS]
+    overrides = list(spec[1]) + [o for k in levers for o in gm.LEVERS[k]]
+    config, fv = bench._load_config(["--config", spec[0]] + overrides + gm.LARGE_SHAPES,
+                                    bench._common_flags)
+    assert config.model.size == "large" and fv.image_vocab == 32768, name
+
+
+def test_best_combines_only_the_levers_that_helped(gm):
+  def ok(tokens_per_s):
+    return {"status": "ok", "tokens_per_s": tokens_per_s}
+
+  results = {"upgen_cudnn": ok(100.0), "upgen_masked_logits": ok(100.5),
+             "upgen_chunked_ce": ok(104.0), "upgen_masked_chunked": ok(103.0),
+             "upgen_bf16_params": ok(99.0), "upgen_batch128": ok(110.0),
+             "upgen_batch128_remat": {"status": "error"}}
+  chosen, common = gm.best_overrides(results)
+  assert chosen == gm.LEVERS["chunked_ce"] + gm.LEVERS["batch128"]
+  assert common == gm.LEVERS["batch128"]
+  assert gm.best_overrides({}) == ([], [])
+  results["upgen_batch128"] = ok(100.9)  # Within 1%: not a gain.
+  assert gm.best_overrides(results)[0] == gm.LEVERS["chunked_ce"]
