@@ -107,16 +107,22 @@ def sample_and_score(run, captions: list[str], per_prompt: int, out: str, score:
   return result
 
 
-def reconstruction_report(image_tok, images_dir: str, split: str, limit: int, score: bool) -> dict:
+def reconstruction_report(image_tok, images_dir: str, split: str, limit: int, score: bool,
+                          lpips_weights: str = "") -> dict:
+  """The image tokenizer's reconstructions of `limit` images of `split`: PSNR and SSIM (and
+  LPIPS with a weights file) per image, averaged (upgen/image_metrics.py); on shapes also
+  the caption fidelity of the reconstructions."""
+  from upgen import image_metrics
   from upgen.data import shapes_eval
   from upgen.data import sources
   src = sources.ImageFolderSource(os.path.join(images_dir, split), image_tok.image_size)
   n = min(limit, len(src))
   examples = [src[i] for i in range(n)]
   images = np.stack([e["image"] for e in examples])
-  recon = image_tok.decode(image_tok.encode(images))
-  mse = np.mean((images.astype(np.float64) - recon.astype(np.float64)) ** 2)
-  report = {"split": split, "num": n, "psnr": float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))}
+  recon = np.asarray(image_tok.decode(image_tok.encode(images)))
+  lpips_params = image_metrics.load_lpips(lpips_weights) if lpips_weights else None
+  report = {"split": split, "num": n,
+            **image_metrics.reconstruction_metrics(images, recon, lpips_params)}
   if score:
     report["caption_fidelity"] = shapes_eval.caption_fidelity(
         list(recon), [e["caption"] for e in examples])
@@ -139,6 +145,8 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--max-captions", type=int, default=200,
                       help="Distinct captions sampled per split for scoring.")
   parser.add_argument("--image-size", type=int, default=32)
+  parser.add_argument("--lpips", default="",
+                      help="LPIPS-VGG weights (safetensors) for the tokenizer's report.")
   parser.add_argument("--text-vocab-size", type=int, default=128)
   parser.add_argument("--vqgan-steps", type=int, default=None)
   parser.add_argument("--per-prompt", type=int, default=2)
@@ -184,7 +192,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.vqgan_steps:
       overrides["train.steps"] = args.vqgan_steps
     image_tok = train_image_tokenizer(images_dir, os.path.join(w, "vqgan"), overrides)
-    recon = reconstruction_report(image_tok, images_dir, "val", 500, shapes_mode)
+    recon = reconstruction_report(image_tok, images_dir, "val", 500, shapes_mode, args.lpips)
     _log(f"image tokenizer reconstructions: {recon}")
     stage("image tokenizer", t)
 

@@ -20,6 +20,7 @@ from flax import linen as nn
 from upgen import errors
 from upgen import families
 from upgen import flops
+from upgen import image_metrics
 from upgen import schema
 from upgen.data import readers
 from upgen.data.spec import DataSpec
@@ -136,8 +137,7 @@ def adversarial_losses(params: dict[str, Any], x_BxHxWx3: jax.Array, recon_BxHxW
 
 def psnr(x_BxHxWx3: jax.Array, y_BxHxWx3: jax.Array) -> jax.Array:
   """Mean PSNR (dB) of images in [-1, 1] (peak-to-peak 2)."""
-  mse_B = jnp.mean(jnp.square(x_BxHxWx3 - y_BxHxWx3), axis=(1, 2, 3))
-  return jnp.mean(10.0 * jnp.log10(4.0 / jnp.maximum(mse_B, 1e-10)))
+  return jnp.mean(image_metrics.psnr(x_BxHxWx3, y_BxHxWx3, data_range=2.0))
 
 
 def code_stats(counts_K: jax.Array) -> dict[str, jax.Array]:
@@ -163,6 +163,9 @@ def loss_fn(params: dict[str, Any], batch: families.Batch, rng: jax.Array, *,
   loss = settings.l1_weight * loss_l1 + settings.l2_weight * loss_l2 + loss_vq
   metrics = {"loss_l1": loss_l1, "loss_l2": loss_l2, "loss_vq": loss_vq,
              "psnr": psnr(jnp.clip(recon, -1.0, 1.0), x), **code_stats(stats["code_counts"])}
+  if min(x.shape[1:3]) >= len(image_metrics.gaussian_taps()):
+    unit = lambda a: (jnp.clip(a, -1.0, 1.0) + 1.0) / 2.0  # SSIM is taken on [0, 1] pixels.
+    metrics["ssim"] = jnp.mean(image_metrics.ssim(unit(recon), unit(x), 1.0))
   if model.cfg.discriminator:
     active = jnp.asarray(step) >= settings.adversarial_start
     generator_loss, disc_loss = jax.lax.cond(
