@@ -89,6 +89,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Evaluators by name, run with the validation loss (upgen/evals.py), e.g.
   # c.evals.held_out = ml_collections.ConfigDict(dict(type="text_ppl", text="lines.txt")).
   c.evals = ml_collections.ConfigDict()
+  # Sample quality (upgen/sample_eval.py), off until one of its scores is asked for:
+  # --config.evals.samples.scorer=CLIP_RUN (CLIP score and FID in its features),
+  # .inception=WEIGHTS (FID in pytorch-fid's Inception features), .shapes_fidelity=true.
+  c.evals.samples = ml_collections.ConfigDict(dict(
+      type="samples", num=64, scorer="", inception="", shapes_fidelity=False))
 
   c.mesh = ml_collections.ConfigDict()
   # Device mesh shape; one entry may be -1 to take the remaining devices.

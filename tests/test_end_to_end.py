@@ -212,6 +212,17 @@ def test_quickstart_train_and_sample_contract(tmp_path):
   assert apart["num_fake"] == 6 and apart["fid"] > 1e-3 and np.isfinite(apart["kid"])
   assert cli_error("sample", "--workdir", r, "--prompts", prompts, "--candidates", 3,
                    "--out", tmp_path / "bad") == "--candidates N (> 1) and --scorer RUN go together"
+  # Sample quality while training (config.evals.samples): CLIP score and FID under the
+  # scorer, and the shapes checker's fidelity, logged with the final evaluation.
+  r2 = tmp_path / "run_evals"
+  _upgen("train", "--config", "configs/upgen.py:tiny", "--workdir", r2,
+         f"--config.data.dir={w / 'data'}", "--config.train.steps=2",
+         "--config.model.num_layers=1", "--config.model.emb_dim=32", "--config.model.num_heads=2",
+         "--config.model.mlp_dim=64", f"--config.evals.samples.scorer={scorer}",
+         "--config.evals.samples.shapes_fidelity=true", "--config.evals.samples.num=8")
+  final = _jsonl(r2 / "metrics.jsonl")[-1]
+  assert final["step"] == 2 and 0 <= final["samples/clip_score"] <= 100
+  assert final["samples/fid_scorer"] > 0 and 0 <= final["samples/shapes_fidelity"] <= 1
 
 
 def cli_error(*args):

@@ -10,7 +10,7 @@
   upgen tokenize --source DIR --out DIR --text-tokenizer DIR --image-tokenizer RUN_DIR
   upgen eval text-ppl --workdir W_OR_INIT --text FILE
   upgen eval clip-score --scorer CLIP_RUN --manifest SAMPLES/manifest.jsonl
-  upgen eval fid --real DIR --fake DIR_OR_MANIFEST --features scorer:CLIP_RUN
+  upgen eval fid --real DIR --fake DIR_OR_MANIFEST --features scorer:CLIP_RUN|inception:FILE
   upgen eval recon --workdir VQ_RUN --data IMAGES_DIR [--split val] [--lpips WEIGHTS]
   upgen import hf --from HF_DIR --family bart|dalle --out INIT
   upgen export hf --workdir W --out HF_DIR

@@ -3,6 +3,7 @@ validation loss (every config.train.eval_every steps and at the end) and logged 
 NAME/metric in metrics.jsonl and TensorBoard:
 
   config.evals.text = ml_collections.ConfigDict(dict(type="text_ppl", text="held_out.txt"))
+  config.evals.samples.scorer = "/runs/clip"  # CLIP score + FID of samples (sample_eval.py)
 
 `type` picks the evaluator from EVALUATORS (module:function); the other keys are its
 settings. The function gets (settings, setup, config) once, before training, and returns
@@ -18,6 +19,7 @@ from upgen import errors
 
 EVALUATORS = {
     "text_ppl": "upgen.text_ppl:evaluator",
+    "samples": "upgen.sample_eval:evaluator",
 }
 
 Evaluator = Callable[[Any], dict[str, float]]

@@ -8,12 +8,14 @@
         clean-fid's defaults 100 x 1000, smaller when the sets are), with its standard
         deviation over the subsets
 
-over features of both image sets. --features scorer:RUN takes a CLIP run's (or a CLIP
-import's) unit-normalized image features, the way clean-fid offers CLIP features; the
-Inception-v3 features of the papers' FID need pytorch-fid's weights, which do not exist
-offline here (docs/clip.md). Each set is a folder of images (png, jpg; searched
-recursively), a folder with captions.jsonl, or a samples manifest.jsonl; images are resized
-and center-cropped to the feature network's size. Prints one JSON line.
+over features of both image sets. --features inception:WEIGHTS takes the 2048 pool features
+of pytorch-fid's Inception-v3 (upgen/inception.py; the file from scripts/convert_inception.py),
+the papers' FID; each set's images are center-cropped to the first image's square and the
+network resizes them to 299. --features scorer:RUN takes a CLIP run's (or a CLIP import's)
+unit-normalized image features, the way clean-fid offers CLIP features: pytorch-fid's
+weights do not exist offline here, so this repository's own figures use it (docs/clip.md).
+Each set is a folder of images (png, jpg; searched recursively), a folder with
+captions.jsonl, or a samples manifest.jsonl. Prints one JSON line.
 """
 from __future__ import annotations
 
@@ -96,11 +98,18 @@ def image_paths(source: str) -> list[str]:
 
 
 def features(source: str, kind: str, limit: int = 0) -> np.ndarray:
-  """N x D features of a set of images under `kind` ("scorer:RUN")."""
+  """N x D features of a set of images under `kind` ("scorer:RUN" or "inception:WEIGHTS")."""
   from upgen.data import sources
+  if kind.startswith("inception:"):
+    from upgen import inception
+    paths = image_paths(source)[:limit or None]
+    side = min(sources.load_image(paths[0]).shape[:2])  # The first image's square.
+    images = np.stack([sources.load_image(p, side) for p in paths])
+    return inception.feature_fn(kind.split(":", 1)[1])(images)
   if not kind.startswith("scorer:"):
     raise errors.ConfigError(f"--features {kind!r}: choose scorer:RUN (a CLIP run or "
-                             "import); Inception-v3 needs pytorch-fid's weights")
+                             "import) or inception:WEIGHTS (pytorch-fid's network, "
+                             "scripts/convert_inception.py)")
   from upgen import scorer as scorer_lib
   scorer = scorer_lib.load(kind.split(":", 1)[1])
   paths = image_paths(source)[:limit or None]
@@ -113,7 +122,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--real", required=True)
   parser.add_argument("--fake", required=True)
-  parser.add_argument("--features", required=True, help="scorer:RUN")
+  parser.add_argument("--features", required=True, help="scorer:RUN or inception:WEIGHTS")
   parser.add_argument("--limit", type=int, default=0, help="Images per side (0: all).")
   parser.add_argument("--kid-subsets", type=int, default=100)
   parser.add_argument("--kid-subset-size", type=int, default=1000)
