@@ -212,6 +212,16 @@ def test_quickstart_train_and_sample_contract(tmp_path):
   assert apart["num_fake"] == 6 and apart["fid"] > 1e-3 and np.isfinite(apart["kid"])
   assert cli_error("sample", "--workdir", r, "--prompts", prompts, "--candidates", 3,
                    "--out", tmp_path / "bad") == "--candidates N (> 1) and --scorer RUN go together"
+  # Linear probe of the run's image features for the shapes' single-object labels, beside
+  # the pixel and code baselines.
+  probed = json.loads(_upgen("eval", "probe", "--workdir", r, "--data", w / "shapes", "--label",
+                             "shape", "--num-train", 96, "--num-eval", 0, "--steps", 50,
+                             "--baselines").stdout)
+  assert probed["classes"] == ["circle", "square", "triangle"] and probed["num_train"] == 96
+  assert 10 <= probed["num_eval"] <= 64 and probed["model"]["layers"] == 1
+  assert probed["model"]["dims"] == 32 and probed["codes"]["dims"] == 64 * 64
+  for key in ("model", "pixels", "codes"):
+    assert 0 <= probed[key]["eval_accuracy"] <= 1
   # Sample quality while training (config.evals.samples): CLIP score and FID under the
   # scorer, and the shapes checker's fidelity, logged with the final evaluation.
   r2 = tmp_path / "run_evals"

@@ -101,6 +101,12 @@ def test_jitter_stays_in_range_and_on_canvas(data32):
       half = obj["size"] / 2
       assert half - 1e-3 <= obj["x"] <= 1 - half + 1e-3
       assert half - 1e-3 <= obj["y"] <= 1 - half + 1e-3
+    # Probe labels: the single-object attributes the caption states, nothing on pairs.
+    if len(stated) == 1:
+      assert record["labels"] == {k: stated[0][k] for k in ("shape", "color", "size",
+                                                             "position")}
+    else:
+      assert "labels" not in record
     if len(stated) == 1:
       ax, ay = shapes.POSITIONS[stated[0]["position"]]
       obj = record["objects"][0]

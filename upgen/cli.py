@@ -11,6 +11,7 @@
   upgen eval text-ppl --workdir W_OR_INIT --text FILE
   upgen eval clip-score --scorer CLIP_RUN --manifest SAMPLES/manifest.jsonl
   upgen eval fid --real DIR --fake DIR_OR_MANIFEST --features scorer:CLIP_RUN|inception:FILE
+  upgen eval probe --workdir W --data IMAGES_DIR --label KEY [--baselines]
   upgen eval recon --workdir VQ_RUN --data IMAGES_DIR [--split val] [--lpips WEIGHTS]
   upgen import hf --from HF_DIR --family bart|dalle --out INIT
   upgen export hf --workdir W --out HF_DIR
@@ -43,6 +44,7 @@ COMMANDS = {
     ("eval", "clip-score"): "upgen.scorer",
     ("eval", "fid"): "upgen.fid",
     ("eval", "recon"): "upgen.image_metrics",
+    ("eval", "probe"): "upgen.probe",
     ("import", "hf"): "upgen.hf_import",
     ("align",): "upgen.align",
     ("export", "hf"): "upgen.hf_export",

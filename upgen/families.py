@@ -107,6 +107,13 @@ class ImageNllFn(Protocol):
     """float32 B: -log p(image tokens | caption) of each example in nats (`upgen eval nll`)."""
 
 
+class ImageFeaturesFn(Protocol):
+  def __call__(self, params: Any, image_tokens_BxLi: jax.Array, *, model: nn.Module
+               ) -> list[jax.Array]:
+    """Per layer, B x E features of the images alone, no caption the model could read a label
+    from (`upgen eval probe`: UPGen's linear probe over concatenated layers)."""
+
+
 class TextNllFn(Protocol):
   def __call__(self, params: Any, ids_BxT: jax.Array, pads_B: jax.Array, *, model: nn.Module
                ) -> tuple[jax.Array, jax.Array]:
@@ -143,6 +150,7 @@ class Family:
   caption_images: Optional[CaptionImagesFn] = None
   image_nll: Optional[ImageNllFn] = None
   text_nll: Optional[TextNllFn] = None
+  image_features: Optional[ImageFeaturesFn] = None
   text_context: Optional[Callable[[Any], int]] = None  # model config -> positions it reads.
   train_flops: Optional[TrainFlopsFn] = None
   sample_cost: Optional[SampleCostFn] = None
@@ -173,6 +181,7 @@ ABILITIES = {"sample_images": "draw images from captions", "inpaint": "inpaint i
              "unconditional_images": "draw images without a caption",
              "caption_images": "caption images", "image_nll": "score image likelihoods",
              "text_nll": "score plain text", "text_context": "score plain text",
+             "image_features": "give per-layer image features (linear probe)",
              "export_hf": "export a Hugging Face model",
              "sample_cost": "report its sampling cost", "train_flops": "count its FLOPs"}
 # config.model keys that select the family and name the variant; not architecture fields.

@@ -13,7 +13,9 @@ Layout written by `generate` (the same layout a user's own image folder uses):
   out_dir/shapes.json                 generation arguments and the held-out captions
   out_dir/<split>/captions.jsonl      one line per example:
       {"image": "images/000000.png", "caption": ..., "objects": [{"shape", "color", "x", "y",
-       "size"}, ...]}
+       "size"}, ...], "labels": {"shape", "color", "size", "position"}}
+  ("labels": the named attributes of single-object examples, as class labels for
+  `upgen eval probe --label shape`; absent on two-object examples)
   out_dir/<split>/images/000000.png   RGB PNG, image_size x image_size
 
 for split in train, val, test. Same arguments => byte-identical files.
@@ -142,6 +144,13 @@ def _object(shape: str, color: str, cx: float, cy: float, size: float) -> dict:
           "size": round(size, 4)}
 
 
+def one_object_labels(caption: str) -> dict[str, str]:
+  """The named attributes of a single-object caption: shape, color, size and position."""
+  words = caption.split()
+  position = next(p for p, phrase in POSITION_PHRASES.items() if caption.endswith(phrase))
+  return {"shape": words[3], "color": words[2], "size": words[1], "position": position}
+
+
 def sample_one_object(rng: np.random.Generator, image_size: int) -> tuple[str, list[dict],
                                                                           list[np.ndarray]]:
   """Draws one single-object example: (caption, objects, masks)."""
@@ -202,7 +211,10 @@ def _write_split(split_dir: str, num: int, rng: np.random.Generator, image_size:
       name = f"images/{i:06d}.png"
       with open(os.path.join(split_dir, name), "wb") as img_file:
         img_file.write(png_bytes(render(objects, masks)))
-      f.write(json.dumps({"image": name, "caption": caption, "objects": objects}) + "\n")
+      record = {"image": name, "caption": caption, "objects": objects}
+      if len(objects) == 1:
+        record["labels"] = one_object_labels(caption)
+      f.write(json.dumps(record) + "\n")
   return counts
 
 

@@ -268,6 +268,28 @@ def _gpt2(c: DalleConfig) -> bool:
   return c.architecture == "gpt2"
 
 
+def image_features(params, image_tokens_BxLi, *, model: Dalle) -> list[jax.Array]:
+  """`upgen eval probe`: per transformer block, the mean of its output over the positions
+  that read image codes (the last code is never an input of a decoder-only model), with the
+  caption replaced by its learned pads (the unconditional stream), B x E each."""
+  cfg = model.config
+  if _gpt2(cfg) or cfg.scan_layers:
+    raise errors.ConfigError("upgen eval probe reads each block of the dalle architecture: "
+                             "not the gpt2 one, nor scan_layers=true")
+  image_BxLi = jnp.asarray(image_tokens_BxLi, jnp.int32)
+  b = image_BxLi.shape[0]
+  text_BxLt = jnp.zeros((b, cfg.text_seq_len), jnp.int32)
+  _, state = model.apply(
+      {"params": params}, text_BxLt, jnp.zeros_like(text_BxLt, bool), image_BxLi,
+      mutable=["intermediates"],
+      capture_intermediates=lambda m, method: (isinstance(m, layers.TransformerBlock)
+                                               and method == "__call__"))
+  blocks = state["intermediates"]["decoder"]
+  first = cfg.text_seq_len + 2  # After START, the caption's pads and BOI.
+  return [jnp.mean(blocks[f"layers_{i}"]["__call__"][0][:, first:].astype(jnp.float32), axis=1)
+          for i in range(cfg.num_layers)]
+
+
 def make_model(c: DalleConfig) -> nn.Module:
   return dalle_gpt2.Gpt2(c) if _gpt2(c) else Dalle(c)
 
@@ -406,7 +428,7 @@ FAMILY = Family(
     loss_fn=loss_fn, sample_config=sample_config,
     sample_images=ar_sampler.sample_images, inpaint=ar_sampler.inpaint,
     unconditional_images=ar_sampler.unconditional_images, image_nll=image_nll,
-    train_flops=train_flops, sample_cost=sample_cost,
+    image_features=image_features, train_flops=train_flops, sample_cost=sample_cost,
     text_nll=text_nll, text_context=text_context, export_hf=export_hf,
     param_groups=lambda c: dalle_gpt2.param_groups(c) if _gpt2(c) else {},
     import_hf=gpt2_hf.import_hf)

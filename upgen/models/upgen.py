@@ -22,7 +22,6 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import linen as nn
 
 from upgen import errors
@@ -368,6 +367,28 @@ def image_nll(params, batch: Batch, *, model: UPGen) -> jax.Array:
       model=model)
 
 
+def image_features(params, image_tokens_BxLi, *, model: UPGen) -> list[jax.Array]:
+  """`upgen eval probe`: per transformer block, the mean over image positions of its output
+  for the image alone (the caption all [PAD] and kept out of attention, so it cannot give a
+  label away), B x E each, first block first."""
+  cfg = model.config
+  if cfg.scan_layers:
+    raise errors.ConfigError("upgen eval probe reads each block's output: the run's "
+                             "config.model.scan_layers=true stacks them; probe an unscanned run")
+  image_BxLi = jnp.asarray(image_tokens_BxLi, jnp.int32)
+  b = image_BxLi.shape[0]
+  text_BxLt = jnp.full((b, cfg.text_seq_len), cfg.text_pad_id, jnp.int32)
+  _, state = model.apply(
+      {"params": params}, image_BxLi, text_BxLt, jnp.zeros((b, cfg.text_seq_len), bool),
+      jnp.ones((b,), bool), features=True, mutable=["intermediates"],
+      capture_intermediates=lambda m, method: (isinstance(m, layers.TransformerBlock)
+                                               and method == "__call__"))
+  blocks = state["intermediates"]["encoder"]
+  li = image_BxLi.shape[1]
+  return [jnp.mean(blocks[f"layers_{i}"]["__call__"][0][:, :li].astype(jnp.float32), axis=1)
+          for i in range(cfg.num_layers)]
+
+
 def sample_images(params, text_tokens_BxLt, text_mask_BxLt, rng, *, model: UPGen,
                   settings: SampleSettings) -> jax.Array:
   """Text->image token ids BxLi, MaskGIT decoding with `settings`."""
@@ -399,5 +420,6 @@ FAMILY = Family(
     loss_config=loss_config, make_model=UPGen, init_variables=init_variables,
     loss_fn=loss_fn, sample_config=sample_config, sample_images=sample_images,
     inpaint=inpaint, unconditional_images=unconditional_images,
-    caption_images=caption_images, image_nll=image_nll, train_flops=train_flops,
+    caption_images=caption_images, image_nll=image_nll, image_features=image_features,
+    train_flops=train_flops,
     sample_cost=sample_cost)
