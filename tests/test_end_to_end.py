@@ -46,9 +46,14 @@ def test_quickstart_train_and_sample_contract(tmp_path):
   w = tmp_path / "qs"
   out = _upgen("quickstart", "--workdir", w, "--num-train", 512, "--num-val", 64,
                "--num-test", 64, "--vqgan-steps", 20, "--minutes", 0.2, "--max-captions", 3,
-               "--per-prompt", 2)
+               "--per-prompt", 2, "--scorer-minutes", 0.05, "--rerank", 2)
   assert "caption fidelity on test captions" in out.stdout
   assert "image->text on 64 val images: exact match" in out.stdout
+  # The scorer stage: best of 2 by a CLIP scorer trained on the quickstart's pixel records.
+  assert "caption fidelity on test captions, best of 2 by the scorer" in out.stdout
+  best_of = _jsonl(w / "samples_best_of_N" / "manifest.jsonl")
+  assert len(best_of) == 3 * 2 and all(m["candidates"] == 2 for m in best_of)
+  assert 0 <= json.load(open(w / "summary.json"))["fidelity_test_best_of_2"] <= 1
 
   meta = json.load(open(w / "data" / "metadata.json"))
   assert set(meta["splits"]) == {"train", "val", "test"}

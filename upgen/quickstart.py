@@ -11,6 +11,8 @@
 6. sample:    held-out test captions and validation captions           -> W/samples, W/samples_val
               and, for families that caption, validation images        -> W/captions_val.json
 7. score:     caption fidelity and image->text accuracy (shapes only)  -> W/summary.json
+8. (--scorer-minutes M) a CLIP scorer on the same pixel records          -> W/scorer
+              and best-of---rerank-N test samples, scored              -> W/samples_best_of_N
 
 Every stage is resumable: re-running the command reuses finished stages and resumes
 training from the newest checkpoint.
@@ -107,6 +109,38 @@ def sample_and_score(run, captions: list[str], per_prompt: int, out: str, score:
   return result
 
 
+def train_scorer(data_dir: str, out: str, minutes: float, seed: int) -> str:
+  """configs/clip.py:tiny on the quickstart's pixel records for `minutes` -> its run dir."""
+  import importlib
+  from upgen.train import trainer
+  config = importlib.import_module("configs.clip").get_config("tiny")
+  config.data.dir = data_dir
+  config.seed = seed
+  config.train.max_minutes = minutes
+  summary = trainer.train(config, out)
+  _log(f"trained the CLIP scorer: step {summary['step']} ({summary['stopped']}), "
+       f"val {summary['eval']}")
+  return out
+
+
+def reranked_fidelity(run, scorer_dir: str, captions: list[str], per_prompt: int,
+                      candidates: int, out: str, seed: int) -> dict:
+  """Best of `candidates` per sample by the scorer, written to `out` and scored."""
+  from upgen import sample
+  from upgen import scorer as scorer_lib
+  from upgen.data import shapes_eval
+  scorer = scorer_lib.load(scorer_dir)
+  images = sample.generate_images(run, captions, per_prompt * candidates, seed=seed)
+  best, scores = sample.rerank(scorer, captions, per_prompt, candidates, images)
+  manifest = sample.write_samples(out, captions, per_prompt, best, None, None, [
+      {"clip_score": float(x), "candidates": candidates} for x in scores])
+  result = shapes_eval.evaluate_pairs(shapes_eval.read_pairs(manifest, "prompt"), manifest)
+  result["clip_score"] = float(np.mean(scores))
+  with open(os.path.join(out, "fidelity.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  return result
+
+
 def reconstruction_report(image_tok, images_dir: str, split: str, limit: int, score: bool,
                           lpips_weights: str = "") -> dict:
   """The image tokenizer's reconstructions of `limit` images of `split`: PSNR and SSIM (and
@@ -153,6 +187,11 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--num-caption-images", type=int, default=400,
                       help="Validation images captioned (image->text) and scored.")
   parser.add_argument("--val-fraction", type=float, default=0.05)
+  parser.add_argument("--scorer-minutes", type=float, default=0.0,
+                      help="Also train a CLIP scorer on the pixel records for this long and "
+                           "report best-of-N test fidelity (0 = off; 4 minutes: "
+                           "docs/results.md).")
+  parser.add_argument("--rerank", type=int, default=4, help="N of best-of-N with the scorer.")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING)
   t0 = time.time()
@@ -239,6 +278,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     _log(f"image->text on {scores['num']} val images: exact match "
          f"{scores['exact_match']:.3f}, attributes {scores['attribute_accuracy']}")
   stage("sample", t)
+  if args.scorer_minutes > 0 and shapes_mode and "test" in splits:
+    t = time.time()
+    scorer_dir = train_scorer(os.path.join(w, "data"), os.path.join(w, "scorer"),
+                              args.scorer_minutes, args.seed)
+    stage("scorer", t)
+    t = time.time()
+    distinct = sorted(set(_captions(images_dir, "test")))
+    order = np.random.default_rng(args.seed).permutation(len(distinct))[:args.max_captions]
+    best = reranked_fidelity(run, scorer_dir, [distinct[i] for i in sorted(order)],
+                             args.per_prompt, args.rerank,
+                             os.path.join(w, "samples_best_of_N"), args.seed)
+    results[f"fidelity_test_best_of_{args.rerank}"] = best["caption_fidelity"]
+    _log(f"caption fidelity on test captions, best of {args.rerank} by the scorer: "
+         f"{best['caption_fidelity']:.3f} ({best['num_ok']}/{best['num']}), CLIP score "
+         f"{best['clip_score']:.2f}")
+    stage("rerank", t)
   results["total_s"] = round(time.time() - t0, 1)
   with open(os.path.join(w, "summary.json"), "w") as f:
     json.dump(results, f, indent=2)
