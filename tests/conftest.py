@@ -13,3 +13,24 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = " ".join(
       [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
+
+import subprocess  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import sys  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+import pytest  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def tiny_quickstart(tmp_path_factory):
+  """(workdir, stdout) of one seconds-long quickstart through the console script, shared by
+  the tests that need real trained runs: data, BPE, VQGAN, records with pixels, UPGen
+  (`model/`), its samples, and a CLIP scorer (`scorer/`) with best-of-2 reranking."""
+  w = tmp_path_factory.mktemp("quickstart") / "qs"
+  out = subprocess.run(
+      [sys.executable, "-m", "upgen.cli", "quickstart", "--workdir", str(w), "--num-train",
+       "512", "--num-val", "64", "--num-test", "64", "--vqgan-steps", "20", "--minutes", "0.2",
+       "--max-captions", "3", "--per-prompt", "2", "--scorer-minutes", "0.05", "--rerank", "2"],
+      cwd=ROOT, check=True, capture_output=True, text=True)
+  return w, out.stdout

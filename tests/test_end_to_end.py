@@ -42,15 +42,12 @@ def tensorboard_images(run_dir, tag):
   return out
 
 
-def test_quickstart_train_and_sample_contract(tmp_path):
-  w = tmp_path / "qs"
-  out = _upgen("quickstart", "--workdir", w, "--num-train", 512, "--num-val", 64,
-               "--num-test", 64, "--vqgan-steps", 20, "--minutes", 0.2, "--max-captions", 3,
-               "--per-prompt", 2, "--scorer-minutes", 0.05, "--rerank", 2)
-  assert "caption fidelity on test captions" in out.stdout
-  assert "image->text on 64 val images: exact match" in out.stdout
+def test_quickstart_train_and_sample_contract(tmp_path, tiny_quickstart):
+  w, stdout = tiny_quickstart  # conftest: the quickstart at a few seconds per model.
+  assert "caption fidelity on test captions" in stdout
+  assert "image->text on 64 val images: exact match" in stdout
   # The scorer stage: best of 2 by a CLIP scorer trained on the quickstart's pixel records.
-  assert "caption fidelity on test captions, best of 2 by the scorer" in out.stdout
+  assert "caption fidelity on test captions, best of 2 by the scorer" in stdout
   best_of = _jsonl(w / "samples_best_of_N" / "manifest.jsonl")
   assert len(best_of) == 3 * 2 and all(m["candidates"] == 2 for m in best_of)
   assert 0 <= json.load(open(w / "summary.json"))["fidelity_test_best_of_2"] <= 1
@@ -152,8 +149,9 @@ def test_quickstart_train_and_sample_contract(tmp_path):
                   tmp_path / "odd")
   warnings = [line for line in warned.stderr.splitlines() if "warning" in line]
   assert len(warnings) == 2, warned.stderr
-  assert warnings[0].startswith("upgen sample: warning: prompt 1 is ") and \
-      "tokens, the model reads 12: " in warnings[0]
+  assert warnings[0].startswith("upgen sample: warning: prompt 1 'a small red circle on the "
+                                "left a large blue square on the right': truncated to the "
+                                "model's 12 tokens (it is ") and "): the model reads '" in warnings[0]
   assert warnings[1] == ("upgen sample: warning: prompt 2 'a small purple circle on the "
                          "left': 'purple' not in the training captions (the model never "
                          "learned it)")
@@ -161,7 +159,7 @@ def test_quickstart_train_and_sample_contract(tmp_path):
   assert read[0] != "a small red circle on the left a large blue square on the right"
   assert "a small red circle on the left".startswith(read[0][:10]) and read[1] == (
       "a small purple circle on the left")
-  out = _upgen("sample", "--workdir", r, "--captions-for", w / "shapes" / "test" / "images",
+  _upgen("sample", "--workdir", r, "--captions-for", w / "shapes" / "test" / "images",
                "--out", tmp_path / "captions")
   captions = _jsonl(tmp_path / "captions" / "captions.jsonl")
   assert len(captions) == 64 and all(isinstance(c["caption"], str) for c in captions)

@@ -254,6 +254,15 @@ def test_train_then_sample_on_shapes(tmp_path):
   from upgen import likelihood
   bound = likelihood.image_nll(work, "val", num=8, batch_size=8)
   assert 0.5 < bound["bits_per_dim"] < 8.0, bound
+  # `upgen demo` on the run: GLIDE's settings on the page, pixels back, no image->text.
+  from upgen import demo as demo_lib
+  from upgen import sample
+  page = demo_lib.Demo(sample.load_run(work), batch_size=2, max_samples=4)
+  assert [f.key for f in page.fields] == ["sampler", "num_steps", "eta", "guidance_scale",
+                                          "clip_denoised"]
+  assert not (page.can_caption or page.can_inpaint)
+  drawn = page.generate("a red circle", 3, {"sampler": "ddpm", "num_steps": 4.0}, seed=1)
+  assert [x.shape for x in drawn.images] == [(16, 16, 3)] * 3
 
 
 @pytest.mark.parametrize("variant,params", [("tiny", 5_646_872), ("base", 385_054_790)])

@@ -18,6 +18,7 @@
   upgen align --workdir INIT --data RECORDS
   upgen train --config configs/upgen.py:tiny --workdir W [--config.KEY=VALUE ...]
   upgen sample --workdir W --prompts FILE --per-prompt K --out DIR
+  upgen demo --workdir W [--port P] [--scorer CLIP_RUN]   (pip install -e .[demo])
   upgen bench train|sample --config configs/upgen.py:large [--config.KEY=VALUE ...]
   upgen bench data --data-dir DIR
 
@@ -52,6 +53,7 @@ COMMANDS = {
     ("tokenize",): "upgen.data.tokenize",
     ("train",): "upgen.train.main",
     ("sample",): "upgen.sample",
+    ("demo",): "upgen.demo",
     ("bench", "train"): "upgen.bench",
     ("bench", "sample"): "upgen.bench",
     ("bench", "data"): "upgen.bench",

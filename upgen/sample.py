@@ -120,7 +120,7 @@ def run_batched(fn: Callable[..., jax.Array], params: Any, arrays: Sequence[np.n
   return np.concatenate(out, axis=0)
 
 
-def _pixels(run: Run, out: np.ndarray) -> np.ndarray:
+def to_pixels(run: Run, out: np.ndarray) -> np.ndarray:
   """A sampler's output (token ids, or pixels already) -> uint8 images."""
   out = np.asarray(out)
   if out.dtype == np.uint8 and out.ndim == 4:
@@ -131,26 +131,37 @@ def _pixels(run: Run, out: np.ndarray) -> np.ndarray:
   return run.image_tokenizer.decode(out.reshape((-1,) + tuple(run.image_tokenizer.grid)))
 
 
-def read_as(run: Run, prompts: Sequence[str]) -> list[str]:
-  """The text the model reads for each prompt (cut to its text length, as the tokenizer
-  decodes it), with one warning per prompt that was cut or uses words the training captions
-  did not (the text tokenizer's caption_words.txt) or characters it does not know."""
+def prompt_notes(run: Run, prompt: str) -> tuple[str, list[str]]:
+  """(the text the model reads for `prompt`: cut to its text length, as the tokenizer decodes
+  it; notes on what it cut and on words the training captions did not have (the text
+  tokenizer's caption_words.txt) or characters it does not know)."""
   tok, length = run.text_tokenizer, run.setup.spec.text_seq_len
+  ids = tok.encode(prompt)
+  seen, notes = tok.decode(ids[:length]), []
+  if len(ids) > length:
+    notes.append(f"truncated to the model's {length} tokens (it is {len(ids)}): the model "
+                 f"reads {seen!r}")
+  unknown = tok.unknown_words(prompt)
+  if unknown:
+    notes.append(f"{', '.join(repr(w) for w in unknown)} not in the training captions (the "
+                 f"model never learned {'it' if len(unknown) == 1 else 'them'})")
+  return seen, notes
+
+
+def read_as(run: Run, prompts: Sequence[str]) -> list[str]:
+  """The text the model reads for each prompt (`prompt_notes`), with a warning per note."""
   seen = []
-  for i, (prompt, ids) in enumerate(zip(prompts, tok.encode_batch(list(prompts))), start=1):
-    seen.append(tok.decode(ids[:length]))
-    if len(ids) > length:
-      log.warning("prompt %d is %d tokens, the model reads %d: %r", i, len(ids), length,
-                  seen[-1])
-    unknown = tok.unknown_words(prompt)
-    if unknown:
-      log.warning("prompt %d %r: %s not in the training captions (the model never learned %s)",
-                  i, prompt, ", ".join(repr(w) for w in unknown),
-                  "it" if len(unknown) == 1 else "them")
+  for i, prompt in enumerate(prompts, start=1):
+    text, notes = prompt_notes(run, prompt)
+    seen.append(text)
+    for note in notes:
+      log.warning("prompt %d %r: %s", i, prompt, note)
   return seen
 
 
-def _captions(run: Run, prompts: Sequence[str], per_prompt: int) -> tuple[np.ndarray, np.ndarray]:
+def caption_ids(run: Run, prompts: Sequence[str], per_prompt: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """(ids, mask) [len(prompts) * per_prompt, Lt], prompt-major, cut to the model's text length."""
   captions = [p for p in prompts for _ in range(per_prompt)]
   return run.text_tokenizer.pad_batch(run.text_tokenizer.encode_batch(captions),
                                       run.setup.spec.text_seq_len)
@@ -160,8 +171,8 @@ def generate_images(run: Run, prompts: list[str], per_prompt: int, *, seed: int 
                     batch_size: int = 64) -> np.ndarray:
   """uint8 images [len(prompts) * per_prompt, H, W, 3], prompt-major order."""
   sample = jax.jit(run.setup.bind("sample_images"))
-  ids, mask = _captions(run, prompts, per_prompt)
-  return _pixels(run, run_batched(sample, run.params, [ids, mask], batch_size, seed))
+  ids, mask = caption_ids(run, prompts, per_prompt)
+  return to_pixels(run, run_batched(sample, run.params, [ids, mask], batch_size, seed))
 
 
 def unconditional_images(run: Run, num: int, *, seed: int = 0, batch_size: int = 64
@@ -172,7 +183,7 @@ def unconditional_images(run: Run, num: int, *, seed: int = 0, batch_size: int =
   out = [np.asarray(sample(run.params, jax.random.fold_in(rng, i),
                            num=min(batch_size, num - start)))
          for i, start in enumerate(range(0, num, batch_size))]
-  return _pixels(run, np.concatenate(out))
+  return to_pixels(run, np.concatenate(out))
 
 
 def region_known(region: Sequence[int], image_size: int, grid: Sequence[int]) -> np.ndarray:
@@ -193,19 +204,27 @@ def region_known(region: Sequence[int], image_size: int, grid: Sequence[int]) ->
   return known.reshape(-1)
 
 
+def inpaint_tokens(run: Run, image_HxWx3: np.ndarray, region: Sequence[int]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """(the image's tokens Li, known Li: False on the token cells `region` touches); the image
+  is uint8 at the tokenizer's size."""
+  tok = run.image_tokenizer
+  return (tok.encode(image_HxWx3[None]).reshape(-1),
+          region_known(region, tok.image_size, tok.grid))
+
+
 def inpaint_images(run: Run, prompts: list[str], per_prompt: int, image_path: str,
                    region: Sequence[int], *, seed: int = 0, batch_size: int = 64) -> np.ndarray:
   """uint8 images [len(prompts) * per_prompt, H, W, 3]: IMAGE with `region` regenerated."""
   from upgen.data import sources
   fn = jax.jit(run.setup.bind("inpaint"))
-  tok = run.image_tokenizer
-  tokens_Li = tok.encode(sources.load_image(image_path, tok.image_size)[None]).reshape(-1)
-  known_Li = region_known(region, tok.image_size, tok.grid)
-  ids, mask = _captions(run, prompts, per_prompt)
+  tokens_Li, known_Li = inpaint_tokens(
+      run, sources.load_image(image_path, run.image_tokenizer.image_size), region)
+  ids, mask = caption_ids(run, prompts, per_prompt)
   n = len(ids)
   tokens = np.broadcast_to(tokens_Li, (n, tokens_Li.size)).copy()
   known = np.broadcast_to(known_Li, (n, known_Li.size)).copy()
-  return _pixels(run, run_batched(fn, run.params, [tokens, known, ids, mask], batch_size,
+  return to_pixels(run, run_batched(fn, run.params, [tokens, known, ids, mask], batch_size,
                                    seed))
 
 

@@ -79,9 +79,11 @@ class Scorer:
                                          self.setup.spec.text_seq_len)
     return _unit(self._batched(self._text, [ids, mask], batch_size))
 
-  def cosine(self, images: np.ndarray, captions: Sequence[str]) -> np.ndarray:
+  def cosine(self, images: np.ndarray, captions: Sequence[str], batch_size: int = 64
+             ) -> np.ndarray:
     """Cosine of each image with its caption, N."""
-    return np.sum(self.image_features(images) * self.text_features(captions), axis=1)
+    return np.sum(self.image_features(images, batch_size) *
+                  self.text_features(captions, batch_size), axis=1)
 
   def retrieval(self, num: int = 256, split: str = "val") -> dict[str, float]:
     """In-batch top-1 retrieval over the first `num` pairs of the scorer's `split`."""

@@ -70,6 +70,9 @@ def loss_config(group: Any, model_cfg: UNetConfig) -> GlideLoss:
   return settings
 
 
+SAMPLERS = ("ddim", "ddpm")
+
+
 @dataclasses.dataclass(frozen=True)
 class GlideSample:
   """config.sample (hashable: a static argument of the jitted samplers)."""
@@ -81,7 +84,7 @@ class GlideSample:
   per_prompt: int = 4  # Samples per prompt in `upgen sample`.
 
   def __post_init__(self):
-    if self.sampler not in ("ddim", "ddpm"):
+    if self.sampler not in SAMPLERS:
       raise errors.ConfigError(f"{KEY}.sampler={self.sampler!r}: choose 'ddim' or 'ddpm'")
     if self.num_steps < 0:
       raise errors.ConfigError(f"{KEY}.num_steps={self.num_steps}: must be >= 0 (0 = all)")
