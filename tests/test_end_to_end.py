@@ -160,7 +160,7 @@ def test_quickstart_train_and_sample_contract(tmp_path, tiny_quickstart):
   assert "a small red circle on the left".startswith(read[0][:10]) and read[1] == (
       "a small purple circle on the left")
   _upgen("sample", "--workdir", r, "--captions-for", w / "shapes" / "test" / "images",
-               "--out", tmp_path / "captions")
+         "--out", tmp_path / "captions")
   captions = _jsonl(tmp_path / "captions" / "captions.jsonl")
   assert len(captions) == 64 and all(isinstance(c["caption"], str) for c in captions)
   # Every sampler is reachable: unconditional images, and inpainting a region of an image
