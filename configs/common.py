@@ -75,6 +75,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.sample_examples = 8  # Validation examples in the grid (references above samples).
   c.train.on_nonfinite = "stop"  # Non-finite loss: "stop" (error, no checkpoint) or "skip".
   c.train.max_minutes = 0.0  # Stop (with a checkpoint) after this much wall time; 0 = no limit.
+  # With max_minutes: fit the run's steps (config.train.steps is then the most) to the budget
+  # at the speed of its own first steps, measured within the warm-up, so the learning-rate
+  # schedule ends when the time does (fitted_steps.json in the run; a resume keeps it).
+  c.train.fit_to_time = False
   # Multi-process: how often the processes agree on SIGTERM / max_minutes (a host sync).
   c.train.stop_check_every = 10
   c.train.progress = True  # Console progress bar.

@@ -15,6 +15,7 @@ import pytest
 from configs import upgen as upgen_config
 from configs import vqgan as vqgan_config
 from tests import token_data
+from upgen import errors
 from upgen.train import checkpoint
 from upgen.train import mesh as mesh_lib
 from upgen.train import optimizer
@@ -43,6 +44,10 @@ def test_train_logs_checkpoints_and_learns(data_dir, tmp_path):
                            "train.keep_checkpoints": 2, "optim.lr": 1e-2})
   summary = trainer.train(c, workdir)
   assert summary["step"] == 150 and summary["stopped"] == "completed"
+  spent = summary["seconds_in"]  # Where the time went: the loop and what it holds.
+  assert set(spent) == {"loop", "first_step", "checkpoints", "evals", "previews", "final_eval"}
+  assert 0 < spent["first_step"] < spent["loop"] and spent["evals"] == spent["previews"] == 0
+  assert 0 < spent["checkpoints"] < spent["loop"] < summary["seconds"]
   rows = [r for r in writers.read_metrics(workdir) if "loss" in r]
   assert [r["step"] for r in rows] == list(range(1, 151))
   for key in ("loss_image", "loss_text", "acc_image", "grad_norm", "param_norm",
@@ -121,6 +126,51 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_losses(data_dir, tmp_pat
   assert sorted(a) == sorted(b) == list(range(1, 401))
   np.testing.assert_allclose([b[s] for s in range(1, 401)], [a[s] for s in range(1, 401)],
                              rtol=1e-6)
+
+
+def test_fit_to_time_fits_the_steps_within_warmup_and_keeps_the_schedule(data_dir, tmp_path):
+  """config.train.fit_to_time: the steps come from the run's own speed, measured within the
+  warm-up, so the run trains as one configured with that many steps from its first step;
+  config.json and a resume keep the fitted count."""
+  with pytest.raises(errors.ConfigError, match="fit_to_time=True needs config.train.max_minutes"):
+    trainer.train(_config(data_dir, **{"train.fit_to_time": True}), str(tmp_path / "no"))
+  fit_dir = str(tmp_path / "fit")
+  keys = {"train.log_every": 1, "train.checkpoint_every": 10_000, "optim.warmup_steps": 20,
+          "optim.lr": 1e-2}
+  c = _config(data_dir, **keys, **{"train.steps": 100_000, "train.max_minutes": 0.1,
+                                   "train.fit_to_time": True})
+  summary = trainer.train(c, fit_dir)
+  fitted = json.load(open(os.path.join(fit_dir, trainer.FITTED_FILE)))
+  n = fitted["steps"]
+  assert fitted["at_step"] == trainer.fit_at(c) == 20 and 20 < n < 100_000
+  assert n == trainer.fitted_steps(
+      budget_s=6.0, elapsed_s=fitted["seconds_before"] + fitted["compile_seconds"], done=20,
+      seconds_per_step=fitted["seconds_per_step"], most=100_000)
+  # Fitted to the time: it ends at n, or (on a machine that slowed down) at the budget.
+  assert (summary["stopped"], summary["step"]) == ("completed", n) or (
+      summary["stopped"] == "time budget" and summary["step"] < n)
+  assert json.load(open(os.path.join(fit_dir, "config.json")))["train"]["steps"] == n
+  # The same losses as a run told n steps from the start: the schedule is the same.
+  fixed_dir = str(tmp_path / "fixed")
+  trainer.train(_config(data_dir, **keys, **{"train.steps": summary["step"]}), fixed_dir)
+  if summary["step"] < n:  # Then the fixed run needs n for its schedule; compare a prefix.
+    trainer.train(_config(data_dir, **keys, **{"train.steps": n}), fixed_dir + "_n")
+    fixed_dir += "_n"
+  a, b = _losses(fit_dir), _losses(fixed_dir)
+  steps = sorted(a)
+  assert steps == list(range(1, summary["step"] + 1))
+  np.testing.assert_allclose([a[s] for s in steps], [b[s] for s in steps], rtol=1e-6)
+  lr = {r["step"]: r["learning_rate"] for r in writers.read_metrics(fit_dir) if "loss" in r}
+  schedule = optimizer.learning_rate_schedule(c.optim, n)
+  np.testing.assert_allclose([lr[s] for s in steps], [schedule(s - 1) for s in steps],
+                             rtol=1e-6)
+  # A resume (the same command line) keeps the fitted count and does not fit again.
+  again = trainer.train(_config(data_dir, **keys, **{"train.steps": 100_000,
+                                                     "train.max_minutes": 0.1,
+                                                     "train.fit_to_time": True}), fit_dir)
+  assert json.load(open(os.path.join(fit_dir, trainer.FITTED_FILE))) == fitted
+  assert again["step"] <= n and json.load(open(os.path.join(fit_dir, "config.json")))[
+      "train"]["steps"] == n
 
 
 @pytest.mark.parametrize("mode", ["stop", "skip"])

@@ -8,7 +8,9 @@ a family or a batch layout: the family's reader supplies batches, the family its
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import logging
 import os
 import signal
@@ -114,6 +116,35 @@ def _global_batch(batch: dict, sharding, batch_size: int) -> dict:
       sharding, np.asarray(v), (batch_size,) + np.shape(v)[1:]) for k, v in batch.items()}
 
 
+# config.train.fit_to_time: the speed is measured over steps (FIT_FROM, fit_at], fit_at
+# within the warm-up (where the learning rate does not depend on the total), so the fitted
+# run's schedule is the one a run configured with that many steps has from its first step.
+FIT_FROM, FIT_AT_MOST, FIT_AT_LEAST = 3, 50, 12
+FIT_MARGIN = 0.02  # Of the time left: checkpoints and previews inside the loop.
+FITTED_FILE = "fitted_steps.json"
+
+
+def fit_at(config: ml_collections.ConfigDict) -> int:
+  """The step at which config.train.fit_to_time fits the run's steps."""
+  return min(max(int(config.optim.warmup_steps), FIT_AT_LEAST), FIT_AT_MOST)
+
+
+def fitted_steps(*, budget_s: float, elapsed_s: float, done: int, seconds_per_step: float,
+                 most: int) -> int:
+  """The steps a run holds: `done`, and as many more as the rest of the budget fits at the
+  measured speed (less FIT_MARGIN); at most `most`, at least one more."""
+  more = (budget_s - elapsed_s) * (1 - FIT_MARGIN) / max(seconds_per_step, 1e-9)
+  return int(min(most, done + max(1, int(more))))
+
+
+def _read_fitted(workdir: str) -> Any:
+  path = os.path.join(workdir, FITTED_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def evaluate(config, eval_iter_fn, batch_sharding, eval_fn, params) -> dict:
   """Mean eval metrics over config.train.eval_batches validation batches."""
   try:
@@ -149,6 +180,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                              "directory; a run starts from another one")
   if saved is not None:
     check_resume(saved, config, spec, workdir)
+  fit = bool(config.train.get("fit_to_time", False))
+  if fit and not config.train.max_minutes > 0:
+    raise errors.ConfigError("config.train.fit_to_time=True needs config.train.max_minutes > 0 "
+                             "(the budget the steps are fitted to)")
+  fitted = _read_fitted(workdir) if fit else None
+  if fitted is not None:  # Resuming a fitted run: its schedule's length stays as fitted.
+    config.train.steps = int(fitted["steps"])
   ckpt_lib.save_run_config(workdir, config, spec)
 
   mesh = mesh_lib.make_mesh(config.mesh)
@@ -185,18 +223,24 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   step = int(jax.device_get(state.step))
   num_params = state_lib.count_params(state.params)
 
-  state_shardings = state_lib.TrainState(tx=tx, **ckpt_lib.state_dict(shardings))
   replicated = mesh_lib.replicated(mesh)
   loss_fn = setup.loss_fn()
-  p_train = jax.jit(
-      functools.partial(
-          step_lib.train_step, loss_fn=loss_fn, grad_accum_steps=config.optim.grad_accum_steps,
-          schedule=optimizer_lib.learning_rate_schedule(config.optim, config.train.steps),
-          ema_decay=float(config.optim.get("ema_decay", 0.0) or 0.0)),
-      in_shardings=(state_shardings, batch_sharding, replicated),
-      out_shardings=(state_shardings, replicated), donate_argnums=0)
-  p_eval = jax.jit(functools.partial(step_lib.eval_step, loss_fn=loss_fn,
-                                     step=config.train.steps), out_shardings=replicated)
+
+  def programs(tx, total: int):
+    """The jitted train and eval steps for an optimizer whose schedule runs `total` steps."""
+    state_shardings = state_lib.TrainState(tx=tx, **ckpt_lib.state_dict(shardings))
+    p_train = jax.jit(
+        functools.partial(
+            step_lib.train_step, loss_fn=loss_fn, grad_accum_steps=config.optim.grad_accum_steps,
+            schedule=optimizer_lib.learning_rate_schedule(config.optim, total),
+            ema_decay=float(config.optim.get("ema_decay", 0.0) or 0.0)),
+        in_shardings=(state_shardings, batch_sharding, replicated),
+        out_shardings=(state_shardings, replicated), donate_argnums=0)
+    p_eval = jax.jit(functools.partial(step_lib.eval_step, loss_fn=loss_fn, step=total),
+                     out_shardings=replicated)
+    return p_train, p_eval
+
+  p_train, p_eval = programs(tx, int(config.train.steps))
   rng = jax.random.key(config.seed)
   writer = writers.MetricWriter(workdir)
   previewer = preview_lib.make(config, setup, replicated)
@@ -280,6 +324,53 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if done_step % config.train.log_every == 0 or done_step == total:
       flush_interval(done_step)
 
+  first_step = step
+  fit_from_t = None
+  # Where the wall time went: "loop" is the training loop in all (the steps, their first
+  # compile, and the checkpoints, evals and previews inside it, each also counted alone).
+  spent = {"checkpoints": 0.0, "evals": 0.0, "previews": 0.0, "first_step": 0.0}
+
+  @contextlib.contextmanager
+  def spending(what: str):
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      spent[what] = spent.get(what, 0.0) + time.perf_counter() - start
+
+  def fit_steps(at_step: int, fit_from_t: float) -> None:
+    """config.train.fit_to_time: the run's steps from the speed of its own steps so far."""
+    nonlocal total, p_train, p_eval, state
+    now = time.perf_counter()
+    seconds_per_step = (now - fit_from_t) / (at_step - first_step - FIT_FROM)
+    # A new count compiles the step again: about as long as the first steps took.
+    compile_s = max(fit_from_t - t_start - FIT_FROM * seconds_per_step, 0.0)
+    steps = fitted_steps(budget_s=60 * config.train.max_minutes,
+                         elapsed_s=now - t_start + compile_s, done=at_step,
+                         seconds_per_step=seconds_per_step, most=int(config.train.steps))
+    if jax.process_count() > 1:  # Every process takes the first one's count.
+      from jax.experimental import multihost_utils
+      steps = int(multihost_utils.broadcast_one_to_all(np.int32(steps)))
+    log.info("fitted %d steps to %.1f minutes at %.1f ms per step (measured over steps "
+             "%d-%d)", steps, config.train.max_minutes, 1e3 * seconds_per_step,
+             first_step + FIT_FROM, at_step)
+    if steps != total:
+      config.train.steps = total = steps
+      new_tx = setup.optimizer(config.optim, total)
+      state = state.replace(tx=new_tx)
+      p_train, p_eval = programs(new_tx, total)
+      if progress is not None:
+        progress.total = total
+        progress.refresh()
+    if jax.process_index() == 0:
+      ckpt_lib.save_run_config(workdir, config, spec)
+      with open(os.path.join(workdir, FITTED_FILE), "w") as f:
+        json.dump({"steps": total, "at_step": at_step, "budget_minutes":
+                   config.train.max_minutes, "seconds_per_step": seconds_per_step,
+                   "seconds_before": now - t_start, "compile_seconds": compile_s}, f,
+                  indent=2)
+
+  fitting = fit and fitted is None
   with _Preemption() as preemption, mesh_lib.activate(mesh, config.mesh):
     try:
       while step < total:
@@ -288,6 +379,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             state, _global_batch(batch, batch_sharding, config.data.batch_size), rng)
         if pending is not None:
           consume(*pending)
+        if step == first_step + 1:  # The first step (its compile) has finished.
+          spent["first_step"] = time.perf_counter() - t_start
+        if fitting and step == first_step + FIT_FROM:  # Steps so far: compiles, warming up.
+          fit_from_t = time.perf_counter()
+        elif fitting and step == max(fit_at(config), first_step + 2 * FIT_FROM):
+          fit_steps(step, fit_from_t)
+          fitting = False
         step += 1
         interval_examples += config.data.batch_size
         interval_tokens += tokens_per_batch
@@ -300,11 +398,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             or preempted):
           consume(*pending)  # A checkpoint only ever holds a state whose step was checked.
           pending = None
-          save(step)
+          with spending("checkpoints"):
+            save(step)
         if config.train.eval_every and step % config.train.eval_every == 0:
-          writer.write_scalars(step, run_eval())
+          with spending("evals"):
+            writer.write_scalars(step, run_eval())
         if previewer is not None and step % config.train.sample_every == 0:
-          write_preview(step)
+          with spending("previews"):
+            write_preview(step)
         if preempted or out_of_time:
           stopped_reason = "preempted" if preempted else "time budget"
           log.warning("stopping at step %d (%s); checkpoint saved", step, stopped_reason)
@@ -312,12 +413,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       if pending is not None:
         consume(*pending)
       flush_interval(step)  # A run stopped early logs its last partial interval.
-      final_eval = {} if stopped_reason == "preempted" else run_eval()
-      if final_eval:
-        writer.write_scalars(step, final_eval)
+      spent["loop"] = time.perf_counter() - t_start
+      with spending("final_eval"):
+        final_eval = {} if stopped_reason == "preempted" else run_eval()
+        if final_eval:
+          writer.write_scalars(step, final_eval)
       if (previewer is not None and stopped_reason != "preempted"
           and step % config.train.sample_every != 0):
-        write_preview(step)  # The final model's samples.
+        with spending("previews"):
+          write_preview(step)  # The final model's samples.
     finally:
       checkpointer.close()
       writer.close()
@@ -325,4 +429,4 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         progress.close()
   return {"step": step, "stopped": stopped_reason, "num_params": num_params,
           "seconds": time.perf_counter() - t_start, "last": last_metrics,
-          "eval": final_eval}
+          "eval": final_eval, "seconds_in": {k: round(v, 2) for k, v in spent.items()}}
