@@ -3,6 +3,7 @@
   upgen quickstart --workdir W [--minutes M] [--source DIR]
   upgen data shapes --out DIR [--image-size 32 --num-train N --num-val N --num-test N --seed S]
   upgen data docstrings --out DIR
+  upgen data profile DIR [--json]
   upgen eval shapes (--dir SPLIT_DIR | --manifest manifest.jsonl)
   upgen eval nll --workdir W [--split val] [--num 256]
   upgen eval captions --workdir W --data SPLIT_DIR [--num N]
@@ -38,6 +39,7 @@ COMMANDS = {
     ("quickstart",): "upgen.quickstart",
     ("data", "shapes"): "upgen.data.shapes",
     ("data", "docstrings"): "upgen.data.docstrings",
+    ("data", "profile"): "upgen.data.profile",
     ("eval", "shapes"): "upgen.data.shapes_eval",
     ("eval", "nll"): "upgen.likelihood",
     ("eval", "captions"): "upgen.caption_eval",
