@@ -13,6 +13,7 @@
   upgen eval clip-score --scorer CLIP_RUN --manifest SAMPLES/manifest.jsonl
   upgen eval fid --real DIR --fake DIR_OR_MANIFEST --features scorer:CLIP_RUN|inception:FILE
   upgen eval probe --workdir W --data IMAGES_DIR --label KEY [--baselines]
+  upgen eval fit --workdir W --data DIR [--num 128]
   upgen eval recon --workdir VQ_RUN --data IMAGES_DIR [--split val] [--lpips WEIGHTS]
   upgen import hf --from HF_DIR --family bart|dalle --out INIT
   upgen export hf --workdir W --out HF_DIR
@@ -48,6 +49,7 @@ COMMANDS = {
     ("eval", "fid"): "upgen.fid",
     ("eval", "recon"): "upgen.image_metrics",
     ("eval", "probe"): "upgen.probe",
+    ("eval", "fit"): "upgen.fit_report",
     ("import", "hf"): "upgen.hf_import",
     ("align",): "upgen.align",
     ("export", "hf"): "upgen.hf_export",
