@@ -88,6 +88,8 @@ def test_bad_input_is_a_message(demo):
       demo.generate(prompt, 2, {})
   with pytest.raises(errors.ConfigError, match=r"choose 1 to 8 \(--max-samples\)"):
     demo.generate(PROMPT, 9, {})
+  with pytest.raises(errors.ConfigError, match="seed None: a whole number please"):
+    demo.generate(PROMPT, 1, {}, seed=None)  # A cleared seed box.
   with pytest.raises(errors.ConfigError, match="reranking needs a scorer"):
     demo_lib.Demo(demo.run).generate(PROMPT, 2, {}, candidates=2)
   long = demo.generate(PROMPT + " and a large blue square on the right", 1, {})

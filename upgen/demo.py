@@ -127,8 +127,8 @@ def model_image(array: np.ndarray, size: int) -> tuple[np.ndarray, str]:
   w, h = image.size
   pixels = sources.resize_and_crop(image, size)
   note = "" if (w, h) == (size, size) else (
-      f"the image was {w}x{h}: resized to {size}x{size} (shorter side, center crop), the size "
-      "the image tokenizer reads")
+      f"The image was {w}x{h}: resized to {size}x{size} (shorter side, center crop), the size "
+      "the image tokenizer reads.")
   return pixels, note
 
 
@@ -195,11 +195,21 @@ class Demo:
             ) -> np.ndarray:
     """Rows through the program in batches of batch_size (the last padded), so a request of
     any size reuses one compiled program; row i's draw does not depend on how many rows."""
-    n, rows = len(arrays[0]), self.batch_size
-    total = -(-n // rows) * rows
-    padded = [np.concatenate([a, np.repeat(a[-1:], total - n, axis=0)]) for a in arrays]
-    return sample_lib.run_batched(self._program(what, settings), self.run.params, padded,
-                                  rows, seed)[:n]
+    return sample_lib.run_batched(self._program(what, settings), self.run.params,
+                                  self._padded(arrays), self.batch_size, seed)[:len(arrays[0])]
+
+  def _padded(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Each array's rows, the last repeated up to a multiple of batch_size."""
+    n = len(arrays[0])
+    more = -(-n // self.batch_size) * self.batch_size - n
+    return [np.concatenate([a, np.repeat(a[-1:], more, axis=0)]) for a in arrays]
+
+  @staticmethod
+  def _seed(seed: Any) -> int:
+    try:
+      return int(seed)
+    except (TypeError, ValueError):
+      raise errors.ConfigError(f"seed {seed!r}: a whole number please") from None
 
   def _count(self, num: Any, candidates: Any = 1) -> tuple[int, int]:
     try:
@@ -220,7 +230,7 @@ class Demo:
     prompt = (prompt or "").strip()
     if not prompt:
       raise errors.ConfigError("the prompt is empty: type a caption first")
-    seen, notes = sample_lib.prompt_notes(self.run, prompt)
+    _, notes = sample_lib.prompt_notes(self.run, prompt)
     return prompt, [f"Note: the prompt is {note}." if note.startswith("truncated") else
                     f"Note: {note}." for note in notes]
 
@@ -230,11 +240,9 @@ class Demo:
     if candidates == 1:
       return images, [f"{i + 1}" for i in range(num)]
     from upgen import scorer as scorer_lib
-    n, rows = len(images), self.batch_size
-    total = -(-n // rows) * rows
-    padded = np.concatenate([images, np.repeat(images[-1:], total - n, axis=0)])
-    scores = scorer_lib.clip_score(self.scorer.cosine(padded, [prompt] * total, rows)[:n])
-    scores = scores.reshape(num, candidates)
+    (padded,) = self._padded([images])
+    cosine = self.scorer.cosine(padded, [prompt] * len(padded), self.batch_size)
+    scores = scorer_lib.clip_score(cosine[:len(images)]).reshape(num, candidates)
     best = np.argmax(scores, axis=1)
     return (images[np.arange(num) * candidates + best],
             [f"{i + 1}: CLIP {scores[i, b]:.1f}" for i, b in enumerate(best)])
@@ -245,18 +253,19 @@ class Demo:
     self.run.family.can("sample_images")
     prompt, notes = self._prompt(prompt)
     num, candidates = self._count(num, candidates)
+    seed = self._seed(seed)
     settings = self.settings(values)
     ids, mask = sample_lib.caption_ids(self.run, [prompt], num * candidates)
     with self._lock:
       start = time.perf_counter()
-      out = self._draw("sample_images", settings, [ids, mask], int(seed))
+      out = self._draw("sample_images", settings, [ids, mask], seed)
       images, labels = self._best_of(prompt, sample_lib.to_pixels(self.run, out), num,
                                      candidates)
       seconds = time.perf_counter() - start
     what = f"{num} image{'s' * (num > 1)} in {seconds:.2f} s" + (
         f", each the best of {candidates} by CLIP score" if candidates > 1 else "")
     return Result(list(images), labels,
-                  "\n\n".join([f"{what} (seed {int(seed)})", *notes]), seconds)
+                  "\n\n".join([f"{what} (seed {seed})", *notes]), seconds)
 
   def inpaint(self, prompt: Optional[str], image: Optional[np.ndarray], region: Sequence[Any],
               num: Any, values: Mapping[str, Any], *, seed: Any = 0) -> Result:
@@ -269,6 +278,7 @@ class Demo:
     if image is None:
       raise errors.ConfigError("no image: drop the image to inpaint first")
     num, _ = self._count(num)
+    seed = self._seed(seed)
     try:
       box = [int(float(v)) for v in region]
     except (TypeError, ValueError):
@@ -281,15 +291,14 @@ class Demo:
     known = np.repeat(known_Li[None], num, axis=0)
     with self._lock:
       start = time.perf_counter()
-      out = self._draw("inpaint", settings, [tokens, known, ids, mask], int(seed))
+      out = self._draw("inpaint", settings, [tokens, known, ids, mask], seed)
       images = sample_lib.to_pixels(self.run, out)
       seconds = time.perf_counter() - start
     kept = int(known_Li.sum())
-    message = (f"{num} inpainted image{'s' * (num > 1)} in {seconds:.2f} s (seed {int(seed)}; "
+    message = (f"{num} inpainted image{'s' * (num > 1)} in {seconds:.2f} s (seed {seed}; "
                f"{known_Li.size - kept} of {known_Li.size} token cells regenerated)")
     return Result(list(images), [f"{i + 1}" for i in range(num)],
-                  "\n\n".join([message, *notes, *([note.capitalize() + "."] if note else [])]),
-                  seconds)
+                  "\n\n".join([message, *notes, *([note] if note else [])]), seconds)
 
   def caption(self, image: Optional[np.ndarray], num: Any, *, seed: Any = 0) -> Result:
     """Image->text: `num` captions of `image` (resized to the tokenizer's size)."""
@@ -299,18 +308,18 @@ class Demo:
     if image is None:
       raise errors.ConfigError("no image: drop an image to caption first")
     num, _ = self._count(num)
+    seed = self._seed(seed)
     pixels, note = model_image(image, self.image_size)
     tokens = self.run.image_tokenizer.encode(pixels[None]).reshape(1, -1)
     settings = self.run.setup.sample
     with self._lock:
       start = time.perf_counter()
-      ids = self._draw("caption_images", settings, [np.repeat(tokens, num, axis=0)],
-                       int(seed))
+      ids = self._draw("caption_images", settings, [np.repeat(tokens, num, axis=0)], seed)
       seconds = time.perf_counter() - start
     texts = [self.run.text_tokenizer.decode([int(t) for t in row]) for row in ids]
-    message = f"{num} caption{'s' * (num > 1)} in {seconds:.2f} s (seed {int(seed)})"
-    return Result([pixels], ["what the model reads"], "\n\n".join(
-        [message, *([note.capitalize() + "."] if note else [])]), seconds, texts)
+    message = f"{num} caption{'s' * (num > 1)} in {seconds:.2f} s (seed {seed})"
+    return Result([pixels], ["what the model reads"],
+                  "\n\n".join([message, *([note] if note else [])]), seconds, texts)
 
   def warm_up(self) -> float:
     """Compiles every program the page uses at the run's settings (and the scorer's); seconds."""
