@@ -34,3 +34,13 @@ def tiny_quickstart(tmp_path_factory):
        "--max-captions", "3", "--per-prompt", "2", "--scorer-minutes", "0.05", "--rerank", "2"],
       cwd=ROOT, check=True, capture_output=True, text=True)
   return w, out.stdout
+
+
+def pytest_collection_modifyitems(items):
+  """Under pytest-xdist (`-n 2`, as the README runs the suite): each module's tests stay on
+  one worker, so a module fixture (the 8-device job of test_families) starts once, and the
+  tests of the shared quickstart run on one worker, so it is trained once."""
+  for item in items:
+    group = ("tiny_quickstart" if "tiny_quickstart" in getattr(item, "fixturenames", ())
+             else item.nodeid.split("::")[0])
+    item.add_marker(pytest.mark.xdist_group(group))
