@@ -421,6 +421,7 @@ def _job_result(jobs, name):
   return json.loads((out_dir / "out").read_text().strip().splitlines()[-1]), out_dir
 
 
+@pytest.mark.multidevice
 def test_sharded_on_8_devices_matches_one_device(_jobs):
   r, _ = _job_result(_jobs, "test_sharded_on_8_devices_matches_one_device")
   assert r["devices"] == 8

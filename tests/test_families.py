@@ -152,6 +152,7 @@ def test_contract(case):
         setup.bind(sampler)
 
 
+@pytest.mark.multidevice
 def test_every_family_trains_previews_and_samples_on_8_devices(mesh_job):
   proc, out = mesh_job
   assert proc.wait(timeout=900) == 0, (out / "err").read_text()[-4000:]

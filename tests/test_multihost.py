@@ -105,6 +105,7 @@ def _losses(workdir: str) -> dict[int, float]:
   return {r["step"]: r["loss"] for r in rows}
 
 
+@pytest.mark.multidevice
 def test_checkpoint_of_two_processes_resumes_on_another_mesh(runs, tmp_path):
   _wait(runs["procs"]["two"], runs["two"])
   two = _losses(runs["two"])
@@ -134,6 +135,7 @@ def test_checkpoint_of_two_processes_resumes_on_another_mesh(runs, tmp_path):
                              [two[s] for s in range(4, STEPS + 1)], rtol=1e-4)
 
 
+@pytest.mark.multidevice
 def test_two_processes_train_like_one_process_on_the_same_mesh(runs):
   _wait(runs["procs"]["two"], runs["two"])
   _wait(runs["procs"]["one"], runs["one"])

@@ -245,6 +245,7 @@ def _run_mesh(data_dir, workdir, mesh, devices):
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.multidevice
 def test_data_fsdp_tensor_mesh_matches_one_device(data_dir, tmp_path):
   one = _run_mesh(data_dir, str(tmp_path / "one"), {}, 1)
   mesh = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}

@@ -41,6 +41,7 @@ COMMANDS = {
     ("data", "shapes"): "upgen.data.shapes",
     ("data", "docstrings"): "upgen.data.docstrings",
     ("data", "profile"): "upgen.data.profile",
+    ("data", "folder"): "upgen.data.folders",
     ("eval", "shapes"): "upgen.data.shapes_eval",
     ("eval", "nll"): "upgen.likelihood",
     ("eval", "captions"): "upgen.caption_eval",
