@@ -3,6 +3,8 @@
   upgen quickstart --workdir W [--minutes M] [--source DIR]
 
 1. data:      captioned shapes (or --source, a folder of images with captions.jsonl)
+              and the recipe for it: BPE vocabulary and caption length from the captions
+              (upgen/data/recipe.py), printed with the reasons  -> W/summary.json "recipe"
 2. text:      BPE tokenizer trained on the training captions           -> W/text_tokenizer
 3. image:     VQGAN tokenizer trained by the same trainer              -> W/vqgan
               (not for families that work in pixels: --family glide)
@@ -11,6 +13,9 @@
 6. sample:    held-out test captions and validation captions           -> W/samples, W/samples_val
               and, for families that caption, validation images        -> W/captions_val.json
 7. score:     caption fidelity and image->text accuracy (shapes only)  -> W/summary.json
+              or, for --source, the fit report (upgen eval fit): how often samples of
+              training captions retrieve their own image, held-out ranks, the tokenizer's
+              ceiling                                                  -> W/summary.json "fit"
 8. (--scorer-minutes M) a CLIP scorer on the same pixel records          -> W/scorer
               and best-of---rerank-N test samples, scored              -> W/samples_best_of_N
 
@@ -20,6 +25,7 @@ training from the newest checkpoint.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -185,7 +191,8 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--image-size", type=int, default=32)
   parser.add_argument("--lpips", default="",
                       help="LPIPS-VGG weights (safetensors) for the tokenizer's report.")
-  parser.add_argument("--text-vocab-size", type=int, default=128)
+  parser.add_argument("--text-vocab-size", type=int, default=None,
+                      help="BPE vocabulary (default: chosen from the captions; 128 for shapes).")
   parser.add_argument("--vqgan-steps", type=int, default=None)
   parser.add_argument("--per-prompt", type=int, default=2)
   parser.add_argument("--num-caption-images", type=int, default=400,
@@ -223,10 +230,21 @@ def main(argv: Optional[list[str]] = None) -> int:
               if os.path.exists(os.path.join(images_dir, s, "captions.jsonl"))]
   stage("data", t)
 
+  from upgen.data import profile
+  from upgen.data import recipe
+  train_captions = _captions(images_dir, "train")
+  choices = []
+  if args.text_vocab_size is None:
+    choices.append(recipe.text_vocab_size(profile.caption_stats(train_captions)))
+  vocab_size = args.text_vocab_size or choices[-1].value
   t = time.time()
-  text_tok = train_text_tokenizer(images_dir, os.path.join(w, "text_tokenizer"),
-                                  args.text_vocab_size)
+  text_tok = train_text_tokenizer(images_dir, os.path.join(w, "text_tokenizer"), vocab_size)
   stage("text tokenizer", t)
+  config = _family_config(args.family)
+  choices.append(recipe.text_seq_len([len(ids) for ids in text_tok.encode_batch(train_captions)],
+                                     config.data.text_seq_len))
+  config.data.text_seq_len = choices[-1].value
+  _log(recipe.describe(choices))
 
   image_tok = recon = None
   if _needs_image_tokens(args.family):
@@ -246,7 +264,6 @@ def main(argv: Optional[list[str]] = None) -> int:
   t = time.time()
   from upgen import sample
   from upgen.train import trainer
-  config = _family_config(args.family)
   config.data.dir = os.path.join(w, "data")
   config.seed = args.seed
   minutes = args.minutes or FAMILY_MINUTES.get(args.family, DEFAULT_MINUTES)
@@ -261,7 +278,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
   t = time.time()
   run = sample.load_run(os.path.join(w, "model"))
-  results = {"timings_s": timings, "reconstruction": recon, "train": {
+  results = {"timings_s": timings, "recipe": [dataclasses.asdict(c) for c in choices],
+             "reconstruction": recon, "train": {
       "steps": summary["step"], "stopped": summary["stopped"], "val": summary["eval"],
       "seconds_in": summary["seconds_in"]}}
   for split, out in (("test", "samples"), ("val", "samples_val")):
@@ -284,6 +302,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     results["captions_val"] = {k: scores[k] for k in ("exact_match", "attribute_accuracy")}
     _log(f"image->text on {scores['num']} val images: exact match "
          f"{scores['exact_match']:.3f}, attributes {scores['attribute_accuracy']}")
+  if not shapes_mode:  # No attribute checker: how well samples find their own images.
+    from upgen import fit_report
+    results["fit"] = fit_report.report(run, images_dir, seed=args.seed)
+    _log(fit_report.describe(results["fit"]))
   stage("sample", t)
   if args.scorer_minutes > 0 and shapes_mode and "test" in splits:
     t = time.time()
