@@ -72,11 +72,10 @@ def _captions(images_dir: str, split: str) -> list[str]:
   return [e["caption"] for e in sources.read_captions(os.path.join(images_dir, split))]
 
 
-def train_text_tokenizer(images_dir: str, out: str, vocab_size: int):
+def train_text_tokenizer(captions: list[str], out: str, vocab_size: int):
   from upgen.tokenizers import text
   if os.path.exists(os.path.join(out, "tokenizer.json")):
     return text.load(out)
-  captions = _captions(images_dir, "train")
   return text.train_bpe(captions, vocab_size, out)
 
 
@@ -238,7 +237,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     choices.append(recipe.text_vocab_size(profile.caption_stats(train_captions)))
   vocab_size = args.text_vocab_size or choices[-1].value
   t = time.time()
-  text_tok = train_text_tokenizer(images_dir, os.path.join(w, "text_tokenizer"), vocab_size)
+  text_tok = train_text_tokenizer(train_captions, os.path.join(w, "text_tokenizer"),
+                                  vocab_size)
   stage("text tokenizer", t)
   config = _family_config(args.family)
   choices.append(recipe.text_seq_len([len(ids) for ids in text_tok.encode_batch(train_captions)],

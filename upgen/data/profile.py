@@ -24,6 +24,7 @@ from PIL import Image
 
 from upgen import errors
 from upgen.data import sources
+from upgen.tokenizers import text
 
 # Colours closer than this (max over R, G, B) to an image's most common colour count as its
 # background; colours are counted after quantizing each channel to 16 levels.
@@ -44,11 +45,6 @@ def folder_entries(path: str) -> dict[str, list[dict[str, Any]]]:
   return splits
 
 
-def words(caption: str) -> list[str]:
-  """A caption's words as the text tokenizer's vocabulary check splits them."""
-  return [w for w in (t.strip(".,;:!?'\"()") for t in caption.lower().split()) if w]
-
-
 def _spread(values: Sequence[float]) -> dict[str, float]:
   v = np.asarray(values, np.float64)
   return {"min": float(v.min()), "median": float(np.median(v)),
@@ -56,7 +52,7 @@ def _spread(values: Sequence[float]) -> dict[str, float]:
 
 
 def caption_stats(captions: Sequence[str]) -> dict[str, Any]:
-  per_caption = [words(c) for c in captions]
+  per_caption = [text.caption_words(c) for c in captions]
   counts = collections.Counter(w for ws in per_caption for w in ws)
   repeats = collections.Counter(captions)
   return {

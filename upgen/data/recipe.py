@@ -18,8 +18,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-# The BPE always holds its specials and base alphabet (upgen.tokenizers.text): 5 + 49.
-BPE_BASE = 54
+from upgen.tokenizers import text
+
+# The BPE always holds its specials and base alphabet (5 + 47 entries).
+BPE_BASE = len(text.SPECIAL_TOKENS) + len(text.BASE_ALPHABET)
 MIN_TEXT_VOCAB, MAX_TEXT_VOCAB = 128, 8192
 # Two pieces per word on average: a word's merges and a leading-space variant.
 TOKENS_PER_WORD = 2

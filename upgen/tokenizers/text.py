@@ -70,10 +70,7 @@ class TextTokenizer(abc.ABC):
   def unknown_words(self, text: str) -> list[str]:
     """Words of `text` outside the training captions' words (or that encode to unk_id)."""
     found = []
-    for word in text.lower().split():
-      word = word.strip(".,;:!?'\"()")
-      if not word:
-        continue
+    for word in caption_words(text):
       if (self.words is not None and word not in self.words) or (
           self.unk_id is not None and self.unk_id in self.encode(word)):
         found.append(word)
@@ -234,6 +231,12 @@ def _new_bpe() -> tokenizers.Tokenizer:
   return tok
 
 
+def caption_words(text: str) -> list[str]:
+  """A caption's words as the vocabulary checks count them: lowercased, split on spaces,
+  outer punctuation stripped, empty ones dropped."""
+  return [w for w in (t.strip(".,;:!?'\"()") for t in text.lower().split()) if w]
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str) -> BpeTokenizer:
   """Trains the caption BPE and writes `out_dir/tokenizer.json` (and the captions' words,
   `out_dir/caption_words.txt`, for warnings about prompts that use others).
@@ -252,9 +255,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str) -> BpeTokeniz
   if tok.get_vocab_size() <= len(SPECIAL_TOKENS):
     raise errors.DataError("train_bpe: no text to train on")
   os.makedirs(out_dir, exist_ok=True)
-  words = {w.strip(".,;:!?'\"()") for text in texts for w in text.lower().split()}
+  words = {w for text in texts for w in caption_words(text)}
   with open(os.path.join(out_dir, WORDS_FILE), "w") as f:
-    f.write("".join(f"{w}\n" for w in sorted(words) if w))
+    f.write("".join(f"{w}\n" for w in sorted(words)))
   path = os.path.join(out_dir, TOKENIZER_FILE)
   tok.save(path)
   return BpeTokenizer(tokenizers.Tokenizer.from_file(path), path)
