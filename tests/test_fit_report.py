@@ -44,6 +44,13 @@ def test_report_on_the_quickstart_run(tiny_quickstart):
   # Every shapes caption is in the gallery, so every sample gets a rank.
   assert r["train"]["median_rank"] >= 1 and r["tokenizer_ceiling"]["psnr"] > 10
   out = subprocess.run([sys.executable, "-m", "upgen.cli", "eval", "fit", "--workdir",
-                        str(w / "model"), "--data", str(w / "shapes"), "--num", "4", "--json"],
+                        str(w / "model"), "--data", str(w / "shapes"), "--num", "4", "--json",
+                        "--config.sample.num_steps=2"],
                        cwd=ROOT, capture_output=True, text=True, check=True)
   assert json.loads(out.stdout)["train"]["num"] == 4
+  bad = subprocess.run([sys.executable, "-m", "upgen.cli", "eval", "fit", "--workdir",
+                        str(w / "model"), "--data", str(w / "shapes"),
+                        "--config.sample.no_such_key=3"], cwd=ROOT, capture_output=True,
+                       text=True)
+  assert bad.returncode != 0 and "no_such_key" in bad.stderr
+

@@ -1,6 +1,7 @@
 """`upgen eval fit`: has a run learned its folder? Retrieval of a caption's own image.
 
   upgen eval fit --workdir RUN --data DIR [--num 128] [--size 16] [--seed 0]
+      [--config.sample.KEY=VALUE ...]   (the run's own config.sample otherwise)
 
 For any folder of captioned images, in a fixed small feature space (the images downsampled to
 --size x --size RGB, Euclidean): every image of the folder's splits is the gallery. A sample
@@ -122,11 +123,14 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--size", type=int, default=16, help="Feature size (pixels per side).")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--json", action="store_true")
-  args = parser.parse_args(argv)
+  args, rest = parser.parse_known_args(argv)
+  unknown = [a for a in rest if not a.startswith("--config.sample.")]
+  if unknown:
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}")
   if args.num < 1 or args.size < 1:
     raise errors.ConfigError(f"--num {args.num}, --size {args.size}: both must be >= 1")
   from upgen import sample
-  run = sample.load_run(args.workdir)
+  run = sample.with_sample_settings(sample.load_run(args.workdir), rest)
   run.family.can("sample_images")
   r = report(run, args.data, num=args.num, size=args.size, seed=args.seed)
   print(json.dumps(r, indent=2) if args.json else describe(r))
