@@ -69,7 +69,8 @@ def test_quickstart_train_and_sample_contract(tmp_path, tiny_quickstart):
   summary = json.load(open(w / "summary.json"))
   # The recipe rules give shapes the recipe measured on shapes (upgen/data/recipe.py).
   assert [(c["what"], c["value"]) for c in summary["recipe"]] == [
-      ("--text-vocab-size", 128), ("config.data.text_seq_len", 12)]
+      ("--text-vocab-size", 128), ("config.data.text_seq_len", 12),
+      ("config.loss.paired_text_mask_prob", 0.5)]
   assert "the recipe chosen for this folder:" in stdout
   assert json.load(open(w / "model" / "config.json"))["data"]["text_seq_len"] == 12
   for key in ("fidelity_test", "fidelity_val"):

@@ -33,6 +33,18 @@ def test_caption_ranks_count_any_image_with_the_caption():
                "mean_reciprocal_rank": (1 + 1 + 0.5) / 4}
 
 
+def test_pairs_grid_puts_each_sample_beside_its_true_image():
+  truth = np.zeros((3, 8, 8, 3), np.uint8)
+  samples = np.full((3, 8, 8, 3), 200, np.uint8)
+  truth[1] = 100
+  grid = fit_report.pairs_grid(truth, samples)
+  # Cells upscaled to 64 pixels; a pair's true image (left) touches its sample (1-pixel pad).
+  row = grid[5 + 32]  # Through the first row of cells.
+  values = [int(v) for v in row[:, 0]]
+  assert values[5] == 0 and values[5 + 64 + 1] == 200
+  assert 100 in {int(v) for v in grid[..., 0].ravel()}
+
+
 def test_report_on_the_quickstart_run(tiny_quickstart):
   w, _ = tiny_quickstart
   run = sample.load_run(str(w / "model"))

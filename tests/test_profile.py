@@ -52,6 +52,9 @@ def test_profile_counts_sizes_captions_and_colours(folder):
   assert cap["vocabulary"] == len({"a", "red", "square", "white", "wall", "night", "with",
                                    "small", "moon"})
   assert cap["words_seen_once"] == 6 and cap["most_common_words"][:2] == ["a", "red"]
+  # Rarest words: "square" (2 images), "white" (1), "square" (2), "night" (1).
+  assert cap["rarest_word_images"]["min"] == 1 and cap["rarest_word_images"]["max"] == 2
+  assert cap["rarest_word_images"]["median"] == 1.5
   col = p["colours"]
   assert col["images_measured"] == 4 and col["image_size"] == 32
   # Half black, half red: the background (the first of two equal modes) is half of it.

@@ -393,3 +393,11 @@ def test_raster_image_nll_is_the_one_token_per_step_factorization(overfit):
       params, batch["image_tokens"], batch["text_tokens"][::-1], batch["text_mask"][::-1],
       model=model))
   assert nll.max() / LI < 0.3 and (swapped > nll + LI * 0.5).all(), (nll, swapped)
+
+
+def test_a_run_captions_only_where_its_task_mix_trained_image_to_text():
+  loss = upgen.MaskingLoss
+  assert upgen.caption_trained(loss(paired_masking="joint", paired_text_mask_prob=0.0))
+  assert upgen.caption_trained(loss(paired_masking="independent", paired_text_mask_prob=0.1))
+  assert not upgen.caption_trained(loss(paired_masking="independent",
+                                        paired_text_mask_prob=0.0))

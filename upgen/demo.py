@@ -148,7 +148,7 @@ class Demo:
     family = run.family
     tok = run.image_tokenizer
     self.can_generate = family.sample_images is not None
-    self.can_caption = family.caption_images is not None and tok is not None
+    self.can_caption = run.setup.captions_images and tok is not None
     self.can_inpaint = family.inpaint is not None and tok is not None
     if not (self.can_generate or self.can_caption):
       raise errors.ConfigError(f"family {family.name!r} neither draws images nor captions "
@@ -304,6 +304,10 @@ class Demo:
     """Image->text: `num` captions of `image` (resized to the tokenizer's size)."""
     if not self.can_caption:
       self.run.family.can("caption_images")
+      if not self.run.setup.captions_images:
+        raise errors.ConfigError("this run was not trained to caption images (no paired "
+                                 "example took the image->text task: "
+                                 "config.loss.paired_text_mask_prob=0)")
       raise errors.ConfigError("this run's records have no image tokenizer to read images")
     if image is None:
       raise errors.ConfigError("no image: drop an image to caption first")

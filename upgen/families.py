@@ -148,6 +148,8 @@ class Family:
   inpaint: Optional[InpaintFn] = None
   unconditional_images: Optional[UnconditionalFn] = None
   caption_images: Optional[CaptionImagesFn] = None
+  # The run's loss settings -> whether it trained image->text (None: whenever caption_images).
+  caption_trained: Optional[Callable[[Any], bool]] = None
   image_nll: Optional[ImageNllFn] = None
   text_nll: Optional[TextNllFn] = None
   image_features: Optional[ImageFeaturesFn] = None
@@ -215,6 +217,13 @@ class Setup:
   def bind(self, what: str) -> Callable[..., jax.Array]:
     """A sampler entry with the model and sample settings bound (error if the family lacks it)."""
     return functools.partial(self.family.can(what), model=self.model, settings=self.sample)
+
+  @property
+  def captions_images(self) -> bool:
+    """Whether this run can caption images: its family can and its training taught it."""
+    f = self.family
+    return f.caption_images is not None and (f.caption_trained is None
+                                              or bool(f.caption_trained(self.loss)))
 
   def dummy_batch(self, batch_size: int) -> dict[str, Any]:
     return self.family.reads.dummy_batch(self.spec, batch_size)

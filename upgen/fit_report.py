@@ -1,7 +1,7 @@
 """`upgen eval fit`: has a run learned its folder? Retrieval of a caption's own image.
 
   upgen eval fit --workdir RUN --data DIR [--num 128] [--size 16] [--seed 0]
-      [--config.sample.KEY=VALUE ...]   (the run's own config.sample otherwise)
+      [--grid PNG] [--config.sample.KEY=VALUE ...]   (the run's own config.sample otherwise)
 
 For any folder of captioned images, in a fixed small feature space (the images downsampled to
 --size x --size RGB, Euclidean): every image of the folder's splits is the gallery. A sample
@@ -62,9 +62,19 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
   return float(np.mean(image_metrics.psnr(a, b)))
 
 
-def report(run: Any, data_dir: str, *, num: int = 128, size: int = 16, seed: int = 0
-           ) -> dict[str, Any]:
-  """The fit report of a loaded run (upgen.sample.Run) on a folder (see the docstring)."""
+def pairs_grid(truth_NxHxWx3: np.ndarray, samples_NxHxWx3: np.ndarray) -> np.ndarray:
+  """Each true image with the sample drawn for its caption to its right, pairs in a grid."""
+  from upgen.train import writers
+  pairs = np.stack([truth_NxHxWx3, samples_NxHxWx3], axis=1).reshape(
+      -1, *truth_NxHxWx3.shape[1:])
+  return writers.sample_grid(pairs, per_prompt=2)[0]
+
+
+def report(run: Any, data_dir: str, *, num: int = 128, size: int = 16, seed: int = 0,
+           grid: Optional[str] = None, grid_num: int = 24) -> dict[str, Any]:
+  """The fit report of a loaded run (upgen.sample.Run) on a folder (see the docstring).
+  With `grid`, a PNG there of the first `grid_num` training captions' true images, each with
+  its sample beside it."""
   from upgen import sample
   from upgen.data import profile
   from upgen.data import sources
@@ -90,8 +100,11 @@ def report(run: Any, data_dir: str, *, num: int = 128, size: int = 16, seed: int
     images = sample.generate_images(run, captions, 1, seed=seed)
     ranks = caption_ranks(pixel_features(images, size), captions, gallery_f, gallery_captions)
     out[name] = {"split": split, **summarize(ranks)}
+    truth = gallery[[index[id(r)] for r in picked]]
+    if name == "train" and grid:
+      Image.fromarray(pairs_grid(truth[:grid_num], images[:grid_num])).save(grid)
+      out["grid"] = grid
     if name == "train" and run.image_tokenizer is not None:
-      truth = gallery[[index[id(r)] for r in picked]]
       recon = run.image_tokenizer.decode(run.image_tokenizer.encode(truth))
       ceiling = caption_ranks(pixel_features(recon, size), captions, gallery_f,
                               gallery_captions)
@@ -122,6 +135,8 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--num", type=int, default=128, help="Captions per split.")
   parser.add_argument("--size", type=int, default=16, help="Feature size (pixels per side).")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--grid", help="Also write a PNG of training captions' true images, "
+                      "each with its sample beside it.")
   parser.add_argument("--json", action="store_true")
   args, rest = parser.parse_known_args(argv)
   unknown = [a for a in rest if not a.startswith("--config.sample.")]
@@ -132,7 +147,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   from upgen import sample
   run = sample.with_sample_settings(sample.load_run(args.workdir), rest)
   run.family.can("sample_images")
-  r = report(run, args.data, num=args.num, size=args.size, seed=args.seed)
+  r = report(run, args.data, num=args.num, size=args.size, seed=args.seed, grid=args.grid)
   print(json.dumps(r, indent=2) if args.json else describe(r))
   return 0
 

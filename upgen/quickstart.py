@@ -3,19 +3,22 @@
   upgen quickstart --workdir W [--minutes M] [--source DIR]
 
 1. data:      captioned shapes (or --source, a folder of images with captions.jsonl)
-              and the recipe for it: BPE vocabulary and caption length from the captions
-              (upgen/data/recipe.py), printed with the reasons  -> W/summary.json "recipe"
+              and the recipe for it: BPE vocabulary, caption length and UPGen's task mix
+              from the captions, the training minutes from the job's (upgen/data/recipe.py),
+              printed with the reasons                                 -> W/summary.json "recipe"
 2. text:      BPE tokenizer trained on the training captions           -> W/text_tokenizer
 3. image:     VQGAN tokenizer trained by the same trainer              -> W/vqgan
               (not for families that work in pixels: --family glide)
 4. tokenize:  pre-tokenized TFRecords (with the pixels) + metadata.json -> W/data
 5. train:     --family's tiny config (UPGen) on the records for --minutes -> W/model
+              (default: what --job-minutes 13.5 leaves after the other stages)
 6. sample:    held-out test captions and validation captions           -> W/samples, W/samples_val
               and, for families that caption, validation images        -> W/captions_val.json
 7. score:     caption fidelity and image->text accuracy (shapes only)  -> W/summary.json
               or, for --source, the fit report (upgen eval fit): how often samples of
               training captions retrieve their own image, held-out ranks, the tokenizer's
               ceiling                                                  -> W/summary.json "fit"
+              and training captions' true images beside their samples  -> W/fit_train.png
 8. (--scorer-minutes M) a CLIP scorer on the same pixel records          -> W/scorer
               and best-of---rerank-N test samples, scored              -> W/samples_best_of_N
 
@@ -37,10 +40,14 @@ import numpy as np
 
 from upgen import errors
 
-# Training budgets that keep the whole job under 15 minutes on the 2-core CPU machine: token
-# families share the time with the VQGAN; a pixel family (no VQGAN) spends more sampling.
-DEFAULT_MINUTES = 8.0
-FAMILY_MINUTES = {"glide": 8.0}
+# The whole job's budget: with the install, under 15 minutes on the 2-core CPU machine. The
+# model trains for what the stages before it leave, less the time its sampling and scoring
+# take after it (measured on that machine: the token families 10-25 s, image->text 10 s,
+# GLIDE's 800 diffusion samples 188 s; kept with room).
+JOB_MINUTES = 13.5
+AFTER_TRAIN_S = {"glide": 240.0}
+DEFAULT_AFTER_TRAIN_S = 75.0
+RERANK_S = 60.0  # --scorer-minutes: best-of-N sampling and scoring after the scorer trains.
 # The most steps a quickstart model may take; config.train.fit_to_time fits the real count
 # to the budget from the speed of the run's first steps.
 MOST_STEPS = 1_000_000
@@ -178,7 +185,9 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--minutes", type=float, default=None,
                       help="Training budget of the text-to-image model, in minutes (default: "
-                           f"{DEFAULT_MINUTES:g}; {', '.join(f'{k} {v:g}' for k, v in FAMILY_MINUTES.items())}).")
+                           "what --job-minutes leaves after the other stages).")
+  parser.add_argument("--job-minutes", type=float, default=JOB_MINUTES,
+                      help="The whole job's budget, in minutes, when --minutes is not given.")
   parser.add_argument("--source", help="Folder of images with captions.jsonl instead of shapes.")
   parser.add_argument("--family", default="upgen", help="Model family to train.")
   parser.add_argument("--seed", type=int, default=0)
@@ -233,8 +242,9 @@ def main(argv: Optional[list[str]] = None) -> int:
   from upgen.data import recipe
   train_captions = _captions(images_dir, "train")
   choices = []
+  caption_stats = profile.caption_stats(train_captions)
   if args.text_vocab_size is None:
-    choices.append(recipe.text_vocab_size(profile.caption_stats(train_captions)))
+    choices.append(recipe.text_vocab_size(caption_stats))
   vocab_size = args.text_vocab_size or choices[-1].value
   t = time.time()
   text_tok = train_text_tokenizer(train_captions, os.path.join(w, "text_tokenizer"),
@@ -244,6 +254,9 @@ def main(argv: Optional[list[str]] = None) -> int:
   choices.append(recipe.text_seq_len([len(ids) for ids in text_tok.encode_batch(train_captions)],
                                      config.data.text_seq_len))
   config.data.text_seq_len = choices[-1].value
+  if "paired_text_mask_prob" in config.loss:  # UPGen's task mix.
+    choices.append(recipe.task_mix(caption_stats, config.loss.paired_text_mask_prob))
+    config.loss.paired_text_mask_prob = choices[-1].value
   _log(recipe.describe(choices))
 
   image_tok = recon = None
@@ -266,7 +279,15 @@ def main(argv: Optional[list[str]] = None) -> int:
   from upgen.train import trainer
   config.data.dir = os.path.join(w, "data")
   config.seed = args.seed
-  minutes = args.minutes or FAMILY_MINUTES.get(args.family, DEFAULT_MINUTES)
+  minutes = args.minutes
+  if not minutes:
+    scoring = args.scorer_minutes > 0 and shapes_mode and "test" in splits
+    choices.append(recipe.train_minutes(
+        job_minutes=args.job_minutes, elapsed_s=time.time() - t0,
+        after_s=AFTER_TRAIN_S.get(args.family, DEFAULT_AFTER_TRAIN_S) + RERANK_S * scoring,
+        scorer_minutes=args.scorer_minutes if scoring else 0.0))
+    minutes = choices[-1].value
+    _log(f"  {choices[-1].line()}")
   config.train.max_minutes = minutes
   config.train.fit_to_time = True  # The steps the budget holds, measured in the run itself.
   config.train.steps = MOST_STEPS
@@ -294,7 +315,8 @@ def main(argv: Optional[list[str]] = None) -> int:
       results[f"fidelity_{split}"] = res["caption_fidelity"]
       _log(f"caption fidelity on {split} captions: {res['caption_fidelity']:.3f} "
            f"({res['num_ok']}/{res['num']})")
-  if run.family.caption_images is not None and "val" in splits:  # Image->text.
+  # Image->text, where the run trained that task (the task mix can leave it out).
+  if run.setup.captions_images and "val" in splits:
     from upgen import caption_eval
     scores, rows = caption_eval.evaluate_run(run, os.path.join(images_dir, "val"),
                                              num=args.num_caption_images, seed=args.seed)
@@ -304,7 +326,8 @@ def main(argv: Optional[list[str]] = None) -> int:
          f"{scores['exact_match']:.3f}, attributes {scores['attribute_accuracy']}")
   if not shapes_mode:  # No attribute checker: how well samples find their own images.
     from upgen import fit_report
-    results["fit"] = fit_report.report(run, images_dir, seed=args.seed)
+    results["fit"] = fit_report.report(run, images_dir, seed=args.seed,
+                                       grid=os.path.join(w, "fit_train.png"))
     _log(fit_report.describe(results["fit"]))
   stage("sample", t)
   if args.scorer_minutes > 0 and shapes_mode and "test" in splits:

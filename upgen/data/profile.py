@@ -55,11 +55,15 @@ def caption_stats(captions: Sequence[str]) -> dict[str, Any]:
   per_caption = [text.caption_words(c) for c in captions]
   counts = collections.Counter(w for ws in per_caption for w in ws)
   repeats = collections.Counter(captions)
+  # On how many images each caption's rarest word is: a word on few images names them.
+  images_with = collections.Counter(w for ws in per_caption for w in set(ws))
+  rarest = [min(images_with[w] for w in ws) if ws else 0 for ws in per_caption]
   return {
       "num": len(captions), "distinct": len(repeats),
       "images_per_caption": _spread(list(repeats.values())),
       "words_per_caption": _spread([len(ws) for ws in per_caption]),
       "characters_per_caption": _spread([len(c) for c in captions]),
+      "rarest_word_images": _spread(rarest),
       "vocabulary": len(counts), "words_seen_once": sum(1 for n in counts.values() if n == 1),
       "most_common_words": [w for w, _ in counts.most_common(10)],
   }
@@ -137,7 +141,8 @@ def describe(p: dict[str, Any]) -> str:
       f"captions: {cap['distinct']} distinct of {cap['num']} (images per caption: "
       f"{_fmt(cap['images_per_caption'])}), words per caption {_fmt(cap['words_per_caption'])}",
       f"vocabulary: {cap['vocabulary']} words, {cap['words_seen_once']} seen once; most "
-      f"common: {' '.join(cap['most_common_words'])}",
+      f"common: {' '.join(cap['most_common_words'])}; each caption's rarest word is on "
+      f"{_fmt(cap['rarest_word_images'])} images",
       f"colours ({col['images_measured']} images at {col['image_size']} px): mean RGB "
       f"{col['mean_rgb']}, background share {_fmt(col['background_fraction'], 2)}, distinct "
       f"colours {_fmt(col['distinct_colours'])}, saturation {_fmt(col['saturation'], 2)}",

@@ -415,11 +415,17 @@ def caption_images(params, image_tokens_BxLi, rng, *, model: UPGen,
   return upgen_sampler.image_to_text(params, model, image_tokens_BxLi, rng, settings)
 
 
+def caption_trained(settings: MaskingLoss) -> bool:
+  """Independent masking with no paired example given the image->text task teaches no
+  captioning (the quickstart's recipe for folders of names, upgen/data/recipe.py)."""
+  return settings.paired_masking == "joint" or settings.paired_text_mask_prob > 0
+
+
 FAMILY = Family(
     name="upgen", reads=readers.TOKEN_RECORDS, model_config=model_config,
     loss_config=loss_config, make_model=UPGen, init_variables=init_variables,
     loss_fn=loss_fn, sample_config=sample_config, sample_images=sample_images,
     inpaint=inpaint, unconditional_images=unconditional_images,
-    caption_images=caption_images, image_nll=image_nll, image_features=image_features,
+    caption_images=caption_images, caption_trained=caption_trained, image_nll=image_nll, image_features=image_features,
     train_flops=train_flops,
     sample_cost=sample_cost)
