@@ -100,11 +100,13 @@ def report(run: Any, data_dir: str, *, num: int = 128, size: int = 16, seed: int
     images = sample.generate_images(run, captions, 1, seed=seed)
     ranks = caption_ranks(pixel_features(images, size), captions, gallery_f, gallery_captions)
     out[name] = {"split": split, **summarize(ranks)}
+    if name != "train":
+      continue
     truth = gallery[[index[id(r)] for r in picked]]
-    if name == "train" and grid:
+    if grid:
       Image.fromarray(pairs_grid(truth[:grid_num], images[:grid_num])).save(grid)
       out["grid"] = grid
-    if name == "train" and run.image_tokenizer is not None:
+    if run.image_tokenizer is not None:
       recon = run.image_tokenizer.decode(run.image_tokenizer.encode(truth))
       ceiling = caption_ranks(pixel_features(recon, size), captions, gallery_f,
                               gallery_captions)

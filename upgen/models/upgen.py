@@ -426,6 +426,7 @@ FAMILY = Family(
     loss_config=loss_config, make_model=UPGen, init_variables=init_variables,
     loss_fn=loss_fn, sample_config=sample_config, sample_images=sample_images,
     inpaint=inpaint, unconditional_images=unconditional_images,
-    caption_images=caption_images, caption_trained=caption_trained, image_nll=image_nll, image_features=image_features,
+    caption_images=caption_images, caption_trained=caption_trained, image_nll=image_nll,
+    image_features=image_features,
     train_flops=train_flops,
     sample_cost=sample_cost)
