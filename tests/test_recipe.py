@@ -106,7 +106,14 @@ def test_quickstart_on_a_folder_chooses_prints_and_reports_the_fit(tmp_path):
   seq_len = chosen["config.data.text_seq_len"]
   assert chosen["--text-vocab-size"] == 128 and seq_len > 12  # Long captions, not cut.
   # --minutes given: the training budget is not chosen; the decoder-only family has no task mix.
-  assert set(chosen) == {"--text-vocab-size", "config.data.text_seq_len"}
+  assert set(chosen) == {"--text-vocab-size", "config.data.text_seq_len", "config.model",
+                         "config.data.batch_size", "--image-grid", "--codebook-size"}
+  # The tokenizer the check chose is the one trained (16-pixel images: 2- or 4-pixel patches).
+  vq = json.load(open(w / "vqgan" / "config.json"))["model"]
+  assert vq["codebook_size"] == chosen["--codebook-size"]
+  assert 16 // 2 ** (len(vq["channel_multipliers"]) - 1) == chosen["--image-grid"]
+  assert json.load(open(w / "data" / "metadata.json"))["image_tokenizer"]["grid"] == [
+      chosen["--image-grid"]] * 2
   assert json.load(open(w / "model" / "config.json"))["data"]["text_seq_len"] == seq_len
   assert f"config.data.text_seq_len = {seq_len}: the longest training caption" in out
   fit = summary["fit"]

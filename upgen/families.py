@@ -200,6 +200,13 @@ class SampleCost:
   note: str  # How both were counted, with the numbers in.
 
 
+def trains_captioning(family: Family, loss_settings: Any) -> bool:
+  """Whether a run of `family` trained with `loss_settings` (config.loss) learns to caption
+  images: the family can, and the settings give it image->text examples."""
+  return family.caption_images is not None and (
+      family.caption_trained is None or bool(family.caption_trained(loss_settings)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """A family built for one config and data spec: everything the trainer and samplers use."""
@@ -221,9 +228,7 @@ class Setup:
   @property
   def captions_images(self) -> bool:
     """Whether this run can caption images: its family can and its training taught it."""
-    f = self.family
-    return f.caption_images is not None and (f.caption_trained is None
-                                              or bool(f.caption_trained(self.loss)))
+    return trains_captioning(self.family, self.loss)
 
   def dummy_batch(self, batch_size: int) -> dict[str, Any]:
     return self.family.reads.dummy_batch(self.spec, batch_size)

@@ -8,6 +8,7 @@
               printed with the reasons                                 -> W/summary.json "recipe"
 2. text:      BPE tokenizer trained on the training captions           -> W/text_tokenizer
 3. image:     VQGAN tokenizer trained by the same trainer              -> W/vqgan
+              on the grid and codebook a reconstruction check chooses (upgen/data/vq_check.py)
               (not for families that work in pixels: --family glide)
 4. tokenize:  pre-tokenized TFRecords (with the pixels) + metadata.json -> W/data
 5. train:     --family's tiny config (UPGen) on the records for --minutes -> W/model
@@ -84,6 +85,29 @@ def train_text_tokenizer(captions: list[str], out: str, vocab_size: int):
   if os.path.exists(os.path.join(out, "tokenizer.json")):
     return text.load(out)
   return text.train_bpe(captions, vocab_size, out)
+
+
+def vqgan_grid(image_size: int, grid: int) -> dict:
+  """The tiny VQGAN's overrides for a grid x grid token grid at image_size: one level of
+  channel multipliers per halving, the tiny's (1, 2, 4) extended with its widest."""
+  factor = image_size // grid if grid and image_size % grid == 0 else 0
+  if factor < 2 or factor & (factor - 1):
+    raise errors.ConfigError(f"--image-grid {grid}: --image-size {image_size} must be the grid "
+                             "times a power of two of at least 2")
+  levels = factor.bit_length()  # log2(factor) halvings + the full-resolution level.
+  mults = tuple(min(2 ** i, 4) for i in range(levels))
+  return {"model.channel_multipliers": mults}
+
+
+def image_tokenizer_check(images_dir: str, image_size: int, seed: int,
+                          grids: Optional[tuple] = None, num: int = 2000):
+  """vq_check's candidates on up to `num` training images."""
+  from upgen.data import sources
+  from upgen.data import vq_check
+  rows = sources.read_captions(os.path.join(images_dir, "train"))
+  picked = sorted(np.random.default_rng(seed).permutation(len(rows))[:num])
+  images = np.stack([sources.load_image(rows[i]["image"], image_size) for i in picked])
+  return vq_check.check(images, grids=grids or vq_check.GRIDS, seed=seed)
 
 
 def train_image_tokenizer(images_dir: str, out: str, overrides: dict):
@@ -202,6 +226,13 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--text-vocab-size", type=int, default=None,
                       help="BPE vocabulary (default: chosen from the captions; 128 for shapes).")
   parser.add_argument("--vqgan-steps", type=int, default=None)
+  parser.add_argument("--image-grid", type=int, default=None,
+                      help="Image tokens per side (default: chosen by a reconstruction check; "
+                           "8 for shapes).")
+  parser.add_argument("--codebook-size", type=int, default=None,
+                      help="Image tokenizer codes (default: chosen by the same check).")
+  parser.add_argument("--batch-size", type=int, default=None,
+                      help="The text-to-image model's batch (default: the family's tiny one).")
   parser.add_argument("--per-prompt", type=int, default=2)
   parser.add_argument("--num-caption-images", type=int, default=400,
                       help="Validation images captioned (image->text) and scored.")
@@ -213,6 +244,8 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--rerank", type=int, default=4, help="N of best-of-N with the scorer.")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING)
+  if args.image_grid:
+    vqgan_grid(args.image_size, args.image_grid)  # A bad --image-grid fails before any work.
   t0 = time.time()
   w = os.path.abspath(args.workdir)
   os.makedirs(w, exist_ok=True)
@@ -257,12 +290,35 @@ def main(argv: Optional[list[str]] = None) -> int:
   if "paired_text_mask_prob" in config.loss:  # UPGen's task mix.
     choices.append(recipe.task_mix(caption_stats, config.loss.paired_text_mask_prob))
     config.loss.paired_text_mask_prob = choices[-1].value
+  size, batch = recipe.generator(args.family, config, len(train_captions))
+  choices.append(size)
+  if args.batch_size:
+    config.data.batch_size = args.batch_size
+  else:
+    choices.append(batch)
+  image_tok = recon = None
+  tokens = _needs_image_tokens(args.family)
+  grid, codebook = args.image_grid, args.codebook_size
+  if tokens and (grid is None or codebook is None):
+    t = time.time()
+    check = image_tokenizer_check(images_dir, args.image_size, args.seed,
+                                  grids=(grid,) if grid else None)
+    from upgen import families
+    picked = recipe.image_tokenizer(check, args.image_size, families.trains_captioning(
+        families.get_family(args.family), config.loss))
+    if grid is None:
+      choices.append(picked[0])
+      grid = picked[0].value
+    if codebook is None:
+      choices.append(picked[1])
+      codebook = picked[1].value
+    stage("reconstruction check", t)
   _log(recipe.describe(choices))
 
-  image_tok = recon = None
-  if _needs_image_tokens(args.family):
+  if tokens:
     t = time.time()
-    overrides = {"data.image_size": args.image_size, "seed": args.seed}
+    overrides = {"data.image_size": args.image_size, "seed": args.seed,
+                 "model.codebook_size": codebook, **vqgan_grid(args.image_size, grid)}
     if args.vqgan_steps:
       overrides["train.steps"] = args.vqgan_steps
     image_tok = train_image_tokenizer(images_dir, os.path.join(w, "vqgan"), overrides)
@@ -294,6 +350,9 @@ def main(argv: Optional[list[str]] = None) -> int:
   summary = trainer.train(config, os.path.join(w, "model"))
   _log(f"trained {args.family}: step {summary['step']} ({summary['stopped']}), "
        f"val {summary['eval']}")
+  epochs = summary["step"] * config.data.batch_size / len(train_captions)
+  _log(f"the budget held {summary['step']} steps x batch {config.data.batch_size}: "
+       f"{epochs:.1f} epochs of the {len(train_captions)} training images")
   _log(f"where the train stage's time went (s): {summary['seconds_in']}")
   stage("train", t)
 
@@ -301,7 +360,8 @@ def main(argv: Optional[list[str]] = None) -> int:
   run = sample.load_run(os.path.join(w, "model"))
   results = {"timings_s": timings, "recipe": [dataclasses.asdict(c) for c in choices],
              "reconstruction": recon, "train": {
-      "steps": summary["step"], "stopped": summary["stopped"], "val": summary["eval"],
+      "steps": summary["step"], "epochs": round(epochs, 2), "stopped": summary["stopped"],
+      "val": summary["eval"],
       "seconds_in": summary["seconds_in"]}}
   for split, out in (("test", "samples"), ("val", "samples_val")):
     if split not in splits:

@@ -13,12 +13,18 @@ its reason (printed, and kept in summary.json).
   examples that take the image->text task is then 0 and the model spends itself on
   text->image (docs/results.md, the Adwaita icons: top-1 0.016 at the tiny recipe's 0.5,
   0.133 at 0.1, 0.398 at 0). Where the words recur (shapes, digits) the family's mix stays.
+- The image tokenizer's grid and codebook from a reconstruction check (upgen/data/vq_check.py):
+  the coarsest grid and the smallest codebook whose quantized images still find themselves
+  among the folder's (the fit report's ceiling) nearly as often as the finer and larger ones.
+- The generator's size and batch: the family's tiny ones, printed with what was measured for
+  them (within a CPU job the budget, not the folder, bounds the examples seen); the
+  quickstart reports the epochs the budget held.
 - The training budget from the job's: what is left after the stages before training
   (measured) and the sampling and scoring after it (an estimate per family).
 
 The captioned shapes get the recipe measured on them (BPE 128, 12 caption tokens, UPGen's 0.5
-image->text share): the rules reduce to it there, which tests/test_recipe.py checks on shapes
-folders.
+image->text share, an 8 x 8 grid of 64 codes): the rules reduce to it there, which
+tests/test_recipe.py, tests/test_vq_check.py and tests/test_end_to_end.py check on shapes.
 """
 from __future__ import annotations
 
@@ -112,6 +118,88 @@ def task_mix(captions: dict[str, Any], family_value: float) -> Choice:
   return Choice("config.loss.paired_text_mask_prob", family_value,
                 f"{said} (at least {NAME_IMAGES}: the captions describe what images share): "
                 "the family's share of image->text examples stays")
+
+
+# The image tokenizer from the reconstruction check (upgen/data/vq_check.py). A coarser grid
+# is taken when its ceiling at the smallest codebook is within GRID_TOLERANCE of the finer
+# grid's (a quarter of the image tokens: the generator takes ~4x the steps in the same
+# minutes); then the smallest codebook whose ceiling is within CODEBOOK_TOLERANCE of the
+# largest's (each doubling is another bit per token for the generator to learn; the fit, not
+# the ceiling, bound on both real sets in docs/results.md: icons 0.586 under a 0.859 ceiling).
+GRID_TOLERANCE = 0.02
+CODEBOOK_TOLERANCE = 0.05
+
+
+def image_tokenizer(candidates: Sequence[dict[str, Any]], image_size: int,
+                    captions_images: bool = False) -> list[Choice]:
+  """--image-grid and --codebook-size from vq_check.check's rows. A run that learns to
+  caption images keeps the finest grid: image->text reads the image from its tokens, and on
+  the digits a 4 x 4 grid took UPGen's exact match from 0.956 to 0.544 (drawing 1.000 at
+  both; docs/results.md)."""
+  by = {(r["grid"], r["codebook"]): r for r in candidates}
+  grids = sorted({r["grid"] for r in candidates})
+  books = sorted({r["codebook"] for r in candidates})
+  small = books[0]
+  grid = grids[-1]
+  for g in grids[:-1] if not captions_images else ():
+    if by[(g, small)]["ceiling"] >= by[(grids[-1], small)]["ceiling"] - GRID_TOLERANCE:
+      grid = g
+      break
+  fine = by[(grids[-1], small)]
+  said = ", ".join(f"{g}x{g} {by[(g, small)]['ceiling']:.3f}" for g in grids)
+  if captions_images and len(grids) > 1:
+    grid_reason = (f"this run learns to caption images, which reads them from their tokens: "
+                   f"the finest grid (with {small} codes: {said}; on the digits 4x4 took "
+                   "UPGen's image->text exact match from 0.956 to 0.544)")
+  elif grid == grids[-1]:
+    grid_reason = (f"with {small} codes, how often an image's quantized copy retrieves the "
+                   f"image itself: {said}; a coarser grid loses more than {GRID_TOLERANCE}")
+  else:
+    grid_reason = (f"with {small} codes, how often an image's quantized copy retrieves the "
+                   f"image itself: {said}; {grid}x{grid} is within {GRID_TOLERANCE} of "
+                   f"{fine['grid']}x{fine['grid']} at {grid * grid} image tokens instead of "
+                   f"{fine['grid'] ** 2} ({image_size // grid}-pixel patches)")
+  top = by[(grid, books[-1])]["ceiling"]
+  k = next(b for b in books if by[(grid, b)]["ceiling"] >= top - CODEBOOK_TOLERANCE)
+  book_reason = (f"at {grid}x{grid}: " + ", ".join(
+      f"{b} codes {by[(grid, b)]['ceiling']:.3f} ({by[(grid, b)]['psnr']:.1f} dB)"
+      for b in books) + f"; the smallest within {CODEBOOK_TOLERANCE} of {books[-1]} codes")
+  return [Choice("--image-grid", grid, grid_reason), Choice("--codebook-size", k, book_reason)]
+
+
+# What was measured for the generator's size and batch at a fixed CPU budget, per family
+# (docs/results.md): (size, batch). Within a CPU job the budget, not the folder, bounds what
+# the generator sees (UPGen: 160k-190k examples, 9 epochs of shapes' 20,000 images, 100-170
+# of the real folders' 943 and 1,707), and the same size and batch were best at both ends.
+MEASURED = {
+    "upgen": ("on shapes (20,000 images) at 380 s of steps MLP 256 beat 512 (fidelity 0.50 "
+              "against 0.38); on the icons (993) at 8 minutes MLP 512 drew 0.023 top-1 "
+              "against 0.398",
+              "on shapes batch 8 beat 16 (0.61 against 0.50); on the icons batch 8 0.398 "
+              "top-1, 4 0.242, 32 0.109"),
+    "dalle": ("the token families' tiny width (not varied on folders)",
+              "on the icons (993 images) at 8 minutes batch 64 drew 0.711 top-1 (1,192 steps) "
+              "and batch 16 0.734 (4,920 steps), equal within +-0.04: the budget buys the "
+              "same ~77k examples either way"),
+}
+
+
+def generator(family: str, config: Any, num_train: int) -> list[Choice]:
+  """The text-to-image model's size and batch: the family's tiny ones, printed with what was
+  measured for them (the quickstart reports the epochs the budget held after training)."""
+  m = config.model
+  size = m.get("size", "tiny")
+  if "num_layers" in m:
+    size += (f": {m.num_layers} layers x {m.emb_dim} wide, {m.num_heads} heads, MLP "
+             f"{m.mlp_dim}")
+  unmeasured = "the family's tiny config, not measured on folders"
+  size_why, batch_why = MEASURED.get(family, (unmeasured, unmeasured))
+  return [
+      Choice("config.model", size, f"the family's tiny size: {size_why}"),
+      Choice("config.data.batch_size", config.data.batch_size,
+             f"the family's tiny batch, for {num_train} training images as for any: "
+             f"{batch_why}"),
+  ]
 
 
 MIN_TRAIN_MINUTES = 1.0
