@@ -72,7 +72,9 @@ def test_quickstart_train_and_sample_contract(tmp_path, tiny_quickstart):
       ("--text-vocab-size", 128), ("config.data.text_seq_len", 12),
       ("config.loss.paired_text_mask_prob", 0.5),
       ("config.model", "tiny: 4 layers x 128 wide, 4 heads, MLP 256"),
-      ("config.data.batch_size", 8), ("--image-grid", 8), ("--codebook-size", 64)]
+      ("config.data.batch_size", 8),
+      ("config.optim", "lr 0.003, 50 warmup steps, cosine decay to 0.1 x lr"),
+      ("--image-grid", 8), ("--codebook-size", 64)]
   vq = json.load(open(w / "vqgan" / "config.json"))["model"]
   assert vq["codebook_size"] == 64 and vq["channel_multipliers"] == [1, 2, 4]
   assert summary["train"]["epochs"] == pytest.approx(summary["train"]["steps"] * 8 / 512,

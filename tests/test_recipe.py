@@ -107,7 +107,8 @@ def test_quickstart_on_a_folder_chooses_prints_and_reports_the_fit(tmp_path):
   assert chosen["--text-vocab-size"] == 128 and seq_len > 12  # Long captions, not cut.
   # --minutes given: the training budget is not chosen; the decoder-only family has no task mix.
   assert set(chosen) == {"--text-vocab-size", "config.data.text_seq_len", "config.model",
-                         "config.data.batch_size", "--image-grid", "--codebook-size"}
+                         "config.data.batch_size", "config.optim", "--image-grid",
+                         "--codebook-size"}
   # The tokenizer the check chose is the one trained (16-pixel images: 2- or 4-pixel patches).
   vq = json.load(open(w / "vqgan" / "config.json"))["model"]
   assert vq["codebook_size"] == chosen["--codebook-size"]

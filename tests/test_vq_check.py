@@ -126,12 +126,13 @@ def test_generator_choices_name_the_size_and_batch():
   from configs import dalle
   from configs import glide
   from configs import upgen as upgen_config
-  size, batch = recipe.generator("upgen", upgen_config.get_config("tiny"), 993)
+  size, batch, schedule = recipe.generator("upgen", upgen_config.get_config("tiny"), 993)
   assert size.value == "tiny: 4 layers x 128 wide, 4 heads, MLP 256"
   assert "MLP 512 drew 0.023" in size.reason
   assert batch.value == 8 and "for 993 training images" in batch.reason
   assert "batch 8 0.398 top-1" in batch.reason
-  size, batch = recipe.generator("dalle", dalle.get_config("tiny"), 50)
+  assert schedule.value == "lr 0.003, 50 warmup steps, cosine decay to 0.1 x lr"
+  size, batch, _ = recipe.generator("dalle", dalle.get_config("tiny"), 50)
   assert batch.value == 64 and "batch 64 drew 0.711" in batch.reason
-  size, batch = recipe.generator("glide", glide.get_config("tiny"), 50)
+  size, batch, _ = recipe.generator("glide", glide.get_config("tiny"), 50)
   assert size.value == "tiny" and batch.value == 32 and "not measured" in batch.reason

@@ -290,12 +290,13 @@ def main(argv: Optional[list[str]] = None) -> int:
   if "paired_text_mask_prob" in config.loss:  # UPGen's task mix.
     choices.append(recipe.task_mix(caption_stats, config.loss.paired_text_mask_prob))
     config.loss.paired_text_mask_prob = choices[-1].value
-  size, batch = recipe.generator(args.family, config, len(train_captions))
+  size, batch, schedule = recipe.generator(args.family, config, len(train_captions))
   choices.append(size)
   if args.batch_size:
     config.data.batch_size = args.batch_size
   else:
     choices.append(batch)
+  choices.append(schedule)
   image_tok = recon = None
   tokens = _needs_image_tokens(args.family)
   grid, codebook = args.image_grid, args.codebook_size

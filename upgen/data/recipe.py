@@ -16,7 +16,7 @@ its reason (printed, and kept in summary.json).
 - The image tokenizer's grid and codebook from a reconstruction check (upgen/data/vq_check.py):
   the coarsest grid and the smallest codebook whose quantized images still find themselves
   among the folder's (the fit report's ceiling) nearly as often as the finer and larger ones.
-- The generator's size and batch: the family's tiny ones, printed with what was measured for
+- The generator's size, batch and schedule: the family's tiny ones, printed with what was measured for
   them (within a CPU job the budget, not the folder, bounds the examples seen); the
   quickstart reports the epochs the budget held.
 - The training budget from the job's: what is left after the stages before training
@@ -185,8 +185,9 @@ MEASURED = {
 
 
 def generator(family: str, config: Any, num_train: int) -> list[Choice]:
-  """The text-to-image model's size and batch: the family's tiny ones, printed with what was
-  measured for them (the quickstart reports the epochs the budget held after training)."""
+  """The text-to-image model's size, batch and schedule: the family's tiny ones, printed
+  with what was measured for them (the quickstart reports the epochs the budget held after
+  training)."""
   m = config.model
   size = m.get("size", "tiny")
   if "num_layers" in m:
@@ -194,11 +195,16 @@ def generator(family: str, config: Any, num_train: int) -> list[Choice]:
              f"{m.mlp_dim}")
   unmeasured = "the family's tiny config, not measured on folders"
   size_why, batch_why = MEASURED.get(family, (unmeasured, unmeasured))
+  o = config.optim
   return [
       Choice("config.model", size, f"the family's tiny size: {size_why}"),
       Choice("config.data.batch_size", config.data.batch_size,
              f"the family's tiny batch, for {num_train} training images as for any: "
              f"{batch_why}"),
+      Choice("config.optim", f"lr {o.lr:g}, {o.warmup_steps} warmup steps, {o.decay} decay "
+             f"to {o.final_lr_frac:g} x lr",
+             "the family's tiny schedule, its length the steps the training minutes hold, "
+             "fitted from the speed of the run's first steps (config.train.fit_to_time)"),
   ]
 
 
