@@ -62,6 +62,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
   c.loss.loss_type = "hybrid"  # "simple" (epsilon MSE) or "hybrid" (+ T/1000 x L_vlb, bits).
   c.loss.caption_dropout = 0.2  # Empty captions: the unconditional model of guidance.
+  c.loss.timesteps = "uniform"  # "stratified": one offset, the batch spread over t.
 
   c.sample = ml_collections.ConfigDict()
   c.sample.sampler = "ddim"  # "ddim" or "ddpm" (ancestral).

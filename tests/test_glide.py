@@ -124,6 +124,26 @@ def test_hybrid_needs_the_learned_variance():
     families.build(config, SPEC)
 
 
+def test_stratified_timesteps_cover_every_stretch_of_t_once():
+  b, num = 8, 1000
+  for seed in range(5):
+    t_B = np.asarray(glide.sample_timesteps(jax.random.PRNGKey(seed), b, num, "stratified"))
+    assert t_B.min() >= 0 and t_B.max() < num
+    # Example i sits i stretches of 125 steps after example 0 (wrapping at T): one example in
+    # each stretch.
+    offsets = ((t_B - t_B[0]) % num) / 125
+    np.testing.assert_allclose(offsets, np.arange(b), atol=0.02)
+  # Uniform over the T steps either way: the mean of many batches is near (T - 1) / 2.
+  draws = jax.vmap(lambda k: glide.sample_timesteps(k, b, num, "stratified"))(
+      jax.random.split(jax.random.PRNGKey(0), 2000))
+  assert abs(float(np.mean(draws)) - (num - 1) / 2) < 10
+  assert np.histogram(np.asarray(draws), bins=10, range=(0, num))[0].min() > 1400
+  config = token_data.small_config("glide")
+  config.loss.timesteps = "sobol"
+  with pytest.raises(ValueError, match="config.loss.timesteps"):
+    families.build(config, SPEC)
+
+
 def test_guided_sampling():
   setup = _setup(sample=dict(num_steps=5, guidance_scale=0.0))
   params = _params(setup)

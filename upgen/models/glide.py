@@ -52,8 +52,16 @@ class GlideLoss:
   """config.loss."""
   loss_type: str = "hybrid"  # "simple" (epsilon MSE) or "hybrid" (+ T/1000 x L_vlb).
   caption_dropout: float = 0.2  # Fraction of examples trained with the empty caption.
+  # How a batch's timesteps are drawn: "uniform" (each independently) or "stratified" (one
+  # uniform offset, example i at (offset + i / B) mod 1 of the T steps: the batch covers every
+  # stretch of t, so the loss estimate varies less from batch to batch; VDM's low-discrepancy
+  # sampler). Either way each example's t is uniform over the T steps.
+  timesteps: str = "uniform"
 
   def __post_init__(self):
+    if self.timesteps not in ("uniform", "stratified"):
+      raise errors.ConfigError(f"config.loss.timesteps={self.timesteps!r}: choose 'uniform' "
+                               "or 'stratified'")
     if self.loss_type not in ("simple", "hybrid"):
       raise errors.ConfigError(f"config.loss.loss_type={self.loss_type!r}: choose 'simple' "
                                "or 'hybrid'")
@@ -122,6 +130,14 @@ def to_pixels(x_BxHxWx3: jax.Array) -> jax.Array:
   return jnp.clip(jnp.round((x_BxHxWx3 + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
+def sample_timesteps(rng: jax.Array, b: int, num_timesteps: int, how: str) -> jax.Array:
+  """(b,) int32 timesteps in [0, num_timesteps), each uniform (GlideLoss.timesteps)."""
+  if how == "uniform":
+    return jax.random.randint(rng, (b,), 0, num_timesteps)
+  u_B = (jax.random.uniform(rng, ()) + jnp.arange(b, dtype=jnp.float32) / b) % 1.0
+  return jnp.minimum((u_B * num_timesteps).astype(jnp.int32), num_timesteps - 1)
+
+
 def loss_fn(params, batch: Batch, rng: jax.Array, *, model: GlideUNet, settings: GlideLoss,
             train: bool, step=None):
   """The diffusion loss of one batch -> (loss, metrics)."""
@@ -131,7 +147,7 @@ def loss_fn(params, batch: Batch, rng: jax.Array, *, model: GlideUNet, settings:
   x0 = to_unit(batch["pixels"])
   b = x0.shape[0]
   t_rng, noise_rng, drop_rng, dropout_rng = jax.random.split(rng, 4)
-  t_B = jax.random.randint(t_rng, (b,), 0, proc.num_timesteps)
+  t_B = sample_timesteps(t_rng, b, proc.num_timesteps, settings.timesteps)
   noise = jax.random.normal(noise_rng, x0.shape, jnp.float32)
   xt = diffusion.q_sample(proc, x0, t_B, noise)
   has_text_B = jnp.asarray(batch["has_text"], bool)
