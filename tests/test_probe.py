@@ -1,4 +1,5 @@
-"""Tests for upgen/probe.py (`upgen eval probe`) and UPGen's `image_features`."""
+"""Tests for upgen/probe.py (`upgen eval probe`) and the families' `image_features`."""
+import dataclasses
 import json
 
 import jax
@@ -73,5 +74,18 @@ def test_upgen_image_features_per_block():
   assert len(dalle_feats) == 2 and all(f.shape == (2, 32) for f in dalle_feats)
   moved = dalle_setup.family.image_features(dalle_params, changed, model=dalle_setup.model)
   assert not np.allclose(moved[1][1], dalle_feats[1][1])
+  # The encoder-decoder family: its decoder blocks, the encoder fed the empty caption.
+  for arch in ("preln", "bart"):
+    config = token_data.small_config("bart", 2)
+    config.model.architecture = arch
+    bart_setup = families.build(config, dataclasses.replace(SPEC, text_bos_id=2,
+                                                            text_eos_id=3))
+    bart_params = nn.unbox(bart_setup.family.init_variables(
+        bart_setup.model, jax.random.key(0), batch))["params"]
+    bart_feats = bart_setup.family.image_features(bart_params, tokens, model=bart_setup.model)
+    assert len(bart_feats) == 2 and all(f.shape == (2, 32) for f in bart_feats)
+    moved = bart_setup.family.image_features(bart_params, changed, model=bart_setup.model)
+    np.testing.assert_allclose(moved[1][0], bart_feats[1][0], rtol=1e-5)
+    assert not np.allclose(moved[1][1], bart_feats[1][1])
   with pytest.raises(errors.ConfigError, match="cannot give per-layer image features"):
     families.get_family("glide").can("image_features")

@@ -123,6 +123,7 @@ def test_a_bad_grid_fails_before_any_work(tmp_path):
 
 
 def test_generator_choices_name_the_size_and_batch():
+  from configs import bart
   from configs import dalle
   from configs import glide
   from configs import upgen as upgen_config
@@ -135,4 +136,6 @@ def test_generator_choices_name_the_size_and_batch():
   size, batch, _ = recipe.generator("dalle", dalle.get_config("tiny"), 50)
   assert batch.value == 64 and "batch 64 drew 0.711" in batch.reason
   size, batch, _ = recipe.generator("glide", glide.get_config("tiny"), 50)
-  assert size.value == "tiny" and batch.value == 32 and "not measured" in batch.reason
+  assert size.value == "tiny" and batch.value == 32 and "batch 32 drew 0.07" in batch.reason
+  size, batch, _ = recipe.generator("bart", bart.get_config("tiny"), 50)
+  assert "not measured on folders" in batch.reason

@@ -6,7 +6,9 @@ the image tokenizer's codes.
 
 - Features: the family's `image_features` (for UPGen: every transformer block's output,
   averaged over the image positions, for the image alone: the caption is [PAD] and kept out
-  of attention, so it cannot give the label away), concatenated over the blocks.
+  of attention, so it cannot give the label away; the decoder-only and encoder-decoder
+  families: every decoder block's output over the positions that read image codes, the
+  caption empty), concatenated over the blocks.
 - Labels: field KEY of each record's "labels" (else of the record itself) in
   IMAGES_DIR/SPLIT/captions.jsonl; records without it are skipped. The shapes generator
   writes "labels" (shape, color, size, position) on its single-object examples.

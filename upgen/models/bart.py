@@ -260,6 +260,27 @@ class Bart(nn.Module):
     return self.decode_logits(tokens_B.astype(jnp.int32)[:, None], i + 1, None, None)[:, 0]
 
 
+def image_features(params, image_tokens_BxLi, *, model: Bart) -> list[jax.Array]:
+  """`upgen eval probe`: per decoder block, the mean of its output over the positions that
+  read image codes (decoder inputs 1..Li-1: code i-1 and the codes before it; position 0
+  reads decoder-start only), the encoder fed the empty caption (its [BOS] [EOS] frame, so
+  no label reaches the decoder through cross-attention), B x E each."""
+  cfg = model.config
+  if cfg.scan_layers:
+    raise errors.ConfigError("upgen eval probe reads each decoder block: not with "
+                             "config.model.scan_layers=true")
+  image_BxLi = jnp.asarray(image_tokens_BxLi, jnp.int32)
+  text_BxLt = jnp.zeros((image_BxLi.shape[0], cfg.text_seq_len), jnp.int32)
+  _, state = model.apply(
+      {"params": params}, text_BxLt, jnp.zeros_like(text_BxLt, bool), image_BxLi,
+      mutable=["intermediates"],
+      capture_intermediates=lambda m, method: (isinstance(m, layers.TransformerBlock)
+                                               and method == "__call__"))
+  blocks = state["intermediates"]["decoder"]
+  return [jnp.mean(blocks[f"layers_{i}"]["__call__"][0][:, 1:].astype(jnp.float32), axis=1)
+          for i in range(cfg.num_layers)]
+
+
 OBJECTIVES = ("image", "masked_text")
 
 
@@ -435,5 +456,5 @@ FAMILY = Family(
     loss_config=loss_config, make_model=Bart, init_variables=init_variables, loss_fn=loss_fn,
     sample_config=sample_config, sample_images=ar_sampler.sample_images,
     inpaint=ar_sampler.inpaint, unconditional_images=ar_sampler.unconditional_images,
-    image_nll=image_nll, train_flops=train_flops, sample_cost=sample_cost,
-    param_groups=PARAM_GROUPS, import_hf=bart_hf.import_hf)
+    image_nll=image_nll, image_features=image_features, train_flops=train_flops,
+    sample_cost=sample_cost, param_groups=PARAM_GROUPS, import_hf=bart_hf.import_hf)
