@@ -144,6 +144,24 @@ def test_stratified_timesteps_cover_every_stretch_of_t_once():
     families.build(config, SPEC)
 
 
+def test_image_features_per_res_block_without_the_caption():
+  setup = _setup()
+  params = _params(setup)
+  pixels = _batch(3)["pixels"]
+  feats = jax.jit(lambda p, x: glide.image_features(p, x, model=setup.model))(params, pixels)
+  # (1, 2) levels x 1 block down, 2 middle, 2 x 2 up: one B x C mean per residual block.
+  assert [f.shape for f in feats] == [(3, 16), (3, 32), (3, 32), (3, 32), (3, 32), (3, 32),
+                                      (3, 16), (3, 16)]
+  again = glide.image_features(params, pixels, model=setup.model)
+  np.testing.assert_allclose(again[-1], feats[-1], rtol=1e-4, atol=1e-6)  # Fixed noise.
+  changed = pixels.copy()
+  changed[1] = 255 - changed[1]
+  moved = glide.image_features(params, changed, model=setup.model)
+  np.testing.assert_allclose(moved[-1][0], feats[-1][0], rtol=1e-4, atol=1e-6)  # Rows apart.
+  assert not np.allclose(moved[-1][1], feats[-1][1])
+  assert families.get_family("glide").image_features is glide.image_features
+
+
 def test_guided_sampling():
   setup = _setup(sample=dict(num_steps=5, guidance_scale=0.0))
   params = _params(setup)
@@ -283,6 +301,15 @@ def test_train_then_sample_on_shapes(tmp_path):
   assert not (page.can_caption or page.can_inpaint)
   drawn = page.generate("a red circle", 3, {"sampler": "ddpm", "num_steps": 4.0}, seed=1)
   assert [x.shape for x in drawn.images] == [(16, 16, 3)] * 3
+  # `upgen eval probe` on the run: the UNet's features of the pixels, no codes baseline.
+  from upgen import probe
+  report = str(tmp_path / "probe.json")
+  assert probe.main(["--workdir", work, "--data", images, "--label", "color", "--steps", "20",
+                     "--baselines", "--json", report]) == 0
+  probed = json.load(open(report))
+  assert probed["model"]["layers"] == 8 and probed["model"]["dims"] == 16 * 3 + 32 * 5
+  assert 0.0 <= probed["model"]["eval_accuracy"] <= 1.0 and probed["num_eval"] > 0
+  assert "pixels" in probed and probed["codes"].startswith("not computed")
 
 
 @pytest.mark.parametrize("variant,params", [("tiny", 5_646_872), ("base", 385_054_790)])

@@ -88,4 +88,4 @@ def test_upgen_image_features_per_block():
     np.testing.assert_allclose(moved[1][0], bart_feats[1][0], rtol=1e-5)
     assert not np.allclose(moved[1][1], bart_feats[1][1])
   with pytest.raises(errors.ConfigError, match="cannot give per-layer image features"):
-    families.get_family("glide").can("image_features")
+    families.get_family("vqgan").can("image_features")

@@ -108,10 +108,11 @@ class ImageNllFn(Protocol):
 
 
 class ImageFeaturesFn(Protocol):
-  def __call__(self, params: Any, image_tokens_BxLi: jax.Array, *, model: nn.Module
-               ) -> list[jax.Array]:
+  def __call__(self, params: Any, images: jax.Array, *, model: nn.Module) -> list[jax.Array]:
     """Per layer, B x E features of the images alone, no caption the model could read a label
-    from (`upgen eval probe`: UPGen's linear probe over concatenated layers)."""
+    from (`upgen eval probe`: UPGen's linear probe over concatenated layers). `images` is
+    what the family reads: codes BxLi (token records) or uint8 pixels BxHxWx3 (pixel
+    records)."""
 
 
 class TextNllFn(Protocol):

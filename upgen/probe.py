@@ -8,15 +8,17 @@ the image tokenizer's codes.
   averaged over the image positions, for the image alone: the caption is [PAD] and kept out
   of attention, so it cannot give the label away; the decoder-only and encoder-decoder
   families: every decoder block's output over the positions that read image codes, the
-  caption empty), concatenated over the blocks.
+  caption empty; GLIDE: every residual block of the UNet, averaged over space, for the image
+  noised to t = T / 10 with the empty caption), concatenated over the blocks.
 - Labels: field KEY of each record's "labels" (else of the record itself) in
   IMAGES_DIR/SPLIT/captions.jsonl; records without it are skipped. The shapes generator
   writes "labels" (shape, color, size, position) on its single-object examples.
 - Classifier: multinomial logistic regression on features standardised with the training
   split's statistics, full-batch Adam (optax) with an L2 penalty, trained on --train-split
   and scored on --eval-split (labels not seen in training count as errors).
-- Baselines (--baselines): the same probe on the pixels (at the tokenizer's image size,
-  scaled to [0, 1]) and on the codes (one-hot per grid position).
+- Baselines (--baselines): the same probe on the pixels (at the tokenizer's image size, or
+  the pixel family's, scaled to [0, 1]) and on the codes (one-hot per grid position; none for
+  a run that reads pixels).
 Prints one JSON object.
 """
 from __future__ import annotations
@@ -86,24 +88,25 @@ def train_probe(train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray,
           "eval_accuracy": accuracy(xe, np.asarray(eval_y)), "dims": int(xs.shape[1])}
 
 
-def model_features(run: Any, tokens_NxLi: np.ndarray, batch_size: int = 64
+def model_features(run: Any, inputs: np.ndarray, batch_size: int = 64
                    ) -> tuple[np.ndarray, int]:
-  """(N x (layers * E) concatenated image features of the run, number of layers)."""
+  """(N x (layers * E) concatenated image features of the run, number of layers); `inputs`
+  are the family's: codes N x Li, or uint8 pixels N x H x W x 3."""
   from upgen.train import mesh as mesh_lib
   fn = run.setup.family.can("image_features")
   model = run.setup.model
   forward = jax.jit(lambda p, t: jnp.concatenate(fn(p, t, model=model), axis=1))
   layers = len(jax.eval_shape(lambda p, t: fn(p, t, model=model), run.params,
-                              jax.ShapeDtypeStruct((1, tokens_NxLi.shape[1]), jnp.int32)))
+                              jax.ShapeDtypeStruct((1,) + inputs.shape[1:], inputs.dtype)))
   with mesh_lib.detached():
-    out = [np.asarray(forward(run.params, tokens_NxLi[i:i + batch_size]))
-           for i in range(0, len(tokens_NxLi), batch_size)]
+    out = [np.asarray(forward(run.params, inputs[i:i + batch_size]))
+           for i in range(0, len(inputs), batch_size)]
   return np.concatenate(out), layers
 
 
 def main(argv: Optional[list[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="upgen eval probe", description=__doc__.split("\n\n")[0])
-  parser.add_argument("--workdir", required=True, help="A trained run (token family).")
+  parser.add_argument("--workdir", required=True, help="A trained run.")
   parser.add_argument("--data", required=True, help="Images directory with SPLIT/captions.jsonl.")
   parser.add_argument("--label", required=True, help="Record field to classify, e.g. shape.")
   parser.add_argument("--train-split", default="train")
@@ -121,23 +124,23 @@ def main(argv: Optional[list[str]] = None) -> int:
   from upgen.data import sources
   run = sample.load_run(args.workdir)
   run.setup.family.can("image_features")
-  if run.image_tokenizer is None:
-    raise errors.ConfigError(f"{args.workdir}: its records have no image tokenizer; the probe "
-                             "reads image tokens")
-  tok = run.image_tokenizer
+  tok = run.image_tokenizer  # None for the families that read pixels.
+  size = tok.image_size if tok is not None else run.setup.spec.image_size
   splits = {}
   for name, split, limit in (("train", args.train_split, args.num_train),
                              ("eval", args.eval_split, args.num_eval)):
     paths, labels = read_labeled(args.data, split, args.label, limit)
-    images = np.stack([sources.load_image(p, tok.image_size) for p in paths])
-    codes = np.asarray(tok.encode(images)).reshape(len(images), -1)
-    splits[name] = {"images": images, "codes": codes, "labels": labels}
+    images = np.stack([sources.load_image(p, size) for p in paths])
+    codes = (np.asarray(tok.encode(images)).reshape(len(images), -1) if tok is not None
+             else None)
+    splits[name] = {"images": images, "codes": codes, "labels": labels,
+                    "inputs": codes if tok is not None else images}
   classes = sorted(set(splits["train"]["labels"]))
   index = {c: i for i, c in enumerate(classes)}
   y = {k: np.array([index.get(l, -1) for l in v["labels"]]) for k, v in splits.items()}
   fit = lambda train_x, eval_x: train_probe(train_x, y["train"], eval_x, y["eval"], len(classes),
                                             args.steps, args.lr, args.weight_decay)
-  (train_f, layers), (eval_f, _) = (model_features(run, splits[k]["codes"])
+  (train_f, layers), (eval_f, _) = (model_features(run, splits[k]["inputs"])
                                     for k in ("train", "eval"))
   result: dict[str, Any] = {
       "workdir": args.workdir, "data": args.data, "label": args.label, "classes": classes,
@@ -147,8 +150,10 @@ def main(argv: Optional[list[str]] = None) -> int:
   if args.baselines:
     pixels = {k: v["images"].reshape(len(v["images"]), -1) / 255.0 for k, v in splits.items()}
     result["pixels"] = fit(pixels["train"], pixels["eval"])
-    k = tok.codebook_size
-    if splits["train"]["codes"].shape[1] * k <= 1 << 16:
+    k = tok.codebook_size if tok is not None else 0
+    if tok is None:
+      result["codes"] = "not computed: the run reads pixels, it has no image tokenizer"
+    elif splits["train"]["codes"].shape[1] * k <= 1 << 16:
       onehot = {n: np.eye(k, dtype=np.float32)[v["codes"]].reshape(len(v["codes"]), -1)
                 for n, v in splits.items()}
       result["codes"] = fit(onehot["train"], onehot["eval"])

@@ -168,6 +168,27 @@ def loss_fn(params, batch: Batch, rng: jax.Array, *, model: GlideUNet, settings:
   return metrics["loss"], metrics
 
 
+def image_features(params, pixels_BxHxWx3, *, model: GlideUNet) -> list[jax.Array]:
+  """`upgen eval probe`: per residual block of the UNet (down, middle, up, in call order),
+  its output averaged over the spatial positions, B x C each, for the images lightly noised
+  to t = T / 10 (fixed noise: the same call gives the same features) with the empty caption
+  (every position the learned padding), so no label reaches the network from the text."""
+  cfg = model.config
+  proc = base_process(cfg)
+  x0 = to_unit(pixels_BxHxWx3)
+  b = x0.shape[0]
+  t_B = jnp.full((b,), proc.num_timesteps // 10, jnp.int32)
+  xt = diffusion.q_sample(proc, x0, t_B, jax.random.normal(jax.random.key(0), x0.shape))
+  empty_Bx1 = jnp.zeros((b, 1), jnp.int32)
+  _, state = model.apply(
+      {"params": params}, xt, t_B, empty_Bx1, jnp.zeros_like(empty_Bx1, bool), train=False,
+      mutable=["intermediates"],
+      capture_intermediates=lambda m, method: (isinstance(m, glide_unet.ResBlock)
+                                               and method == "__call__"))
+  return [jnp.mean(v["__call__"][0].astype(jnp.float32), axis=(1, 2))
+          for v in state["intermediates"].values()]
+
+
 def init_variables(model: GlideUNet, rng: jax.Array, batch: Batch) -> dict[str, Any]:
   b = batch["pixels"].shape[0]
   return model.init({"params": rng}, to_unit(batch["pixels"]), jnp.zeros((b,), jnp.int32),
@@ -277,5 +298,6 @@ FAMILY = Family(
     name="glide", reads=readers.PIXEL_RECORDS, model_config=model_config,
     loss_config=loss_config, make_model=GlideUNet, init_variables=init_variables,
     loss_fn=loss_fn, sample_config=sample_config, sample_images=sample_images,
-    unconditional_images=unconditional_images, image_nll=image_nll, train_flops=train_flops,
-    sample_cost=sample_cost, param_groups=PARAM_GROUPS)
+    unconditional_images=unconditional_images, image_nll=image_nll,
+    image_features=image_features, train_flops=train_flops, sample_cost=sample_cost,
+    param_groups=PARAM_GROUPS)
