@@ -271,13 +271,9 @@ def image_features(params, image_tokens_BxLi, *, model: Bart) -> list[jax.Array]
                              "config.model.scan_layers=true")
   image_BxLi = jnp.asarray(image_tokens_BxLi, jnp.int32)
   text_BxLt = jnp.zeros((image_BxLi.shape[0], cfg.text_seq_len), jnp.int32)
-  _, state = model.apply(
-      {"params": params}, text_BxLt, jnp.zeros_like(text_BxLt, bool), image_BxLi,
-      mutable=["intermediates"],
-      capture_intermediates=lambda m, method: (isinstance(m, layers.TransformerBlock)
-                                               and method == "__call__"))
-  blocks = state["intermediates"]["decoder"]
-  return [jnp.mean(blocks[f"layers_{i}"]["__call__"][0][:, 1:].astype(jnp.float32), axis=1)
+  blocks = layers.module_outputs(model, params, text_BxLt, jnp.zeros_like(text_BxLt, bool),
+                                 image_BxLi, of=layers.TransformerBlock)
+  return [jnp.mean(blocks[f"decoder/layers_{i}"][:, 1:].astype(jnp.float32), axis=1)
           for i in range(cfg.num_layers)]
 
 

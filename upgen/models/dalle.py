@@ -279,14 +279,10 @@ def image_features(params, image_tokens_BxLi, *, model: Dalle) -> list[jax.Array
   image_BxLi = jnp.asarray(image_tokens_BxLi, jnp.int32)
   b = image_BxLi.shape[0]
   text_BxLt = jnp.zeros((b, cfg.text_seq_len), jnp.int32)
-  _, state = model.apply(
-      {"params": params}, text_BxLt, jnp.zeros_like(text_BxLt, bool), image_BxLi,
-      mutable=["intermediates"],
-      capture_intermediates=lambda m, method: (isinstance(m, layers.TransformerBlock)
-                                               and method == "__call__"))
-  blocks = state["intermediates"]["decoder"]
+  blocks = layers.module_outputs(model, params, text_BxLt, jnp.zeros_like(text_BxLt, bool),
+                                 image_BxLi, of=layers.TransformerBlock)
   first = cfg.text_seq_len + 2  # After START, the caption's pads and BOI.
-  return [jnp.mean(blocks[f"layers_{i}"]["__call__"][0][:, first:].astype(jnp.float32), axis=1)
+  return [jnp.mean(blocks[f"decoder/layers_{i}"][:, first:].astype(jnp.float32), axis=1)
           for i in range(cfg.num_layers)]
 
 

@@ -35,6 +35,7 @@ from upgen import schema
 from upgen.data import readers
 from upgen.data.spec import DataSpec
 from upgen.families import Batch, Family
+from upgen.models import layers
 from upgen.models import glide_unet
 from upgen.models.glide_unet import GlideUNet, UNetConfig
 
@@ -180,13 +181,10 @@ def image_features(params, pixels_BxHxWx3, *, model: GlideUNet) -> list[jax.Arra
   t_B = jnp.full((b,), proc.num_timesteps // 10, jnp.int32)
   xt = diffusion.q_sample(proc, x0, t_B, jax.random.normal(jax.random.key(0), x0.shape))
   empty_Bx1 = jnp.zeros((b, 1), jnp.int32)
-  _, state = model.apply(
-      {"params": params}, xt, t_B, empty_Bx1, jnp.zeros_like(empty_Bx1, bool), train=False,
-      mutable=["intermediates"],
-      capture_intermediates=lambda m, method: (isinstance(m, glide_unet.ResBlock)
-                                               and method == "__call__"))
-  return [jnp.mean(v["__call__"][0].astype(jnp.float32), axis=(1, 2))
-          for v in state["intermediates"].values()]
+  blocks = layers.module_outputs(model, params, xt, t_B, empty_Bx1,
+                                 jnp.zeros_like(empty_Bx1, bool), train=False,
+                                 of=glide_unet.ResBlock)
+  return [jnp.mean(h.astype(jnp.float32), axis=(1, 2)) for h in blocks.values()]
 
 
 def init_variables(model: GlideUNet, rng: jax.Array, batch: Batch) -> dict[str, Any]:

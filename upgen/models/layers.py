@@ -479,3 +479,16 @@ class Unembed(nn.Module):
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)))(x_BxLxE)
     logits_BxLxP = nn.with_logical_constraint(logits_BxLxP, ("batch", "length", "vocab"))
     return logits_BxLxP[..., :self.vocab_size].astype(jnp.float32)
+
+
+def module_outputs(model: nn.Module, params: Any, *args, of: type, **kwargs
+                   ) -> dict[str, jax.Array]:
+  """One forward pass of `model`; the output of every submodule of type `of`, by its path
+  ("decoder/layers_0"), in call order (`upgen eval probe`'s per-layer image features)."""
+  from flax import traverse_util
+  _, state = model.apply(
+      {"params": params}, *args, mutable=["intermediates"],
+      capture_intermediates=lambda m, method: isinstance(m, of) and method == "__call__",
+      **kwargs)
+  flat = traverse_util.flatten_dict(state["intermediates"], sep="/")
+  return {k.removesuffix("/__call__"): v[0] for k, v in flat.items()}

@@ -378,14 +378,11 @@ def image_features(params, image_tokens_BxLi, *, model: UPGen) -> list[jax.Array
   image_BxLi = jnp.asarray(image_tokens_BxLi, jnp.int32)
   b = image_BxLi.shape[0]
   text_BxLt = jnp.full((b, cfg.text_seq_len), cfg.text_pad_id, jnp.int32)
-  _, state = model.apply(
-      {"params": params}, image_BxLi, text_BxLt, jnp.zeros((b, cfg.text_seq_len), bool),
-      jnp.ones((b,), bool), features=True, mutable=["intermediates"],
-      capture_intermediates=lambda m, method: (isinstance(m, layers.TransformerBlock)
-                                               and method == "__call__"))
-  blocks = state["intermediates"]["encoder"]
+  blocks = layers.module_outputs(
+      model, params, image_BxLi, text_BxLt, jnp.zeros((b, cfg.text_seq_len), bool),
+      jnp.ones((b,), bool), features=True, of=layers.TransformerBlock)
   li = image_BxLi.shape[1]
-  return [jnp.mean(blocks[f"layers_{i}"]["__call__"][0][:, :li].astype(jnp.float32), axis=1)
+  return [jnp.mean(blocks[f"encoder/layers_{i}"][:, :li].astype(jnp.float32), axis=1)
           for i in range(cfg.num_layers)]
 
 
