@@ -25,7 +25,7 @@ VARIANTS = {
     # name: (model_channels, channel_mult, num_res_blocks, attention_resolutions,
     #        num_head_channels, text (layers, width, heads, ctx)); tiny is for 32 px
     #        records, mini and base for 64 px.
-    "tiny": (64, (1, 2, 2), 1, (8, 4), 32, (2, 128, 4, 0)),
+    "tiny": (32, (1, 2, 4), 1, (8, 4), 32, (2, 128, 4, 0)),
     "mini": (96, (1, 2, 3, 4), 3, (32, 16, 8), 32, (16, 512, 8, 128)),
     "base": (192, (1, 2, 3, 4), 3, (32, 16, 8), 64, (16, 512, 8, 128)),
 }
@@ -63,6 +63,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.loss.loss_type = "hybrid"  # "simple" (epsilon MSE) or "hybrid" (+ T/1000 x L_vlb, bits).
   c.loss.caption_dropout = 0.2  # Empty captions: the unconditional model of guidance.
   c.loss.timesteps = "uniform"  # "stratified": one offset, the batch spread over t.
+  c.loss.min_snr_gamma = 0.0  # Min-SNR-gamma weighting of the MSE over t (0 = off).
 
   c.sample = ml_collections.ConfigDict()
   c.sample.sampler = "ddim"  # "ddim" or "ddpm" (ancestral).

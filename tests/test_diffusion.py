@@ -381,3 +381,32 @@ def test_v_prediction_converts_to_epsilon_and_trains_on_v():
   assert float(jnp.abs(grad[..., 3:]).max()) > 0.0
   with pytest.raises(ValueError, match="config.model.prediction='x0'"):
     diffusion.as_epsilon(proc, out, xt, t, "x0")
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_min_snr_weighting_counts_the_x0_error_min_snr_gamma_times(prediction):
+  """min_snr_gamma: whatever the parametrisation, a prediction whose implied x_0 is off by
+  delta costs min(SNR_t, gamma) x mean(delta^2); unweighted it costs SNR_t (epsilon) or
+  SNR_t + 1 (v) times as much; "mse" in the logs stays unweighted."""
+  proc = diffusion.process("cosine", 1000)
+  rng = np.random.default_rng(1)
+  x0 = jnp.asarray(rng.uniform(-1, 1, (4, 4, 4, 3)), jnp.float32)
+  noise = jnp.asarray(rng.normal(size=(4, 4, 4, 3)), jnp.float32)
+  delta = jnp.asarray(rng.normal(scale=0.1, size=(4, 4, 4, 3)), jnp.float32)
+  t = jnp.array([5, 300, 700, 990])  # SNR from ~1e4 down to ~1e-4: both sides of gamma.
+  xt = diffusion.q_sample(proc, x0, t, noise)
+  abar = proc.alphas_cumprod[np.asarray(t)]
+  snr = abar / (1 - abar)
+  x0_hat = x0 + delta
+  eps_hat = diffusion.eps_from_x0(proc, xt, t, x0_hat)
+  pred = eps_hat if prediction == "epsilon" else diffusion.v_target(proc, x0_hat, t, eps_hat)
+  d2 = np.mean(np.asarray(delta, np.float64) ** 2, axis=(1, 2, 3))
+  own = snr if prediction == "epsilon" else snr + 1
+  plain = diffusion.training_losses(proc, pred, x0, xt, t, noise, loss_type="simple",
+                                    prediction=prediction)
+  np.testing.assert_allclose(plain["loss"], own * d2, rtol=2e-3)
+  for gamma in (1.0, 5.0):
+    weighted = diffusion.training_losses(proc, pred, x0, xt, t, noise, loss_type="simple",
+                                         prediction=prediction, min_snr_gamma=gamma)
+    np.testing.assert_allclose(weighted["loss"], np.minimum(snr, gamma) * d2, rtol=2e-3)
+    np.testing.assert_allclose(weighted["mse"], plain["mse"])

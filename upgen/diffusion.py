@@ -215,6 +215,17 @@ def v_target(proc: Process, x0, t_B, noise) -> jax.Array:
           - _at(proc.sqrt_one_minus_alphas_cumprod, t_B, x0.ndim) * x0)
 
 
+def min_snr_weights(proc: Process, gamma: float, prediction: str) -> np.ndarray:
+  """Min-SNR-gamma loss weights per timestep (Hang et al. 2023; float64, T): the MSE of the
+  prediction rescaled so that its x_0 error counts min(SNR_t, gamma) times, where epsilon's
+  counts SNR_t times and v's SNR_t + 1. It caps the low-noise steps, which hold most of the
+  loss but little of the layout."""
+  abar = np.asarray(proc.alphas_cumprod, np.float64)
+  snr = abar / (1.0 - abar)
+  own = snr if check_prediction(prediction) == "epsilon" else snr + 1.0
+  return np.minimum(snr, gamma) / own
+
+
 def check_prediction(prediction: str) -> str:
   if prediction not in PREDICTIONS:
     raise errors.ConfigError(f"config.model.prediction={prediction!r}: choose one of "
@@ -319,18 +330,23 @@ def check_loss_type(loss_type: str) -> str:
 
 
 def training_losses(proc: Process, out_BxHxWxC, x0, xt, t_B, noise, *, loss_type: str,
-                    prediction: str = "epsilon") -> dict[str, jax.Array]:
+                    prediction: str = "epsilon", min_snr_gamma: float = 0.0
+                    ) -> dict[str, jax.Array]:
   """Per-example float32 losses (B): "loss" and "mse" (of the predicted quantity:
-  epsilon, or v), and for "hybrid" "vb" (the rescaled bound term that trains the variance
-  channels) and "vlb_bpd" (the unscaled term)."""
+  epsilon, or v; unweighted), and for "hybrid" "vb" (the rescaled bound term that trains the
+  variance channels) and "vlb_bpd" (the unscaled term). min_snr_gamma > 0 weights the MSE
+  in "loss" by min_snr_weights."""
   check_loss_type(loss_type)
   out = _f32(out_BxHxWxC)
   pred, v = split_output(out, jnp.shape(x0)[-1])
   target = _f32(noise) if check_prediction(prediction) == "epsilon" else v_target(
       proc, x0, t_B, noise)
   mse_B = _mean_over_example((target - pred) ** 2)
+  weighted_B = mse_B
+  if min_snr_gamma > 0:
+    weighted_B = mse_B * _at(min_snr_weights(proc, min_snr_gamma, prediction), t_B, 1)
   if loss_type == "simple":
-    return {"loss": mse_B, "mse": mse_B}
+    return {"loss": weighted_B, "mse": mse_B}
   if v is None:
     raise errors.ConfigError(
         f"config.loss.loss_type='hybrid' learns the variance: the model must output "
@@ -339,7 +355,7 @@ def training_losses(proc: Process, out_BxHxWxC, x0, xt, t_B, noise, *, loss_type
   frozen = jnp.concatenate([jax.lax.stop_gradient(eps), v], axis=-1)
   vlb_B = vlb_bits_per_dim(proc, frozen, x0, xt, t_B, clip_denoised=False)
   vb_B = vlb_B * (proc.original_num_steps / 1000.0)
-  return {"loss": mse_B + vb_B, "mse": mse_B, "vb": vb_B, "vlb_bpd": vlb_B}
+  return {"loss": weighted_B + vb_B, "mse": mse_B, "vb": vb_B, "vlb_bpd": vlb_B}
 
 
 # ------------------------------------------------------------------------------ sampling

@@ -44,9 +44,9 @@ from upgen import errors
 # The whole job's budget: with the install, under 15 minutes on the 2-core CPU machine. The
 # model trains for what the stages before it leave, less the time its sampling and scoring
 # take after it (measured on that machine: the token families 10-25 s, image->text 10 s,
-# GLIDE's 800 diffusion samples 188 s; kept with room).
+# GLIDE's 800 diffusion samples 108 s; kept with room).
 JOB_MINUTES = 13.5
-AFTER_TRAIN_S = {"glide": 240.0}
+AFTER_TRAIN_S = {"glide": 150.0}
 DEFAULT_AFTER_TRAIN_S = 75.0
 RERANK_S = 60.0  # --scorer-minutes: best-of-N sampling and scoring after the scorer trains.
 # The most steps a quickstart model may take; config.train.fit_to_time fits the real count

@@ -58,8 +58,14 @@ class GlideLoss:
   # stretch of t, so the loss estimate varies less from batch to batch; VDM's low-discrepancy
   # sampler). Either way each example's t is uniform over the T steps.
   timesteps: str = "uniform"
+  # Min-SNR-gamma weighting of the MSE over t (0 = off, the prediction's own weighting):
+  # the x_0 error counts min(SNR_t, gamma) times (diffusion.min_snr_weights).
+  min_snr_gamma: float = 0.0
 
   def __post_init__(self):
+    if self.min_snr_gamma < 0:
+      raise errors.ConfigError(f"config.loss.min_snr_gamma={self.min_snr_gamma}: must be >= 0 "
+                               "(0 = off)")
     if self.timesteps not in ("uniform", "stratified"):
       raise errors.ConfigError(f"config.loss.timesteps={self.timesteps!r}: choose 'uniform' "
                                "or 'stratified'")
@@ -157,7 +163,8 @@ def loss_fn(params, batch: Batch, rng: jax.Array, *, model: GlideUNet, settings:
   out = model.apply({"params": params}, xt, t_B,
                     batch["text_tokens"], valid, train=train, rngs={"dropout": dropout_rng})
   terms = diffusion.training_losses(proc, out, x0, xt, t_B, noise, loss_type=settings.loss_type,
-                                    prediction=cfg.prediction)
+                                    prediction=cfg.prediction,
+                                    min_snr_gamma=settings.min_snr_gamma)
   weight_B = jnp.asarray(batch["has_image"], bool).astype(jnp.float32)
   n = jnp.maximum(jnp.sum(weight_B), 1.0)
   mean = lambda x_B: jnp.sum(weight_B * x_B) / n
