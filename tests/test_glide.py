@@ -172,7 +172,7 @@ def test_image_features_per_res_block_without_the_caption():
 
 
 def test_guided_sampling():
-  setup = _setup(sample=dict(num_steps=5, guidance_scale=0.0))
+  setup = _setup(sample=dict(num_steps=5, guidance_scale=0.0, sampler="ddim"))
   params = _params(setup)
   batch = _batch(2)
   sample = lambda s, rng: np.asarray(jax.jit(s.bind("sample_images"))(
@@ -193,7 +193,7 @@ def test_guided_sampling():
   np.testing.assert_array_equal(out, np.asarray(direct))
   # DDIM (eta 0) is deterministic given the start noise; guidance changes the images.
   np.testing.assert_array_equal(out, sample(setup, jax.random.key(0)))
-  guided = _setup(sample=dict(num_steps=5, guidance_scale=3.0))
+  guided = _setup(sample=dict(num_steps=5, guidance_scale=3.0, sampler="ddim"))
   assert np.abs(sample(guided, jax.random.key(0)).astype(int) - out).max() > 0
   # Ancestral sampling over the respaced steps, and unconditional images.
   ddpm = _setup(sample=dict(num_steps=4, sampler="ddpm"))

@@ -91,7 +91,7 @@ SAMPLERS = ("ddim", "ddpm")
 @dataclasses.dataclass(frozen=True)
 class GlideSample:
   """config.sample (hashable: a static argument of the jitted samplers)."""
-  sampler: str = "ddim"  # "ddim" or "ddpm" (ancestral).
+  sampler: str = "ddpm"  # "ddpm" (ancestral) or "ddim".
   num_steps: int = 50  # Respaced steps (0 = all of the model's T).
   eta: float = 0.0  # DDIM's noise (0 = deterministic given x_T; 1 = DDPM-like).
   guidance_scale: float = 2.0  # (1 + g) cond - g uncond on epsilon; 0 = conditional only.
