@@ -136,6 +136,7 @@ def test_generator_choices_name_the_size_and_batch():
   size, batch, _ = recipe.generator("dalle", dalle.get_config("tiny"), 50)
   assert batch.value == 64 and "batch 64 drew 0.711" in batch.reason
   size, batch, _ = recipe.generator("glide", glide.get_config("tiny"), 50)
-  assert size.value == "tiny" and batch.value == 32 and "batch 32 drew 0.07" in batch.reason
+  assert size.value == "tiny" and batch.value == 32 and "batch 32 drew 0.39" in batch.reason
+  assert "32 channels x (1, 2, 4) drew 0.39" in size.reason
   size, batch, _ = recipe.generator("bart", bart.get_config("tiny"), 50)
   assert "not measured on folders" in batch.reason
