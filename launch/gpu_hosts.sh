@@ -4,10 +4,8 @@
 # See docs/scaling.md.
 set -euo pipefail
 
-PROG=gpu_hosts.sh
 # shellcheck source-path=SCRIPTDIR
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # PROG, ROOT, die, run, ...
 
 usage() {
   cat <<'EOF'
@@ -58,13 +56,8 @@ EOF
 }
 
 cmd=${1:-}
-[[ -n $cmd ]] || { usage >&2; exit 2; }
+check_command "$cmd" setup train logs stop exec all
 shift
-case $cmd in
-  -h | --help) usage; exit 0 ;;
-  setup | train | logs | stop | exec | all) ;;
-  *) die "unknown command '$cmd' (setup, train, logs, stop, exec, all)" ;;
-esac
 
 hosts_csv="" hostfile="" coordinator="" port=8476 shared_fs=0 source_dir=$ROOT
 remote_dir=upgen python=3.11 jax_extra=cuda12 worker=0 detach=0
@@ -84,10 +77,8 @@ while (($#)); do
     --env) need_value "$1" "$#" "$2"; envs+=("$2"); shift 2 ;;
     --worker) need_value "$1" "$#" "$2"; worker=$2; shift 2 ;;
     --detach) detach=1; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) usage; exit 0 ;;
     --) shift; rest=("$@"); break ;;
-    *) die "unknown option '$1' (see --help)" ;;
+    *) common_option "$1"; shift ;;
   esac
 done
 

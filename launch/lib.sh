@@ -11,12 +11,40 @@ if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); 
 fi
 
 DRY_RUN=${DRY_RUN:-0}
-PROG=${PROG:-${0##*/}}
+# The script that sources this (its messages start with PROG) and the checkout holding it.
+PROG=${BASH_SOURCE[1]:-$0}
+PROG=${PROG##*/}
+# shellcheck disable=SC2034  # Used by the scripts that source this.
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BG_PIDS=()
 
 die() {
   printf '%s: error: %s\n' "$PROG" "$*" >&2
   exit 2
+}
+
+# check_command CMD NAME...: CMD (the script's first argument) is one of the commands
+# NAME; none prints the usage (the script's `usage`) to stderr, -h or --help to stdout.
+check_command() {
+  local cmd=$1 name list
+  shift
+  [[ -n $cmd ]] || { usage >&2; exit 2; }
+  [[ $cmd != -h && $cmd != --help ]] || { usage; exit 0; }
+  for name in "$@"; do
+    [[ $cmd != "$name" ]] || return 0
+  done
+  printf -v list '%s, ' "$@"
+  die "unknown command '$cmd' (${list%, })"
+}
+
+# common_option ARG: the options every script takes after its own (--dry-run, -h/--help);
+# anything else is an unknown option. The caller shifts ARG.
+common_option() {
+  case $1 in
+    --dry-run) DRY_RUN=1 ;;
+    -h | --help) usage; exit 0 ;;
+    *) die "unknown option '$1' (see --help)" ;;
+  esac
 }
 
 # quote WORD: WORD as one shell word (bare when it is safe, else single-quoted).

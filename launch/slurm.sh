@@ -3,10 +3,8 @@
 # See docs/scaling.md.
 set -euo pipefail
 
-PROG=slurm.sh
 # shellcheck source-path=SCRIPTDIR
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # PROG, ROOT, die, run, ...
 TEMPLATE=$ROOT/launch/slurm.sbatch
 
 usage() {
@@ -58,10 +56,8 @@ while (($#)); do
     --sbatch-arg=*) sbatch_args+=("${1#--sbatch-arg=}"); shift ;;
     --upgen-dir) need_value "$1" "$#" "$2"; upgen_dir=$2; shift 2 ;;
     --script) need_value "$1" "$#" "$2"; script=$2; shift 2 ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) usage; exit 0 ;;
     --) shift; rest=("$@"); break ;;
-    *) die "unknown option '$1' (see --help)" ;;
+    *) common_option "$1"; shift ;;
   esac
 done
 

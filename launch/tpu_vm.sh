@@ -3,10 +3,8 @@
 # delete. See docs/scaling.md.
 set -euo pipefail
 
-PROG=tpu_vm.sh
 # shellcheck source-path=SCRIPTDIR
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # PROG, ROOT, die, run, ...
 
 usage() {
   cat <<'EOF'
@@ -64,13 +62,8 @@ EOF
 }
 
 cmd=${1:-}
-[[ -n $cmd ]] || { usage >&2; exit 2; }
+check_command "$cmd" create wait setup train logs stop delete exec all
 shift
-case $cmd in
-  -h | --help) usage; exit 0 ;;
-  create | wait | setup | train | logs | stop | delete | exec | all) ;;
-  *) die "unknown command '$cmd' (create, wait, setup, train, logs, stop, delete, exec, all)" ;;
-esac
 
 name="" zone="" type="" runtime="" project="" spot=0 queued=0 source_dir=$ROOT
 remote_dir=upgen python=3.11 worker=0 detach=0 yes=0
@@ -94,10 +87,8 @@ while (($#)); do
     --worker) need_value "$1" "$#" "$2"; worker=$2; shift 2 ;;
     --detach) detach=1; shift ;;
     --yes) yes=1; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) usage; exit 0 ;;
     --) shift; rest=("$@"); break ;;
-    *) die "unknown option '$1' (see --help)" ;;
+    *) common_option "$1"; shift ;;
   esac
 done
 

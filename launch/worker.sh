@@ -3,10 +3,8 @@
 # belongs to; tpu_vm.sh and gpu_hosts.sh call it over ssh on every machine.
 set -euo pipefail
 
-PROG=worker.sh
 # shellcheck source-path=SCRIPTDIR
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # PROG, ROOT, die, run, ...
 
 usage() {
   cat <<'EOF'
@@ -38,13 +36,8 @@ EOF
 }
 
 cmd=${1:-}
-[[ -n $cmd ]] || { usage >&2; exit 2; }
+check_command "$cmd" setup start stop logs status
 shift
-case $cmd in
-  -h | --help) usage; exit 0 ;;
-  setup | start | stop | logs | status) ;;
-  *) die "unknown command '$cmd' (setup, start, stop, logs, status)" ;;
-esac
 
 jax_extra=none python=3.11 wait_s=0 lines=100 follow=1
 buckets=() envs=() train_args=()
@@ -57,10 +50,8 @@ while (($#)); do
     --wait) need_value "$1" "$#" "$2"; wait_s=$2; shift 2 ;;
     --lines) need_value "$1" "$#" "$2"; lines=$2; shift 2 ;;
     --no-follow) follow=0; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) usage; exit 0 ;;
     --) shift; train_args=("$@"); break ;;
-    *) die "unknown option '$1' (see --help)" ;;
+    *) common_option "$1"; shift ;;
   esac
 done
 
