@@ -40,7 +40,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.loss.text_mask_rate = 0.3  # masked_text: share of caption tokens selected (at least one).
   # masked_text: "bert" (a selected token becomes [MASK] 80%, a random id 10%, stays 10%) or
   # "mask" (always [MASK]: the encoder then need not say what the unmasked tokens are, and
-  # frozen it barely tells captions apart; docs/results.md).
+  # frozen it barely tells captions apart; docs/notes/2026-11-30-three-token-families.md).
   c.loss.text_corruption = "bert"
 
   common.token_records(c, text_dropout=0.0)  # Caption dropout happens in the loss.

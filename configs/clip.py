@@ -41,25 +41,15 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   common.token_records(c, text_dropout=0.0)
   # Every example is a pair: modality dropout would only remove positives.
   if arg == "tiny":
-    c.data.batch_size = 128  # Negatives per example: the batch.
-    c.data.text_seq_len = 12
-    c.optim.lr = 1e-3
-    c.optim.warmup_steps = 100
-    c.optim.weight_decay = 0.1
-    c.train.steps = 2000
-    c.train.log_every = 25
-    c.train.checkpoint_every = 500
+    common.train_recipe(c, batch_size=128,  # Negatives per example: the batch.
+                        text_seq_len=12, lr=1e-3, warmup_steps=100, weight_decay=0.1,
+                        steps=2000, log_every=25, checkpoint_every=500)
   else:
-    c.data.batch_size = 32_768  # CLIP's.
-    c.data.text_seq_len = 76
+    common.train_recipe(c, batch_size=32_768,  # CLIP's.
+                        text_seq_len=76, lr=5e-4, warmup_steps=2000, weight_decay=0.2,
+                        steps=100_000, log_every=100, checkpoint_every=2000)
     c.model.max_positions = 77
     c.model.dtype = "bfloat16"
-    c.optim.lr = 5e-4
     c.optim.b2 = 0.98
     c.optim.eps = 1e-6
-    c.optim.weight_decay = 0.2
-    c.optim.warmup_steps = 2000
-    c.train.steps = 100_000
-    c.train.log_every = 100
-    c.train.checkpoint_every = 2000
   return c

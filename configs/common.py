@@ -90,10 +90,10 @@ def base_config() -> ml_collections.ConfigDict:
   # codes): "random" (fresh init), "mean" (of INIT's rows) or "contrastive" (`upgen align`).
   c.train.init_new_rows = "random"
 
-  # Evaluators by name, run with the validation loss (upgen/evals.py), e.g.
+  # Evaluators by name, run with the validation loss (upgen/evaluators/registry.py), e.g.
   # c.evals.held_out = ml_collections.ConfigDict(dict(type="text_ppl", text="lines.txt")).
   c.evals = ml_collections.ConfigDict()
-  # Sample quality (upgen/sample_eval.py), off until one of its scores is asked for:
+  # Sample quality (upgen/evaluators/samples.py), off until one of its scores is asked for:
   # --config.evals.samples.scorer=CLIP_RUN (CLIP score and FID in its features),
   # .inception=WEIGHTS (FID in pytorch-fid's Inception features), .shapes_fidelity=true.
   c.evals.samples = ml_collections.ConfigDict(dict(
@@ -122,17 +122,28 @@ def token_records(c: ml_collections.ConfigDict, text_dropout: float) -> None:
   c.data.text_dropout = text_dropout
 
 
+def train_recipe(c: ml_collections.ConfigDict, *, batch_size: int | None = None,
+                 text_seq_len: int | None = None, lr: float | None = None,
+                 warmup_steps: int | None = None, weight_decay: float | None = None,
+                 steps: int | None = None, log_every: int | None = None,
+                 checkpoint_every: int | None = None, sample_every: int | None = None) -> None:
+  """A variant's training recipe: sets each of these fields (described where base_config()
+  and token_records() define them) to the value given; None leaves it as it is."""
+  for group, field, value in (
+      (c.data, "batch_size", batch_size), (c.data, "text_seq_len", text_seq_len),
+      (c.optim, "lr", lr), (c.optim, "warmup_steps", warmup_steps),
+      (c.optim, "weight_decay", weight_decay), (c.train, "steps", steps),
+      (c.train, "log_every", log_every), (c.train, "checkpoint_every", checkpoint_every),
+      (c.train, "sample_every", sample_every)):
+    if value is not None:
+      setattr(group, field, value)
+
+
 def accelerator_recipe(c: ml_collections.ConfigDict) -> None:
   """The base / large variants of the token families: batch 512, bf16, dropout, 64-token
   captions, a 200k-step schedule."""
-  c.data.batch_size = 512
-  c.data.text_seq_len = 64
-  c.optim.lr = 4e-4
-  c.optim.warmup_steps = 5000
-  c.train.steps = 200_000
-  c.train.log_every = 100
-  c.train.checkpoint_every = 2000
-  c.train.sample_every = 5000
+  train_recipe(c, batch_size=512, text_seq_len=64, lr=4e-4, warmup_steps=5000, steps=200_000,
+               log_every=100, checkpoint_every=2000, sample_every=5000)
   c.model.dtype = "bfloat16"
   c.model.dropout_rate = 0.1
 
@@ -153,18 +164,12 @@ def autoregressive_recipe(c: ml_collections.ConfigDict, variant: str) -> None:
   if variant != "tiny":
     accelerator_recipe(c)
     return
-  c.data.batch_size = 64
-  c.optim.lr = 2e-3
-  c.optim.warmup_steps = 50
-  c.optim.weight_decay = 0.01
-  c.train.steps = 1000
-  c.train.log_every = 10
-  c.train.checkpoint_every = 200
-  c.train.sample_every = 250
-  # Measured on the quickstart's models (docs/results.md): the decoder-only one drew 0.71
-  # of the validation captions at temperature 1 with guidance 2 and 0.965 at temperature
-  # 0.5 with guidance 1; the first encoder-decoder one 0.50, 0.69 and 0.72 greedy (greedy
-  # gives every sample of a prompt the same image).
+  train_recipe(c, batch_size=64, lr=2e-3, warmup_steps=50, weight_decay=0.01, steps=1000,
+               log_every=10, checkpoint_every=200, sample_every=250)
+  # Measured on the quickstart's models (docs/notes/2026-11-30-three-token-families.md): the
+  # decoder-only one drew 0.71 of the validation captions at temperature 1 with guidance 2 and 0.965
+  # at temperature 0.5 with guidance 1; the first encoder-decoder one 0.50, 0.69 and 0.72 greedy
+  # (greedy gives every sample of a prompt the same image).
   c.sample.temperature = 0.5
   c.sample.guidance_scale = 1.0
 

@@ -7,7 +7,8 @@
       --config.sample.guidance_scale=2 --config.sample.num_steps=50
 
 Variants:
-  tiny  CPU, 32 px: the quickstart's recipe (docs/results.md says how it was chosen).
+  tiny  CPU, 32 px: the quickstart's recipe (docs/notes/2026-11-30-glide-cpu.md says how it was
+  chosen).
   mini  miniGLIDE's shape: 64 px, 96 model channels, 32 channels per attention head, 100
         diffusion steps, AdamW at 1e-4; the rest as base.
   base  the released GLIDE 64 px base model: 192 channels x (1, 2, 3, 4), 3 residual blocks
@@ -72,7 +73,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.sample.num_steps = 50  # Respaced sampling steps (0 = all of T).
   c.sample.eta = 0.0  # DDIM noise (0 = deterministic given the start noise).
   # Classifier-free guidance on epsilon: (1 + g) cond - g uncond; GLIDE's scale s = g + 1.
-  # GLIDE's s = 3; on the quickstart's model the best of 0 / 2 / 5 / 11 (docs/results.md).
+  # GLIDE's s = 3; on the quickstart's model the best of 0 / 2 / 5 / 11
+  # (docs/notes/2026-11-30-glide-cpu.md).
   c.sample.guidance_scale = 2.0
   c.sample.clip_denoised = True  # Clip each step's predicted x_0 to [-1, 1].
   c.sample.per_prompt = 4  # Samples per prompt in `upgen sample`.
@@ -80,32 +82,23 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   common.token_records(c, text_dropout=0.0)  # Caption dropout lives in config.loss.
   c.optim.ema_decay = 0.9999  # EMA of the parameters, sampled from (ADM's).
   if arg == "tiny":
-    c.data.batch_size = 32
-    c.data.text_seq_len = 12
-    c.optim.lr = 1e-3
-    c.optim.warmup_steps = 100
-    c.optim.weight_decay = 0.0
+    common.train_recipe(c, batch_size=32, text_seq_len=12, lr=1e-3, warmup_steps=100,
+                        weight_decay=0.0, steps=3000, log_every=25, checkpoint_every=500,
+                        sample_every=1000)
     c.optim.ema_decay = 0.999
-    c.train.steps = 3000
-    c.train.log_every = 25
-    c.train.checkpoint_every = 500
-    c.train.sample_every = 1000
     c.sample.num_steps = 25
-    # The CPU recipe (docs/results.md): the UNet at 16 px on 2 x 2 patches, v prediction.
+    # The CPU recipe (docs/notes/2026-11-30-glide-cpu.md): the UNet at 16 px on 2 x 2 patches, v
+    # prediction.
     c.model.patch_size = 2
     c.model.prediction = "v"
   else:
-    c.data.batch_size = 12 if arg == "mini" else 2048  # miniGLIDE's; GLIDE's.
-    c.data.text_seq_len = 128
+    common.train_recipe(c, batch_size=12 if arg == "mini" else 2048,  # miniGLIDE's; GLIDE's.
+                        text_seq_len=128, lr=1e-4 if arg == "mini" else 1.2e-4,
+                        warmup_steps=1000, weight_decay=0.0,
+                        steps=2_500_000 if arg == "base" else 250_000, log_every=100,
+                        checkpoint_every=5000, sample_every=10_000)
     c.model.dtype = "bfloat16"
     c.model.dropout = 0.1
-    c.optim.lr = 1e-4 if arg == "mini" else 1.2e-4
     c.optim.b2 = 0.999
-    c.optim.weight_decay = 0.0
-    c.optim.warmup_steps = 1000
     c.optim.decay = "constant"
-    c.train.steps = 2_500_000 if arg == "base" else 250_000
-    c.train.log_every = 100
-    c.train.checkpoint_every = 5000
-    c.train.sample_every = 10_000
   return c

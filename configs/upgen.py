@@ -73,32 +73,27 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.sample.per_prompt = 4  # Samples per prompt in `upgen sample`.
 
   if arg == "tiny":
-    # Chosen for learning per CPU-second (docs/results.md, "Choosing the tiny recipe"): at
-    # equal CPU time, batch 8 (1.8x the steps of batch 16) and an MLP of width 256 learned
-    # more than batch 16 and width 512 (caption fidelity 0.38 -> 0.61 in 380 s of steps).
+    # Chosen for learning per CPU-second (docs/notes/2026-11-23-tiny-recipe-gpu.md, "Choosing the
+    # tiny recipe"): at equal CPU time, batch 8 (1.8x the steps of batch 16) and an MLP of width 256
+    # learned more than batch 16 and width 512 (caption fidelity 0.38 -> 0.61 in 380 s of steps).
     # The cosine mask ratio and independent masking give each paired example one of the
     # sampling tasks: half text->image (whole caption, masked image), half image->text
     # (whole image, caption masked down to all its slots), the caption loss weighted as the
-    # image's. From the trade-off in docs/results.md ("Image->text"), two seeds each:
-    # image->text exact match 0.24 (10% of examples, weight 0.1) -> 0.89 (50%, weight 1),
-    # text->image fidelity 0.737 -> 0.703 on validation captions, within its seed noise.
+    # image's. From the trade-off in docs/notes/2026-11-30-image-to-text.md ("Image->text"), two
+    # seeds each: image->text exact match 0.24 (10% of examples, weight 0.1) -> 0.89 (50%, weight
+    # 1), text->image fidelity 0.737 -> 0.703 on validation captions, within its seed noise.
     c.loss.mask_schedule = "cosine"
     c.loss.paired_masking = "independent"
     c.loss.paired_text_mask_prob = 0.5
     c.loss.paired_text_weight = 1.0
-    c.data.batch_size = 8
-    c.optim.lr = 3e-3
-    c.optim.warmup_steps = 50
-    c.optim.weight_decay = 0.01
+    common.train_recipe(c, batch_size=8, lr=3e-3, warmup_steps=50, weight_decay=0.01,
+                        steps=2000, log_every=25, checkpoint_every=1000, sample_every=1000)
     # Guidance 1 beat 2 at every training length tried (0.84 vs 0.71 after 15k steps).
     c.sample.guidance_scale = 1.0
     # Tokens by argmax; the annealed confidence noise still varies the order, so samples of
-    # one caption differ (docs/results.md: fidelity 0.60 -> 0.74 on the quickstart model).
+    # one caption differ (docs/notes/2026-11-23-tiny-recipe-gpu.md: fidelity 0.60 -> 0.74 on the
+    # quickstart model).
     c.sample.temperature = 0.0
-    c.train.steps = 2000
-    c.train.log_every = 25
-    c.train.checkpoint_every = 1000
-    c.train.sample_every = 1000
   else:
     common.accelerator_recipe(c)
   return c

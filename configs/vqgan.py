@@ -50,14 +50,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.model.num_res_blocks = 0
     c.model.norm = "none"
     c.loss.codebook_revive_weight = 1.0
-    c.data.batch_size = 32
-    c.optim.lr = 1e-2
-    c.optim.warmup_steps = 50
-    c.optim.weight_decay = 0.0
-    c.train.steps = 1600
-    c.train.log_every = 50
-    c.train.checkpoint_every = 800
-    c.train.sample_every = 400
+    common.train_recipe(c, batch_size=32, lr=1e-2, warmup_steps=50, weight_decay=0.0,
+                        steps=1600, log_every=50, checkpoint_every=800, sample_every=400)
   else:
     c.data.image_size = 256
     c.model.base_channels = 128
@@ -69,9 +63,6 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.loss.adversarial_weight = 0.1
     c.loss.adversarial_start = 20000
     c.model.dtype = "bfloat16"
-    c.data.batch_size = 256
-    c.optim.lr = 1e-4
-    c.train.steps = 500_000
-    c.train.checkpoint_every = 5000
-    c.train.sample_every = 5000
+    common.train_recipe(c, batch_size=256, lr=1e-4, steps=500_000, checkpoint_every=5000,
+                        sample_every=5000)
   return c
