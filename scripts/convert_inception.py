@@ -7,7 +7,7 @@ never needs it):
 
 The checkpoint is read with torch.load(weights_only=True) (tensors only, no pickled code);
 the output keeps pytorch-fid's state-dict names and PyTorch layouts, without the classifier
-(upgen/inception.py transposes the kernels and folds the batch norms when it loads them).
+(upgen/evaluators/inception.py transposes the kernels and folds the batch norms when it loads them).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from upgen import inception  # pylint: disable=wrong-import-position
+from upgen.evaluators import inception  # pylint: disable=wrong-import-position
 
 
 def main(argv=None) -> int:

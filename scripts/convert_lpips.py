@@ -10,7 +10,7 @@ A one-off on a machine with torch (running upgen never needs it):
        vgg.pth that the `lpips` package ships.
 
 Both are read with torch.load(weights_only=True): tensors only, no pickled code. The output
-holds the `lpips` package's state-dict names and PyTorch layouts (upgen/image_metrics.py
+holds the `lpips` package's state-dict names and PyTorch layouts (upgen/models/image_metrics.py
 transposes them when it loads them).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from upgen import image_metrics  # pylint: disable=wrong-import-position
+from upgen.models import image_metrics  # pylint: disable=wrong-import-position
 
 SHIFT = (-0.030, -0.088, -0.188)  # LPIPS's ScalingLayer.
 SCALE = (0.458, 0.448, 0.450)

@@ -109,7 +109,7 @@ class Run:
 
 def lower(kind, spec, shapes):
   """The item's program, lowered: `spec` = (config, overrides[, batch sizes])."""
-  from upgen import bench
+  from upgen.tools import bench
   raw, fv = bench._load_config(["--config", spec[0]] + list(spec[1]) + shapes,
                                bench._common_flags)
   setup = bench.setup_for(raw, fv.image_grid, fv.image_vocab, fv.text_vocab, fv.image_size)
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   run = Run(args)
   import jax
-  from upgen import bench
+  from upgen.tools import bench
   shapes = QUICK_SHAPES if args.quick else LARGE_SHAPES
   items = [quick(i) for i in plan()] if args.quick else plan()
   if os.environ.get("ONLY"):  # A re-run of some items, in this order: ONLY=name,name,...

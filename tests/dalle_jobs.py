@@ -17,10 +17,11 @@ from tests import token_data
 from upgen import families
 from upgen.models import dalle
 from upgen.sampling import ar_sampler
-from upgen.train import checkpoint, trainer
-from upgen.train import mesh as mesh_lib
-from upgen.train import optimizer
-from upgen.train import state as state_lib
+from upgen.runtime import restore
+from upgen.train import trainer
+from upgen.runtime import mesh as mesh_lib
+from upgen.runtime import optimizer
+from upgen.runtime import state as state_lib
 
 
 def mesh() -> dict:
@@ -64,7 +65,7 @@ def train_then_sample(data_dir: str, workdir: str) -> dict:
       "train.log_every": 1, "train.checkpoint_every": 100, "train.sample_every": 0,
       "optim.lr": 1e-2, "sample.temperature": 0.0})
   summary = trainer.train(c, workdir)
-  _, setup, params = checkpoint.restore_params(workdir)
+  _, setup, params = restore.restore_params(workdir)
   spec = setup.spec
   rng = np.random.default_rng(7)
   examples = [token_data.example(i, rng) for i in range(8)]

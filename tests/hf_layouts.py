@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from safetensors.numpy import save_file
 
-from upgen import hf_export
+from upgen.interop import hf_export
 
 LAYOUTS = ("msgpack", "flax_safetensors", "pt_safetensors")
 

@@ -15,16 +15,16 @@ import numpy as np
 from tests import test_end_to_end
 from tests import test_families
 from upgen import families
-from upgen import sample
+from upgen import inference
 from upgen.data import readers
-from upgen.data import shapes
+from upgen.datasets import shapes
 from upgen.data import sources
-from upgen.data import tokenize
+from upgen.datasets import tokenize
 from upgen.tokenizers import image as image_tok
 from upgen.tokenizers import text as text_tok
-from upgen.train import mesh as mesh_lib
-from upgen.train import optimizer
-from upgen.train import state as state_lib
+from upgen.runtime import mesh as mesh_lib
+from upgen.runtime import optimizer
+from upgen.runtime import state as state_lib
 from upgen.train import trainer
 
 MESH = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
@@ -75,16 +75,16 @@ def main(out: str) -> dict:
       continue
     workdir = os.path.join(out, case.replace(":", "-"))
     results[case] = _train(case, data, workdir)
-    run = sample.load_run(workdir)
+    run = inference.load_run(workdir)
     sampled, family = {}, run.family
     if family.sample_images:
-      sampled["sample_images"] = sample.generate_images(run, prompts, 2, batch_size=4)
+      sampled["sample_images"] = inference.generate_images(run, prompts, 2, batch_size=4)
     if family.unconditional_images:
-      sampled["unconditional_images"] = sample.unconditional_images(run, 3, batch_size=2)
+      sampled["unconditional_images"] = inference.unconditional_images(run, 3, batch_size=2)
     if family.inpaint:
-      sampled["inpaint"] = sample.inpaint_images(run, prompts, 1, image_path, (0, 0, 8, 16))
+      sampled["inpaint"] = inference.inpaint_images(run, prompts, 1, image_path, (0, 0, 8, 16))
     if family.caption_images:
-      sampled["caption_images"] = sample.caption_images(
+      sampled["caption_images"] = inference.caption_images(
           run, np.stack([sources.load_image(image_path, 16)] * 3))
     results[case]["sampled"] = {k: list(np.shape(v)) for k, v in sampled.items()}
   return {"devices": jax.device_count(), "families": results}

@@ -16,11 +16,13 @@ from tests import token_data
 from upgen import cli
 from upgen import errors
 from upgen import families
-from upgen import hf_import
+from upgen.interop import hf_import
+from upgen.models import hf_weights
+from upgen import rundir
 from upgen.data.spec import DataSpec
 from upgen.models import bart
-from upgen.train import checkpoint
-from upgen.train import init_from
+from upgen.runtime import restore
+from upgen.runtime import init_from
 
 V, E, LT = token_data.TEXT_VOCAB, 32, 6  # The records' caption vocabulary.
 
@@ -109,7 +111,7 @@ def test_import_errors_name_the_problem(hf_dirs, tmp_path):
   (empty / "config.json").write_text("{}")
   (empty / "pytorch_model.bin").write_bytes(b"not read")
   with pytest.raises(errors.NotFound, match="pickled weights are not read"):
-    hf_import.read_weights(str(empty))
+    hf_weights.read_weights(str(empty))
   with pytest.raises(errors.ConfigError, match="family 'vqgan' cannot|imports no Hugging Face"):
     hf_import.import_hf(str(dirs["msgpack"]), "vqgan", str(tmp_path / "out"))
   bad = tmp_path / "gpt"
@@ -135,8 +137,8 @@ def test_training_from_an_import_with_the_encoder_frozen(hf_dirs, tmp_path):
           "--config.optim.freeze=encoder", "--config.optim.weight_decay=0.1",
           "--config.optim.warmup_steps=0"]
   assert cli.main(argv) == 0
-  _, setup, params = checkpoint.restore_params(str(workdir))
-  imported = hf_import.load_params(init_dir)
+  _, setup, params = restore.restore_params(str(workdir))
+  imported = restore.load_params(init_dir)
   for group in bart.PARAM_GROUPS["encoder"]:
     if group not in imported:
       continue
@@ -149,7 +151,7 @@ def test_training_from_an_import_with_the_encoder_frozen(hf_dirs, tmp_path):
   # INIT is no trained run: commands reading a run say what to do with it.
   with pytest.raises(errors.NotFound, match="an import .*train from it with "
                                             "--config.train.init_from"):
-    checkpoint.restore_params(init_dir)
+    restore.restore_params(init_dir)
   # A run's architecture must be the import's.
   with pytest.raises(errors.ConfigError, match="its model has config.model.emb_dim=32, "
                                                "this run 128"):
@@ -166,12 +168,12 @@ def test_a_masked_text_run_starts_the_encoder_of_an_image_run(tmp_path, capsys):
                    "--config.train.steps=3", "--config.loss.objective=masked_text"]) == 0
   metrics = [json.loads(l) for l in open(os.path.join(pre, "metrics.jsonl"))]
   assert "loss_text" in metrics[0] and "loss_image" not in metrics[0]
-  _, _, pretrained = checkpoint.restore_params(pre)
+  _, _, pretrained = restore.restore_params(pre)
   argv = ["train", "--config", "configs/bart.py:tiny", "--workdir", run, *flags,
           "--config.train.steps=2", "--config.seed=1", f"--config.train.init_from={pre}",
           "--config.train.init_groups=encoder", "--config.optim.freeze=encoder"]
   assert cli.main(argv) == 0
-  _, _, params = checkpoint.restore_params(run)
+  _, _, params = restore.restore_params(run)
   taken = [g for g in bart.PARAM_GROUPS["encoder"] if g in params]
   assert {"text_embed", "text_pos", "encoder"} <= set(taken)
   for group in taken:
@@ -224,7 +226,7 @@ def test_the_imported_tokenizer_gives_the_encoder_barts_own_input_ids(hf_dirs, t
   init_dir = str(tmp_path / "init")
   assert cli.main(["import", "hf", "--from", str(hf_dir), "--family", "bart",
                    "--out", init_dir]) == 0
-  ours = text_tok.load(os.path.join(init_dir, hf_import.TOKENIZER_DIR))
+  ours = text_tok.load(os.path.join(init_dir, rundir.TOKENIZER_DIR))
   assert (ours.bos_id, ours.pad_id, ours.eos_id, ours.mask_id) == (0, 1, 2, 4)
   ids, valid = ours.pad_batch(ours.encode_batch(captions), 40)
   cfg = types.SimpleNamespace(text_pad_id=ours.pad_id, text_bos_id=ours.bos_id,

@@ -8,7 +8,7 @@ from flax import linen as nn
 from configs import bart as bart_config
 from configs import dalle as dalle_config
 from configs import upgen as upgen_config
-from upgen import bench
+from upgen.tools import bench
 from upgen import cli
 from upgen import flops
 from upgen.models import dalle_gpt2

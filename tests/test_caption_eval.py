@@ -2,7 +2,7 @@
 the shapes grammar, unparseable captions wrong on every attribute."""
 import pytest
 
-from upgen import caption_eval
+from upgen.evaluators import captions as caption_eval
 
 
 def test_exact_match_and_attributes():

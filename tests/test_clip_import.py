@@ -14,9 +14,10 @@ from tests import hf_layouts
 from tests import token_data
 from upgen import cli
 from upgen import families
+from upgen import inference
 from upgen.data.spec import DataSpec
 from upgen.models import clip
-from upgen.train import init_from
+from upgen.runtime import init_from
 
 V, BOS, EOS, SIZE, LT = 50, 2, 3, 16, 6
 
@@ -87,7 +88,6 @@ def test_an_imported_clip_scores_samples_as_transformers_does(tmp_path):
   transformers' on the tokenizer's own framing of each caption."""
   from tokenizers import ByteLevelBPETokenizer
   from transformers import BartTokenizerFast, CLIPConfig, FlaxCLIPModel
-  from upgen import scorer as scorer_lib
   captions = ["a small red circle on the left", "a blue square above a green triangle"]
   bpe = ByteLevelBPETokenizer()
   bpe.train_from_iterator(captions * 4, vocab_size=300, min_frequency=1,
@@ -110,7 +110,7 @@ def test_an_imported_clip_scores_samples_as_transformers_does(tmp_path):
   init_dir = str(tmp_path / "init")
   assert cli.main(["import", "hf", "--from", str(hf_dir), "--family", "clip", "--out",
                    init_dir]) == 0
-  scorer = scorer_lib.Scorer(init_dir)
+  scorer = inference.Scorer(init_dir)
   images = np.random.default_rng(1).integers(0, 256, (2, SIZE, SIZE, 3)).astype(np.uint8)
   ours = scorer.cosine(images, captions)
   normalized = (images / 255.0 - np.asarray(clip.PIXEL_MEAN)) / np.asarray(clip.PIXEL_STD)

@@ -31,11 +31,11 @@ from upgen.data import pipeline
 from upgen.data import records
 from upgen.data import sources
 from upgen.data import tfrecord
-from upgen.data import tokenize
+from upgen.datasets import tokenize
 from upgen.data.spec import DataSpec
 from upgen.tokenizers import text as text_tok
-from upgen.train import checkpoint
-from upgen.train import writers
+from upgen.runtime import checkpoint
+from upgen.runtime import writers
 from tests import test_tokenize as tok_helpers
 
 _REGISTRY = importlib.import_module("fsspec.registry")  # fsspec.registry is a mapping proxy.

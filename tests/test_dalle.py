@@ -26,7 +26,7 @@ from upgen.sampling import autoregressive, beam_search
 from upgen.sampling import ar_sampler
 from upgen.sampling.settings import SampleSettings
 from upgen.train import preview as preview_lib
-from upgen.train import writers
+from upgen.runtime import writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LI, LT, VI, VT, PAD = 4, 4, 4, 12, 0  # A 2x2 grid of 4 codes: 256 possible images.

@@ -1,4 +1,4 @@
-"""`upgen demo`'s logic (upgen/demo.py) on the quickstart's real runs, without a browser:
+"""`upgen demo`'s logic (upgen/tools/demo.py) on the quickstart's real runs, without a browser:
 the settings form, fixed-size draws, best-of-N, image->text, inpainting and the messages bad
 input gets. tests/test_demo_browser.py drives the page itself in Chromium."""
 import importlib
@@ -9,11 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from upgen import demo as demo_lib
+from upgen.tools import demo as demo_lib
 from upgen import errors
 from upgen import families
-from upgen import sample
-from upgen import scorer as scorer_lib
+from upgen import inference
 
 ROOT = demo_lib.__file__.rsplit("/upgen/", 1)[0]
 PROMPT = "a small red circle on the left"
@@ -22,7 +21,8 @@ PROMPT = "a small red circle on the left"
 @pytest.fixture(scope="module")
 def demo(tiny_quickstart):
   w, _ = tiny_quickstart
-  return demo_lib.Demo(sample.load_run(str(w / "model")), scorer_lib.load(str(w / "scorer")),
+  return demo_lib.Demo(inference.load_run(str(w / "model")),
+                       inference.load_scorer(str(w / "scorer")),
                        batch_size=4, max_samples=8)
 
 
@@ -107,7 +107,7 @@ def test_best_of_n_keeps_the_highest_scoring_draw(demo):
   draws = demo.generate(PROMPT, 4, {}, seed=3)
   best = demo.generate(PROMPT, 2, {}, candidates=2, seed=3)
   assert len(best.images) == 2 and "each the best of 2 by CLIP score" in best.message
-  scores = scorer_lib.clip_score(demo.scorer.cosine(np.stack(draws.images), [PROMPT] * 4))
+  scores = inference.clip_score(demo.scorer.cosine(np.stack(draws.images), [PROMPT] * 4))
   for i, (image, label) in enumerate(zip(best.images, best.labels)):
     pair = scores[2 * i:2 * i + 2]
     np.testing.assert_array_equal(image, draws.images[2 * i + int(np.argmax(pair))])
@@ -167,7 +167,7 @@ def test_the_autoregressive_families_draw_on_the_page(family, tmp_path, tiny_qui
                    "--config.train.eval_batches=1", "--config.data.batch_size=8",
                    *[f"--config.model.{k}={v}" for k, v in small.items()
                      if k in config.model]]) == 0
-  page = demo_lib.Demo(sample.load_run(run), batch_size=2, max_samples=4)
+  page = demo_lib.Demo(inference.load_run(run), batch_size=2, max_samples=4)
   assert {"top_k", "top_p", "beam_size", "temperature"} <= {f.key for f in page.fields}
   drawn = page.generate(PROMPT, 3, {"top_k": 5, "top_p": 0.9}, seed=0)
   assert [x.shape for x in drawn.images] == [(32, 32, 3)] * 3

@@ -1,4 +1,4 @@
-"""Gaussian diffusion (upgen/diffusion.py) against the closed forms of DDPM / improved DDPM:
+"""Gaussian diffusion (sampling/diffusion.py) against the closed forms of DDPM / improved DDPM:
 schedules, respacing, q and the posterior, the bound's terms, the hybrid loss's gradients and
 rescale, guidance, and the two samplers on models whose right answer is known."""
 import math
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from upgen import diffusion
+from upgen.sampling import diffusion
 from upgen import errors
 
 SHAPE = (2, 8, 8, 3)

@@ -3,7 +3,7 @@ hash of their text."""
 import json
 
 from upgen import cli
-from upgen.data import docstrings
+from upgen.datasets import docstrings
 
 SOURCE = '''"""A module about shapes.
 

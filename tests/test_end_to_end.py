@@ -67,7 +67,7 @@ def test_quickstart_train_and_sample_contract(tmp_path, tiny_quickstart):
   assert image.shape == (32, 32, 3)
   assert os.path.exists(w / "samples" / "grid.png")
   summary = json.load(open(w / "summary.json"))
-  # The recipe rules give shapes the recipe measured on shapes (upgen/data/recipe.py).
+  # The recipe rules give shapes the recipe measured on shapes (upgen/tools/recipe.py).
   assert [(c["what"], c["value"]) for c in summary["recipe"]] == [
       ("--text-vocab-size", 128), ("config.data.text_seq_len", 12),
       ("config.loss.paired_text_mask_prob", 0.5),

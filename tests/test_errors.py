@@ -12,8 +12,8 @@ import pytest
 from tests import token_data
 from upgen import cli
 from upgen import errors
-from upgen.train import checkpoint
-from upgen.train import writers
+from upgen.runtime import checkpoint
+from upgen.runtime import writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

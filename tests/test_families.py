@@ -18,10 +18,10 @@ import pytest
 from tests import token_data
 from upgen import families
 from upgen.data.spec import DataSpec
-from upgen.train import mesh as mesh_lib
-from upgen.train import optimizer
+from upgen.runtime import mesh as mesh_lib
+from upgen.runtime import optimizer
 from upgen.train import preview as preview_lib
-from upgen.train import state as state_lib
+from upgen.runtime import state as state_lib
 from upgen.train import step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from upgen import fid
+from upgen.evaluators import fid
 
 
 def _psd(rng, d):

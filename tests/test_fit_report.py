@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 
-from upgen import fit_report
-from upgen import sample
+from upgen.evaluators import fit as fit_report
+from upgen import inference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +47,7 @@ def test_pairs_grid_puts_each_sample_beside_its_true_image():
 
 def test_report_on_the_quickstart_run(tiny_quickstart):
   w, _ = tiny_quickstart
-  run = sample.load_run(str(w / "model"))
+  run = inference.load_run(str(w / "model"))
   r = fit_report.report(run, str(w / "shapes"), num=6, size=8)
   assert r["gallery"] == 512 + 64 + 64 and r["image_size"] == 32
   assert r["train"]["split"] == "train" and r["held_out"]["split"] == "val"

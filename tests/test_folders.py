@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from upgen import errors
-from upgen.data import folders
-from upgen.data import profile
+from upgen.datasets import folders
+from upgen.datasets import profile
 from upgen.data import sources
 
 

@@ -12,8 +12,9 @@ import pytest
 from flax import linen as nn
 
 from tests import token_data
-from upgen import diffusion
+from upgen.sampling import diffusion
 from upgen import families
+from upgen.runtime import param_groups
 from upgen.data.spec import DataSpec
 from upgen.models import glide
 from upgen.models import glide_unet
@@ -70,7 +71,7 @@ def test_caption_conditioning_is_glides():
   # The text reaches the image through the prepended keys alone when the pooled path is
   # cut (text_proj zeroed): attention blocks see every text position.
   cut = jax.tree_util.tree_map_with_path(
-      lambda p, v: jnp.zeros_like(v) if "text_proj" in families.param_path(p) else v, params)
+      lambda p, v: jnp.zeros_like(v) if "text_proj" in param_groups.param_path(p) else v, params)
   run_cut = lambda ids: np.asarray(setup.model.apply(
       {"params": cut}, x, t, jnp.asarray([ids], jnp.int32), jnp.asarray([valid], bool)))
   assert np.abs(run_cut([5, 6, 0, 0, 0, 0]) - run_cut([5, 7, 0, 0, 0, 0])).max() > 1e-4
@@ -261,9 +262,9 @@ def test_train_then_sample_on_shapes(tmp_path):
   """`upgen train` on pixel records of shapes (no image tokenizer), then `upgen sample`
   from the run's EMA: the loss falls and the samples are written as PNGs."""
   from upgen import cli
-  from upgen.data import shapes
+  from upgen.datasets import shapes
   from upgen.data import sources
-  from upgen.data import tokenize
+  from upgen.datasets import tokenize
   from upgen.tokenizers import text as text_tok
 
   images = str(tmp_path / "shapes")
@@ -302,20 +303,20 @@ def test_train_then_sample_on_shapes(tmp_path):
   assert first.shape == (16, 16, 3)
   # The variational bound of validation images, in bits per dimension: under the 8 bits of
   # a uniform guess once the model has learned anything.
-  from upgen import likelihood
-  bound = likelihood.image_nll(work, "val", num=8, batch_size=8)
+  from upgen.evaluators import nll
+  bound = nll.image_nll(work, "val", num=8, batch_size=8)
   assert 0.5 < bound["bits_per_dim"] < 8.0, bound
   # `upgen demo` on the run: GLIDE's settings on the page, pixels back, no image->text.
-  from upgen import demo as demo_lib
-  from upgen import sample
-  page = demo_lib.Demo(sample.load_run(work), batch_size=2, max_samples=4)
+  from upgen.tools import demo as demo_lib
+  from upgen import inference
+  page = demo_lib.Demo(inference.load_run(work), batch_size=2, max_samples=4)
   assert [f.key for f in page.fields] == ["sampler", "num_steps", "eta", "guidance_scale",
                                           "clip_denoised"]
   assert not (page.can_caption or page.can_inpaint)
   drawn = page.generate("a red circle", 3, {"sampler": "ddpm", "num_steps": 4.0}, seed=1)
   assert [x.shape for x in drawn.images] == [(16, 16, 3)] * 3
   # `upgen eval probe` on the run: the UNet's features of the pixels, no codes baseline.
-  from upgen import probe
+  from upgen.evaluators import probe
   report = str(tmp_path / "probe.json")
   assert probe.main(["--workdir", work, "--data", images, "--label", "color", "--steps", "20",
                      "--baselines", "--json", report]) == 0

@@ -21,13 +21,15 @@ from tests import token_data
 from upgen import cli
 from upgen import errors
 from upgen import families
-from upgen import text_ppl
+from upgen.runtime import param_groups
+from upgen.runtime import optimizer
+from upgen.evaluators import text_ppl
 from upgen.data.spec import DataSpec
 from upgen.models import dalle
 from upgen.models import dalle_gpt2
 from upgen.sampling import ar_sampler
 from upgen.sampling.settings import SampleSettings
-from upgen.train import init_from
+from upgen.runtime import init_from
 
 CTX, E = 32, 32  # The LM's context and width.
 
@@ -168,7 +170,7 @@ def test_frozen_groups_stay_bit_identical_and_images_never_take_text_ids(gpt2, t
   config = token_data.small_config("dalle")
   config.optim.update(lr=1e-2, weight_decay=0.1, warmup_steps=0,
                       freeze="attention,positions,text_rows")
-  tx = setup.optimizer(config.optim, 10)
+  tx = optimizer.for_setup(setup, config.optim, 10)
   opt_state = tx.init(params)
   rng = np.random.default_rng(0)
   batch = {"text_tokens": rng.integers(0, len(tok), (4, 6)).astype(np.int32),
@@ -181,8 +183,9 @@ def test_frozen_groups_stay_bit_identical_and_images_never_take_text_ids(gpt2, t
     grads = jax.grad(lambda p: loss_fn(p, batch, jax.random.key(i), train=True, step=i)[0])(new)
     updates, opt_state = tx.update(grads, opt_state, new)
     new = jax.tree.map(lambda p, u: p + u, new, updates)
-  flat_old = {families.param_path(p): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-  flat_new = {families.param_path(p): v for p, v in jax.tree_util.tree_flatten_with_path(new)[0]}
+  flat = lambda tree: {param_groups.param_path(p): v
+                        for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  flat_old, flat_new = flat(params), flat(new)
   for name, old in flat_old.items():
     same = np.array_equal(np.asarray(old), np.asarray(flat_new[name]))
     frozen = "/attn/" in name or name == "pos_embed"
@@ -211,9 +214,9 @@ def test_freeze_errors_name_the_group(gpt2, tmp_path):
   setup = _doc_setup(init_dir, tok=tok, scan_layers=True)
   config = token_data.small_config("dalle")
   config.optim.freeze = "first_half"
-  tx = setup.optimizer(config.optim, 10)
+  tx = optimizer.for_setup(setup, config.optim, 10)
   with pytest.raises(errors.ConfigError, match="first_half.*holds none"):
     tx.init(_fresh(setup))
   config.optim.freeze = "encoder"
   with pytest.raises(errors.ConfigError, match="no parameter group encoder.*first_half"):
-    setup.optimizer(config.optim, 10)
+    optimizer.for_setup(setup, config.optim, 10)

@@ -15,9 +15,9 @@ import pytest
 from tests import gpt2_data
 from upgen import cli
 from upgen import errors
-from upgen import hf_import
-from upgen.train import checkpoint
-from upgen.train import init_from
+from upgen.runtime import restore
+from upgen.runtime import init_from
+from upgen import rundir
 
 SMALL = {"model.num_layers": 2, "model.emb_dim": 32, "model.num_heads": 2,
          "model.mlp_dim": 64, "model.max_positions": 32, "data.batch_size": 8,
@@ -56,7 +56,7 @@ def test_pretrain_export_import_align_adapt(tmp_path, capsys):
   from transformers import AutoTokenizer, FlaxGPT2LMHeadModel
   hf = FlaxGPT2LMHeadModel.from_pretrained(export)
   hf_tok = AutoTokenizer.from_pretrained(export)
-  _, setup, params = checkpoint.restore_params(lm)
+  _, setup, params = restore.restore_params(lm)
   line = gpt2_data.lines(1, 5, 6, 7)[0]
   ids = np.asarray([hf_tok(line)["input_ids"]])
   assert ids.tolist() == [tok(line)["input_ids"]]
@@ -92,11 +92,11 @@ def test_pretrain_export_import_align_adapt(tmp_path, capsys):
                    "--batch-size", "16"]) == 0
   report = json.load(open(os.path.join(init_dir, "align.json")))
   assert report["val_end"]["loss"] < report["val_start"]["loss"]
-  aligned = hf_import.load_params(init_dir, init_from.ALIGNED_DIR)["token_embed"]["embedding"]
+  aligned = restore.load_params(init_dir, rundir.ALIGNED_DIR)["token_embed"]["embedding"]
   assert cli.main(adapt) == 0
   rows = _metrics(run)
   assert {"loss_text", "loss_image", "acc_image"} <= set(rows[0])
-  _, setup, params = checkpoint.restore_params(run)
+  _, setup, params = restore.restore_params(run)
   table = np.asarray(params["token_embed"]["embedding"])
   lm_table = np.asarray(init_from.source_params(init_dir)["token_embed/embedding"])
   np.testing.assert_array_equal(table[:len(tok)], lm_table[:len(tok)])  # Frozen, decayed not.
@@ -113,7 +113,7 @@ def test_pretrain_export_import_align_adapt(tmp_path, capsys):
 def test_exported_upgen_bpe_loads_in_transformers_with_the_same_ids(tmp_path):
   """A run trained on upgen's own BPE exports it as a tokenizer transformers loads."""
   from transformers import AutoTokenizer
-  from upgen import hf_export
+  from upgen.interop import hf_export
   from upgen.tokenizers import text
   lines = gpt2_data.lines(50, 3)
   ours = text.train_bpe(lines, 120, str(tmp_path / "bpe"))

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from upgen import bench
+from upgen.tools import bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

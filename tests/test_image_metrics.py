@@ -1,4 +1,4 @@
-"""Tests for upgen/image_metrics.py: PSNR, SSIM (scikit-image's Gaussian variant), LPIPS-VGG
+"""Tests for upgen/models/image_metrics.py: PSNR, SSIM (scikit-image's Gaussian variant), LPIPS-VGG
 loading and forward, and `upgen eval recon` on a saved tokenizer run."""
 import json
 import os
@@ -9,7 +9,8 @@ import pytest
 from scipy import ndimage
 
 from upgen import errors
-from upgen import image_metrics as im
+from upgen.evaluators import recon as recon_eval
+from upgen.models import image_metrics as im
 
 
 def _images(seed, b=3, size=24):
@@ -121,9 +122,9 @@ def test_lpips_file_errors_name_the_file_and_tensor(tmp_path):
 
 def test_eval_recon_on_a_saved_tokenizer(tmp_path, capsys):
   from tests import test_vqgan
-  from upgen.data import shapes
+  from upgen.datasets import shapes
   from upgen.tokenizers import image
-  from upgen.train import checkpoint, optimizer
+  from upgen.runtime import checkpoint, optimizer
   config = test_vqgan.small_config()
   setup, params = test_vqgan.init_params(config, seed=3)
   run = str(tmp_path / "vq")
@@ -137,7 +138,7 @@ def test_eval_recon_on_a_saved_tokenizer(tmp_path, capsys):
   lpips_path = str(tmp_path / "lpips.safetensors")
   im.save_lpips(_random_lpips(), lpips_path)
   out_json = str(tmp_path / "recon.json")
-  assert im.main(["--workdir", run, "--data", data, "--num", "10", "--lpips", lpips_path,
+  assert recon_eval.main(["--workdir", run, "--data", data, "--num", "10", "--lpips", lpips_path,
                   "--json", out_json]) == 0
   result = json.loads(open(out_json).read())
   assert json.loads(capsys.readouterr().out) == result

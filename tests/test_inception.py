@@ -1,4 +1,4 @@
-"""Tests for upgen/inception.py (pytorch-fid's Inception-v3 in JAX) and `upgen eval fid
+"""Tests for upgen/evaluators/inception.py (pytorch-fid's Inception-v3 in JAX) and `upgen eval fid
 --features inception:FILE`. Equality with pytorch-fid itself is tests/test_reference_metrics.py."""
 import json
 
@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from upgen import errors
-from upgen import fid
-from upgen import inception
+from upgen.evaluators import fid
+from upgen.evaluators import inception
 
 
 def random_tensors(seed=0):

@@ -14,10 +14,11 @@ import pytest
 from tests import token_data
 from upgen import families
 from upgen.data.spec import DataSpec
-from upgen.train import checkpoint
-from upgen.train import migrate
+from upgen.runtime import checkpoint
+from upgen.runtime import restore
+from upgen.runtime import migrate
 from upgen.train import trainer
-from upgen.train import writers
+from upgen.runtime import writers
 
 V1 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "v1_runs")
 
@@ -62,9 +63,9 @@ def test_a_v1_token_run_loads_the_same_model_and_resumes(name, data_dir, tmp_pat
   workdir = str(tmp_path / "run")
   config.train.steps = 2
   trainer.train(config, workdir)
-  _, _, want = checkpoint.restore_params(workdir)
+  _, _, want = restore.restore_params(workdir)
   _write_v1(workdir, raw)
-  loaded, setup, params = checkpoint.restore_params(workdir)
+  loaded, setup, params = restore.restore_params(workdir)
   assert {g: loaded[g].to_dict() for g in ("model", "loss", "data")} == {
       g: today[g] for g in ("model", "loss", "data")}
   assert setup.spec == spec

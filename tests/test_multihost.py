@@ -1,6 +1,6 @@
 """Many processes: `upgen train` as 2 CPU processes of 4 devices each trains exactly like 1
 process of 8 devices on the same mesh, and its checkpoint resumes in a 1-process run on
-another mesh; plus when upgen/train/distributed.py calls jax.distributed.initialize.
+another mesh; plus when upgen/runtime/distributed.py calls jax.distributed.initialize.
 
 The 2-process run and its 1-process twin run side by side (3 processes on 2 cores); the
 resumed run trains in this process meanwhile. About a minute on 2 busy cores.
@@ -20,11 +20,11 @@ import pytest
 from configs import upgen as upgen_config
 from tests import token_data
 from upgen import cli
-from upgen.train import distributed
+from upgen.runtime import distributed
 from upgen.train import main as train_main
-from upgen.train import mesh as mesh_lib
+from upgen.runtime import mesh as mesh_lib
 from upgen.train import trainer
-from upgen.train import writers
+from upgen.runtime import writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESH = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}

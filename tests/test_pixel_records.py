@@ -13,7 +13,7 @@ from upgen import errors
 from upgen.data import readers
 from upgen.data import records
 from upgen.data import sources
-from upgen.data import tokenize
+from upgen.datasets import tokenize
 
 
 def _config(out, batch=4):

@@ -1,4 +1,4 @@
-"""Tests for upgen/probe.py (`upgen eval probe`) and the families' `image_features`."""
+"""Tests for upgen/evaluators/probe.py (`upgen eval probe`) and the families' `image_features`."""
 import dataclasses
 import json
 
@@ -10,7 +10,7 @@ from flax import linen as nn
 from tests import token_data
 from upgen import errors
 from upgen import families
-from upgen import probe
+from upgen.evaluators import probe
 from upgen.data.spec import DataSpec
 from upgen.models import upgen
 

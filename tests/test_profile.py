@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from upgen import errors
-from upgen.data import profile
+from upgen.datasets import profile
 from upgen.data import sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""The quickstart's recipe rules (upgen/data/recipe.py) and the quickstart on a folder of the
+"""The quickstart's recipe rules (upgen/tools/recipe.py) and the quickstart on a folder of the
 user's own: the choices printed and kept, the fit report in summary.json."""
 import json
 import os
@@ -8,9 +8,9 @@ import sys
 import numpy as np
 from PIL import Image
 
-from upgen.data import profile
-from upgen.data import recipe
-from upgen.data import shapes
+from upgen.datasets import profile
+from upgen.tools import recipe
+from upgen.datasets import shapes
 from upgen.data import sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,8 +140,8 @@ def test_upgen_quickstart_on_named_images_trains_drawing_only(tmp_path):
   # The run was not trained to caption: no image->text score is reported for it, and the
   # run says so (the demo leaves its caption tab out).
   assert "captions_val" not in summary and not os.path.exists(w / "captions_val.json")
-  from upgen import sample
-  run = sample.load_run(str(w / "model"))
+  from upgen import inference
+  run = inference.load_run(str(w / "model"))
   assert run.family.caption_images is not None and not run.setup.captions_images
   assert summary["fit"]["train"]["num"] == 36
   # The grid: 24 pairs (true image, sample) of 16-pixel images, upscaled to 64-pixel cells.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from upgen import image_metrics as im
+from upgen.models import image_metrics as im
 
 _MISSING = [m for m in ("torch", "torchvision", "lpips", "skimage")
             if importlib.util.find_spec(m) is None]
@@ -102,7 +102,7 @@ def _fid_inception_without_download():
 
 def test_inception_equals_pytorch_fid(tmp_path, monkeypatch):
   """pytorch-fid's InceptionV3 feature extractor (resize, scaling, blocks, pool) and
-  upgen/inception.py on the same random weights, through scripts/convert_inception.py."""
+  upgen/evaluators/inception.py on the same random weights, through scripts/convert_inception.py."""
   import torch
   from pytorch_fid import inception as pfi
   spec = importlib.util.spec_from_file_location(
@@ -116,7 +116,7 @@ def test_inception_equals_pytorch_fid(tmp_path, monkeypatch):
   monkeypatch.setattr(pfi, "fid_inception_v3", lambda: net)
   model = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
 
-  from upgen import inception
+  from upgen.evaluators import inception
   params = inception.load(out)
   for size in (32, 320):  # Upsampled and downsampled to 299.
     x = np.random.default_rng(size).uniform(0, 1, (2, size, size, 3)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Tests for the captioned shapes data set (upgen.data.shapes) and its evaluator (shapes_eval)."""
+"""Tests for the captioned shapes data set (datasets/shapes.py) and its evaluator (evaluators/shapes.py)."""
 import collections
 import json
 import os
@@ -6,7 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from upgen.data import shapes, shapes_eval, sources
+from upgen.data import sources
+from upgen.datasets import shapes
+from upgen.evaluators import shapes as shapes_eval
 
 
 def _read_split(root, split):

@@ -14,7 +14,7 @@ from PIL import Image
 from tests import test_tokenize as helpers
 from upgen.data import records
 from upgen.data import sources
-from upgen.data import tokenize
+from upgen.datasets import tokenize
 
 if os.environ.get("UPGEN_REQUIRE_TFDS"):  # .ci/run sets it: a missing extra is a failure there.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top

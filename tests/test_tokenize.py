@@ -10,7 +10,7 @@ from configs import upgen as upgen_config
 from upgen.data import pipeline
 from upgen.data import records
 from upgen.data import sources
-from upgen.data import tokenize
+from upgen.datasets import tokenize
 
 COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "white": (255, 255, 255)}
 
@@ -143,7 +143,7 @@ def test_resolve_sources_split_folders_and_holdout(tmp_path):
     tokenize.resolve_sources(flat, [("test", "test")], 8, 0.25)
   # `upgen quickstart --source` holds out the same examples (one splitter), as split folders
   # of captions files that point at the original images.
-  from upgen import quickstart
+  from upgen.tools import quickstart
   split = quickstart.prepare_source(flat, str(tmp_path / "prepared"), 0.25, seed=0)
   held = [sources.ImageFolderSource(os.path.join(split, s), 8) for s in ("train", "val")]
   assert [held[1].example_id(i) for i in range(4)] == val_ids

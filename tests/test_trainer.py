@@ -16,13 +16,15 @@ from configs import upgen as upgen_config
 from configs import vqgan as vqgan_config
 from tests import token_data
 from upgen import errors
-from upgen.train import checkpoint
-from upgen.train import mesh as mesh_lib
-from upgen.train import optimizer
-from upgen.train import state as state_lib
+from upgen import rundir
+from upgen.runtime import checkpoint
+from upgen.runtime import restore
+from upgen.runtime import mesh as mesh_lib
+from upgen.runtime import optimizer
+from upgen.runtime import state as state_lib
 from upgen.train import step as step_lib
 from upgen.train import trainer
-from upgen.train import writers
+from upgen.runtime import writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,7 +65,7 @@ def test_train_logs_checkpoints_and_learns(data_dir, tmp_path):
   assert spec.image_vocab_size == token_data.IMAGE_VOCAB and spec.image_grid == token_data.GRID
   assert spec.image_seq_len == 8 and spec.text_pad_id == 0 and spec.text_seq_len == 6
   # Params restore on their own (what `upgen sample` and tokenizers use).
-  _, _, params = checkpoint.restore_params(workdir)
+  _, _, params = restore.restore_params(workdir)
   assert state_lib.count_params(params) == summary["num_params"]
   # Running again with the run complete resumes at 150 and does nothing more.
   again = trainer.train(c, workdir)
@@ -141,7 +143,7 @@ def test_fit_to_time_fits_the_steps_within_warmup_and_keeps_the_schedule(data_di
   c = _config(data_dir, **keys, **{"train.steps": 100_000, "train.max_minutes": 0.2,
                                    "train.fit_to_time": True})
   summary = trainer.train(c, fit_dir)
-  fitted = json.load(open(os.path.join(fit_dir, trainer.FITTED_FILE)))
+  fitted = json.load(open(os.path.join(fit_dir, rundir.FITTED_FILE)))
   n = fitted["steps"]
   assert fitted["at_step"] == trainer.fit_at(c) == 12 and 12 < n < 100_000
   assert n == trainer.fitted_steps(
@@ -169,7 +171,7 @@ def test_fit_to_time_fits_the_steps_within_warmup_and_keeps_the_schedule(data_di
   again = trainer.train(_config(data_dir, **keys, **{"train.steps": 100_000,
                                                      "train.max_minutes": 0.2,
                                                      "train.fit_to_time": True}), fit_dir)
-  assert json.load(open(os.path.join(fit_dir, trainer.FITTED_FILE))) == fitted
+  assert json.load(open(os.path.join(fit_dir, rundir.FITTED_FILE))) == fitted
   assert again["step"] <= n and json.load(open(os.path.join(fit_dir, "config.json")))[
       "train"]["steps"] == n
 
@@ -188,7 +190,7 @@ def test_nonfinite_loss_never_reaches_a_checkpoint(data_dir, tmp_path, mode):
     summary = trainer.train(c, workdir)
     assert summary["step"] == 12
     assert any(r.get("skipped") for r in writers.read_metrics(workdir))
-  _, _, params = checkpoint.restore_params(workdir)
+  _, _, params = restore.restore_params(workdir)
   for leaf in jax.tree.leaves(params):
     assert np.all(np.isfinite(np.asarray(leaf)))
 
@@ -223,7 +225,8 @@ _MESH_SCRIPT = """
 import json, sys, jax
 from configs import upgen as upgen_config
 from tests import token_data
-from upgen.train import trainer, writers, mesh as mesh_lib, optimizer, state as state_lib
+from upgen.runtime import writers, mesh as mesh_lib, optimizer, state as state_lib
+from upgen.train import trainer
 data_dir, workdir, mesh = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 c = upgen_config.get_config("tiny")
 c.update_from_flattened_dict(token_data.tiny_overrides(data_dir))
@@ -287,7 +290,7 @@ def test_checkpoint_errors_say_what_failed(data_dir, tmp_path):
       f.write(b"\0" * 64)
   with pytest.raises(checkpoint.CheckpointReadError,
                      match=r"checkpoints/2: cannot read the checkpoint: .*Error reading "):
-    checkpoint.restore_params(workdir)
+    restore.restore_params(workdir)
   gc.collect()  # orbax's abandoned reads, collected while their warnings are filtered.
 
 
@@ -318,7 +321,7 @@ def test_ema_follows_the_parameters_is_checkpointed_and_sampled(data_dir, tmp_pa
   decay = 0.9
   c = _config(data_dir, **{"train.steps": 6, "optim.ema_decay": decay})
   setup = trainer.build(c)
-  tx = setup.optimizer(c.optim, 6)
+  tx = optimizer.for_setup(setup, c.optim, 6)
   mesh = mesh_lib.make_mesh(c.mesh)
   state = state_lib.create_state(setup, tx, mesh, c.mesh, jax.random.key(0), ema=True)
   batch = setup.dummy_batch(8)
@@ -340,9 +343,9 @@ def test_ema_follows_the_parameters_is_checkpointed_and_sampled(data_dir, tmp_pa
   trainer.train(c, straight)
   trainer.train(_config(data_dir, **{"train.steps": 3, "optim.ema_decay": decay}), resumed)
   trainer.train(c, resumed)
-  _, _, ema_a = checkpoint.restore_params(straight)
-  _, _, ema_b = checkpoint.restore_params(resumed)
-  _, _, trained = checkpoint.restore_params(straight, ema=False)
+  _, _, ema_a = restore.restore_params(straight)
+  _, _, ema_b = restore.restore_params(resumed)
+  _, _, trained = restore.restore_params(straight, ema=False)
   for a, b in zip(jax.tree.leaves(ema_a), jax.tree.leaves(ema_b)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
   assert any(not np.allclose(np.asarray(a), np.asarray(b)) for a, b in

@@ -1,15 +1,15 @@
-"""The reconstruction check that chooses the image tokenizer (upgen/data/vq_check.py) and the
-recipe's rule over its candidates (upgen.data.recipe.image_tokenizer)."""
+"""The reconstruction check that chooses the image tokenizer (upgen/tools/vq_check.py) and the
+recipe's rule over its candidates (upgen.tools.recipe.image_tokenizer)."""
 import os
 
 import numpy as np
 import pytest
 
-from upgen.data import recipe
-from upgen.data import shapes
+from upgen.tools import recipe
+from upgen.datasets import shapes
 from upgen.data import sources
-from upgen.data import vq_check
-from upgen import quickstart
+from upgen.tools import vq_check
+from upgen.tools import quickstart
 
 
 def test_patches_round_trip_row_major():

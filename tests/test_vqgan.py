@@ -11,7 +11,7 @@ from flax import linen as nn
 from configs import vqgan as vqgan_config
 from upgen import families
 from upgen.data import readers
-from upgen.data import shapes
+from upgen.datasets import shapes
 from upgen.models import vqgan
 from upgen.models import vqgan_layers as layers
 from upgen.tokenizers import image
@@ -290,7 +290,7 @@ def test_image_tokenizer_identity():
 
 
 def test_load_restores_a_training_checkpoint(tmp_path):
-  from upgen.train import checkpoint, optimizer
+  from upgen.runtime import checkpoint, optimizer
   config = small_config()
   setup, params = init_params(config, seed=3)
   state = {"step": jnp.int32(5), "params": params,

@@ -5,7 +5,8 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from upgen.data import tfrecord
-from upgen.train import writers
+from upgen.runtime import writers
+from upgen import rundir
 
 
 def _event_class():
@@ -58,7 +59,7 @@ def test_metrics_jsonl_and_tensorboard_events(tmp_path):
 
 
 def test_truncate_drops_rows_after_the_restored_step(tmp_path):
-  with open(tmp_path / writers.METRICS_FILE, "w") as f:
+  with open(tmp_path / rundir.METRICS_FILE, "w") as f:
     for step in range(1, 6):
       f.write(json.dumps({"step": step, "loss": float(step)}) + "\n")
     f.write('{"step": 6, "lo')  # Cut short by a kill.

@@ -37,31 +37,31 @@ from upgen import errors
 
 # (command words) -> module whose main(argv) runs it.
 COMMANDS = {
-    ("quickstart",): "upgen.quickstart",
-    ("data", "shapes"): "upgen.data.shapes",
-    ("data", "docstrings"): "upgen.data.docstrings",
-    ("data", "profile"): "upgen.data.profile",
-    ("data", "folder"): "upgen.data.folders",
-    ("eval", "shapes"): "upgen.data.shapes_eval",
-    ("eval", "nll"): "upgen.likelihood",
-    ("eval", "captions"): "upgen.caption_eval",
-    ("eval", "text-ppl"): "upgen.text_ppl",
-    ("eval", "clip-score"): "upgen.scorer",
-    ("eval", "fid"): "upgen.fid",
-    ("eval", "recon"): "upgen.image_metrics",
-    ("eval", "probe"): "upgen.probe",
-    ("eval", "fit"): "upgen.fit_report",
-    ("import", "hf"): "upgen.hf_import",
-    ("align",): "upgen.align",
-    ("export", "hf"): "upgen.hf_export",
+    ("quickstart",): "upgen.tools.quickstart",
+    ("data", "shapes"): "upgen.datasets.shapes",
+    ("data", "docstrings"): "upgen.datasets.docstrings",
+    ("data", "profile"): "upgen.datasets.profile",
+    ("data", "folder"): "upgen.datasets.folders",
+    ("eval", "shapes"): "upgen.evaluators.shapes",
+    ("eval", "nll"): "upgen.evaluators.nll",
+    ("eval", "captions"): "upgen.evaluators.captions",
+    ("eval", "text-ppl"): "upgen.evaluators.text_ppl",
+    ("eval", "clip-score"): "upgen.evaluators.clip_score",
+    ("eval", "fid"): "upgen.evaluators.fid",
+    ("eval", "recon"): "upgen.evaluators.recon",
+    ("eval", "probe"): "upgen.evaluators.probe",
+    ("eval", "fit"): "upgen.evaluators.fit",
+    ("import", "hf"): "upgen.interop.hf_import",
+    ("align",): "upgen.interop.align",
+    ("export", "hf"): "upgen.interop.hf_export",
     ("tokenizer", "text"): "upgen.tokenizers.text",
-    ("tokenize",): "upgen.data.tokenize",
+    ("tokenize",): "upgen.datasets.tokenize",
     ("train",): "upgen.train.main",
-    ("sample",): "upgen.sample",
-    ("demo",): "upgen.demo",
-    ("bench", "train"): "upgen.bench",
-    ("bench", "sample"): "upgen.bench",
-    ("bench", "data"): "upgen.bench",
+    ("sample",): "upgen.tools.sample",
+    ("demo",): "upgen.tools.demo_page",
+    ("bench", "train"): "upgen.tools.bench",
+    ("bench", "sample"): "upgen.tools.bench",
+    ("bench", "data"): "upgen.tools.bench",
 }
 
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
   argv = [a for a in argv if a != "--debug"]
   for words, module_name in sorted(COMMANDS.items(), key=lambda kv: -len(kv[0])):
     if tuple(argv[:len(words)]) == words:
-      rest = argv[len(words):] if module_name != "upgen.bench" else argv[1:]
+      rest = argv[len(words):] if module_name != "upgen.tools.bench" else argv[1:]
       try:
         return int(importlib.import_module(module_name).main(rest) or 0)
       except errors.UserError as e:

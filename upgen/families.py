@@ -25,11 +25,10 @@ import dataclasses
 import functools
 import importlib
 import pkgutil
-import re
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
+from typing import Any, Callable, Mapping, Optional, Protocol
 
-import jax
 from flax import linen as nn
+import jax
 
 from upgen import errors
 from upgen.data import readers
@@ -234,12 +233,6 @@ class Setup:
   def dummy_batch(self, batch_size: int) -> dict[str, Any]:
     return self.family.reads.dummy_batch(self.spec, batch_size)
 
-  def optimizer(self, optim: Any, total_steps: int) -> Any:
-    """config.optim's optimizer, with the family's groups for config.optim.freeze."""
-    from upgen.train import optimizer as optimizer_lib
-    return optimizer_lib.make_optimizer(optim, total_steps,
-                                        resolve_groups(self.family, self.model_config))
-
 
 def get_family(name: str) -> Family:
   """Imports `upgen.models.<name>` and returns its FAMILY."""
@@ -257,52 +250,11 @@ def get_family(name: str) -> Family:
   return family
 
 
-def group_members(key: str, value: str, groups: Mapping[str, Sequence[str]]) -> frozenset[str]:
-  """The parameter patterns of the comma-separated parameter groups `value` of the config
-  key `key` (config.optim.freeze, config.train.init_groups); `groups` is the family's
-  `param_groups` (see `resolve_groups`). An unknown group is an error naming the key and
-  the family's groups."""
-  names = [g.strip() for g in str(value or "").split(",") if g.strip()]
-  unknown = [g for g in names if g not in groups]
-  if unknown:
-    raise errors.ConfigError(
-        f"{key}={value!r}: no parameter group {', '.join(unknown)} in this family (its "
-        f"groups: {', '.join(sorted(groups)) or 'none'})")
-  return frozenset(pattern for g in names for pattern in groups[g])
-
-
-def param_path(keys) -> str:
-  """A pytree key path as "decoder/layers_0/attn/query/kernel" (the names `member` reads)."""
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keys)
-
-
-def member(path: str, patterns: Sequence[str]) -> Optional[int]:
-  """How much of the parameter at `path` ("decoder/layers_0/attn/query/kernel") the group
-  `patterns` hold: -1 all of it, N > 0 its first N rows, None none. A pattern is a regular
-  expression matching the whole path or a leading part of it that ends at a "/", with an
-  optional "[:N]" suffix for a table's first N rows ("token_embed/embedding[:50257]")."""
-  rows = None
-  for pattern in patterns:
-    m = re.fullmatch(r"(.*)\[:(\d+)\]", pattern)
-    regex, n = (m.group(1), int(m.group(2))) if m else (pattern, -1)
-    if re.fullmatch(regex, path) or re.match(f"(?:{regex})/", path):
-      if n == -1:
-        return -1
-      rows = max(rows or 0, n)
-  return rows
-
-
-def resolve_groups(family: "Family", model_config: Any) -> Mapping[str, tuple[str, ...]]:
-  """The family's parameter groups for this model (`param_groups` may depend on it)."""
-  groups = family.param_groups
-  return groups(model_config) if callable(groups) else groups
-
 
 def names() -> list[str]:
   """Every family under upgen/models/ (the modules that export FAMILY), sorted."""
-  from upgen import models
-  out = []
-  for info in pkgutil.iter_modules(models.__path__):
+  out = []  # Found by name, as get_family finds them (models sit above this contract).
+  for info in pkgutil.iter_modules(importlib.import_module("upgen.models").__path__):
     module = importlib.import_module(f"upgen.models.{info.name}")
     if isinstance(getattr(module, "FAMILY", None), Family):
       out.append(info.name)

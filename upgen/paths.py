@@ -28,7 +28,7 @@ import re
 import shutil
 import tempfile
 import time
-from typing import IO, Any, Iterator, Sequence
+from typing import Any, IO, Iterator, Sequence
 
 from etils import epath
 
@@ -180,7 +180,7 @@ def read_ranges(path: Any, starts: Sequence[int], ends: Sequence[int]) -> list[b
   if not is_remote(path):
     with builtins.open(path, "rb") as f:
       return [_pread(f, s, e) for s, e in zip(starts, ends)]
-  import fsspec  # pylint: disable=g-import-not-at-top
+  import fsspec  # Optional (the gcs extra): only for remote paths.
   path = os.fspath(path)
   with remote_errors(path):
     fs, _ = fsspec.core.url_to_fs(path)

@@ -9,7 +9,7 @@ turn paired examples into image-only / text-only ones with a per-example rng. Th
 one global, infinite example order, cut into global batches of B = data.batch_size: batch s
 is the examples [s * B, (s + 1) * B). Each process loads only `rows` of every global batch:
 the rows its devices hold in the sharded batch (the trainer takes them from the batch
-sharding, `upgen.train.mesh.process_rows`; with the usual meshes process p of P gets the
+sharding, `upgen.runtime.mesh.process_rows`; with the usual meshes process p of P gets the
 block [p * B / P, (p + 1) * B / P)). So the processes together hold each global batch
 exactly, no example twice, every row where a one-process run has it: the batches (and any
 per-row randomness of the step) do not depend on the number of processes. Iterators are

@@ -21,8 +21,7 @@ shapes (init, bench), and the few views of a batch that previews need.
 """
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Optional, Protocol, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -62,16 +61,6 @@ class Reader(Protocol):
 
   def captions(self, batch: Batch) -> Optional[tuple[Any, Any]]:
     """(text ids, valid mask) of the batch's captions, or None when it has none."""
-
-  def pixels(self, data: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """Host function turning what `reference` / a sampler returns into uint8 pixels."""
-
-
-def _as_pixels(x: np.ndarray) -> np.ndarray:
-  x = np.asarray(x)
-  if x.dtype != np.uint8 or x.ndim != 4:
-    raise errors.ConfigError(f"expected uint8 images NxHxWx3, got {x.dtype} {x.shape}")
-  return x
 
 
 class TokenRecords:
@@ -119,25 +108,6 @@ class TokenRecords:
     return (jnp.asarray(batch["text_tokens"], jnp.int32),
             jnp.asarray(batch["text_mask"], bool) & has_text_B[:, None])
 
-  def pixels(self, data: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """Decodes image token ids (N x Li) with the image tokenizer the records were written
-    with (loaded on first use); uint8 images pass through."""
-
-    @functools.lru_cache(maxsize=1)
-    def tokenizer():
-      from upgen.tokenizers import image
-      meta = records.read_metadata(data.dir)
-      return image.load(records.tokenizer_path(data.dir, meta, "image_tokenizer"))
-
-    def to_pixels(x: np.ndarray) -> np.ndarray:
-      x = np.asarray(x)
-      if x.dtype == np.uint8 and x.ndim == 4:
-        return x
-      tok = tokenizer()
-      return tok.decode(x.reshape((-1,) + tuple(tok.grid)))
-
-    return to_pixels
-
 
 class PixelRecords(TokenRecords):
   """Records that carry each image's pixels (and its caption tokens)."""
@@ -175,8 +145,6 @@ class PixelRecords(TokenRecords):
   def reference(self, batch: Batch) -> Any:
     return batch["pixels"]
 
-  def pixels(self, data: Any) -> Callable[[np.ndarray], np.ndarray]:
-    return _as_pixels
 
 
 class ImageFolder:
@@ -212,8 +180,6 @@ class ImageFolder:
   def captions(self, batch: Batch) -> None:
     return None
 
-  def pixels(self, data: Any) -> Callable[[np.ndarray], np.ndarray]:
-    return _as_pixels
 
 
 TOKEN_RECORDS = TokenRecords()

@@ -217,7 +217,7 @@ class TfdsSource:
   def __init__(self, name: str, split: str, image_key: str = "image", caption_key: str = "caption",
                image_size: int = 256, data_dir: Optional[str] = None):
     try:
-      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      import tensorflow_datasets as tfds  # Optional extra (TensorFlow): only for tfds: sources.
     except ImportError as e:
       raise ImportError(f"tfds:{name} needs tensorflow_datasets: pip install upgen[tfds]") from e
     self.name, self.split = name, split

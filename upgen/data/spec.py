@@ -13,8 +13,7 @@ import json
 from typing import Any, Mapping
 
 from upgen import errors
-
-SPEC_FILE = "data_spec.json"
+from upgen import rundir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +85,7 @@ class DataSpec:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
   @classmethod
-  def from_dict(cls, raw: Mapping[str, Any], where: str = SPEC_FILE) -> "DataSpec":
+  def from_dict(cls, raw: Mapping[str, Any], where: str = rundir.SPEC_FILE) -> "DataSpec":
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:

@@ -1,5 +1,5 @@
 """transformers' BART weights as the encoder-decoder family's "bart" architecture
-(`upgen import hf --family bart`; upgen/hf_import.py reads the files, this maps the names)."""
+(`upgen import hf --family bart`; models/hf_weights.py reads the files, this maps the names)."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional
@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from upgen import errors
-from upgen import hf_import
+from upgen.models import hf_weights
 from upgen.models import layers
 
 _BLOCK = {"self_attn": "attn", "encoder_attn": "cross_attn", "self_attn_layer_norm": "ln_attn",
@@ -23,7 +23,7 @@ def _set(tree: dict, path: str, value: Any) -> None:
 
 
 def import_hf(hf: Mapping[str, Any], weights: Mapping[str, np.ndarray],
-              text_vocab_size: Optional[int] = None) -> hf_import.HFImport:
+              text_vocab_size: Optional[int] = None) -> hf_weights.HFImport:
   """A transformers BART (FlaxBartModel / ...ForConditionalGeneration, or their PyTorch
   files) as this family's "bart" architecture: the caption embedding and positions, every
   encoder and decoder block, both embedding LayerNorms, and the decoder's position table
@@ -53,7 +53,7 @@ def import_hf(hf: Mapping[str, Any], weights: Mapping[str, np.ndarray],
            "scale_embedding": bool(hf.get("scale_embedding", False)),
            "dropout_rate": float(hf.get("dropout", 0.0)),
            "attention_dropout_rate": float(hf.get("attention_dropout", 0.0))}
-  take = hf_import.WeightReader(weights, "BART", prefix="model/")
+  take = hf_weights.WeightReader(weights, "BART", prefix="model/")
   params, notes = {}, []
 
   shared = take("shared/embedding")
@@ -95,4 +95,4 @@ def import_hf(hf: Mapping[str, Any], weights: Mapping[str, np.ndarray],
   if skipped:
     notes.append(f"not used: {', '.join(skipped)} (the text LM head and its bias, and copies "
                  "of the shared embedding)")
-  return hf_import.HFImport(model=model, params=params, notes=notes)
+  return hf_weights.HFImport(model=model, params=params, notes=notes)

@@ -25,11 +25,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import linen as nn
 
 from upgen import errors
 from upgen import families
@@ -37,7 +37,8 @@ from upgen import flops
 from upgen import schema
 from upgen.data import readers
 from upgen.data.spec import DataSpec
-from upgen.families import Batch, Family
+from upgen.families import Batch
+from upgen.families import Family
 from upgen.models import clip_hf
 from upgen.models import layers
 

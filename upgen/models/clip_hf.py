@@ -1,5 +1,5 @@
 """transformers' CLIP (FlaxCLIPModel, or its PyTorch files) as the clip family
-(`upgen import hf --family clip`; upgen/hf_import.py reads the files, this maps the names).
+(`upgen import hf --family clip`; models/hf_weights.py reads the files, this maps the names).
 
 The mapping is exact: the family computes what FlaxCLIPModel's get_image_features /
 get_text_features compute (tests/test_clip_import.py). The image size of the pixel records
@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from upgen import errors
-from upgen import hf_import
+from upgen.models import hf_weights
 from upgen.models import layers
 
 _LN = {"layer_norm1": "ln_attn", "layer_norm2": "ln_mlp"}
@@ -30,7 +30,7 @@ def _check(tower: str, c: Mapping[str, Any]) -> None:
 
 
 def import_hf(hf: Mapping[str, Any], weights: Mapping[str, np.ndarray],
-              text_vocab_size: Optional[int] = None) -> hf_import.HFImport:
+              text_vocab_size: Optional[int] = None) -> hf_weights.HFImport:
   """Both towers, both projections and the temperature of a transformers CLIP."""
   del text_vocab_size  # The token table keeps every row, padded.
   if hf.get("model_type") not in ("clip", None):
@@ -57,7 +57,7 @@ def import_hf(hf: Mapping[str, Any], weights: Mapping[str, np.ndarray],
     conv = np.asarray(weights[pt_patch])
     weights = {k: v for k, v in weights.items() if k != pt_patch}
     weights[patch_name] = np.transpose(conv, (2, 3, 1, 0))
-  take = hf_import.WeightReader(weights, "CLIP")
+  take = hf_weights.WeightReader(weights, "CLIP")
   notes = []
 
   def blocks(src: str, count: int, width: int, heads: int) -> dict[str, Any]:
@@ -103,5 +103,5 @@ def import_hf(hf: Mapping[str, Any], weights: Mapping[str, np.ndarray],
   skipped = take.unused()
   if skipped:
     notes.append(f"not used: {', '.join(skipped)}")
-  return hf_import.HFImport(model=model, params=params, notes=notes,
+  return hf_weights.HFImport(model=model, params=params, notes=notes,
                             data={"image_size": int(v.get("image_size", 224))})

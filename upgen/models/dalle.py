@@ -25,11 +25,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import linen as nn
 
 from upgen import errors
 from upgen import families
@@ -37,13 +37,13 @@ from upgen import flops
 from upgen import schema
 from upgen.data import readers
 from upgen.data.spec import DataSpec
-from upgen.families import Batch, Family
+from upgen.families import Batch
+from upgen.families import Family
 from upgen.models import dalle_gpt2
 from upgen.models import gpt2_hf
 from upgen.models import layers
 from upgen.sampling import ar_sampler
 from upgen.sampling.settings import SampleSettings
-
 
 ARCHITECTURES = {"dalle": {}, "gpt2": dalle_gpt2.FIXED}
 

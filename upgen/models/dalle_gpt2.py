@@ -38,11 +38,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import linen as nn
 
 from upgen import errors
 from upgen import flops

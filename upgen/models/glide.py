@@ -2,7 +2,7 @@
 (`upgen tokenize --pixels`), sampled with classifier-free guidance.
 
 The network is upgen/models/glide_unet.py (an ADM UNet with GLIDE's text transformer); the
-diffusion process, losses and samplers are upgen/diffusion.py (improved DDPM's numerics).
+diffusion process, losses and samplers are upgen/sampling/diffusion.py (improved DDPM's numerics).
 
 Training (`loss_fn`): images scaled to [-1, 1]; t uniform over the T steps; x_t by the
 forward process; the caption replaced by the empty one (every position the learned padding
@@ -27,17 +27,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from upgen import diffusion
 from upgen import errors
 from upgen import families
 from upgen import flops
 from upgen import schema
 from upgen.data import readers
 from upgen.data.spec import DataSpec
-from upgen.families import Batch, Family
-from upgen.models import layers
+from upgen.families import Batch
+from upgen.families import Family
 from upgen.models import glide_unet
-from upgen.models.glide_unet import GlideUNet, UNetConfig
+from upgen.models import layers
+from upgen.models.glide_unet import GlideUNet
+from upgen.models.glide_unet import UNetConfig
+from upgen.sampling import diffusion
 
 KEY = "config.sample"
 

@@ -38,15 +38,17 @@ import dataclasses
 import math
 from typing import Any, Optional
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 
 from upgen import errors
 from upgen.models import layers
-from upgen.models.vqgan_layers import (ACTIVATION_AXES, CHANNEL_AXES, HEAD_KERNEL_AXES,
-                                       KERNEL_AXES)
+from upgen.models.vqgan_layers import ACTIVATION_AXES
+from upgen.models.vqgan_layers import CHANNEL_AXES
+from upgen.models.vqgan_layers import HEAD_KERNEL_AXES
+from upgen.models.vqgan_layers import KERNEL_AXES
 
 DENSE_AXES = ("conv_in", "conv_out")
 

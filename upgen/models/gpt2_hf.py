@@ -3,7 +3,7 @@
 
 GPT-2's Conv1D layers compute x @ W + b. Their weights are (in, out) in PyTorch files and
 (out, in) in Flax ones (FlaxConv1D contracts the input with the kernel's last axis);
-upgen/hf_import.py turns PyTorch names and layouts into Flax ones (transposing every 2-D
+models/hf_weights.py turns PyTorch names and layouts into Flax ones (transposing every 2-D
 "weight"), so both arrive here (out, in), and our Dense kernels are their transpose. The
 fused c_attn (3E, E) holds the query, key and value rows in that order, heads major.
 """
@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Optional
 
+import jax
 import numpy as np
 
 from upgen import errors
-from upgen import hf_import
+from upgen.models import hf_weights
 
 _BLOCK = {"ln_1": "ln_attn", "ln_2": "ln_mlp"}
 
@@ -37,7 +38,7 @@ def _check(hf: Mapping[str, Any]) -> None:
 
 
 def import_hf(hf: Mapping[str, Any], weights: Mapping[str, np.ndarray],
-              text_vocab_size: Optional[int] = None) -> hf_import.HFImport:
+              text_vocab_size: Optional[int] = None) -> hf_weights.HFImport:
   """A transformers GPT-2 (FlaxGPT2Model / FlaxGPT2LMHeadModel or their PyTorch files):
   the token table (its first `text_vocab_size` rows when the directory's tokenizer has fewer
   ids than the table), the position table and every block. The rows the vocabulary
@@ -50,7 +51,7 @@ def import_hf(hf: Mapping[str, Any], weights: Mapping[str, np.ndarray],
            "max_positions": int(hf["n_positions"]),
            "dropout_rate": float(hf.get("resid_pdrop", 0.0)),
            "attention_dropout_rate": float(hf.get("attn_pdrop", 0.0))}
-  take = hf_import.WeightReader(weights, "GPT-2", prefix="transformer/")
+  take = hf_weights.WeightReader(weights, "GPT-2", prefix="transformer/")
   params, notes = {}, []
 
   wte = take("wte/embedding")
@@ -90,7 +91,7 @@ def import_hf(hf: Mapping[str, Any], weights: Mapping[str, np.ndarray],
   skipped = take.unused()
   if skipped:
     notes.append(f"not used: {', '.join(skipped)} (a tied LM head is the token table)")
-  return hf_import.HFImport(model=model, params=params, notes=notes)
+  return hf_weights.HFImport(model=model, params=params, notes=notes)
 
 
 def export_hf(params: Mapping[str, Any], model: Any, rows: int
@@ -103,7 +104,6 @@ def export_hf(params: Mapping[str, Any], model: Any, rows: int
   blocks = p["decoder"]
   if "layers" in blocks:  # Scanned: unstack the leading layer axis.
     stacked = blocks["layers"]
-    import jax
     blocks = {f"layers_{i}": jax.tree.map(lambda x, i=i: np.asarray(x)[i], stacked)
               for i in range(model.num_layers)}
   out = {"transformer/wte/embedding": np.asarray(p["token_embed"]["embedding"])[:rows],

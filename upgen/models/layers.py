@@ -17,10 +17,11 @@ import dataclasses
 import functools
 from typing import Any, Callable, Optional
 
+from flax import linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 
 from upgen import errors
 
@@ -485,7 +486,6 @@ def module_outputs(model: nn.Module, params: Any, *args, of: type, **kwargs
                    ) -> dict[str, jax.Array]:
   """One forward pass of `model`; the output of every submodule of type `of`, by its path
   ("decoder/layers_0"), in call order (`upgen eval probe`'s per-layer image features)."""
-  from flax import traverse_util
   _, state = model.apply(
       {"params": params}, *args, mutable=["intermediates"],
       capture_intermediates=lambda m, method: isinstance(m, of) and method == "__call__",

@@ -19,10 +19,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 
 from upgen import errors
 from upgen import families
@@ -30,7 +30,8 @@ from upgen import flops
 from upgen import schema
 from upgen.data import readers
 from upgen.data.spec import DataSpec
-from upgen.families import Batch, Family
+from upgen.families import Batch
+from upgen.families import Family
 from upgen.models import head_loss
 from upgen.models import layers
 from upgen.sampling import mask_schedule
@@ -414,7 +415,7 @@ def caption_images(params, image_tokens_BxLi, rng, *, model: UPGen,
 
 def caption_trained(settings: MaskingLoss) -> bool:
   """Independent masking with no paired example given the image->text task teaches no
-  captioning (the quickstart's recipe for folders of names, upgen/data/recipe.py)."""
+  captioning (the quickstart's recipe for folders of names, upgen/tools/recipe.py)."""
   return settings.paired_masking == "joint" or settings.paired_text_mask_prob > 0
 
 

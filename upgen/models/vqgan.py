@@ -13,17 +13,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
 
 from upgen import errors
 from upgen import families
 from upgen import flops
-from upgen import image_metrics
 from upgen import schema
 from upgen.data import readers
 from upgen.data.spec import DataSpec
+from upgen.models import image_metrics
 from upgen.models import vqgan_layers as layers
 from upgen.models.vqgan_layers import VQGANConfig
 

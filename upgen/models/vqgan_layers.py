@@ -13,9 +13,9 @@ import dataclasses
 import math
 from typing import Any, Sequence
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
 
 from upgen import errors
 

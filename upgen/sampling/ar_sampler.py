@@ -22,9 +22,9 @@ import dataclasses
 import functools
 from typing import Any, Optional
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
 
 from upgen.sampling import autoregressive
 from upgen.sampling import beam_search

@@ -16,9 +16,9 @@ import dataclasses
 import functools
 from typing import Optional
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
 
 from upgen.sampling import maskgit
 from upgen.sampling.settings import SampleSettings

@@ -1,0 +1,1 @@
+"""Layer 6: text (BPE / Hugging Face) and image (VQGAN) tokenizers."""

@@ -9,17 +9,21 @@ function compiles once.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
-from typing import Any
+from typing import Any, Callable
 
+from flax import linen as nn
 import jax
 import numpy as np
-from flax import linen as nn
 
 from upgen import families
 from upgen import paths
 from upgen import schema
+from upgen.data import records
 from upgen.models import vqgan
+from upgen.runtime import mesh as mesh_lib
+from upgen.runtime import restore
 
 
 def params_sha256(params: Any) -> str:
@@ -85,7 +89,6 @@ class ImageTokenizer:
   def _batched(self, fn, inputs: np.ndarray) -> np.ndarray:
     """fn over fixed-size batches on the default device, outside any caller's mesh (a
     training loop previewing on a tensor-parallel mesh, say)."""
-    from upgen.train import mesh as mesh_lib
     n = inputs.shape[0]
     pad = (-n) % self._batch_size
     padded = np.concatenate([inputs, np.zeros((pad,) + inputs.shape[1:], inputs.dtype)])
@@ -121,6 +124,26 @@ class ImageTokenizer:
 
 def load(workdir: str, batch_size: int = 64) -> ImageTokenizer:
   """The image tokenizer of the latest checkpoint of a VQGAN training run directory."""
-  from upgen.train import checkpoint  # The trainer's restore; heavy imports only here.
-  _, setup, params = checkpoint.restore_params(workdir)
+  _, setup, params = restore.restore_params(workdir)
   return ImageTokenizer(setup, params, path=paths.absolute(workdir), batch_size=batch_size)
+
+
+def pixels_fn(data: Any) -> Callable[[np.ndarray], np.ndarray]:
+  """Host function turning what a reader's `reference` or a sampler returns for the data of
+  config.data `data` into uint8 pixels: uint8 images N x H x W x 3 pass through; image token
+  ids (N x Li) are decoded with the image tokenizer the records were written with, loaded on
+  first use."""
+
+  @functools.lru_cache(maxsize=1)
+  def tokenizer() -> ImageTokenizer:
+    meta = records.read_metadata(data.dir)
+    return load(records.tokenizer_path(data.dir, meta, "image_tokenizer"))
+
+  def to_pixels(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype == np.uint8 and x.ndim == 4:
+      return x
+    tok = tokenizer()
+    return tok.decode(x.reshape((-1,) + tuple(tok.grid)))
+
+  return to_pixels

@@ -22,10 +22,15 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 import tokenizers
-from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import decoders
+from tokenizers import models
+from tokenizers import normalizers
+from tokenizers import pre_tokenizers
+from tokenizers import trainers
 
 from upgen import errors
 from upgen import paths
+from upgen.data import sources
 
 SPECIAL_TOKENS = ("[PAD]", "[MASK]", "[UNK]", "[BOS]", "[EOS]")
 # Characters always in the vocabulary (text is lowercased), so plain English prompts encode
@@ -314,7 +319,6 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--out", required=True, help="Output folder for tokenizer.json.")
   parser.add_argument("--caption-key", default="caption", help="JSON key of the caption text.")
   args = parser.parse_args(argv)
-  from upgen.data import sources
   source = captions_file(args.captions)
   captions = [e["caption"] for e in sources.read_captions(
       source, caption_key=args.caption_key, require_images=False)]

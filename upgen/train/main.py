@@ -18,7 +18,8 @@ from ml_collections import config_flags
 
 import upgen
 from upgen import errors
-from upgen.train import distributed
+from upgen.runtime import distributed
+from upgen.train import trainer
 
 
 def config_path(path_and_arg: str) -> str:
@@ -83,7 +84,6 @@ def main(argv: list[str]) -> int:
     raise errors.ConfigError(str(e)) from e
   except (AttributeError, KeyError) as e:
     raise errors.ConfigError(override_error(argv, e)) from e
-  from upgen.train import trainer
   summary = trainer.train(fv.config, fv.workdir)
   print(f"upgen train: {summary['stopped']} at step {summary['step']} "
         f"({summary['num_params']:,} parameters, {summary['seconds']:.0f} s)")

@@ -18,7 +18,8 @@ import ml_collections
 import numpy as np
 
 from upgen import families
-from upgen.train import writers
+from upgen.runtime import writers
+from upgen.tokenizers import image as image_tok
 
 log = logging.getLogger("upgen.train")
 
@@ -51,7 +52,7 @@ class Previewer:
                fn: Callable[..., Any], replicated: jax.sharding.Sharding):
     self.num = int(config.train.sample_examples)
     self._batch: Optional[dict] = None  # The global batch previewed at every call.
-    self._pixels = setup.family.reads.pixels(config.data)
+    self._pixels = image_tok.pixels_fn(config.data)
     reference, num = setup.family.reads.reference, self.num
 
     def both(params, batch, rng):

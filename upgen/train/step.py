@@ -8,7 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from upgen.train.state import TrainState, ema_decay_at, update_ema
+from upgen.runtime.state import ema_decay_at
+from upgen.runtime.state import TrainState
+from upgen.runtime.state import update_ema
 
 # (params, batch, rng, *, train, step) -> (loss, metrics): a family's loss_fn with its model
 # and settings bound (families.Setup.loss_fn).

@@ -19,21 +19,25 @@ import time
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
+import tqdm
 
 from upgen import errors
-from upgen import evals
 from upgen import families
+from upgen import rundir
 from upgen.data.spec import DataSpec
-from upgen.train import checkpoint as ckpt_lib
-from upgen.train import init_from
-from upgen.train import mesh as mesh_lib
-from upgen.train import optimizer as optimizer_lib
+from upgen.evaluators import registry
+from upgen.runtime import checkpoint as ckpt_lib
+from upgen.runtime import init_from
+from upgen.runtime import mesh as mesh_lib
+from upgen.runtime import optimizer as optimizer_lib
+from upgen.runtime import param_groups
+from upgen.runtime import state as state_lib
+from upgen.runtime import writers
 from upgen.train import preview as preview_lib
-from upgen.train import state as state_lib
 from upgen.train import step as step_lib
-from upgen.train import writers
 
 log = logging.getLogger("upgen.train")
 
@@ -67,7 +71,6 @@ class _Preemption:
     if jax.process_count() > 1:
       if step % every:
         return False, False
-      from jax.experimental import multihost_utils
       flags = np.any(multihost_utils.process_allgather(flags), axis=0)
     return bool(flags[0]), bool(flags[1])
 
@@ -121,7 +124,6 @@ def _global_batch(batch: dict, sharding, batch_size: int) -> dict:
 # run's schedule is the one a run configured with that many steps has from its first step.
 FIT_FROM, FIT_AT_MOST, FIT_AT_LEAST = 3, 50, 12
 FIT_MARGIN = 0.02  # Of the time left: checkpoints and previews inside the loop.
-FITTED_FILE = "fitted_steps.json"
 
 
 def fit_at(config: ml_collections.ConfigDict) -> int:
@@ -138,7 +140,7 @@ def fitted_steps(*, budget_s: float, elapsed_s: float, done: int, seconds_per_st
 
 
 def _read_fitted(workdir: str) -> Any:
-  path = os.path.join(workdir, FITTED_FILE)
+  path = os.path.join(workdir, rundir.FITTED_FILE)
   if not os.path.exists(path):
     return None
   with open(path) as f:
@@ -190,7 +192,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   ckpt_lib.save_run_config(workdir, config, spec)
 
   mesh = mesh_lib.make_mesh(config.mesh)
-  tx = setup.optimizer(config.optim, config.train.steps)
+  tx = optimizer_lib.for_setup(setup, config.optim, config.train.steps)
   ema = ckpt_lib.uses_ema(config)
   abstract, shardings = state_lib.abstract_state(setup, tx, mesh, config.mesh, ema)
   batch_sharding = mesh_lib.batch_sharding(mesh, config.mesh)
@@ -212,7 +214,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if start_from:
       init_from.check_architecture(start_from, config.model)
       take = init_from.group_names(config.train.get("init_groups", ""),
-                                   families.resolve_groups(family, setup.model_config))
+                                   param_groups.resolve_groups(family, setup.model_config))
     state = state_lib.create_state(setup, tx, mesh, config.mesh, jax.random.key(config.seed),
                                    ema)
     if start_from:
@@ -248,13 +250,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   tokens_per_batch = family.reads.tokens_per_example(spec) * config.data.batch_size
   progress = None
   if config.train.progress and jax.process_index() == 0:
-    import tqdm
     progress = tqdm.tqdm(total=total, initial=step, desc=f"train {family.name}",
                          dynamic_ncols=True)
   log.info("%s: %d parameters, mesh %s, steps %d -> %d", family.name, num_params,
            dict(mesh.shape), step, total)
 
-  evaluators = evals.build(config, setup)
+  evaluators = registry.build(config, setup)
 
   def sampled_params():
     """What samplers and evaluators use: the EMA where the run keeps one."""
@@ -265,7 +266,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if state.ema_params is not None:
       out.update({k.replace("val_", "val_ema_", 1): v for k, v in evaluate(
           config, eval_iter_fn, batch_sharding, p_eval, state.ema_params).items()})
-    return {**out, **evals.run(evaluators, sampled_params())}
+    return {**out, **registry.run(evaluators, sampled_params())}
 
   def save(at_step: int) -> None:
     checkpointer.save(at_step, ckpt_lib.state_dict(state), train_iter.get_state(), force=True)
@@ -349,14 +350,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                          elapsed_s=now - t_start + compile_s, done=at_step,
                          seconds_per_step=seconds_per_step, most=int(config.train.steps))
     if jax.process_count() > 1:  # Every process takes the first one's count.
-      from jax.experimental import multihost_utils
       steps = int(multihost_utils.broadcast_one_to_all(np.int32(steps)))
     log.info("fitted %d steps to %.1f minutes at %.1f ms per step (measured over steps "
              "%d-%d)", steps, config.train.max_minutes, 1e3 * seconds_per_step,
              first_step + FIT_FROM, at_step)
     if steps != total:
       config.train.steps = total = steps
-      new_tx = setup.optimizer(config.optim, total)
+      new_tx = optimizer_lib.for_setup(setup, config.optim, total)
       state = state.replace(tx=new_tx)
       p_train, p_eval = programs(new_tx, total)
       if progress is not None:
@@ -364,7 +364,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         progress.refresh()
     if jax.process_index() == 0:
       ckpt_lib.save_run_config(workdir, config, spec)
-      with open(os.path.join(workdir, FITTED_FILE), "w") as f:
+      with open(os.path.join(workdir, rundir.FITTED_FILE), "w") as f:
         json.dump({"steps": total, "at_step": at_step, "budget_minutes":
                    config.train.max_minutes, "seconds_per_step": seconds_per_step,
                    "seconds_before": now - t_start, "compile_seconds": compile_s}, f,
