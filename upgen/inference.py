@@ -152,7 +152,8 @@ def generate_images(run: Run, prompts: list[str], per_prompt: int, *, seed: int 
   """uint8 images [len(prompts) * per_prompt, H, W, 3], prompt-major order."""
   sample = jax.jit(run.setup.bind("sample_images"))
   ids, mask = caption_ids(run, prompts, per_prompt)
-  return to_pixels(run, batching.run_batched(sample, run.params, [ids, mask], batch_size, seed))
+  return to_pixels(run, batching.run_batched(
+      sample, run.params, [ids, mask], batch_size, seed))
 
 
 def unconditional_images(run: Run, num: int, *, seed: int = 0, batch_size: int = 64
@@ -203,7 +204,8 @@ def inpaint_images(run: Run, prompts: list[str], per_prompt: int, image_path: st
   n = len(ids)
   tokens = np.broadcast_to(tokens_Li, (n, tokens_Li.size)).copy()
   known = np.broadcast_to(known_Li, (n, known_Li.size)).copy()
-  return to_pixels(run, batching.run_batched(fn, run.params, [tokens, known, ids, mask], batch_size,
+  return to_pixels(run, batching.run_batched(fn, run.params, [tokens, known, ids, mask],
+                                             batch_size,
                                    seed))
 
 
@@ -273,29 +275,32 @@ class Scorer:
     self._text = jax.jit(lambda p, t, m: model.apply({"params": p}, t, m,
                                                      method=type(model).encode_text))
 
-  def _batched(self, fn, arrays: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
-    """fn over fixed-size batches (upgen.inference.run_batched; fn takes no rng)."""
-    return batching.run_batched(lambda p, *xs: fn(p, *xs[:-1]), self.params, arrays, batch_size,
-                              seed=0)
+  def _batched(self, fn, arrays: Sequence[np.ndarray], batch_size: int, fixed: bool = False
+               ) -> np.ndarray:
+    """fn over batches of `batch_size` (`batching.run_batched`; fn takes no rng)."""
+    return batching.run_batched(fn, self.params, arrays, batch_size, fixed=fixed)
 
-  def image_features(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """uint8 N x S x S x 3 (resized first if another size) -> unit vectors N x D."""
+  def image_features(self, images: np.ndarray, batch_size: int = 64, fixed: bool = False
+                     ) -> np.ndarray:
+    """uint8 N x S x S x 3 (resized first if another size) -> unit vectors N x D; `fixed`:
+    every batch padded to batch_size rows (one program for any N)."""
     images = np.asarray(images, np.uint8)
     if images.shape[1:3] != (self.image_size, self.image_size):
       images = np.stack([sources.resize_and_crop(Image.fromarray(x), self.image_size)
                          for x in images])
-    return _unit(self._batched(self._image, [images], batch_size))
+    return _unit(self._batched(self._image, [images], batch_size, fixed))
 
-  def text_features(self, captions: Sequence[str], batch_size: int = 64) -> np.ndarray:
+  def text_features(self, captions: Sequence[str], batch_size: int = 64, fixed: bool = False
+                    ) -> np.ndarray:
     ids, mask = self.tokenizer.pad_batch(self.tokenizer.encode_batch(list(captions)),
                                          self.setup.spec.text_seq_len)
-    return _unit(self._batched(self._text, [ids, mask], batch_size))
+    return _unit(self._batched(self._text, [ids, mask], batch_size, fixed))
 
-  def cosine(self, images: np.ndarray, captions: Sequence[str], batch_size: int = 64
-             ) -> np.ndarray:
+  def cosine(self, images: np.ndarray, captions: Sequence[str], batch_size: int = 64,
+             fixed: bool = False) -> np.ndarray:
     """Cosine of each image with its caption, N."""
-    return np.sum(self.image_features(images, batch_size) *
-                  self.text_features(captions, batch_size), axis=1)
+    return np.sum(self.image_features(images, batch_size, fixed) *
+                  self.text_features(captions, batch_size, fixed), axis=1)
 
   def retrieval(self, num: int = 256, split: str = "val") -> dict[str, float]:
     """In-batch top-1 retrieval over the first `num` pairs of the scorer's `split`."""

@@ -22,6 +22,7 @@ from upgen import paths
 from upgen import schema
 from upgen.data import records
 from upgen.models import vqgan
+from upgen.runtime import batching
 from upgen.runtime import mesh as mesh_lib
 from upgen.runtime import restore
 
@@ -89,13 +90,8 @@ class ImageTokenizer:
   def _batched(self, fn, inputs: np.ndarray) -> np.ndarray:
     """fn over fixed-size batches on the default device, outside any caller's mesh (a
     training loop previewing on a tensor-parallel mesh, say)."""
-    n = inputs.shape[0]
-    pad = (-n) % self._batch_size
-    padded = np.concatenate([inputs, np.zeros((pad,) + inputs.shape[1:], inputs.dtype)])
     with mesh_lib.detached():
-      outs = [np.asarray(fn(self._params, padded[i:i + self._batch_size]))
-              for i in range(0, n + pad, self._batch_size)]
-    return np.concatenate(outs)[:n]
+      return batching.run_batched(fn, self._params, [inputs], self._batch_size, fixed=True)
 
   def encode(self, images_NxHxWx3: np.ndarray) -> np.ndarray:
     """uint8 images (image_size square, RGB) -> int32 ids N x h x w."""

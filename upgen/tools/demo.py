@@ -193,14 +193,8 @@ class Demo:
             ) -> np.ndarray:
     """Rows through the program in batches of batch_size (the last padded), so a request of
     any size reuses one compiled program; row i's draw does not depend on how many rows."""
-    return batching.run_batched(self._program(what, settings), self.run.params,
-                                  self._padded(arrays), self.batch_size, seed)[:len(arrays[0])]
-
-  def _padded(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Each array's rows, the last repeated up to a multiple of batch_size."""
-    n = len(arrays[0])
-    more = -(-n // self.batch_size) * self.batch_size - n
-    return [np.concatenate([a, np.repeat(a[-1:], more, axis=0)]) for a in arrays]
+    return batching.run_batched(self._program(what, settings), self.run.params, arrays,
+                                self.batch_size, seed, fixed=True)
 
   @staticmethod
   def _seed(seed: Any) -> int:
@@ -237,9 +231,8 @@ class Demo:
     """Each consecutive `candidates` images -> the one of highest CLIP score with `prompt`."""
     if candidates == 1:
       return images, [f"{i + 1}" for i in range(num)]
-    (padded,) = self._padded([images])
-    cosine = self.scorer.cosine(padded, [prompt] * len(padded), self.batch_size)
-    scores = inference.clip_score(cosine[:len(images)]).reshape(num, candidates)
+    cosine = self.scorer.cosine(images, [prompt] * len(images), self.batch_size, fixed=True)
+    scores = inference.clip_score(cosine).reshape(num, candidates)
     best = np.argmax(scores, axis=1)
     return (images[np.arange(num) * candidates + best],
             [f"{i + 1}: CLIP {scores[i, b]:.1f}" for i, b in enumerate(best)])
