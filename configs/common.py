@@ -90,7 +90,8 @@ def base_config() -> ml_collections.ConfigDict:
   # codes): "random" (fresh init), "mean" (of INIT's rows) or "contrastive" (`upgen align`).
   c.train.init_new_rows = "random"
 
-  # Evaluators by name, run with the validation loss (upgen/evaluators/registry.py), e.g.
+  # Evaluators by name: `type` is a module under upgen/evaluators/ (registry.py), run with
+  # the validation loss and logged as ENTRY/metric, e.g.
   # c.evals.held_out = ml_collections.ConfigDict(dict(type="text_ppl", text="lines.txt")).
   c.evals = ml_collections.ConfigDict()
   # Sample quality (upgen/evaluators/samples.py), off until one of its scores is asked for:

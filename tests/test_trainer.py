@@ -23,6 +23,7 @@ from upgen.runtime import mesh as mesh_lib
 from upgen.runtime import optimizer
 from upgen.runtime import state as state_lib
 from upgen.train import step as step_lib
+from upgen.train import fit_to_time
 from upgen.train import trainer
 from upgen.runtime import writers
 
@@ -145,8 +146,8 @@ def test_fit_to_time_fits_the_steps_within_warmup_and_keeps_the_schedule(data_di
   summary = trainer.train(c, fit_dir)
   fitted = json.load(open(os.path.join(fit_dir, rundir.FITTED_FILE)))
   n = fitted["steps"]
-  assert fitted["at_step"] == trainer.fit_at(c) == 12 and 12 < n < 100_000
-  assert n == trainer.fitted_steps(
+  assert fitted["at_step"] == fit_to_time.fit_at(c) == 12 and 12 < n < 100_000
+  assert n == fit_to_time.fitted_steps(
       budget_s=12.0, elapsed_s=fitted["seconds_before"] + fitted["compile_seconds"], done=12,
       seconds_per_step=fitted["seconds_per_step"], most=100_000)
   # Fitted to the time: it ends at n, or (on a machine that slowed down) at the budget.

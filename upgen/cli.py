@@ -1,4 +1,5 @@
-"""The `upgen` console script: one entry point, one small module per command.
+"""The `upgen` console script: one entry point, one small module per command; `upgen eval
+NAME` runs the evaluator module NAME's main (evaluators/registry.py).
 
   upgen quickstart --workdir W [--minutes M] [--source DIR]
   upgen data shapes --out DIR [--image-size 32 --num-train N --num-val N --num-test N --seed S]
@@ -34,6 +35,7 @@ import os
 import sys
 
 from upgen import errors
+from upgen.evaluators import registry
 
 # (command words) -> module whose main(argv) runs it.
 COMMANDS = {
@@ -42,15 +44,6 @@ COMMANDS = {
     ("data", "docstrings"): "upgen.datasets.docstrings",
     ("data", "profile"): "upgen.datasets.profile",
     ("data", "folder"): "upgen.datasets.folders",
-    ("eval", "shapes"): "upgen.evaluators.shapes",
-    ("eval", "nll"): "upgen.evaluators.nll",
-    ("eval", "captions"): "upgen.evaluators.captions",
-    ("eval", "text-ppl"): "upgen.evaluators.text_ppl",
-    ("eval", "clip-score"): "upgen.evaluators.clip_score",
-    ("eval", "fid"): "upgen.evaluators.fid",
-    ("eval", "recon"): "upgen.evaluators.recon",
-    ("eval", "probe"): "upgen.evaluators.probe",
-    ("eval", "fit"): "upgen.evaluators.fit",
     ("import", "hf"): "upgen.interop.hf_import",
     ("align",): "upgen.interop.align",
     ("export", "hf"): "upgen.interop.hf_export",
@@ -68,11 +61,24 @@ COMMANDS = {
 def _usage() -> str:
   lines = ["usage: upgen COMMAND [ARGS]", "", "commands:"]
   lines += ["  upgen " + " ".join(words) for words in COMMANDS]
+  lines += [f"  upgen eval {name.replace('_', '-')}" for name in registry.names("main")]
   return "\n".join(lines)
 
 
 def _debug(argv: list[str]) -> bool:
   return "--debug" in argv or os.environ.get("UPGEN_DEBUG", "") not in ("", "0")
+
+
+def _commands(argv: list[str]):
+  """(command words, a call that runs it) for the command argv names (none: usage)."""
+  if argv[:1] == ["eval"] and len(argv) > 1 and not argv[1].startswith("-"):
+    yield tuple(argv[:2]), lambda: registry.main(argv[1:])  # Evaluators by name.
+    return
+  for words, module_name in sorted(COMMANDS.items(), key=lambda kv: -len(kv[0])):
+    if tuple(argv[:len(words)]) == words:
+      rest = argv[len(words):] if module_name != "upgen.tools.bench" else argv[1:]
+      yield words, lambda: importlib.import_module(module_name).main(rest)
+      return
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,16 +88,14 @@ def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   debug = _debug(argv)
   argv = [a for a in argv if a != "--debug"]
-  for words, module_name in sorted(COMMANDS.items(), key=lambda kv: -len(kv[0])):
-    if tuple(argv[:len(words)]) == words:
-      rest = argv[len(words):] if module_name != "upgen.tools.bench" else argv[1:]
-      try:
-        return int(importlib.import_module(module_name).main(rest) or 0)
-      except errors.UserError as e:
-        if debug:
-          raise
-        print(f"upgen {' '.join(words)}: error: {e}", file=sys.stderr)
-        return 2
+  for words, command in _commands(argv):
+    try:
+      return int(command() or 0)
+    except errors.UserError as e:
+      if debug:
+        raise
+      print(f"upgen {' '.join(words)}: error: {e}", file=sys.stderr)
+      return 2
   print(_usage(), file=sys.stderr)
   return 0 if argv[:1] in (["-h"], ["--help"]) else 2
 

@@ -11,7 +11,6 @@ Prints one JSON line; `--out` also writes every (image, reference, generated) tr
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -21,6 +20,7 @@ import numpy as np
 
 from upgen import inference
 from upgen.data import sources
+from upgen.evaluators import command
 from upgen.evaluators import shapes as shapes_eval
 
 # Attributes compared per stated object (one-object captions: the first four; two-object:
@@ -97,8 +97,7 @@ def write(path: str, scores: dict, rows: list[dict]) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="upgen eval captions", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = command.parser("captions", __doc__)
   parser.add_argument("--workdir", required=True, help="Run directory of `upgen train`.")
   parser.add_argument("--data", required=True, help="Folder with captions.jsonl and images.")
   parser.add_argument("--num", type=int, default=0, help="First N images only (0 = all).")
@@ -107,7 +106,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--out", help="Also write scores and every caption to this JSON file.")
   args = parser.parse_args(argv)
   result, rows = evaluate(args.workdir, args.data, args.num, args.seed, args.batch_size)
-  print(json.dumps(result))
+  command.emit(result)
   if args.out:
     write(args.out, result, rows)
   return 0

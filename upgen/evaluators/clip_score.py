@@ -14,7 +14,6 @@ caption length, as in training.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,6 +24,7 @@ import numpy as np
 from upgen import errors
 from upgen import inference
 from upgen.data import sources
+from upgen.evaluators import command
 
 
 def score_manifest(scorer: inference.Scorer, manifest: str) -> list[dict[str, Any]]:
@@ -38,8 +38,7 @@ def score_manifest(scorer: inference.Scorer, manifest: str) -> list[dict[str, An
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="upgen eval clip-score", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = command.parser("clip-score", __doc__)
   parser.add_argument("--scorer", required=True, help="A clip run directory.")
   parser.add_argument("--manifest", required=True, help="manifest.jsonl of `upgen sample`.")
   parser.add_argument("--out", help="Per-sample scores (default: beside the manifest).")
@@ -56,7 +55,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "clip_score": float(np.mean([r["clip_score"] for r in rows])), "scores": out}
   if args.retrieval:
     result["scorer_retrieval"] = scorer.retrieval(args.retrieval)
-  print(json.dumps(result))
+  command.emit(result)
   return 0
 
 

@@ -19,9 +19,7 @@ captions.jsonl, or a samples manifest.jsonl. Prints one JSON line.
 """
 from __future__ import annotations
 
-import argparse
 import glob
-import json
 import os
 import sys
 from typing import Optional
@@ -32,6 +30,7 @@ from scipy import linalg
 from upgen import errors
 from upgen import inference
 from upgen.data import sources
+from upgen.evaluators import command
 from upgen.evaluators import inception
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -117,8 +116,7 @@ def features(source: str, kind: str, limit: int = 0) -> np.ndarray:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="upgen eval fid", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = command.parser("fid", __doc__)
   parser.add_argument("--real", required=True)
   parser.add_argument("--fake", required=True)
   parser.add_argument("--features", required=True, help="scorer:RUN or inception:WEIGHTS")
@@ -129,9 +127,9 @@ def main(argv: Optional[list[str]] = None) -> int:
   real = features(args.real, args.features, args.limit)
   fake = features(args.fake, args.features, args.limit)
   kid_mean, kid_std = kid(real, fake, args.kid_subsets, args.kid_subset_size)
-  print(json.dumps({"real": args.real, "fake": args.fake, "features": args.features,
-                    "num_real": len(real), "num_fake": len(fake),
-                    "fid": fid_from_features(real, fake), "kid": kid_mean, "kid_std": kid_std}))
+  command.emit({"real": args.real, "fake": args.fake, "features": args.features,
+                "num_real": len(real), "num_fake": len(fake),
+                "fid": fid_from_features(real, fake), "kid": kid_mean, "kid_std": kid_std})
   return 0
 
 

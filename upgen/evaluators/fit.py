@@ -14,7 +14,6 @@ and their PSNR (families that draw pixels have no tokenizer: no ceiling).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Any, Optional, Sequence
@@ -26,6 +25,7 @@ from upgen import errors
 from upgen import inference
 from upgen.data import sources
 from upgen.datasets import profile
+from upgen.evaluators import command
 from upgen.models import image_metrics
 from upgen.runtime import writers
 
@@ -129,8 +129,7 @@ def describe(r: dict[str, Any]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="upgen eval fit", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = command.parser("fit", __doc__)
   parser.add_argument("--workdir", required=True, help="A run of a family that draws images.")
   parser.add_argument("--data", required=True,
                       help="The folder it trained on (captions.jsonl, or train/ and val/).")

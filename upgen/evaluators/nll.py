@@ -10,9 +10,7 @@ the same data score the same examples.
 """
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import sys
 from typing import Optional
 
@@ -21,6 +19,7 @@ import numpy as np
 
 from upgen import errors
 from upgen.data import readers
+from upgen.evaluators import command
 from upgen.runtime import restore
 
 
@@ -55,15 +54,14 @@ def image_nll(workdir: str, split: str = "val", num: int = 256, batch_size: int 
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="upgen eval nll", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = command.parser("nll", __doc__)
   parser.add_argument("--workdir", required=True, help="Run directory of `upgen train`.")
   parser.add_argument("--split", default="val")
   parser.add_argument("--num", type=int, default=256, help="Examples scored (file order).")
   parser.add_argument("--batch-size", type=int, default=64)
   args = parser.parse_args(argv)
   result = image_nll(args.workdir, args.split, args.num, args.batch_size)
-  print(json.dumps(result))
+  command.emit(result)
   return 0
 
 

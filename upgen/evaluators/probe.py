@@ -23,8 +23,6 @@ Prints one JSON object.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 from typing import Any, Optional
@@ -37,6 +35,7 @@ import optax
 from upgen import errors
 from upgen import inference
 from upgen.data import sources
+from upgen.evaluators import command
 from upgen.runtime import mesh as mesh_lib
 
 
@@ -106,7 +105,7 @@ def model_features(run: Any, inputs: np.ndarray, batch_size: int = 64
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="upgen eval probe", description=__doc__.split("\n\n")[0])
+  parser = command.parser("probe", __doc__)
   parser.add_argument("--workdir", required=True, help="A trained run.")
   parser.add_argument("--data", required=True, help="Images directory with SPLIT/captions.jsonl.")
   parser.add_argument("--label", required=True, help="Record field to classify, e.g. shape.")
@@ -158,10 +157,7 @@ def main(argv: Optional[list[str]] = None) -> int:
       result["codes"] = fit(onehot["train"], onehot["eval"])
     else:
       result["codes"] = "not computed: one-hot codes would have more than 65,536 dimensions"
-  print(json.dumps(result, indent=2))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(result, f, indent=2)
+  command.emit(result, args.json, indent=2)
   return 0
 
 

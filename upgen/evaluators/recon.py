@@ -8,8 +8,6 @@ scripts/convert_lpips.py, LPIPS-VGG, per image and averaged (models/image_metric
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 from typing import Optional
@@ -17,12 +15,13 @@ from typing import Optional
 import numpy as np
 
 from upgen.data import sources
+from upgen.evaluators import command
 from upgen.models import image_metrics
 from upgen.tokenizers import image as image_tokenizer
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="upgen eval recon", description=__doc__.split("\n")[0])
+  parser = command.parser("recon", __doc__)
   parser.add_argument("--workdir", required=True, help="An image tokenizer's run directory.")
   parser.add_argument("--data", required=True,
                       help="Images directory (SPLIT/captions.jsonl + images, as the "
@@ -40,10 +39,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   recon = np.asarray(tok.decode(tok.encode(images)))
   result = {"workdir": args.workdir, "data": os.path.join(args.data, args.split), "num": n,
             **image_metrics.reconstruction_metrics(images, recon, lpips_params)}
-  print(json.dumps(result, indent=2))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(result, f, indent=2)
+  command.emit(result, args.json, indent=2)
   return 0
 
 

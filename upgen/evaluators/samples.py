@@ -36,6 +36,7 @@ from upgen import inference
 from upgen.data import records
 from upgen.evaluators import fid
 from upgen.evaluators import inception
+from upgen.evaluators import registry
 from upgen.evaluators import shapes as shapes_eval
 from upgen.tokenizers import image as image_tok
 from upgen.tokenizers import text
@@ -62,9 +63,11 @@ def _first_examples(config: Any, setup: families.Setup, num: int) -> dict[str, n
   return {k: np.concatenate(v)[:num] for k, v in keep.items()}
 
 
-def evaluator(settings: ml_collections.ConfigDict, setup: families.Setup, config: Any
+def evaluator(settings: ml_collections.ConfigDict, context: registry.Context
               ) -> Optional[Callable[[Any], dict[str, float]]]:
-  """params -> {clip_score, fid_scorer, fid_inception, shapes_fidelity} (those asked for)."""
+  """state -> {clip_score, fid_scorer, fid_inception, shapes_fidelity} (those asked for) of
+  samples from the sampled parameters (the EMA where the run keeps one)."""
+  setup, config = context.setup, context.config
   scorer_run = settings.get("scorer", "")
   inception_weights = settings.get("inception", "")
   shapes = bool(settings.get("shapes_fidelity", False))
@@ -94,8 +97,8 @@ def evaluator(settings: ml_collections.ConfigDict, setup: families.Setup, config
   sample = jax.jit(setup.bind("sample_images"))
   seed = int(config.seed) + 3
 
-  def run(params) -> dict[str, float]:
-    ids = sample(params, *captions, jax.random.key(seed))
+  def run(state) -> dict[str, float]:
+    ids = sample(registry.sampled_params(state), *captions, jax.random.key(seed))
     # Every process holds every sample (the ids may be sharded over several hosts).
     fake = np.asarray(pixels(np.asarray(multihost_utils.process_allgather(ids, tiled=True))))
     out = {}

@@ -17,7 +17,6 @@ relative to the manifest's folder); `--out FILE.json` writes per-attribute accur
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
@@ -34,6 +33,7 @@ from upgen.datasets.shapes import POSITIONS
 from upgen.datasets.shapes import RELATIONS
 from upgen.datasets.shapes import SHAPES
 from upgen.datasets.shapes import SIZES
+from upgen.evaluators import command
 
 FOREGROUND_THRESHOLD = 128  # A pixel is an object pixel if its brightest channel reaches this.
 MIN_AREA_FRACTION = 0.01  # Components smaller than this fraction of the canvas are noise.
@@ -254,7 +254,7 @@ def evaluate_pairs(pairs: Sequence[tuple[str, str]], source: str) -> dict:
 
 def main(argv: Optional[list[str]] = None) -> int:
   """`upgen eval shapes`: caption fidelity of a split folder or a samples manifest."""
-  parser = argparse.ArgumentParser(prog="upgen eval shapes", description=__doc__.split("\n")[0])
+  parser = command.parser("shapes", __doc__)
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument("--dir", help="Split folder with captions.jsonl and images/.")
   source.add_argument("--manifest", help="Samples manifest.jsonl with 'prompt' and 'image'.")

@@ -15,10 +15,8 @@ upgen/evaluators/registry.py), logged as NAME/perplexity beside the per-modality
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import json
 import math
 import os
 import sys
@@ -34,6 +32,8 @@ from upgen import families
 from upgen import inference
 from upgen.data import records
 from upgen.data.spec import DataSpec
+from upgen.evaluators import command
+from upgen.evaluators import registry
 from upgen.runtime import init_from
 from upgen.runtime import restore
 from upgen.tokenizers import text
@@ -109,26 +109,28 @@ def load(workdir: str):
   return setup, params, tok
 
 
-def evaluator(settings: ml_collections.ConfigDict, setup: families.Setup, config: Any):
+def evaluator(settings: ml_collections.ConfigDict, context: registry.Context):
   """config.evals.NAME (type "text_ppl"; text: the file, "" = off; max_lines: 0 = all) for
-  training: params -> {"perplexity", "nats_per_token"} with the records' text tokenizer."""
+  training: state -> {"perplexity", "nats_per_token"} of the sampled parameters (the EMA
+  where the run keeps one) with the records' text tokenizer."""
   if not settings.get("text"):
     return None
+  setup, config = context.setup, context.config
   meta = records.read_metadata(config.data.dir)
   tok = text.load(records.tokenizer_path(config.data.dir, meta, "text_tokenizer"))
   context = setup.family.can("text_context")(setup.model_config)
   ids = read_lines(settings.text, tok, context, int(settings.get("max_lines", 0)))
 
-  def run(params) -> dict[str, float]:
-    out = perplexity(params, setup, ids, int(settings.get("batch_size", 16)))
+  def run(state) -> dict[str, float]:
+    out = perplexity(registry.sampled_params(state), setup, ids,
+                     int(settings.get("batch_size", 16)))
     return {"perplexity": out["perplexity"], "nats_per_token": out["nats_per_token"]}
 
   return run
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="upgen eval text-ppl", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = command.parser("text-ppl", __doc__)
   parser.add_argument("--workdir", required=True,
                       help="Run directory, or the INIT directory of `upgen import hf`.")
   parser.add_argument("--text", required=True, help="Plain-text file, one sequence per line.")
@@ -139,7 +141,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   context = setup.family.can("text_context")(setup.model_config)
   ids = read_lines(args.text, tok, context, args.max_lines)
   result = perplexity(params, setup, ids, args.batch_size)
-  print(json.dumps({"workdir": args.workdir, "text": args.text, "context": context, **result}))
+  command.emit({"workdir": args.workdir, "text": args.text, "context": context, **result})
   return 0
 
 

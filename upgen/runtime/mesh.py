@@ -120,3 +120,9 @@ def process_rows(sharding: jax.sharding.Sharding, batch_size: int) -> tuple[int,
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def global_batch(batch: dict, sharding: jax.sharding.Sharding, batch_size: int) -> dict:
+  """This process's rows (process_rows) of a batch -> global arrays of batch_size rows."""
+  return {k: jax.make_array_from_process_local_data(
+      sharding, np.asarray(v), (batch_size,) + np.shape(v)[1:]) for k, v in batch.items()}

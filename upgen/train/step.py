@@ -84,10 +84,3 @@ def train_step(state: TrainState, batch: Any, rng: jax.Array, *, loss_fn: LossFn
   if schedule is not None:
     metrics["learning_rate"] = schedule(state.step)
   return new_state, metrics
-
-
-def eval_step(params: Any, batch: Any, rng: jax.Array, *, loss_fn: LossFn, step: int) -> dict:
-  """Loss metrics without dropout, as at optimizer step `step`. A fixed rng makes
-  masked-token losses comparable."""
-  loss, aux = loss_fn(params, batch, rng, train=False, step=jnp.asarray(step, jnp.int32))
-  return dict(aux, loss=loss)

@@ -1,0 +1,106 @@
+"""Small objects the training loop keeps its state in (as clu's periodic actions do): the
+interval means it logs with their throughput, SIGTERM as a flag every process agrees on,
+and where the wall time went."""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterator, Optional
+
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+
+class Preemption:
+  """Turns SIGTERM into a flag the loop checks between steps (then checkpoint and exit)."""
+
+  def __init__(self):
+    self.requested = threading.Event()
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def agreed(self, out_of_time: bool, step: int, every: int) -> tuple[bool, bool]:
+    """(preempted, out of time), the same on every process: each is True once it is True on
+    any process (clocks differ; a process that stopped alone would hang the others).
+    With several processes the flags are exchanged only every `every` steps: the exchange
+    waits for the step in flight, so doing it each step would stall the host's dispatch."""
+    flags = np.asarray([self.requested.is_set(), out_of_time])
+    if jax.process_count() > 1:
+      if step % every:
+        return False, False
+      flags = np.any(multihost_utils.process_allgather(flags), axis=0)
+    return bool(flags[0]), bool(flags[1])
+
+
+class IntervalMetrics:
+  """The means of the step metrics over each logging interval, written with the examples,
+  tokens and steps per second of the interval. `write(step, row)` receives each row.
+
+  Throughput counts the steps dispatched in the interval; the means, the steps whose
+  metrics arrived (the loop reads a step's metrics after dispatching the next)."""
+
+  def __init__(self, write: Callable[[int, dict[str, float]], None], *,
+               examples_per_step: int, tokens_per_step: int,
+               clock: Callable[[], float] = time.perf_counter):
+    self._write, self._clock = write, clock
+    self._examples_per_step, self._tokens_per_step = examples_per_step, tokens_per_step
+    self._reset()
+
+  def _reset(self) -> None:
+    self._sums: dict[str, float] = {}
+    self._finished = self._dispatched = 0
+    self._start = self._clock()
+
+  def dispatched(self) -> None:
+    """A step went to the device."""
+    self._dispatched += 1
+
+  def add(self, metrics: dict[str, float]) -> None:
+    """A finished step's metrics (host floats)."""
+    for k, v in metrics.items():
+      self._sums[k] = self._sums.get(k, 0.0) + v
+    self._finished += 1
+
+  def flush(self, step: int) -> Optional[dict[str, float]]:
+    """Writes the interval's row at `step` (nothing when no step finished since the last)."""
+    if not self._finished:
+      return None
+    dt = self._clock() - self._start
+    row = {k: v / self._finished for k, v in self._sums.items()}
+    row["examples_per_sec"] = self._dispatched * self._examples_per_step / dt
+    if self._tokens_per_step:
+      row["tokens_per_sec"] = self._dispatched * self._tokens_per_step / dt
+    row["steps_per_sec"] = self._finished / dt
+    self._write(step, row)
+    self._reset()
+    return row
+
+
+class Timings:
+  """Where the wall time went, by name: `with timings("checkpoints"): ...` adds to it."""
+
+  def __init__(self, *names: str, clock: Callable[[], float] = time.perf_counter):
+    self.spent: dict[str, float] = {name: 0.0 for name in names}
+    self._clock = clock
+
+  @contextlib.contextmanager
+  def __call__(self, what: str) -> Iterator[None]:
+    start = self._clock()
+    try:
+      yield
+    finally:
+      self.spent[what] = self.spent.get(what, 0.0) + self._clock() - start
+
+  def rounded(self) -> dict[str, Any]:
+    return {k: round(v, 2) for k, v in self.spent.items()}
