@@ -20,6 +20,8 @@ setuptools.setup(
         "pillow>=10",
         "absl-py>=2",
         "tqdm>=4.66",
+        "google-crc32c>=1.5",
+        "tensorboardX>=2.6",
     ],
     extras_require={
         "tfds": ["tensorflow-cpu==2.21.0", "tensorflow-datasets>=4.9", "importlib_resources>=6"],
