@@ -169,3 +169,31 @@ def test_retokenizing_with_other_tokenizers(tmp_path):
   assert list(meta["splits"]) == ["train"]
   assert meta["image_tokenizer"]["identity"]["threshold"] == 64
   assert sorted(os.listdir(out)) == ["metadata.json", "train-00000-of-00001.tfrecord"]
+
+
+def test_a_failed_retokenize_keeps_the_records_it_was_replacing(tmp_path):
+  folder = _write_folder(tmp_path / "raw", PAIRS[:6])
+  out = str(tmp_path / "out")
+  src = sources.ImageFolderSource(folder, 8)
+  tokenize.tokenize_folder({"train": src, "val": src}, out, CharTokenizer(), PatchColorTokenizer())
+  before, files = records.read_metadata(out), sorted(os.listdir(out))
+
+  class Brighter(PatchColorTokenizer):  # Other tokenizers: the old splits are to be replaced.
+    def identity(self):
+      return {"kind": "patch-color", "threshold": 64}
+
+  image = tmp_path / "raw" / "images" / "004.png"
+  good = image.read_bytes()
+  image.write_bytes(good[:40])  # Truncated: the re-tokenize fails partway through train.
+  with pytest.raises(Exception, match="004.png"):
+    tokenize.tokenize_folder({"train": src, "val": src}, out, CharTokenizer(), Brighter(),
+                             num_shards=3)
+  # Nothing of the old records went: the same files, the same metadata, all readable.
+  assert records.read_metadata(out) == before and sorted(os.listdir(out)) == files
+  assert [len(records.RecordDataSource(out, s)) for s in ("train", "val")] == [6, 6]
+  # Once it succeeds, the new shards replace the old ones and nothing stale stays.
+  image.write_bytes(good)
+  meta = tokenize.tokenize_folder({"train": src}, out, CharTokenizer(), Brighter(), num_shards=3)
+  assert sorted(os.listdir(out)) == ["metadata.json"] + meta["splits"]["train"]["shards"]
+  assert len(meta["splits"]["train"]["shards"]) == 3
+  assert len(records.RecordDataSource(out, "train")) == 6

@@ -85,17 +85,16 @@ def write_split(out_dir: str, split: str, examples_iter: Iterable[Example], num_
   """Writes `examples_iter` round-robin into `num_shards` shards of `split`; returns its metadata.
 
   `kind` ("paired" / "image" / "text") is inferred from the first example when None; every
-  example must match it. Older shards of the split in out_dir are removed first, and shards
-  are written under a temporary name and renamed when complete.
+  example must match it. The new shards are written beside the split's old ones under a
+  temporary name and renamed over them only when every one is complete, so an error partway
+  (an unreadable image) leaves the old split as it was; `update_metadata` then removes the
+  old shards the new split does not name.
   """
   if num_shards < 1:
     raise errors.DataError(f"num_shards must be >= 1, got {num_shards}")
   if kind is not None and kind not in KINDS:
     raise errors.DataError(f"kind must be one of {KINDS}, got {kind!r}")
   paths.makedirs(out_dir)
-  old_shards = f"{glob.escape(split)}-*-of-*.tfrecord"
-  for old in fnmatch.filter(paths.list_names(out_dir), old_shards):
-    paths.remove(paths.join(out_dir, old))
   names = [shard_name(split, i, num_shards) for i in range(num_shards)]
   tmp_paths = [paths.join(out_dir, name + ".tmp") for name in names]
   writers = [tfrecord.TFRecordWriter(p) for p in tmp_paths]
@@ -159,9 +158,9 @@ def compatible_splits(out_dir: str, split: str, text_tokenizer: Optional[Mapping
                       replace: bool = False,
                       pixels: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
   """The splits of an existing out_dir/metadata.json that `split` can join: all of them when
-  the tokenizer (and pixels) entries are equal; none with `replace` (their shards are
-  deleted); otherwise a MetadataError naming the file and the differing key. Call before
-  writing shards."""
+  the tokenizer (and pixels) entries are equal; none with `replace` (`update_metadata`
+  deletes their shards once the new metadata is written); otherwise a MetadataError naming
+  the file and the differing key. Deletes nothing: call it before writing shards."""
   path = paths.join(out_dir, METADATA_FILE)
   if not paths.exists(path):
     return {}
@@ -181,11 +180,6 @@ def compatible_splits(out_dir: str, split: str, text_tokenizer: Optional[Mapping
     key = differs[0]
     raise MetadataError(f"{path}: key {key!r} differs from the tokenizer used for split "
                         f"{split!r}; write to a fresh output directory")
-  for name, info in old["splits"].items():
-    if name != split:
-      for shard in info["shards"]:
-        if paths.exists(paths.join(out_dir, shard)):
-          paths.remove(paths.join(out_dir, shard))
   return {}
 
 
@@ -196,6 +190,11 @@ def update_metadata(out_dir: str, split: str, split_info: Mapping[str, Any],
   """Adds/overwrites `split` in out_dir/metadata.json (see compatible_splits for the rules
   on an existing file) and returns the new metadata. `pixels` ({"image_size": S, "format":
   "png"}) says the records carry images; metadata without the key carries none."""
+  try:
+    old_shards = {s for info in read_metadata(out_dir)["splits"].values()
+                  for s in info["shards"]}
+  except MetadataError:  # None yet, or unreadable: nothing it names to clean up.
+    old_shards = set()
   meta = {"format_version": FORMAT_VERSION, "text_tokenizer": text_tokenizer,
           "image_tokenizer": image_tokenizer,
           "splits": compatible_splits(out_dir, split, text_tokenizer, image_tokenizer, replace,
@@ -204,7 +203,22 @@ def update_metadata(out_dir: str, split: str, split_info: Mapping[str, Any],
     meta["pixels"] = dict(pixels)
   meta["splits"][split] = dict(split_info)
   _write_json_atomic(paths.join(out_dir, METADATA_FILE), meta)
+  # Only now, with the new metadata in place: the shards it no longer names.
+  named = {s for info in meta["splits"].values() for s in info["shards"]}
+  for shard in sorted(old_shards - named):
+    if paths.exists(paths.join(out_dir, shard)):
+      paths.remove(paths.join(out_dir, shard))
+  remove_stale_shards(out_dir, split, split_info["shards"])
   return meta
+
+
+def remove_stale_shards(out_dir: str, split: str, keep: Sequence[str]) -> None:
+  """Deletes the shards of `split` in out_dir that metadata.json no longer names (an older
+  write with another shard count), once the new metadata is in place."""
+  pattern = f"{glob.escape(split)}-*-of-*.tfrecord"
+  for name in fnmatch.filter(paths.list_names(out_dir), pattern):
+    if name not in keep:
+      paths.remove(paths.join(out_dir, name))
 
 
 def _check(cond: bool, path: str, key: str, msg: str) -> None:

@@ -33,6 +33,7 @@ from upgen.runtime import mesh as mesh_lib
 from upgen.runtime import optimizer as optimizer_lib
 from upgen.runtime import param_groups
 from upgen.runtime import state as state_lib
+from upgen.runtime import workdir_lock
 from upgen.runtime import writers
 from upgen.train import fit_to_time
 from upgen.train import periodic
@@ -102,6 +103,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Prepared:
   """Checks the config against the run directory (resume, init_from, fit_to_time), saves
   it, and builds the mesh, the sharded state and the data iterator: restored from the
   latest checkpoint, or fresh (started from config.train.init_from where given)."""
+  for key in ("train.steps", "data.batch_size"):
+    group, name = key.split(".")
+    if int(config[group][name]) < 1:  # A run of no steps would "complete" with nothing saved.
+      raise errors.ConfigError(f"config.{key}={config[group][name]}: must be >= 1")
   setup = build(config)
   try:
     saved = ckpt_lib.load_run_config(workdir)
@@ -194,7 +199,13 @@ def finite_metrics(metrics_dev: Any, step: int, config: ml_collections.ConfigDic
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (or resumes) the run in `workdir`. Returns a summary of the run."""
+  """Trains (or resumes) the run in `workdir`, holding its lock (one run per workdir).
+  Returns a summary of the run."""
+  with workdir_lock.WorkdirLock(workdir):
+    return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   run = prepare(config, workdir)
   setup, state, checkpointer = run.setup, run.state, run.checkpointer
   step = first_step = int(jax.device_get(state.step))
@@ -270,9 +281,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         interval.dispatched()
         pending = (step, metrics)
         preempted, out_of_time = preemption.agreed(
-            config.train.max_minutes > 0 and
+            config.train.max_minutes > 0 and step < total and
             time.perf_counter() - t_start > 60 * config.train.max_minutes,
-            step, config.train.stop_check_every)
+            step, config.train.stop_check_every)  # A budget spent at the last step: done.
         if (step % config.train.checkpoint_every == 0 or step == total or out_of_time
             or preempted):
           finished(*pending)  # A checkpoint only ever holds a state whose step was checked.
