@@ -173,6 +173,18 @@ def test_mixture_and_dropout_proportions(tmp_path, data_dir):
 
 def test_out_of_vocab_id_is_an_error(tmp_path):
   bad_dir = _make_dir(tmp_path, 16, num_shards=1, bad_image_id=64)
+  # Found when the records are opened, from the id range written beside them ...
+  want = (r"metadata\.json: key 'splits\.train\.id_range\.image_tokens' \[0, 64\] reaches "
+          r"outside image_tokenizer's \[0, 64\)")
+  with pytest.raises(ValueError, match=want):
+    next(_train(_config(bad_dir)))
+  # ... and, in records written before the range was recorded, as the record is read.
+  path = os.path.join(bad_dir, records.METADATA_FILE)
+  with open(path) as f:
+    meta = json.load(f)
+  del meta["splits"]["train"]["id_range"]
+  with open(path, "w") as f:
+    json.dump(meta, f)
   want = r"train-00000-of-00001\.tfrecord: record \d+: image_tokens id 64"
   with pytest.raises(ValueError, match=want):
     next(_train(_config(bad_dir)))

@@ -63,12 +63,10 @@ def load_run(workdir: str, ema: bool = True) -> Run:
   pixels) give image_tokenizer None."""
   config, setup, params = restore.restore_params(workdir, ema=ema)
   metadata = records.read_metadata(config.data.dir)
-  text_tok = text_tok_lib.load(
-      records.tokenizer_path(config.data.dir, metadata, "text_tokenizer"))
+  text_tok = text_tok_lib.load_recorded(config.data.dir, metadata)
   image_tok = None
   if metadata.get("image_tokenizer"):
-    image_tok = image_tok_lib.load(
-        records.tokenizer_path(config.data.dir, metadata, "image_tokenizer"))
+    image_tok = image_tok_lib.load_recorded(config.data.dir, metadata)
   return Run(config, setup, params, text_tok, image_tok)
 
 
@@ -261,8 +259,7 @@ class Scorer:
     else:
       self.config, self.setup, self.params = restore.restore_params(workdir)
       meta = records.read_metadata(self.config.data.dir)
-      self.tokenizer = text_tok_lib.load(records.tokenizer_path(self.config.data.dir, meta,
-                                                        "text_tokenizer"))
+      self.tokenizer = text_tok_lib.load_recorded(self.config.data.dir, meta)
     if self.setup.family.name != "clip":
       raise errors.ConfigError(f"--scorer {workdir}: a model of family "
                                f"{self.setup.family.name!r}; a scorer is a clip run "

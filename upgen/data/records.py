@@ -98,7 +98,7 @@ def write_split(out_dir: str, split: str, examples_iter: Iterable[Example], num_
   names = [shard_name(split, i, num_shards) for i in range(num_shards)]
   tmp_paths = [paths.join(out_dir, name + ".tmp") for name in names]
   writers = [tfrecord.TFRecordWriter(p) for p in tmp_paths]
-  max_text_len, count = 0, 0
+  max_text_len, count, id_range = 0, 0, {}
   try:
     for example in examples_iter:
       example_kind = _example_kind(example)
@@ -107,6 +107,7 @@ def write_split(out_dir: str, split: str, examples_iter: Iterable[Example], num_
         raise errors.DataError(f"split {split!r} is {kind!r} but example {example.get('id')!r} "
                                f"(number {count}) is {example_kind!r}")
       max_text_len = max(max_text_len, _num_tokens(example, "text_tokens"))
+      _widen(id_range, example)
       writers[count % num_shards].write(encode_record(example))
       count += 1
     if count == 0:
@@ -127,7 +128,19 @@ def write_split(out_dir: str, split: str, examples_iter: Iterable[Example], num_
       "records_per_shard": counts,
       "sha256": [_sha256(paths.join(out_dir, n)) for n in names],
       "max_text_len": max_text_len,
+      "id_range": id_range,
   }
+
+
+def _widen(id_range: dict[str, list[int]], example: Example) -> None:
+  """Widens id_range[key] = [lowest, highest] to the example's token ids."""
+  for key in ("text_tokens", "image_tokens"):
+    value = example.get(key)
+    ids = np.asarray(() if value is None else value, np.int64)
+    if ids.size:
+      low, high = int(ids.min()), int(ids.max())
+      old = id_range.get(key, [low, high])
+      id_range[key] = [min(old[0], low), max(old[1], high)]
 
 
 def _abs_path(path: Any) -> str:
@@ -239,6 +252,57 @@ def _check_fields(obj: Any, path: str, prefix: str, fields: Mapping[str, Any]) -
     _check(ok, path, key, f"must be of type {getattr(kind, '__name__', kind)}, got {obj[name]!r}")
 
 
+# The vocabulary size each tokenizer entry states, and where its identity says it again.
+_SIZES = {"text_tokenizer": ("vocab_size", ("vocab_size",)),
+          "image_tokenizer": ("codebook_size", ("config", "codebook_size"))}
+_ID_KEYS = {"text_tokens": "text_tokenizer", "image_tokens": "image_tokenizer"}
+
+
+def _vocab(meta: Mapping[str, Any], key: str) -> Optional[int]:
+  return meta[key][_SIZES[key][0]] if meta.get(key) is not None else None
+
+
+def _check_sizes(meta: Mapping[str, Any], path: str) -> None:
+  """Each tokenizer entry's size agrees with the identity of the tokenizer that wrote the
+  records (an edited size would build a model of another vocabulary), and its special ids
+  lie inside it."""
+  for key, (size_key, where) in _SIZES.items():
+    entry = meta[key]
+    if entry is None:
+      continue
+    size = entry[size_key]
+    _check(size > 0, path, f"{key}.{size_key}", f"must be positive, got {size}")
+    said = entry["identity"]
+    for part in where:
+      said = said.get(part) if isinstance(said, dict) else None
+    _check(said is None or said == size, path, f"{key}.{size_key}",
+           f"is {size} but the tokenizer the records were written with has {said} "
+           f"({key}.identity.{'.'.join(where)})")
+    if key == "text_tokenizer":
+      for special in ("pad_id", "bos_id", "eos_id"):
+        _check(0 <= entry[special] < size, path, f"{key}.{special}",
+               f"is {entry[special]}, outside the vocabulary [0, {size})")
+
+
+def _check_id_range(meta: Mapping[str, Any], info: Mapping[str, Any], path: str,
+                    prefix: str) -> None:
+  """The split's token ids (their range, recorded when written) fit its tokenizers, so a
+  mismatch stops the run when the records are opened, not at the first bad record read."""
+  id_range = info.get("id_range", {})  # Absent in records written before it was recorded.
+  _check(isinstance(id_range, dict), path, f"{prefix}.id_range", "must be an object")
+  for ids_key, low_high in id_range.items():
+    key = f"{prefix}.id_range.{ids_key}"
+    _check(ids_key in _ID_KEYS, path, key, f"is not one of {sorted(_ID_KEYS)}")
+    _check(isinstance(low_high, list) and len(low_high) == 2 and all(map(_is_int, low_high)),
+           path, key, f"must be [lowest, highest], got {low_high!r}")
+    size = _vocab(meta, _ID_KEYS[ids_key])
+    if size is None:  # Pixel records with no image tokenizer hold no image ids.
+      continue
+    _check(0 <= low_high[0] and low_high[1] < size, path, key,
+           f"{low_high} reaches outside {_ID_KEYS[ids_key]}'s [0, {size}): these records "
+           "were written with another tokenizer")
+
+
 def read_metadata(data_dir: str) -> dict[str, Any]:
   """Loads and validates data_dir/metadata.json; errors name the file and the key."""
   path = paths.join(data_dir, METADATA_FILE)
@@ -265,6 +329,7 @@ def read_metadata(data_dir: str) -> dict[str, Any]:
     grid = meta["image_tokenizer"]["grid"]
     _check(len(grid) == 2 and all(_is_int(g) and g > 0 for g in grid), path,
            "image_tokenizer.grid", f"must be [height, width], got {grid!r}")
+  _check_sizes(meta, path)
   meta.setdefault("pixels", None)  # Written before pixel records existed: none.
   if meta["pixels"] is not None:
     _check_fields(meta["pixels"], path, "pixels", {"image_size": int, "format": str})
@@ -284,6 +349,7 @@ def read_metadata(data_dir: str) -> dict[str, Any]:
       _check(len(info[key]) == n, path, f"{prefix}.{key}", f"must have one entry per shard ({n})")
     _check(all(_is_int(c) and c >= 0 for c in info["records_per_shard"]), path,
            f"{prefix}.records_per_shard", "must be non-negative integers")
+    _check_id_range(meta, info, path, prefix)
     needs_text = info["kind"] in ("paired", "text")
     needs_image = info["kind"] in ("paired", "image")
     _check(not needs_text or meta["text_tokenizer"] is not None, path, "text_tokenizer",
@@ -303,6 +369,30 @@ def tokenizer_path(data_dir: str, metadata: Mapping[str, Any], key: str) -> str:
         f"{paths.join(data_dir, METADATA_FILE)}: {key}.path={metadata.get(key, {}).get('path')!r}"
         " does not exist; the tokenizers must stay where `upgen tokenize` found them")
   return path
+
+
+def _identity_summary(identity: Mapping[str, Any]) -> str:
+  size = identity.get("vocab_size", identity.get("config", {}).get("codebook_size"))
+  return f"sha256 {str(identity.get('sha256', '?'))[:12]}, {size} ids"
+
+
+def check_tokenizer(data_dir: str, metadata: Mapping[str, Any], key: str,
+                    identity: Mapping[str, Any], path: str) -> None:
+  """Refuses the tokenizer loaded from `path` for metadata[key] (text_tokenizer /
+  image_tokenizer) when it is not the one the records were written with: another hash, or a
+  setting both identities name with other values (the path is not part of an identity)."""
+  recorded = metadata[key]["identity"]
+  differs = [k for k in sorted(set(recorded) & set(identity) - {"path"})
+             if k != "config" and recorded[k] != identity[k]]
+  config, new_config = recorded.get("config", {}), identity.get("config", {})
+  differs += [f"config.{k}" for k in sorted(set(config) & set(new_config))
+              if config[k] != new_config[k]]
+  if differs:
+    raise MetadataError(
+        f"{path}: the {key.replace('_', ' ')} here ({_identity_summary(identity)}) is not the "
+        f"one the records in {data_dir} were written with ({_identity_summary(recorded)}, "
+        f"{METADATA_FILE} {key}.identity; differs in {', '.join(differs)}): put the original "
+        "back, or re-run `upgen tokenize` (and retrain) with this one")
 
 
 def split_info(meta: Mapping[str, Any], data_dir: str, split: str) -> Mapping[str, Any]:

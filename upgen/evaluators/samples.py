@@ -85,7 +85,7 @@ def evaluator(settings: ml_collections.ConfigDict, context: registry.Context
   real = np.asarray(pixels(np.asarray(family.reads.reference(batch))))
   captions = family.reads.captions(batch)
   meta = records.read_metadata(config.data.dir)
-  tok = text.load(records.tokenizer_path(config.data.dir, meta, "text_tokenizer"))
+  tok = text.load_recorded(config.data.dir, meta)
   caption_text = [tok.decode(ids[np.asarray(mask, bool)])
                   for ids, mask in zip(np.asarray(captions[0]), np.asarray(captions[1]))]
   scorer = inference.load_scorer(scorer_run) if scorer_run else None

@@ -105,7 +105,7 @@ def load(workdir: str):
     return inference.load_import(workdir, _text_spec)
   config, setup, params = restore.restore_params(workdir)
   meta = records.read_metadata(config.data.dir)
-  tok = text.load(records.tokenizer_path(config.data.dir, meta, "text_tokenizer"))
+  tok = text.load_recorded(config.data.dir, meta)
   return setup, params, tok
 
 
@@ -117,7 +117,7 @@ def evaluator(settings: ml_collections.ConfigDict, context: registry.Context):
     return None
   setup, config = context.setup, context.config
   meta = records.read_metadata(config.data.dir)
-  tok = text.load(records.tokenizer_path(config.data.dir, meta, "text_tokenizer"))
+  tok = text.load_recorded(config.data.dir, meta)
   context = setup.family.can("text_context")(setup.model_config)
   ids = read_lines(settings.text, tok, context, int(settings.get("max_lines", 0)))
 

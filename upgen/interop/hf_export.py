@@ -87,7 +87,7 @@ def export_hf(workdir: str, out: str) -> dict[str, Any]:
   save_file(pytorch_layout(flat), os.path.join(out, "model.safetensors"),
             metadata={"format": "pt"})
   meta = records.read_metadata(config.data.dir)
-  tok = text.load(records.tokenizer_path(config.data.dir, meta, "text_tokenizer"))
+  tok = text.load_recorded(config.data.dir, meta)
   files = write_tokenizer(tok, out)
   return {"workdir": workdir, "out": out, "family": setup.family.name,
           "parameters": len(flat), "tokenizer": files, "vocab_size": hf_config["vocab_size"]}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from flax import linen as nn
 import jax
@@ -124,6 +124,17 @@ def load(workdir: str, batch_size: int = 64) -> ImageTokenizer:
   return ImageTokenizer(setup, params, path=paths.absolute(workdir), batch_size=batch_size)
 
 
+def load_recorded(data_dir: str, metadata: Optional[dict[str, Any]] = None) -> ImageTokenizer:
+  """The image tokenizer data_dir's records were written with, from where its metadata.json
+  says; refused (naming both) when the run there now holds other weights or another model
+  (records.check_tokenizer)."""
+  metadata = metadata or records.read_metadata(data_dir)
+  path = records.tokenizer_path(data_dir, metadata, "image_tokenizer")
+  tok = load(path)
+  records.check_tokenizer(data_dir, metadata, "image_tokenizer", tok.identity(), path)
+  return tok
+
+
 def pixels_fn(data: Any) -> Callable[[np.ndarray], np.ndarray]:
   """Host function turning what a reader's `reference` or a sampler returns for the data of
   config.data `data` into uint8 pixels: uint8 images N x H x W x 3 pass through; image token
@@ -132,8 +143,7 @@ def pixels_fn(data: Any) -> Callable[[np.ndarray], np.ndarray]:
 
   @functools.lru_cache(maxsize=1)
   def tokenizer() -> ImageTokenizer:
-    meta = records.read_metadata(data.dir)
-    return load(records.tokenizer_path(data.dir, meta, "image_tokenizer"))
+    return load_recorded(data.dir)
 
   def to_pixels(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)

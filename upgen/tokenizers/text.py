@@ -30,6 +30,7 @@ from tokenizers import trainers
 
 from upgen import errors
 from upgen import paths
+from upgen.data import records
 from upgen.data import sources
 
 SPECIAL_TOKENS = ("[PAD]", "[MASK]", "[UNK]", "[BOS]", "[EOS]")
@@ -294,6 +295,16 @@ def load(path: str) -> TextTokenizer:
     return BpeTokenizer(tokenizers.Tokenizer.from_file(ours), ours)
   raise errors.NotFound(f"{path}: neither {TOKENIZER_FILE} (upgen BPE) nor {HF_CONFIG_FILE} "
                           "(Hugging Face tokenizer) found")
+
+
+def load_recorded(data_dir: str, metadata: Optional[dict[str, Any]] = None) -> TextTokenizer:
+  """The text tokenizer data_dir's records were written with, from where its metadata.json
+  says; refused (naming both) when the one there now is another (records.check_tokenizer)."""
+  metadata = metadata or records.read_metadata(data_dir)
+  path = records.tokenizer_path(data_dir, metadata, "text_tokenizer")
+  tok = load(path)
+  records.check_tokenizer(data_dir, metadata, "text_tokenizer", tok.identity(), path)
+  return tok
 
 
 def captions_file(path: str) -> str:
