@@ -22,6 +22,7 @@ from PIL import Image
 
 from upgen import errors
 from upgen.data import example_proto
+from upgen.data import images
 from upgen.data import records
 
 DROP_NONE, DROP_TEXT, DROP_IMAGE = 0, 1, 2
@@ -198,8 +199,11 @@ class TokenBatcher:
                              "single bytes value (records written without --pixels?)")
     try:
       with Image.open(io.BytesIO(values[0])) as image:
-        image_HxWx3 = np.asarray(image.convert("RGB"), np.uint8)
-    except (OSError, ValueError) as e:
+        image_HxWx3 = np.asarray(images.as_rgb(image, f"{self._where(element)}: image_png"),
+                                 np.uint8)
+    except errors.UserError:
+      raise
+    except (OSError, SyntaxError, ValueError) as e:
       raise errors.DataError(f"{self._where(element)}: image_png is not a readable PNG "
                              f"({e})") from e
     if image_HxWx3.shape != (self.pixels, self.pixels, 3):

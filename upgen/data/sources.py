@@ -22,31 +22,11 @@ import numpy as np
 from PIL import Image
 
 from upgen import errors
+# The one image decoder (levels, orientation, transparency), by the names callers use here.
+from upgen.data.images import load_image, resize_and_crop
 
 CAPTIONS_FILE = "captions.jsonl"
 Example = dict[str, Any]
-
-
-def resize_and_crop(image: Image.Image, image_size: int) -> np.ndarray:
-  """RGB, shorter side to image_size (bicubic), center crop -> uint8 image_size^2 x 3."""
-  image = image.convert("RGB")
-  w, h = image.size
-  if (w, h) != (image_size, image_size):
-    scale = image_size / min(w, h)
-    new_w, new_h = max(image_size, round(w * scale)), max(image_size, round(h * scale))
-    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
-    image = image.crop((left, top, left + image_size, top + image_size))
-  return np.asarray(image, dtype=np.uint8)
-
-
-def load_image(path: str, image_size: Optional[int] = None) -> np.ndarray:
-  """An image file -> uint8 RGB, image_size x image_size x 3 (see resize_and_crop), or at
-  its own size when image_size is None."""
-  with Image.open(path) as image:
-    if image_size is None:
-      return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return resize_and_crop(image, image_size)
 
 
 def captions_path(path: str) -> str:
@@ -149,8 +129,8 @@ class ImageFolderSource(CaptionsSource):
     entry = self._entries[int(index)]
     try:
       pixels = load_image(entry["image"], self.image_size)
-    except (OSError, ValueError) as e:
-      raise errors.DataError(f"{entry['line']}: cannot read image {entry['image']}: {e}") from e
+    except errors.UserError as e:  # It names the image; this adds the captions line.
+      raise type(e)(f"{entry['line']}: {e}") from None
     return {"image": pixels, "caption": entry["caption"], "id": entry["id"]}
 
 
@@ -240,7 +220,12 @@ class TfdsSource:
     pixels = np.asarray(_nested_get(example, self.image_key, self.name))
     if pixels.ndim == 3 and pixels.shape[-1] == 1:
       pixels = pixels[..., 0]
+    if pixels.dtype == np.uint16:  # tfds' 16-bit PNGs: 65535 is 255, as images.py reads them.
+      pixels = np.round(pixels / 257.0)
+    elif pixels.dtype != np.uint8:
+      raise errors.DataError(f"{self.example_id(index)}: {self.image_key!r} is {pixels.dtype}, "
+                             "expected uint8 or uint16 pixels")
     image = Image.fromarray(pixels.astype(np.uint8))
-    return {"image": resize_and_crop(image, self.image_size),
+    return {"image": resize_and_crop(image, self.image_size, self.example_id(index)),
             "caption": _as_text(_nested_get(example, self.caption_key, self.name)),
             "id": self.example_id(index)}

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from upgen import errors
+from upgen.data import images
 from upgen.data import sources
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
@@ -47,13 +48,6 @@ def icon_caption(filename: str) -> str:
   return " ".join(w for w in name.replace("_", "-").split("-") if w)
 
 
-def on_white(image: Image.Image) -> np.ndarray:
-  """An RGB array of the image composited over white by its alpha (RGB images as they are)."""
-  rgba = np.asarray(image.convert("RGBA"), np.float32)
-  alpha = rgba[..., 3:] / 255.0
-  return np.round(rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-
-
 def write_icons(theme: str, out: str, size: int = 48) -> int:
   """Writes the theme's PNG icons of `size` px to out/ (see the module docstring); returns
   how many."""
@@ -68,12 +62,7 @@ def write_icons(theme: str, out: str, size: int = 48) -> int:
       caption = icon_caption(filename)
       if not filename.endswith(".png") or caption in seen:
         continue
-      try:
-        with Image.open(os.path.join(folder, filename)) as im:
-          pixels = on_white(im)
-      except OSError as e:
-        raise errors.DataError(f"{os.path.join(folder, filename)}: not a PNG PIL can read "
-                               f"({e})") from None
+      pixels = images.load_image(os.path.join(folder, filename))  # On white.
       seen.add(caption)
       name = f"{len(rows):05d}.png"
       _save(pixels, out, name)

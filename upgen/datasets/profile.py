@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from upgen import errors
+from upgen.data import images
 from upgen.data import sources
 from upgen.tokenizers import text
 
@@ -94,6 +95,14 @@ def colour_stats(image_NxSxSx3: np.ndarray) -> dict[str, Any]:
           "pixel_std": _spread(flat.std(axis=(1, 2)).tolist())}
 
 
+def _pixels(row: dict[str, Any], image_size: int) -> np.ndarray:
+  """A captions row's image, decoded (a truncated file fails here, not at its header)."""
+  try:
+    return sources.load_image(row["image"], image_size)
+  except errors.UserError as e:  # It names the image; this adds the captions line.
+    raise type(e)(f"{row['line']}: {e}") from None
+
+
 def profile(path: str, *, max_images: int = 2000, image_size: int = 32, seed: int = 0
             ) -> dict[str, Any]:
   """The profile of a folder (see the module docstring) as a JSON-able dict."""
@@ -102,15 +111,15 @@ def profile(path: str, *, max_images: int = 2000, image_size: int = 32, seed: in
   sizes = []
   for r in rows:
     try:
-      with Image.open(r["image"]) as im:
-        sizes.append(im.size)
-    except OSError as e:
+      with Image.open(r["image"]) as im:  # The header only: sizes as the pixels stand upright.
+        sizes.append(images.upright_size(im))
+    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
       raise errors.DataError(f"{r['line']}: {r['image']}: not an image PIL can read ({e})"
                              ) from None
   w, h = np.asarray([s[0] for s in sizes]), np.asarray([s[1] for s in sizes])
   rng = np.random.default_rng(seed)
   picked = sorted(rng.permutation(len(rows))[:max_images])
-  pixels = np.stack([sources.load_image(rows[i]["image"], image_size) for i in picked])
+  pixels = np.stack([_pixels(rows[i], image_size) for i in picked])
   return {
       "path": os.path.abspath(path),
       "splits": {k: len(v) for k, v in splits.items()},
