@@ -121,15 +121,3 @@ def test_a_run_of_no_steps_or_no_rows_is_refused_before_it_writes(data_dir, tmp_
       f"upgen train: error: config.{key}={value}: must be >= 1"]
   assert not os.path.exists(workdir / "checkpoints") and not os.path.exists(
       workdir / "config.json")  # It never "completed" into a run with no checkpoint.
-
-
-@pytest.mark.parametrize("flag", ["--per-prompt", "--unconditional", "--batch-size",
-                                  "--candidates"])
-@pytest.mark.parametrize("value", ["0", "-2", "two"])
-def test_sample_counts_below_one_are_usage_errors(tmp_path, flag, value, capsys):
-  with pytest.raises(SystemExit) as e:
-    cli.main(["sample", "--workdir", str(tmp_path), "--prompts", __file__, "--out",
-              str(tmp_path / "o"), flag, value])
-  assert e.value.code == 2
-  assert capsys.readouterr().err.splitlines()[-1].endswith(
-      f"error: argument {flag}: {value!r} is not a whole number >= 1")

@@ -190,6 +190,21 @@ def test_out_of_vocab_id_is_an_error(tmp_path):
     next(_train(_config(bad_dir)))
 
 
+def test_an_empty_train_split_is_named(tmp_path):
+  data = _make_dir(tmp_path / "data", 8, num_shards=1)
+  open(os.path.join(data, "train-00000-of-00001.tfrecord"), "wb").close()  # No records.
+  path = os.path.join(data, records.METADATA_FILE)
+  with open(path) as f:
+    meta = json.load(f)
+  meta["splits"]["train"].update(records_per_shard=[0], sha256=["-"])
+  with open(path, "w") as f:
+    json.dump(meta, f)
+  with pytest.raises(ValueError, match=(
+      rf"^{path}: split 'train' has no records \(records_per_shard \[0\]\): nothing to "
+      "train on")):
+    next(_train(_config(data)))
+
+
 def test_eval_iterator_is_one_deterministic_pass(data_dir):
   c = _config(data_dir, batch_size=12)
   batches = list(_eval(c, "train"))

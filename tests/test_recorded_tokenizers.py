@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from tests import token_data
+from upgen import inference
 from upgen.data import records
 from upgen.tokenizers import text
 
@@ -129,3 +130,11 @@ def test_load_recorded_accepts_the_same_tokenizer_anywhere(tmp_path):
   text.train_bpe(["a red circle", "a green square"], 80, str(tmp_path / "b"))
   with pytest.raises(records.MetadataError, match=r"differs in sha256"):
     text.load_recorded(data)
+
+
+def test_a_long_prompt_is_quoted_by_its_ends():
+  prompt = "a red circle " + "word " * 2000 + "zzz"
+  quoted = inference.quoted(prompt)
+  assert quoted == ("'a red circle word word word word word wo' ... 'd word word word word "
+                    "word word word zzz' (10,016 characters)")
+  assert inference.quoted("a red circle") == "'a red circle'"

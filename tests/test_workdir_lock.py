@@ -76,3 +76,27 @@ def test_a_second_train_on_a_running_workdir_is_refused_in_one_line(tmp_path, ca
   # Killed without releasing it: the next run on the workdir takes the lock over and resumes.
   assert cli.main(args + ["--config.train.steps=7"]) == 0
   assert not os.path.exists(os.path.join(w, workdir_lock.LOCK_FILE))
+
+
+def test_sigterm_during_start_up_says_so_and_releases_the_lock(tmp_path):
+  data = token_data.write(str(tmp_path / "records"))
+  w = str(tmp_path / "run")
+  overrides = [f"--config.{k}={v}" for k, v in token_data.tiny_overrides(data).items()]
+  run = subprocess.Popen([sys.executable, "-m", "upgen.cli", "train", "--config",
+                          "configs/upgen.py:tiny", "--workdir", w, *overrides,
+                          "--config.train.steps=100000"],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  while not os.path.exists(os.path.join(w, workdir_lock.LOCK_FILE)):  # Starting up.
+    assert run.poll() is None, run.stderr.read()[-3000:]
+    assert time.time() < deadline, "the run never took its lock"
+    time.sleep(0.05)
+  run.terminate()
+  _, err = run.communicate(timeout=120)
+  assert run.returncode == 143  # 128 + SIGTERM, as a killed process, but with a message.
+  assert err.strip().splitlines()[-1] == (
+      f"upgen train: stopped by SIGTERM outside the training loop (starting up, or after its "
+      f"last checkpoint); the checkpoints in {w} are as they were: run the same command to "
+      "resume")
+  assert not os.path.exists(os.path.join(w, workdir_lock.LOCK_FILE))
+  assert not os.path.isdir(os.path.join(w, "checkpoints", "1"))

@@ -26,10 +26,13 @@ NAME` runs the evaluator module NAME's main (evaluators/registry.py).
   upgen bench data --data-dir DIR
 
 Errors a user can fix print on one line, `upgen <command>: error: ...`, exit status 2; add
---debug (or set UPGEN_DEBUG=1) for the traceback.
+--debug (or set UPGEN_DEBUG=1) for the traceback. They are upgen's own (upgen.errors, bad
+arguments among them) and the operating system's about a path the user named (missing, in
+the way, not a directory, not writable, disk full).
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -65,6 +68,22 @@ def _usage() -> str:
   return "\n".join(lines)
 
 
+# A path the user named that is missing, in the way, or not writable: theirs to fix.
+PATH_ERRNOS = (errno.ENOENT, errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.EACCES,
+               errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENAMETOOLONG)
+
+
+def path_error(e: OSError) -> str | None:
+  """One line for an OSError on a named path (`PATH: No such file or directory`), None
+  for any other (a bug, which keeps its traceback)."""
+  if e.errno not in PATH_ERRNOS or not e.filename:
+    return None
+  if e.errno == errno.EEXIST and os.path.isfile(e.filename):
+    return f"{e.filename}: a file is there; a directory is wanted"
+  other = f" -> {e.filename2}" if e.filename2 else ""
+  return f"{e.filename}{other}: {e.strerror}"
+
+
 def _debug(argv: list[str]) -> bool:
   return "--debug" in argv or os.environ.get("UPGEN_DEBUG", "") not in ("", "0")
 
@@ -91,10 +110,11 @@ def main(argv: list[str] | None = None) -> int:
   for words, command in _commands(argv):
     try:
       return int(command() or 0)
-    except errors.UserError as e:
-      if debug:
+    except (errors.UserError, OSError) as e:
+      message = e if isinstance(e, errors.UserError) else path_error(e)
+      if debug or message is None:
         raise
-      print(f"upgen {' '.join(words)}: error: {e}", file=sys.stderr)
+      print(f"upgen {' '.join(words)}: error: {message}", file=sys.stderr)
       return 2
   print(_usage(), file=sys.stderr)
   return 0 if argv[:1] in (["-h"], ["--help"]) else 2

@@ -9,6 +9,8 @@ catches those keeps working.
 """
 from __future__ import annotations
 
+import argparse
+
 
 class UserError(Exception):
   """Something the user can fix; the message names it."""
@@ -28,3 +30,47 @@ class NotFound(UserError, FileNotFoundError):
 
 class StorageError(UserError, OSError):
   """Reading or writing failed: disk full, permission denied, unreadable checkpoint."""
+
+
+class UsageError(ConfigError):
+  """A command line that does not parse: a missing, unknown or malformed argument."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse whose errors are UsageErrors, so a bad argument prints as one line like any
+  other user error (not argparse's usage block and exit), and `-h` still prints the help."""
+
+  def error(self, message: str):
+    raise UsageError(f"{message} (`{self.prog} --help` lists the arguments)")
+
+
+def whole(minimum: int = 1):
+  """An argparse type: a whole number >= minimum (else a one-line usage error)."""
+
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      value = None
+    if value is None or value < minimum:
+      raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {minimum}")
+    return value
+
+  return parse
+
+
+def number(low: float = 0.0, *, above: bool = True, below: float = float("inf")):
+  """An argparse type: a finite number > low (>= low when `above` is False) and < below."""
+
+  def parse(text: str) -> float:
+    try:
+      value = float(text)
+    except ValueError:
+      value = float("nan")
+    if not (value > low if above else value >= low) or not value < below:
+      where = f"{'>' if above else '>='} {low:g}" + (f" and < {below:g}" if below < float("inf")
+                                                     else "")
+      raise argparse.ArgumentTypeError(f"{text!r} is not a number {where}")
+    return value
+
+  return parse

@@ -119,10 +119,11 @@ def prompt_notes(run: Run, prompt: str) -> tuple[str, list[str]]:
   if len(ids) > length:
     notes.append(f"truncated to the model's {length} tokens (it is {len(ids)}): the model "
                  f"reads {seen!r}")
-  unknown = tok.unknown_words(prompt)
+  unknown = list(dict.fromkeys(tok.unknown_words(prompt)))  # Each once, in order.
   if unknown:
-    notes.append(f"{', '.join(repr(w) for w in unknown)} not in the training captions (the "
-                 f"model never learned {'it' if len(unknown) == 1 else 'them'})")
+    more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
+    notes.append(f"{', '.join(repr(w) for w in unknown[:8])}{more} not in the training "
+                 f"captions (the model never learned {'it' if len(unknown) == 1 else 'them'})")
   return seen, notes
 
 
@@ -133,8 +134,16 @@ def read_as(run: Run, prompts: Sequence[str]) -> list[str]:
     text, notes = prompt_notes(run, prompt)
     seen.append(text)
     for note in notes:
-      log.warning("prompt %d %r: %s", i, prompt, note)
+      log.warning("prompt %d %s: %s", i, quoted(prompt), note)
   return seen
+
+
+def quoted(text: str, keep: int = 40) -> str:
+  """repr(text), or for a long one its head and tail with the length between (a warning about
+  a 10,000-character prompt should not echo all of it)."""
+  if len(text) <= 2 * keep + 20:
+    return repr(text)
+  return f"{text[:keep]!r} ... {text[-keep:]!r} ({len(text):,} characters)"
 
 
 def caption_ids(run: Run, prompts: Sequence[str], per_prompt: int

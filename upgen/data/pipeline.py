@@ -206,6 +206,12 @@ def make_train_iterator(config: ml_collections.ConfigDict, spec: DataSpec, *,
   """
   split = config.data.get("train_split", "train")
   srcs = _token_sources(config, split, extra=True)
+  for _, _, src in srcs:
+    if not len(src):
+      raise errors.DataError(
+          f"{paths.join(src.data_dir, records.METADATA_FILE)}: split {split!r} has no records "
+          f"(records_per_shard {src.info['records_per_shard']}): nothing to train on; write it "
+          "again with `upgen tokenize`, or point config.data.train_split at another split")
   datasets = [grain_ops.EpochShuffle(grain.MapDataset.source(grain_ops.RawRecords(src, i)),
                                      seed=_derive_seed(config.seed, "shuffle", i))
               for i, (_, _, src) in enumerate(srcs)]

@@ -105,12 +105,12 @@ def write(out_dir: str, stdlib: Optional[str] = None, min_words: int = 6) -> dic
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="upgen data docstrings", description=__doc__,
+  parser = errors.ArgumentParser(prog="upgen data docstrings", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--out", required=True)
   parser.add_argument("--stdlib", default=None, help="Directory to read (default: this "
                       "Python's standard library).")
-  parser.add_argument("--min-words", type=int, default=6)
+  parser.add_argument("--min-words", type=errors.whole(1), default=6)
   args = parser.parse_args(argv)
   print(json.dumps(write(args.out, args.stdlib, args.min_words)))
   return 0

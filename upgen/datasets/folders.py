@@ -134,12 +134,12 @@ def _save(pixels_HxWx3: np.ndarray, out: str, name: str) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="upgen data folder", description=__doc__,
+  parser = errors.ArgumentParser(prog="upgen data folder", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("set", choices=("icons", "digits"))
   parser.add_argument("out")
   parser.add_argument("--theme", default="/usr/share/icons/Adwaita", help="icons: the theme.")
-  parser.add_argument("--size", type=int, default=48, help="icons: the theme's size folder.")
+  parser.add_argument("--size", type=errors.whole(1), default=48, help="icons: the theme's size folder.")
   parser.add_argument("--csv", default="", help="digits: the CSV (default: scikit-learn's).")
   args = parser.parse_args(argv)
   if os.path.exists(sources.captions_path(args.out)):

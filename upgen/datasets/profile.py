@@ -159,13 +159,13 @@ def describe(p: dict[str, Any]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="upgen data profile", description=__doc__,
+  parser = errors.ArgumentParser(prog="upgen data profile", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("dir", help="Folder with captions.jsonl (or train/ and val/ with one).")
   parser.add_argument("--json", action="store_true", help="Print the profile as JSON.")
-  parser.add_argument("--max-images", type=int, default=2000,
+  parser.add_argument("--max-images", type=errors.whole(1), default=2000,
                       help="Images whose colours are measured (a fixed sample).")
-  parser.add_argument("--image-size", type=int, default=32,
+  parser.add_argument("--image-size", type=errors.whole(1), default=32,
                       help="The size the colours are measured at (resize and center crop).")
   args = parser.parse_args(argv)
   p = profile(args.dir, max_images=args.max_images, image_size=args.image_size)

@@ -25,7 +25,6 @@ CLI: `upgen data shapes --out DIR [--image-size 32 --num-train 20000 --num-val 1
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -254,12 +253,12 @@ def generate(out_dir: str, image_size: int = 32, num_train: int = 20000, num_val
 
 def main(argv: Optional[list[str]] = None) -> int:
   """`upgen data shapes`: writes the captioned shapes data set."""
-  parser = argparse.ArgumentParser(prog="upgen data shapes", description=__doc__.split("\n")[0])
+  parser = errors.ArgumentParser(prog="upgen data shapes", description=__doc__.split("\n")[0])
   parser.add_argument("--out", required=True, help="Output directory.")
-  parser.add_argument("--image-size", type=int, default=32, help="Image side in pixels.")
-  parser.add_argument("--num-train", type=int, default=20000, help="Training examples.")
-  parser.add_argument("--num-val", type=int, default=1000, help="Validation examples.")
-  parser.add_argument("--num-test", type=int, default=1000,
+  parser.add_argument("--image-size", type=errors.whole(1), default=32, help="Image side in pixels.")
+  parser.add_argument("--num-train", type=errors.whole(1), default=20000, help="Training examples.")
+  parser.add_argument("--num-val", type=errors.whole(0), default=1000, help="Validation examples.")
+  parser.add_argument("--num-test", type=errors.whole(0), default=1000,
                       help="Test examples (held-out two-object captions only).")
   parser.add_argument("--seed", type=int, default=0, help="Seeds rendering and the held-out set.")
   args = parser.parse_args(argv)

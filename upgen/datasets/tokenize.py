@@ -27,16 +27,15 @@ import concurrent.futures
 import io
 import math
 import os
-import sys
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 from PIL import Image
-import tqdm
 
 from upgen import errors
 from upgen.data import records
 from upgen.data import sources
+from upgen.runtime import progress as progress_lib
 from upgen.tokenizers import image
 from upgen.tokenizers import text
 
@@ -62,7 +61,7 @@ def _tokenized(source: Any, kind: str, text_tokenizer: Any, image_tokenizer: Any
                pixels: bool = False) -> Iterator[dict[str, Any]]:
   """Yields record dicts for every example of `source`, tokenizing `batch_size` at a time."""
   with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, \
-      tqdm.tqdm(total=len(source), desc=desc, disable=not progress, unit="ex") as bar:
+      progress_lib.bar(len(source), desc=desc, disable=not progress, unit="ex") as bar:
     for start in range(0, len(source), batch_size):
       indices = range(start, min(start + batch_size, len(source)))
       if kind == "text":
@@ -212,23 +211,23 @@ def resolve_sources(source: str, splits: Optional[list[tuple[str, str]]],
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="upgen tokenize", description=__doc__.split("\n")[0])
+  p = errors.ArgumentParser(prog="upgen tokenize", description=__doc__.split("\n")[0])
   p.add_argument("--source", required=True, help="DIR (captions.jsonl layout) or tfds:NAME")
   p.add_argument("--out", required=True, help="output directory for shards + metadata.json")
   p.add_argument("--text-tokenizer", help="text tokenizer path (upgen.tokenizers.text.load)")
   p.add_argument("--image-tokenizer", help="image tokenizer workdir (upgen.tokenizers.image.load)")
   p.add_argument("--splits", help="comma separated; OUT=SRC renames (default: all present)")
-  p.add_argument("--num-shards", type=int, default=None, help="shards per split (default: auto)")
-  p.add_argument("--val-fraction", type=float, default=0.05,
+  p.add_argument("--num-shards", type=errors.whole(1), default=None, help="shards per split (default: auto)")
+  p.add_argument("--val-fraction", type=errors.number(0, above=False, below=1), default=0.05,
                  help="held out as val when DIR has no split sub-folders")
   p.add_argument("--kind", default="paired", choices=records.KINDS, help="what records hold")
-  p.add_argument("--batch-size", type=int, default=64, help="examples per tokenizer call")
+  p.add_argument("--batch-size", type=errors.whole(1), default=64, help="examples per tokenizer call")
   p.add_argument("--tfds-image-key", default="image")
   p.add_argument("--tfds-caption-key", default="caption")
   p.add_argument("--tfds-data-dir", default=None)
   p.add_argument("--pixels", action="store_true",
                  help="also store each image as PNG bytes (families that work in pixels)")
-  p.add_argument("--image-size", type=int, default=None,
+  p.add_argument("--image-size", type=errors.whole(1), default=None,
                  help="with --pixels and no --image-tokenizer: pixels per side")
   return p
 
@@ -239,25 +238,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   text_tokenizer = image_tokenizer = None
   if args.kind != "image":
     if not args.text_tokenizer:
-      raise SystemExit(f"upgen tokenize: --text-tokenizer is required for --kind {args.kind}")
+      raise errors.UsageError(f"--text-tokenizer is required for --kind {args.kind}")
     text_tokenizer = text.load(args.text_tokenizer)
   if args.kind != "text" and (args.image_tokenizer or not args.pixels):
     if not args.image_tokenizer:
-      raise SystemExit(f"upgen tokenize: --image-tokenizer (or --pixels) is required for "
-                       f"--kind {args.kind}")
+      raise errors.UsageError(f"--image-tokenizer (or --pixels) is required for "
+                              f"--kind {args.kind}")
     image_tokenizer = image.load(args.image_tokenizer)
   image_size = image_tokenizer.image_size if image_tokenizer is not None else args.image_size
   if args.kind != "text" and args.pixels and not image_size:
-    raise SystemExit("upgen tokenize: --pixels without --image-tokenizer needs --image-size")
+    raise errors.UsageError("--pixels without --image-tokenizer needs --image-size")
   if image_tokenizer is not None and args.image_size and args.image_size != image_size:
-    raise SystemExit(f"upgen tokenize: --image-size {args.image_size} differs from the image "
-                     f"tokenizer's {image_size}")
+    raise errors.UsageError(f"--image-size {args.image_size} differs from the image "
+                            f"tokenizer's {image_size}")
   split_sources = resolve_sources(args.source, _parse_splits(args.splits), image_size,
                                   args.val_fraction, args.kind,
                                   (args.tfds_image_key, args.tfds_caption_key), args.tfds_data_dir)
   meta = tokenize_folder(split_sources, args.out, text_tokenizer, image_tokenizer,
                          args.num_shards, args.batch_size, kind=args.kind,
-                         progress=sys.stderr.isatty(), pixels=args.pixels)
+                         progress=True, pixels=args.pixels)
   for split in split_sources:
     info = meta["splits"][split]
     print(f"{split}: {sum(info['records_per_shard'])} {info['kind']} records in "

@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from upgen import errors
 from upgen import inference
 from upgen.data import sources
 from upgen.evaluators import command
@@ -100,9 +101,9 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser = command.parser("captions", __doc__)
   parser.add_argument("--workdir", required=True, help="Run directory of `upgen train`.")
   parser.add_argument("--data", required=True, help="Folder with captions.jsonl and images.")
-  parser.add_argument("--num", type=int, default=0, help="First N images only (0 = all).")
+  parser.add_argument("--num", type=errors.whole(0), default=0, help="First N images only (0 = all).")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--batch-size", type=int, default=64)
+  parser.add_argument("--batch-size", type=errors.whole(1), default=64)
   parser.add_argument("--out", help="Also write scores and every caption to this JSON file.")
   args = parser.parse_args(argv)
   result, rows = evaluate(args.workdir, args.data, args.num, args.seed, args.batch_size)

@@ -42,7 +42,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--scorer", required=True, help="A clip run directory.")
   parser.add_argument("--manifest", required=True, help="manifest.jsonl of `upgen sample`.")
   parser.add_argument("--out", help="Per-sample scores (default: beside the manifest).")
-  parser.add_argument("--retrieval", type=int, default=256,
+  parser.add_argument("--retrieval", type=errors.whole(0), default=256,
                       help="Validation pairs for the scorer's retrieval accuracy (0: skip).")
   args = parser.parse_args(argv)
   scorer = inference.load_scorer(args.scorer)

@@ -6,10 +6,12 @@ import json
 import os
 from typing import Any, Optional
 
+from upgen import errors
+
 
 def parser(name: str, doc: Optional[str]) -> argparse.ArgumentParser:
   """`upgen eval NAME`'s parser; its help shows the evaluator module's docstring as written."""
-  return argparse.ArgumentParser(prog=f"upgen eval {name}", description=doc,
+  return errors.ArgumentParser(prog=f"upgen eval {name}", description=doc,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
 
 

@@ -133,8 +133,8 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--workdir", required=True, help="A run of a family that draws images.")
   parser.add_argument("--data", required=True,
                       help="The folder it trained on (captions.jsonl, or train/ and val/).")
-  parser.add_argument("--num", type=int, default=128, help="Captions per split.")
-  parser.add_argument("--size", type=int, default=16, help="Feature size (pixels per side).")
+  parser.add_argument("--num", type=errors.whole(1), default=128, help="Captions per split.")
+  parser.add_argument("--size", type=errors.whole(1), default=16, help="Feature size (pixels per side).")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--grid", help="Also write a PNG of training captions' true images, "
                       "each with its sample beside it.")

@@ -14,6 +14,7 @@ from typing import Optional
 
 import numpy as np
 
+from upgen import errors
 from upgen.data import sources
 from upgen.evaluators import command
 from upgen.models import image_metrics
@@ -27,7 +28,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                       help="Images directory (SPLIT/captions.jsonl + images, as the "
                            "shapes generator writes).")
   parser.add_argument("--split", default="val")
-  parser.add_argument("--num", type=int, default=500, help="Images scored (0 = all).")
+  parser.add_argument("--num", type=errors.whole(0), default=500, help="Images scored (0 = all).")
   parser.add_argument("--lpips", default="", help="LPIPS-VGG weights (safetensors).")
   parser.add_argument("--json", default="", help="Also write the result here.")
   args = parser.parse_args(argv)

@@ -134,8 +134,8 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--workdir", required=True,
                       help="Run directory, or the INIT directory of `upgen import hf`.")
   parser.add_argument("--text", required=True, help="Plain-text file, one sequence per line.")
-  parser.add_argument("--max-lines", type=int, default=0, help="Score the first N lines (0: all).")
-  parser.add_argument("--batch-size", type=int, default=16)
+  parser.add_argument("--max-lines", type=errors.whole(0), default=0, help="Score the first N lines (0: all).")
+  parser.add_argument("--batch-size", type=errors.whole(1), default=16)
   args = parser.parse_args(argv)
   setup, params, tok = load(args.workdir)
   context = setup.family.can("text_context")(setup.model_config)

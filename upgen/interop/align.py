@@ -134,13 +134,13 @@ def align(init_dir: str, data_dir: str, steps: int = 2000, batch_size: int = 256
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="upgen align", description=__doc__,
+  parser = errors.ArgumentParser(prog="upgen align", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True, help="INIT (import) or gpt2 LM run directory.")
   parser.add_argument("--data", required=True, help="Paired records (upgen tokenize).")
-  parser.add_argument("--steps", type=int, default=2000)
-  parser.add_argument("--batch-size", type=int, default=256)
-  parser.add_argument("--lr", type=float, default=1e-2)
+  parser.add_argument("--steps", type=errors.whole(1), default=2000)
+  parser.add_argument("--batch-size", type=errors.whole(1), default=256)
+  parser.add_argument("--lr", type=errors.number(0), default=1e-2)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   r = align(args.workdir, args.data, args.steps, args.batch_size, args.lr, args.seed)

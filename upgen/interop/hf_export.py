@@ -94,7 +94,7 @@ def export_hf(workdir: str, out: str) -> dict[str, Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="upgen export hf", description=__doc__,
+  parser = errors.ArgumentParser(prog="upgen export hf", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True, help="Run directory of `upgen train`.")
   parser.add_argument("--out", required=True, help="Hugging Face directory to write.")

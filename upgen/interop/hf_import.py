@@ -74,7 +74,7 @@ def import_hf(directory: str, family_name: str, out: str) -> hf_weights.HFImport
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="upgen import hf", description=__doc__,
+  parser = errors.ArgumentParser(prog="upgen import hf", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--from", dest="source", required=True,
                       help="Local Hugging Face model directory (config.json + weights).")

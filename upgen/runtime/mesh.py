@@ -37,9 +37,9 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tupl
           f"config.mesh: {num_devices} devices do not divide by {known} ({shape})")
     shape[shape.index(-1)] = num_devices // known
   if int(np.prod(shape)) != num_devices:
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.mesh: data*fsdp*tensor = {int(np.prod(shape))} but there are "
-        f"{num_devices} devices")
+        f"{num_devices} devices (set one axis to -1 to take the rest)")
   return tuple(shape)
 
 

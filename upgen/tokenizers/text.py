@@ -14,7 +14,6 @@ CLI: `upgen tokenizer text --captions DIR_OR_JSONL --vocab-size N --out DIR`.
 from __future__ import annotations
 
 import abc
-import argparse
 import hashlib
 import os
 import string
@@ -321,11 +320,11 @@ def captions_file(path: str) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
   """`upgen tokenizer text`: trains the caption BPE."""
-  parser = argparse.ArgumentParser(prog="upgen tokenizer text",
+  parser = errors.ArgumentParser(prog="upgen tokenizer text",
                                    description="Train a BPE text tokenizer on captions.")
   parser.add_argument("--captions", required=True,
                       help="captions.jsonl, or a folder with captions.jsonl or train/captions.jsonl.")
-  parser.add_argument("--vocab-size", type=int, required=True,
+  parser.add_argument("--vocab-size", type=errors.whole(1), required=True,
                       help="Vocabulary size, special tokens included.")
   parser.add_argument("--out", required=True, help="Output folder for tokenizer.json.")
   parser.add_argument("--caption-key", default="caption", help="JSON key of the caption text.")

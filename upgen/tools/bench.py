@@ -18,7 +18,6 @@ else taken from --image_grid/--image_vocab/--text_vocab (a synthetic DataSpec).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import functools
@@ -391,11 +390,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _main_data(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="upgen bench data")
+  parser = errors.ArgumentParser(prog="upgen bench data")
   parser.add_argument("--data-dir", required=True)
   parser.add_argument("--split", default="train")
-  parser.add_argument("--batch-size", type=int, default=64)
-  parser.add_argument("--seconds", type=float, default=10.0)
+  parser.add_argument("--batch-size", type=errors.whole(1), default=64)
+  parser.add_argument("--seconds", type=errors.number(0), default=10.0)
   parser.add_argument("--config", help="Also time this config's train step (configs/x.py:arg).")
   args = parser.parse_args(argv)
   result = bench_data(args.data_dir, args.split, args.batch_size, args.seconds)

@@ -173,18 +173,18 @@ def serve(demo: demo_lib.Demo, *, title: str, host: str, port: int) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="upgen demo", description=demo_lib.__doc__,
+  parser = errors.ArgumentParser(prog="upgen demo", description=demo_lib.__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True, help="Run directory of `upgen train`.")
-  parser.add_argument("--port", type=int, default=7860)
+  parser.add_argument("--port", type=errors.whole(0), default=7860)
   parser.add_argument("--host", default="127.0.0.1",
                       help="Address to serve on (default: this machine only).")
   parser.add_argument("--scorer", help="A clip run (configs/clip.py) for best-of-N reranking.")
   parser.add_argument("--no-ema", action="store_true",
                       help="The trained parameters, not their EMA, where the run keeps one.")
-  parser.add_argument("--batch-size", type=int, default=8,
+  parser.add_argument("--batch-size", type=errors.whole(1), default=8,
                       help="Rows per compiled sampling call (requests are drawn in batches).")
-  parser.add_argument("--max-samples", type=int, default=16,
+  parser.add_argument("--max-samples", type=errors.whole(1), default=16,
                       help="The most samples one request may ask for.")
   args = parser.parse_args(argv)
   scorer = inference.load_scorer(args.scorer) if args.scorer else None

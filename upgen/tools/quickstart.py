@@ -203,44 +203,44 @@ def reconstruction_report(image_tok, images_dir: str, split: str, limit: int, sc
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="upgen quickstart", description=__doc__,
+  parser = errors.ArgumentParser(prog="upgen quickstart", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True)
-  parser.add_argument("--minutes", type=float, default=None,
+  parser.add_argument("--minutes", type=errors.number(0), default=None,
                       help="Training budget of the text-to-image model, in minutes (default: "
                            "what --job-minutes leaves after the other stages).")
-  parser.add_argument("--job-minutes", type=float, default=JOB_MINUTES,
+  parser.add_argument("--job-minutes", type=errors.number(0), default=JOB_MINUTES,
                       help="The whole job's budget, in minutes, when --minutes is not given.")
   parser.add_argument("--source", help="Folder of images with captions.jsonl instead of shapes.")
   parser.add_argument("--family", default="upgen", help="Model family to train.")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--num-train", type=int, default=20000, help="Shapes training examples.")
-  parser.add_argument("--num-val", type=int, default=1000, help="Shapes validation examples.")
-  parser.add_argument("--num-test", type=int, default=1000, help="Shapes test examples.")
-  parser.add_argument("--max-captions", type=int, default=200,
+  parser.add_argument("--num-train", type=errors.whole(1), default=20000, help="Shapes training examples.")
+  parser.add_argument("--num-val", type=errors.whole(1), default=1000, help="Shapes validation examples.")
+  parser.add_argument("--num-test", type=errors.whole(1), default=1000, help="Shapes test examples.")
+  parser.add_argument("--max-captions", type=errors.whole(1), default=200,
                       help="Distinct captions sampled per split for scoring.")
-  parser.add_argument("--image-size", type=int, default=32)
+  parser.add_argument("--image-size", type=errors.whole(1), default=32)
   parser.add_argument("--lpips", default="",
                       help="LPIPS-VGG weights (safetensors) for the tokenizer's report.")
-  parser.add_argument("--text-vocab-size", type=int, default=None,
+  parser.add_argument("--text-vocab-size", type=errors.whole(1), default=None,
                       help="BPE vocabulary (default: chosen from the captions; 128 for shapes).")
-  parser.add_argument("--vqgan-steps", type=int, default=None)
-  parser.add_argument("--image-grid", type=int, default=None,
+  parser.add_argument("--vqgan-steps", type=errors.whole(1), default=None)
+  parser.add_argument("--image-grid", type=errors.whole(1), default=None,
                       help="Image tokens per side (default: chosen by a reconstruction check; "
                            "8 for shapes).")
-  parser.add_argument("--codebook-size", type=int, default=None,
+  parser.add_argument("--codebook-size", type=errors.whole(1), default=None,
                       help="Image tokenizer codes (default: chosen by the same check).")
-  parser.add_argument("--batch-size", type=int, default=None,
+  parser.add_argument("--batch-size", type=errors.whole(1), default=None,
                       help="The text-to-image model's batch (default: the family's tiny one).")
-  parser.add_argument("--per-prompt", type=int, default=2)
-  parser.add_argument("--num-caption-images", type=int, default=400,
+  parser.add_argument("--per-prompt", type=errors.whole(1), default=2)
+  parser.add_argument("--num-caption-images", type=errors.whole(1), default=400,
                       help="Validation images captioned (image->text) and scored.")
-  parser.add_argument("--val-fraction", type=float, default=0.05)
-  parser.add_argument("--scorer-minutes", type=float, default=0.0,
+  parser.add_argument("--val-fraction", type=errors.number(0, above=False, below=1), default=0.05)
+  parser.add_argument("--scorer-minutes", type=errors.number(0, above=False), default=0.0,
                       help="Also train a CLIP scorer on the pixel records for this long and "
                            "report best-of-N test fidelity (0 = off; 4 minutes: "
                            "docs/notes/2026-12-01-probes-reranking-recon.md).")
-  parser.add_argument("--rerank", type=int, default=4, help="N of best-of-N with the scorer.")
+  parser.add_argument("--rerank", type=errors.whole(1), default=4, help="N of best-of-N with the scorer.")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING)
   if args.image_grid:
@@ -416,7 +416,7 @@ def _family_config(family: str):
   try:
     module = importlib.import_module(f"configs.{family}")
   except ModuleNotFoundError as e:
-    raise SystemExit(f"upgen quickstart: --family {family}: no configs/{family}.py") from e
+    raise errors.UsageError(f"--family {family}: no configs/{family}.py") from e
   return module.get_config("tiny")
 
 

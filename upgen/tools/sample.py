@@ -80,16 +80,6 @@ def _read_images(path: str, size: int) -> tuple[list[str], np.ndarray]:
 
 
 
-def _positive(text: str) -> int:
-  """A whole number >= 1 (argparse type: a bad value is a one-line usage error)."""
-  try:
-    value = int(text)
-  except ValueError:
-    value = 0
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
-  return value
-
 
 def _region(text: str) -> list[int]:
   try:
@@ -103,13 +93,13 @@ def _region(text: str) -> list[int]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="upgen sample", description=__doc__,
+  parser = errors.ArgumentParser(prog="upgen sample", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True, help="Run directory of `upgen train`.")
   parser.add_argument("--prompts", help="Text file, one caption per line.")
-  parser.add_argument("--per-prompt", type=_positive, default=None,
+  parser.add_argument("--per-prompt", type=errors.whole(1), default=None,
                       help="Samples per prompt (default: the run's config.sample.per_prompt).")
-  parser.add_argument("--unconditional", type=_positive, metavar="N",
+  parser.add_argument("--unconditional", type=errors.whole(1), metavar="N",
                       help="Draw N images without a caption.")
   parser.add_argument("--inpaint", metavar="IMAGE",
                       help="With --prompts and --region: regenerate a region of IMAGE.")
@@ -118,8 +108,8 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--captions-for", help="Folder of images to caption (image->text).")
   parser.add_argument("--out", required=True)
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--batch-size", type=_positive, default=64)
-  parser.add_argument("--candidates", type=_positive, default=1,
+  parser.add_argument("--batch-size", type=errors.whole(1), default=64)
+  parser.add_argument("--candidates", type=errors.whole(1), default=1,
                       help="Draw N candidates per sample and keep the best by --scorer.")
   parser.add_argument("--scorer", help="A clip run (configs/clip.py) that ranks candidates.")
   parser.add_argument("--no-ema", action="store_true",

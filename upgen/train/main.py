@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import signal
 import sys
+from typing import Optional
 
 from absl import flags
 from ml_collections import config_flags
@@ -19,6 +22,7 @@ from ml_collections import config_flags
 import upgen
 from upgen import errors
 from upgen.runtime import distributed
+from upgen.train import periodic
 from upgen.train import trainer
 
 
@@ -42,6 +46,12 @@ def config_flags_for(argv: list[str], prog: str) -> tuple[flags.FlagValues, list
     i = argv.index("--config")
     if i + 1 < len(argv):
       argv[i + 1] = config_path(argv[i + 1])
+  for i, a in enumerate(argv):
+    value = a[len("--config="):] if a.startswith("--config=") else (
+        argv[i + 1] if a == "--config" and i + 1 < len(argv) else None)
+    if value is not None and not os.path.isfile(value.partition(":")[0]):
+      raise errors.NotFound(f"--config {value}: no such config file (the configs are "
+                            "configs/<family>.py, with a variant after ':')")
   fv = flags.FlagValues()
   # sys_argv: overrides (--config.KEY=V) are read from argv, not from the process's sys.argv.
   config_flags.DEFINE_config_file("config", None, "Config file (configs/<family>.py:<variant>).",
@@ -63,11 +73,36 @@ def parse(argv: list[str], extra_flags=None) -> flags.FlagValues:
 
 
 def override_error(argv: list[str], error: Exception) -> str:
-  """A locked config rejects a key it does not have; name the override that did it."""
+  """A locked config rejects a key it does not have: name the override that did it, with
+  ml_collections' suggestion when it has one."""
   overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
-  key = str(error.args[0] if error.args else error).strip("'\"")
-  return (f"no config key {key!r} (misspelt override? configs are locked); overrides given: "
-          f"{' '.join(overrides) or 'none'}")
+  hint = re.search(r'Did you mean "([^"]+)"', "".join(
+      str(e.args[0]) for e in _chain(error) if e.args))
+  while isinstance(error.__cause__ or error.__context__, (AttributeError, KeyError)):
+    error = error.__cause__ or error.__context__  # The innermost names the key alone.
+  key = str(error.args[0] if error.args else error)
+  named = [o for o in overrides if o.split(".")[-1] == key]
+  where = named[0] if named else f"--config.*.{key}"
+  return (f"{where}: no such config key"
+          + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
+          + f"; configs are locked, so an override names an existing key")
+
+
+def _chain(error: BaseException):
+  """error and the exceptions it was raised from or during, outermost first."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__
+
+
+def user_error(error: BaseException) -> Optional[errors.UserError]:
+  """The upgen error a config file raised (an unknown variant, say) that absl's flag
+  parsing wrapped in a message holding its traceback: the innermost, whose message is its
+  own."""
+  found = [e for e in _chain(error) if isinstance(e, errors.UserError)]
+  return found[-1] if found else None
 
 
 def main(argv: list[str]) -> int:
@@ -78,13 +113,20 @@ def main(argv: list[str]) -> int:
   try:
     fv = parse(argv)
     distributed.initialize(**distributed.flag_values(fv))  # Before any jax backend exists.
-  except errors.UserError:
-    raise
+  except errors.UserError as e:
+    raise user_error(e) from e
   except (flags.Error, ValueError) as e:
-    raise errors.ConfigError(str(e)) from e
+    raise (user_error(e) or errors.ConfigError(str(e))) from e
   except (AttributeError, KeyError) as e:
     raise errors.ConfigError(override_error(argv, e)) from e
-  summary = trainer.train(fv.config, fv.workdir)
+  try:
+    with periodic.terminate_raises():
+      summary = trainer.train(fv.config, fv.workdir)
+  except periodic.Terminated:
+    print(f"upgen train: stopped by SIGTERM outside the training loop (starting up, or after "
+          f"its last checkpoint); the checkpoints in {fv.workdir} are as they were: run the "
+          "same command to resume", file=sys.stderr)
+    return 128 + signal.SIGTERM
   print(f"upgen train: {summary['stopped']} at step {summary['step']} "
         f"({summary['num_params']:,} parameters, {summary['seconds']:.0f} s)")
   return 0

@@ -14,6 +14,30 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 
+class Terminated(Exception):
+  """SIGTERM arrived outside the training loop (start-up, the final evaluation), where no
+  flag is checked: the run stops there."""
+
+
+@contextlib.contextmanager
+def terminate_raises() -> Iterator[None]:
+  """SIGTERM raises Terminated (in the main thread) while in scope, except inside a
+  Preemption, which turns it into a flag instead."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def handler(signum, frame):
+    del signum, frame
+    raise Terminated()
+
+  previous = signal.signal(signal.SIGTERM, handler)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
 class Preemption:
   """Turns SIGTERM into a flag the loop checks between steps (then checkpoint and exit)."""
 

@@ -21,7 +21,6 @@ from typing import Any, Optional
 
 import jax
 import ml_collections
-import tqdm
 
 from upgen import errors
 from upgen import families
@@ -32,6 +31,7 @@ from upgen.runtime import init_from
 from upgen.runtime import mesh as mesh_lib
 from upgen.runtime import optimizer as optimizer_lib
 from upgen.runtime import param_groups
+from upgen.runtime import progress as progress_lib
 from upgen.runtime import state as state_lib
 from upgen.runtime import workdir_lock
 from upgen.runtime import writers
@@ -62,18 +62,18 @@ def check_resume(saved: tuple[ml_collections.ConfigDict, DataSpec],
   diffs = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
   if diffs:
     k = diffs[0]
-    raise ValueError(
+    raise errors.ConfigError(
         f"{workdir}/config.json: config.model.{k}={old.get(k)!r} there but {new.get(k)!r} "
         "now; resume with the same model or use a new --workdir")
   changed = saved_spec.differences(spec)
   if changed:
     k = changed[0]
-    raise ValueError(
+    raise errors.ConfigError(
         f"{workdir}/data_spec.json: {k}={getattr(saved_spec, k)!r} there but "
         f"{getattr(spec, k)!r} in the data now (config.data.dir={config.data.dir}); resume "
         "on records of the same tokenizers and lengths or use a new --workdir")
   if ckpt_lib.uses_ema(saved_config) != ckpt_lib.uses_ema(config):
-    raise ValueError(
+    raise errors.ConfigError(
         f"{workdir}/config.json: config.optim.ema_decay="
         f"{saved_config.optim.get('ema_decay', 0.0)!r} there but "
         f"{config.optim.get('ema_decay', 0.0)!r} now; an EMA cannot be added to or dropped "
@@ -107,7 +107,12 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Prepared:
     group, name = key.split(".")
     if int(config[group][name]) < 1:  # A run of no steps would "complete" with nothing saved.
       raise errors.ConfigError(f"config.{key}={config[group][name]}: must be >= 1")
+  accum = int(config.optim.get("grad_accum_steps", 1))
+  if accum < 1 or config.data.batch_size % accum:
+    raise errors.ConfigError(f"config.optim.grad_accum_steps={accum}: must be >= 1 and divide "
+                             f"config.data.batch_size={config.data.batch_size}")
   setup = build(config)
+  mesh_lib.mesh_shape(config.mesh, jax.device_count())  # Before anything is written.
   try:
     saved = ckpt_lib.load_run_config(workdir)
   except FileNotFoundError:
@@ -225,10 +230,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   previewer = preview_lib.make(config, setup, mesh_lib.replicated(run.mesh))
   eval_batch = lambda: global_batch(next(iter(setup.family.reads.eval_iterator(
       config, setup.spec, config.data.val_split, run.rows))))
-  progress = None
-  if config.train.progress and jax.process_index() == 0:
-    progress = tqdm.tqdm(total=total, initial=step, desc=f"train {setup.family.name}",
-                         dynamic_ncols=True)
+  progress = progress_lib.bar(total, initial=step, desc=f"train {setup.family.name}",
+                              unit="steps",
+                              disable=not config.train.progress or jax.process_index() != 0)
   log.info("%s: %d parameters, mesh %s, steps %d -> %d", setup.family.name, num_params,
            dict(run.mesh.shape), step, total)
 
@@ -237,10 +241,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     nonlocal last_metrics
     last_metrics = finite_metrics(metrics_dev, done_step, config, checkpointer.latest_step())
     interval.add(last_metrics)
-    if progress is not None:
-      progress.update(1)
-      if done_step % max(config.train.log_every, 1) == 0:
-        progress.set_postfix(loss=f"{last_metrics['loss']:.4f}")
+    progress.update(1)
+    if done_step % max(config.train.log_every, 1) == 0:
+      progress.set_postfix(loss=f"{last_metrics['loss']:.4f}")
     if done_step % config.train.log_every == 0 or done_step == total:
       interval.flush(done_step)
 
@@ -271,9 +274,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             config.train.steps = total = fitted
             state = state.replace(tx=optimizer_lib.for_setup(setup, config.optim, total))
             p_train = train_program(config, run, state.tx, total)
-            if progress is not None:
-              progress.total = total
-              progress.refresh()
+            progress.total = total
+            progress.refresh()
           if jax.process_index() == 0:
             ckpt_lib.save_run_config(workdir, config, setup.spec)
           fit.save(workdir)
@@ -316,8 +318,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     finally:
       checkpointer.close()
       writer.close()
-      if progress is not None:
-        progress.close()
+      progress.close()
   return {"step": step, "stopped": stopped_reason, "num_params": num_params,
           "seconds": time.perf_counter() - t_start, "last": last_metrics,
           "eval": final_eval, "seconds_in": timings.rounded()}
