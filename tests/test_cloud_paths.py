@@ -233,14 +233,18 @@ def test_checkpointer_hands_the_gs_url_to_orbax(bucket, no_local_ops_on_gs, monk
   calls = []
 
   class RecordingManager:
-    def __init__(self, directory, options=None, item_names=None):
-      calls.append((directory, options.max_to_keep, item_names))
+    def __init__(self, directory, options=None, item_handlers=None):
+      calls.append((directory, options.max_to_keep, sorted(item_handlers)))
 
   monkeypatch.setattr(ocp, "CheckpointManager", RecordingManager)
   checkpoint.save_run_config("gs://bucket/run", upgen_config.get_config("tiny"), DataSpec())
-  checkpoint.Checkpointer("gs://bucket/run", keep=2)
-  assert calls == [("gs://bucket/run/checkpoints", 2, ("state", "data"))]
+  left = bucket / "run" / "checkpoints" / "7.orbax-checkpoint-tmp-123" / "state"
+  left.mkdir(parents=True)  # A killed save's unfinished write: the trainer removes it.
+  (left / "x").write_text("partial")
+  checkpoint.Checkpointer("gs://bucket/run", keep=2, owner=True)
+  assert calls == [("gs://bucket/run/checkpoints", 2, ["data", "state"])]
   assert (bucket / "run" / "config.json").exists()
+  assert not (bucket / "run" / "checkpoints" / "7.orbax-checkpoint-tmp-123").exists()
 
 
 def test_orbax_makes_its_gs_directory_through_epath(bucket, no_local_ops_on_gs, monkeypatch):

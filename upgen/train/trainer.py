@@ -102,7 +102,8 @@ class Prepared:
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> Prepared:
   """Checks the config against the run directory (resume, init_from, fit_to_time), saves
   it, and builds the mesh, the sharded state and the data iterator: restored from the
-  latest checkpoint, or fresh (started from config.train.init_from where given)."""
+  newest intact checkpoint, or fresh (started from config.train.init_from where given).
+  Called with the workdir's lock held (`train`)."""
   for key in ("train.steps", "data.batch_size"):
     group, name = key.split(".")
     if int(config[group][name]) < 1:  # A run of no steps would "complete" with nothing saved.
@@ -139,10 +140,11 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Prepared:
   batch_sharding = mesh_lib.batch_sharding(mesh, config.mesh)
   rows = mesh_lib.process_rows(batch_sharding, config.data.batch_size)
   train_iter = setup.family.reads.train_iterator(config, setup.spec, rows)
-  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    _, restored, data_state = checkpointer.restore(ckpt_lib.state_dict(abstract), latest)
+  # The owner: train() holds the workdir's lock, so leftovers of a killed save are removed
+  # and damaged steps set aside (runtime/checkpoint.py).
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints, owner=True)
+  if checkpointer.latest_step() is not None:
+    latest, restored, data_state = checkpointer.restore(ckpt_lib.state_dict(abstract))
     state = state_lib.TrainState(tx=tx, **restored)
     if data_state:
       train_iter.set_state(data_state)
