@@ -31,6 +31,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # positions), what a pretrained GPT-2 needs (`upgen import hf --family dalle`; docs/dalle.md).
   c.model.architecture = "dalle"
   c.model.max_positions = 0  # "gpt2": position table rows (GPT-2: 1024; 0: the document's).
+  # "gpt2": logits against the token table (GPT-2's tied head); False: an output table of
+  # its own (an imported GPT-2 with tie_word_embeddings=false).
+  c.model.tie_embeddings = True
+  # "gpt2": an imported LM's vocabulary rows (its config.json vocab_size) where more than
+  # its tokenizer's ids, all kept as text ids as transformers keeps them; 0: the tokenizer's.
+  c.model.lm_vocab_size = 0
   # Vocabularies, the token grid and special ids come from the records (data_spec.json).
 
   # Loss: per-modality means, mixed by these weights (DALL-E: 1/8 text, 7/8 image).

@@ -159,9 +159,9 @@ class Family:
   # Parameter groups config.optim.freeze and config.train.init_groups can name: group ->
   # parameter patterns (`member`), or a function of the model config giving them.
   param_groups: Any = dataclasses.field(default_factory=dict)
-  # `upgen import hf`: (HF config.json dict, weights by "a/b/c" name in the Flax layout,
-  # text_vocab_size=the directory's tokenizer size or None) -> HFImport (config.model
-  # values, the parameters it supplies, notes).
+  # `upgen import hf`: (HF config.json dict, tensors by "a/b/c" name in the Flax layout
+  # (models/hf_weights.Tensor), tokenizer=the directory's text tokenizer or None) -> HFImport
+  # (config.model values, the parameters it supplies, notes).
   import_hf: Optional[Callable[..., Any]] = None
   # `upgen export hf`: (params as numpy, model config) -> (HF config.json dict, weights by
   # "a/b/c" name in the Flax layout).

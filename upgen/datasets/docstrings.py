@@ -106,7 +106,7 @@ def write(out_dir: str, stdlib: Optional[str] = None, min_words: int = 6) -> dic
 
 def main(argv: Optional[list[str]] = None) -> int:
   parser = errors.ArgumentParser(prog="upgen data docstrings", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--out", required=True)
   parser.add_argument("--stdlib", default=None, help="Directory to read (default: this "
                       "Python's standard library).")

@@ -135,7 +135,7 @@ def _save(pixels_HxWx3: np.ndarray, out: str, name: str) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
   parser = errors.ArgumentParser(prog="upgen data folder", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("set", choices=("icons", "digits"))
   parser.add_argument("out")
   parser.add_argument("--theme", default="/usr/share/icons/Adwaita", help="icons: the theme.")

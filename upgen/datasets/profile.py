@@ -160,7 +160,7 @@ def describe(p: dict[str, Any]) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
   parser = errors.ArgumentParser(prog="upgen data profile", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("dir", help="Folder with captions.jsonl (or train/ and val/ with one).")
   parser.add_argument("--json", action="store_true", help="Print the profile as JSON.")
   parser.add_argument("--max-images", type=errors.whole(1), default=2000,

@@ -12,7 +12,7 @@ from upgen import errors
 def parser(name: str, doc: Optional[str]) -> argparse.ArgumentParser:
   """`upgen eval NAME`'s parser; its help shows the evaluator module's docstring as written."""
   return errors.ArgumentParser(prog=f"upgen eval {name}", description=doc,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def emit(result: Any, path: Optional[str] = None, *, indent: Optional[int] = None) -> None:

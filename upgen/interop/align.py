@@ -11,7 +11,8 @@ temperature). Written into INIT:
 
   aligned_params/  the token table the run will have: INIT's text rows, the document tokens
                    and <pad> (normal, std 0.02, as a fresh init), the aligned code rows scaled
-                   to the text rows' mean norm, zero padding rows
+                   to the text rows' mean norm, zero padding rows (an untied output
+                   table, config.model.tie_embeddings=False, starts its new rows fresh)
   align.json       the loss and temperature curves, the in-batch retrieval accuracy on the
                    validation split at the start and the end, and the nearest text tokens of
                    the first codes (the paper found them "noisy, semantically void")
@@ -76,11 +77,15 @@ def align(init_dir: str, data_dir: str, steps: int = 2000, batch_size: int = 256
   spec = readers.TOKEN_RECORDS.spec(config.data)
   if not spec.image_vocab_size:
     raise errors.DataError(f"{data_dir}: records without image tokens; align needs paired ones")
-  if spec.text_vocab_size > text.shape[0]:
+  # The text ids: the tokenizer's, or all of an imported LM's rows where it has more (the
+  # run's config.model.lm_vocab_size), so the document tokens sit where the run has them.
+  text_ids = max(spec.text_vocab_size,
+                 int(init_from.architecture(init_dir).get("lm_vocab_size") or 0))
+  if text_ids > text.shape[0]:
     raise errors.DataError(f"{data_dir}: its text tokenizer has {spec.text_vocab_size} ids, "
                            f"{init_dir}'s table {text.shape[0]} rows: tokenize the records "
                            f"with --text-tokenizer {init_dir}/{rundir.TOKENIZER_DIR}")
-  text = text[:spec.text_vocab_size]
+  text = text[:text_ids]
   rng = jax.random.key(seed)
   params = {"image": layers.embed_init(rng, (spec.image_vocab_size, text.shape[1])),
             "log_temp": jnp.asarray(np.log(1 / 0.07), jnp.float32)}
@@ -106,7 +111,7 @@ def align(init_dir: str, data_dir: str, steps: int = 2000, batch_size: int = 256
                     "temperature": float(jnp.exp(params["log_temp"]))})
   end = [float(x) for x in evaluate(params, val_batch)]
 
-  lay = dalle_gpt2.Layout(spec.text_vocab_size, spec.image_vocab_size, spec.text_seq_len,
+  lay = dalle_gpt2.Layout(text_ids, spec.image_vocab_size, spec.text_seq_len,
                           spec.image_seq_len)
   image = np.asarray(params["image"])
   norm = float(np.linalg.norm(np.asarray(text), axis=1).mean())
@@ -119,7 +124,8 @@ def align(init_dir: str, data_dir: str, steps: int = 2000, batch_size: int = 256
   restore.save_params(os.path.join(init_dir, rundir.ALIGNED_DIR),
                         {"token_embed": {"embedding": table}})
   unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
-  nearest = np.argsort(-(unit(image[:8]) @ unit(np.asarray(text)).T), axis=1)[:, :5]
+  words = np.asarray(text[:spec.text_vocab_size])  # The ids the tokenizer can decode.
+  nearest = np.argsort(-(unit(image[:8]) @ unit(words).T), axis=1)[:, :5]
   report = {"init": init_dir, "data": data_dir, "steps": steps, "batch_size": batch_size,
             "lr": lr, "val_start": {"loss": start[0], "acc": start[1]},
             "val_end": {"loss": end[0], "acc": end[1]}, "curve": curve,
@@ -135,7 +141,7 @@ def align(init_dir: str, data_dir: str, steps: int = 2000, batch_size: int = 256
 
 def main(argv: Optional[list[str]] = None) -> int:
   parser = errors.ArgumentParser(prog="upgen align", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True, help="INIT (import) or gpt2 LM run directory.")
   parser.add_argument("--data", required=True, help="Paired records (upgen tokenize).")
   parser.add_argument("--steps", type=errors.whole(1), default=2000)

@@ -57,6 +57,13 @@ class DalleConfig(layers.TransformerConfig):
   # pretrained GPT-2 needs (upgen/models/dalle_gpt2.py).
   architecture: str = "dalle"
   max_positions: int = 0  # "gpt2": position table rows (GPT-2: 1024; 0 or fewer: as needed).
+  # "gpt2": the logits against the token table (GPT-2's tied head), or, False, against an
+  # output table of their own (a GPT-2 with tie_word_embeddings=false).
+  tie_embeddings: bool = True
+  # "gpt2": an imported LM's vocabulary (config.json vocab_size) where it has more rows than
+  # the tokenizer has ids: the text ids span them all, as in transformers' softmax (0: the
+  # tokenizer's ids).
+  lm_vocab_size: int = 0
   image_vocab_size: int
   text_vocab_size: int
   image_seq_len: int
@@ -71,6 +78,9 @@ class DalleConfig(layers.TransformerConfig):
     if self.architecture not in ARCHITECTURES:
       raise errors.ConfigError(f"config.model.architecture={self.architecture!r}: choose one "
                                f"of {sorted(ARCHITECTURES)}")
+    if self.architecture != "gpt2" and (not self.tie_embeddings or self.lm_vocab_size):
+      raise errors.ConfigError("config.model.tie_embeddings and lm_vocab_size are the \"gpt2\" "
+                               f"architecture's; this is {self.architecture!r}")
     if self.architecture == "gpt2" and self.image_seq_len == 0 == self.image_vocab_size:
       return  # Text-only records: a plain language model.
     if not 0 <= self.text_pad_id < self.text_vocab_size:
@@ -122,6 +132,10 @@ def model_config(group: Any, spec: DataSpec) -> DalleConfig:
   else:
     sizes = spec.token_sizes()
     del sizes["text_mask_id"]  # Text pads are learned (or left out); no [MASK] is needed.
+  if architecture == "gpt2":  # An imported LM's rows past the tokenizer's ids stay text ids.
+    lm_vocab = group.get("lm_vocab_size") if hasattr(group, "get") else None
+    if isinstance(lm_vocab, int) and not isinstance(lm_vocab, bool):  # (Else parse says.)
+      sizes["text_vocab_size"] = max(sizes["text_vocab_size"], lm_vocab)
   return schema.parse(DalleConfig, group, "config.model",
                       given={**sizes, **ARCHITECTURES.get(architecture, {})},
                       skip=families.MODEL_SELECTORS)

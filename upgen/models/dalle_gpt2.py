@@ -4,12 +4,14 @@ text-to-image generation", so a pretrained GPT-2 (`upgen import hf --family dall
 it and `upgen export hf` writes it back.
 
 Network (transformers' GPT2LMHeadModel): one token table `token_embed`, tied (the logits are
-the final hidden states times its transpose); a learned absolute position table
+the final hidden states times its transpose; with config.model.tie_embeddings=False, an
+output table `lm_head` of the same shape, GPT-2's untied head); a learned absolute position table
 `pos_embed` of max(config.model.max_positions, document length) rows; pre-LN blocks with
 biases, LayerNorm epsilon 1e-5 and gelu_new (tanh GELU); a final LayerNorm.
 
 Vocabulary (table rows, padded to a multiple of 128):
-  [0, Vt)            the text tokenizer's ids (an imported LM's own vocabulary)
+  [0, Vt)            the text tokenizer's ids (an imported LM's own vocabulary: all of its
+                     rows, config.model.lm_vocab_size, where it has more than the tokenizer)
   Vt + 0 .. Vt + 5   <doc> <text> </text> <image> </image> </doc>
   Vt + 6             <pad>
   Vt + 7 + code      the image codebook (Vi rows; none for text-only records)
@@ -178,6 +180,9 @@ class Gpt2(nn.Module):
     lay = layout(cfg)
     self.token_embed = layers.Embed(layers.pad_vocab(lay.vocab_size), cfg.emb_dim,
                                     dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    if not cfg.tie_embeddings:  # An output table of its own, a row per token.
+      self.lm_head = layers.Embed(layers.pad_vocab(lay.vocab_size), cfg.emb_dim,
+                                  dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     self.pos_embed = self.param(
         "pos_embed", nn.with_logical_partitioning(nn.initializers.normal(0.01),
                                                   (None, "embed")),
@@ -194,8 +199,11 @@ class Gpt2(nn.Module):
     x_BxTxE = nn.with_logical_constraint(x_BxTxE, ("batch", "length", "embed"))
     return self.final_norm(self.decoder(x_BxTxE, mask, deterministic=not train))
 
+  def _head(self) -> layers.Embed:
+    return self.token_embed if self.config.tie_embeddings else self.lm_head
+
   def logits(self, h_BxTxE: jax.Array) -> jax.Array:
-    logits_BxTxV = self.token_embed.attend(h_BxTxE).astype(jnp.float32)
+    logits_BxTxV = self._head().attend(h_BxTxE).astype(jnp.float32)
     logits_BxTxV = nn.with_logical_constraint(logits_BxTxV, ("batch", "length", "vocab"))
     return jnp.where(layout(self.config).emittable(), logits_BxTxV, -jnp.inf)
 
@@ -211,7 +219,7 @@ class Gpt2(nn.Module):
   # on the same axis, ar_sampler.cache_batch_axis).
   def _image_logits(self, h_BxTxE: jax.Array) -> jax.Array:
     lay = layout(self.config)
-    logits = self.token_embed.attend(h_BxTxE[:, -1:])[:, 0].astype(jnp.float32)
+    logits = self._head().attend(h_BxTxE[:, -1:])[:, 0].astype(jnp.float32)
     return logits[:, lay.image_offset:lay.vocab_size]
 
   def _doc_state(self, batch: int):
@@ -331,7 +339,7 @@ def image_nll(params, batch: Batch, *, model: Gpt2) -> jax.Array:
 
 
 def train_flops(c: Any) -> flops.FlopCount:
-  """One document of S - 1 inputs, causal, tied logits over every table row at every input."""
+  """One document of S - 1 inputs, causal, logits over every table row at every input."""
   lay = layout(c)
   length = lay.doc_len - 1
   return flops.Transformer(c.num_layers, c.emb_dim, c.mlp_dim, length, causal=True,
@@ -344,12 +352,14 @@ def param_groups(c: Any) -> dict[str, tuple[str, ...]]:
   The paper's fine-tuning settings, as what to freeze: embeddings and output only =
   "positions,norms,attention,mlp"; + norms and positions = "attention,mlp"; + the first half
   of the blocks = "second_half"; + the MLPs = "attention". "text_rows" is the token table's
-  text rows alone (an LM's own vocabulary), so the rows the expansion added still train."""
+  text rows alone (an LM's own vocabulary; and the output table's, where untied), so the
+  rows the expansion added still train."""
   n = c.num_layers
   blocks = lambda ids: tuple(f"decoder/layers_{i}/(attn|mlp)" for i in ids)
   return {
-      "embeddings": ("token_embed",),
-      "text_rows": (f"token_embed/embedding[:{c.text_vocab_size}]",),
+      "embeddings": ("token_embed", "lm_head"),
+      "text_rows": (f"token_embed/embedding[:{c.text_vocab_size}]",
+                    f"lm_head/embedding[:{c.text_vocab_size}]"),
       "positions": ("pos_embed",),
       "norms": (r"decoder/layers_\d+/ln_\w+", "final_norm"),
       "attention": (r"decoder/layers_\d+/attn",),

@@ -37,60 +37,75 @@ def _check(hf: Mapping[str, Any]) -> None:
       raise errors.ConfigError(f"config.json: {key}={hf[key]}; only {want} is supported")
 
 
-def import_hf(hf: Mapping[str, Any], weights: Mapping[str, np.ndarray],
-              text_vocab_size: Optional[int] = None) -> hf_weights.HFImport:
-  """A transformers GPT-2 (FlaxGPT2Model / FlaxGPT2LMHeadModel or their PyTorch files):
-  the token table (its first `text_vocab_size` rows when the directory's tokenizer has fewer
-  ids than the table), the position table and every block. The rows the vocabulary
-  expansion adds (document tokens, <pad>, image codes) start as config.train.init_new_rows
-  says."""
+def import_hf(hf: Mapping[str, Any], weights: Mapping[str, hf_weights.Tensor],
+              tokenizer: Optional[Any] = None) -> hf_weights.HFImport:
+  """A transformers GPT-2 (FlaxGPT2Model / FlaxGPT2LMHeadModel or their PyTorch files) as
+  transformers computes it, every tensor of the shape config.json implies: the token table
+  with all of its vocab_size rows (rows past the directory's tokenizer's ids are in
+  transformers' softmax, so they stay in the model's: config.model.lm_vocab_size), the
+  position table, every block, the final LayerNorm, and an untied LM head
+  (tie_word_embeddings=false) as the model's own output table (config.model.tie_embeddings
+  =False). The rows the vocabulary expansion adds (document tokens, <pad>, image codes)
+  start as config.train.init_new_rows says."""
   _check(hf)
-  e, heads, n = int(hf["n_embd"]), int(hf["n_head"]), int(hf["n_layer"])
+  size = lambda key, what: hf_weights.field(hf, key, what)
+  e, heads = size("n_embd", "GPT-2's width"), size("n_head", "attention heads")
+  n, vocab = size("n_layer", "blocks"), size("vocab_size", "token table rows")
+  positions = size("n_positions", "position table rows")
+  if e % heads:
+    raise errors.ConfigError(f"config.json: n_embd={e} is not a multiple of n_head={heads}")
+  inner = int(hf.get("n_inner") or 4 * e)
+  tied = bool(hf.get("tie_word_embeddings", True))
+  ids = None if tokenizer is None else tokenizer.vocab_size
+  if ids is not None and ids > vocab:
+    raise errors.DataError(f"the directory's tokenizer has {ids} ids but config.json "
+                           f"vocab_size={vocab}: ids past the token table have no embedding")
   model = {"architecture": "gpt2", "emb_dim": e, "num_heads": heads, "num_layers": n,
-           "mlp_dim": int(hf.get("n_inner") or 4 * e),
-           "max_positions": int(hf["n_positions"]),
+           "mlp_dim": inner, "max_positions": positions, "tie_embeddings": tied,
            "dropout_rate": float(hf.get("resid_pdrop", 0.0)),
            "attention_dropout_rate": float(hf.get("attn_pdrop", 0.0))}
+  notes = [f"token_embed: wte's {vocab} rows; the model's table grows by the document "
+           "tokens, <pad> and the image codebook at training time"]
+  if ids is None or vocab > ids:
+    model["lm_vocab_size"] = vocab  # The text ids are the LM's, not only the tokenizer's.
+    notes.append(f"lm_vocab_size={vocab}: " + (
+        "no tokenizer in the directory" if ids is None else
+        f"ids {ids}..{vocab - 1} are past the tokenizer's, but in transformers' softmax and "
+        "so in the model's"))
   take = hf_weights.WeightReader(weights, "GPT-2", prefix="transformer/")
-  params, notes = {}, []
-
-  wte = take("wte/embedding")
-  if text_vocab_size is not None and text_vocab_size < wte.shape[0]:
-    notes.append(f"wte {wte.shape}: its first {text_vocab_size} rows (the tokenizer's ids) "
-                 "-> token_embed; the rest are padding")
-    wte = wte[:text_vocab_size]
-  elif text_vocab_size is not None and text_vocab_size > wte.shape[0]:
-    raise errors.DataError(f"the tokenizer has {text_vocab_size} ids but wte only "
-                           f"{wte.shape[0]} rows")
-  params["token_embed"] = {"embedding": wte}
-  params["pos_embed"] = take("wpe/embedding")
-  params["final_norm"] = {"LayerNorm_0": {p: take(f"ln_f/{p}") for p in ("scale", "bias")}}
-  notes.append(f"token_embed: {wte.shape[0]} text rows; the model's table grows by the "
-               "document tokens, <pad> and the image codebook at training time")
+  norm = lambda name: {"LayerNorm_0": {p: take(f"{name}/{p}", (e,)) for p in ("scale", "bias")}}
+  params = {"token_embed": {"embedding": take("wte/embedding", (vocab, e))},
+            "pos_embed": take("wpe/embedding", (positions, e)),
+            "final_norm": norm("ln_f")}
   blocks = {}
   for i in range(n):
     src, blk = f"h/{i}", {}
     for hf_ln, ours in _BLOCK.items():
-      blk[ours] = {"LayerNorm_0": {p: take(f"{src}/{hf_ln}/{p}") for p in ("scale", "bias")}}
-    qkv_k, qkv_b = take(f"{src}/attn/c_attn/kernel"), take(f"{src}/attn/c_attn/bias")
-    if qkv_k.shape != (3 * e, e):
-      raise errors.DataError(f"{src}/attn/c_attn/kernel is {qkv_k.shape}, expected "
-                             f"{(3 * e, e)} (out, in)")
+      blk[ours] = norm(f"{src}/{hf_ln}")
+    qkv_k = take(f"{src}/attn/c_attn/kernel", (3 * e, e))  # (out, in).
+    qkv_b = take(f"{src}/attn/c_attn/bias", (3 * e,))
     attn = {}
     for j, name in enumerate(("query", "key", "value")):
       attn[name] = {"kernel": qkv_k[j * e:(j + 1) * e].T.reshape(e, heads, e // heads),
                     "bias": qkv_b[j * e:(j + 1) * e].reshape(heads, e // heads)}
-    attn["out"] = {"kernel": take(f"{src}/attn/c_proj/kernel").T.reshape(heads, e // heads, e),
-                   "bias": take(f"{src}/attn/c_proj/bias")}
+    attn["out"] = {"kernel": take(f"{src}/attn/c_proj/kernel", (e, e)).T.reshape(
+                       heads, e // heads, e),
+                   "bias": take(f"{src}/attn/c_proj/bias", (e,))}
     blk["attn"] = attn
-    blk["mlp"] = {ours: {"kernel": take(f"{src}/mlp/{hf_fc}/kernel").T,
-                         "bias": take(f"{src}/mlp/{hf_fc}/bias")}
-                  for hf_fc, ours in (("c_fc", "wi"), ("c_proj", "wo"))}
+    blk["mlp"] = {ours: {"kernel": take(f"{src}/mlp/{hf_fc}/kernel", (d_out, d_in)).T,
+                         "bias": take(f"{src}/mlp/{hf_fc}/bias", (d_out,))}
+                  for hf_fc, ours, d_out, d_in in (("c_fc", "wi", inner, e),
+                                                   ("c_proj", "wo", e, inner))}
     blocks[f"layers_{i}"] = blk
   params["decoder"] = blocks
+  if not tied:  # A Dense kernel (in, out); our table has a row per token.
+    params["lm_head"] = {"embedding": take("lm_head/kernel", (e, vocab)).T}
+    notes.append("lm_head: tie_word_embeddings=false, so the model's output table")
   skipped = take.unused()
   if skipped:
-    notes.append(f"not used: {', '.join(skipped)} (a tied LM head is the token table)")
+    notes.append(f"not used: {', '.join(skipped)}" + (
+        " (tie_word_embeddings=true: transformers' LM head is the token table)"
+        if tied and "lm_head/kernel" in skipped else ""))
   return hf_weights.HFImport(model=model, params=params, notes=notes)
 
 
@@ -98,7 +113,8 @@ def export_hf(params: Mapping[str, Any], model: Any, rows: int
               ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """(config.json, weights by Flax name "transformer/h/0/...") of a FlaxGPT2LMHeadModel
   with the run's parameters: the first `rows` rows of the token table, the position table,
-  every block (unrolled), the final LayerNorm."""
+  every block (unrolled), the final LayerNorm, and the first `rows` rows of the output table
+  of a model with its own (tie_word_embeddings=false)."""
   p = {k: v for k, v in params.items()}
   e, heads = model.emb_dim, model.num_heads
   blocks = p["decoder"]
@@ -110,6 +126,8 @@ def export_hf(params: Mapping[str, Any], model: Any, rows: int
          "transformer/wpe/embedding": np.asarray(p["pos_embed"])}
   for part in ("scale", "bias"):
     out[f"transformer/ln_f/{part}"] = np.asarray(p["final_norm"]["LayerNorm_0"][part])
+  if not model.tie_embeddings:  # Its own output table, as a Dense kernel (in, out).
+    out["lm_head/kernel"] = np.asarray(p["lm_head"]["embedding"])[:rows].T
   for i in range(model.num_layers):
     blk, dst = blocks[f"layers_{i}"], f"transformer/h/{i}"
     for hf_ln, ours in _BLOCK.items():
@@ -131,7 +149,8 @@ def export_hf(params: Mapping[str, Any], model: Any, rows: int
             "n_inner": int(model.mlp_dim), "activation_function": "gelu_new",
             "layer_norm_epsilon": 1e-5, "resid_pdrop": float(model.dropout_rate),
             "embd_pdrop": float(model.dropout_rate),
-            "attn_pdrop": float(model.attention_dropout_rate), "tie_word_embeddings": True,
+            "attn_pdrop": float(model.attention_dropout_rate),
+            "tie_word_embeddings": bool(model.tie_embeddings),
             "scale_attn_weights": True, "use_cache": True}
   return config, {k: np.asarray(v, np.float32) for k, v in out.items()}
 

@@ -69,7 +69,7 @@ def _is_run(init_dir: str) -> bool:
       os.path.isdir(os.path.join(init_dir, rundir.CHECKPOINT_DIR))
 
 
-def _architecture(init_dir: str) -> dict[str, Any]:
+def architecture(init_dir: str) -> dict[str, Any]:
   """The config.model keys INIT's parameters were made for."""
   if _is_run(init_dir):
     config, _ = checkpoint.load_run_config(init_dir)
@@ -85,7 +85,7 @@ def _architecture(init_dir: str) -> dict[str, Any]:
 def check_architecture(init_dir: str, model: ml_collections.ConfigDict) -> None:
   """INIT's architecture (import.json, or the run's config.model; dropout rates aside)
   against the run's config.model: every such key must be the same."""
-  source = _architecture(init_dir)
+  source = architecture(init_dir)
   diffs = sorted(k for k, v in source.items()
                  if not k.endswith("dropout_rate") and k not in IMPLEMENTATION_KEYS
                  and model.get(k) != v)

@@ -321,7 +321,7 @@ def captions_file(path: str) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
   """`upgen tokenizer text`: trains the caption BPE."""
   parser = errors.ArgumentParser(prog="upgen tokenizer text",
-                                   description="Train a BPE text tokenizer on captions.")
+                                 description="Train a BPE text tokenizer on captions.")
   parser.add_argument("--captions", required=True,
                       help="captions.jsonl, or a folder with captions.jsonl or train/captions.jsonl.")
   parser.add_argument("--vocab-size", type=errors.whole(1), required=True,

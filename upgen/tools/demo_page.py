@@ -174,7 +174,7 @@ def serve(demo: demo_lib.Demo, *, title: str, host: str, port: int) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
   parser = errors.ArgumentParser(prog="upgen demo", description=demo_lib.__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True, help="Run directory of `upgen train`.")
   parser.add_argument("--port", type=errors.whole(0), default=7860)
   parser.add_argument("--host", default="127.0.0.1",

@@ -204,7 +204,7 @@ def reconstruction_report(image_tok, images_dir: str, split: str, limit: int, sc
 
 def main(argv: Optional[list[str]] = None) -> int:
   parser = errors.ArgumentParser(prog="upgen quickstart", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--minutes", type=errors.number(0), default=None,
                       help="Training budget of the text-to-image model, in minutes (default: "

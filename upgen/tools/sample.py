@@ -94,7 +94,7 @@ def _region(text: str) -> list[int]:
 
 def main(argv: Optional[list[str]] = None) -> int:
   parser = errors.ArgumentParser(prog="upgen sample", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True, help="Run directory of `upgen train`.")
   parser.add_argument("--prompts", help="Text file, one caption per line.")
   parser.add_argument("--per-prompt", type=errors.whole(1), default=None,

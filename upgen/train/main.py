@@ -85,7 +85,7 @@ def override_error(argv: list[str], error: Exception) -> str:
   where = named[0] if named else f"--config.*.{key}"
   return (f"{where}: no such config key"
           + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
-          + f"; configs are locked, so an override names an existing key")
+          + "; configs are locked, so an override names an existing key")
 
 
 def _chain(error: BaseException):
