@@ -261,10 +261,10 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str) -> BpeTokeniz
     raise errors.DataError("train_bpe: no text to train on")
   os.makedirs(out_dir, exist_ok=True)
   words = {w for text in texts for w in caption_words(text)}
-  with open(os.path.join(out_dir, WORDS_FILE), "w") as f:
-    f.write("".join(f"{w}\n" for w in sorted(words)))
+  # Each file whole or not at all (records name the tokenizer by its files' hash).
+  paths.write_atomic(os.path.join(out_dir, WORDS_FILE), "".join(f"{w}\n" for w in sorted(words)))
   path = os.path.join(out_dir, TOKENIZER_FILE)
-  tok.save(path)
+  paths.write_atomic(path, tok.to_str(pretty=True))
   return BpeTokenizer(tokenizers.Tokenizer.from_file(path), path)
 
 
