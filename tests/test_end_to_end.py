@@ -229,7 +229,9 @@ def test_quickstart_train_and_sample_contract(tmp_path, tiny_quickstart):
   apart = fid(w / "shapes" / "val" / "images", tmp_path / "all3" / "manifest.jsonl")
   assert apart["num_fake"] == 6 and apart["fid"] > 1e-3 and np.isfinite(apart["kid"])
   assert cli_error("sample", "--workdir", r, "--prompts", prompts, "--candidates", 3,
-                   "--out", tmp_path / "bad") == "--candidates N (> 1) and --scorer RUN go together"
+                   "--out", tmp_path / "bad") == ("--candidates N (> 1) and --scorer RUN go "
+                                                  "together (`upgen sample --help` lists the "
+                                                  "arguments)")
   # Linear probe of the run's image features for the shapes' single-object labels, beside
   # the pixel and code baselines.
   probed = json.loads(_upgen("eval", "probe", "--workdir", r, "--data", w / "shapes", "--label",

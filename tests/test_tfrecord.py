@@ -261,7 +261,13 @@ def test_out_of_vocab_id_names_file_record_and_id(tmp_path):
     yield {"image_tokens": np.array([1, 2, 64, 3]), "text_tokens": [1], "caption": "bad",
            "id": "bad"}
   info = records.write_split(str(tmp_path), "train", examples(), num_shards=1)
+  assert info["id_range"] == {"image_tokens": [0, 64], "text_tokens": [0, 2]}
   records.update_metadata(str(tmp_path), "train", info, TEXT_INFO, IMAGE_INFO)
+  with pytest.raises(records.MetadataError, match="id_range.image_tokens' \\[0, 64\\]"):
+    records.RecordDataSource(str(tmp_path), "train")  # Found at open from the written range.
+  # Records written before the range was recorded: each record's ids checked as it is read.
+  del info["id_range"]
+  records.update_metadata(str(tmp_path), "train", info, TEXT_INFO, IMAGE_INFO, replace=True)
   src = records.RecordDataSource(str(tmp_path), "train", image_vocab_size=64, text_vocab_size=50)
   src[2]
   want = r"train-00000-of-00001\.tfrecord: record 3: image_tokens id 64 outside"
