@@ -31,6 +31,9 @@ setuptools.setup(
         # gs:// workdirs and data dirs: etils.epath hands them to fsspec, which needs gcsfs;
         # orbax asks google-cloud-storage whether a bucket has hierarchical namespace.
         "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.14"],
+        # hf: sources of `upgen tokenize` (Arrow and parquet files); requirements-web-lock.txt
+        # pins it, with the `datasets` library its tests write their fixtures with.
+        "web": ["pyarrow>=21"],
     },
     entry_points={"console_scripts": ["upgen=upgen.cli:main"]},
 )

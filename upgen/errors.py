@@ -24,6 +24,16 @@ class DataError(UserError, ValueError):
   """Records, metadata, captions files, images or weight files that are malformed."""
 
 
+class BadExample(DataError):
+  """One example a source cannot give (an undecodable image, a missing caption, a tar
+  member with no pair): `upgen tokenize` skips and counts it by `reason` where
+  --max-bad-fraction allows, and stops with the message where it does not."""
+
+  def __init__(self, message: str, *, reason: str, example_id: str):
+    super().__init__(message)
+    self.reason, self.example_id = reason, example_id
+
+
 class NotFound(UserError, FileNotFoundError):
   """A path the user gave (or a file a run directory points to) does not exist."""
 

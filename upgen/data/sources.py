@@ -129,7 +129,10 @@ class ImageFolderSource(CaptionsSource):
     entry = self._entries[int(index)]
     try:
       pixels = load_image(entry["image"], self.image_size)
-    except errors.UserError as e:  # It names the image; this adds the captions line.
+    except errors.DataError as e:  # It names the image; this adds the captions line.
+      raise errors.BadExample(f"{entry['line']}: {e}", reason="undecodable_image",
+                              example_id=entry["id"]) from None
+    except errors.UserError as e:
       raise type(e)(f"{entry['line']}: {e}") from None
     return {"image": pixels, "caption": entry["caption"], "id": entry["id"]}
 
@@ -140,6 +143,7 @@ class SubsetSource:
   def __init__(self, source: Any, indices: Sequence[int]):
     self.source = source
     self.indices = np.asarray(indices, np.int64)
+    self.image_size = getattr(source, "image_size", None)  # What `upgen tokenize` checks.
 
   def __len__(self) -> int:
     return len(self.indices)
