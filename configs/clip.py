@@ -38,6 +38,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
   c.loss.max_scale = 100.0  # Cap on the learned temperature exp(logit_scale) (CLIP's).
 
+  # Its caption against those one attribute away, per attribute (evaluators/hard_negatives.py).
+  c.evals.hard_negatives = ml_collections.ConfigDict(dict(type="hard_negatives", num=128))
   common.token_records(c, text_dropout=0.0)
   # Every example is a pair: modality dropout would only remove positives.
   if arg == "tiny":

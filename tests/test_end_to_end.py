@@ -206,10 +206,17 @@ def test_quickstart_train_and_sample_contract(tmp_path, tiny_quickstart):
          "--config.model.vision_width=32", "--config.model.vision_heads=2",
          "--config.model.vision_mlp_dim=64", "--config.model.embed_dim=16")
   assert "acc_image_to_text" in _jsonl(scorer / "metrics.jsonl")[0]
+  # Its accuracy against captions one attribute away, logged by its own evaluator.
+  final = [row for row in _jsonl(scorer / "metrics.jsonl") if "hard_negatives/shape" in row]
+  assert final and {f"hard_negatives/{a}" for a in ("color", "count", "position", "size")
+                    } <= set(final[-1])
   _upgen("sample", "--workdir", r, "--prompts", prompts, "--per-prompt", 3, "--out",
          tmp_path / "all3", "--seed", 7)
-  _upgen("sample", "--workdir", r, "--prompts", prompts, "--per-prompt", 1, "--candidates", 3,
-         "--scorer", scorer, "--out", tmp_path / "best", "--seed", 7)
+  reranked = _upgen("sample", "--workdir", r, "--prompts", prompts, "--per-prompt", 1,
+                    "--candidates", 3, "--scorer", scorer, "--out", tmp_path / "best",
+                    "--seed", 7)
+  # A 3-step scorer is near chance on some attribute the prompts name: said in one line.
+  assert "is near chance against hard negatives for" in reranked.stderr
   best = _jsonl(tmp_path / "best" / "manifest.jsonl")
   assert len(best) == 2 and all(m["candidates"] == 3 for m in best)
   scored = json.loads(_upgen("eval", "clip-score", "--scorer", scorer, "--manifest",
@@ -217,6 +224,10 @@ def test_quickstart_train_and_sample_contract(tmp_path, tiny_quickstart):
                              ).stdout.strip().splitlines()[-1])
   assert scored["num"] == 6 and 0 <= scored["clip_score"] <= 100
   assert scored["scorer_retrieval"]["pairs"] == 16
+  hard = scored["scorer_hard_negatives"]
+  assert set(hard) == {"color", "count", "position", "shape", "size"}
+  assert all(0 <= r["accuracy"] <= 1 and 0 < r["chance"] < 1 and r["num"] > 0
+             for r in hard.values())
   per_sample = [s["clip_score"] for s in _jsonl(scored["scores"])]
   for p, m in enumerate(best):  # The kept sample is the best of the same three draws.
     assert m["clip_score"] == pytest.approx(max(per_sample[3 * p:3 * p + 3]), abs=1e-3)

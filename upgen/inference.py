@@ -267,10 +267,22 @@ class Scorer:
       self.setup, self.params, self.tokenizer = load_import(workdir, _import_spec)
     else:
       self.config, self.setup, self.params = restore.restore_params(workdir)
-      meta = records.read_metadata(self.config.data.dir)
-      self.tokenizer = text_tok_lib.load_recorded(self.config.data.dir, meta)
+      self.tokenizer = text_tok_lib.load_recorded(self.config.data.dir)
+    self._build()
+
+  @classmethod
+  def of(cls, setup: families.Setup, params: Any, config: Any) -> "Scorer":
+    """The scorer of a clip run being trained (its records' tokenizer; `params` may be
+    replaced between calls)."""
+    scorer = cls.__new__(cls)
+    scorer.workdir, scorer.config, scorer.setup, scorer.params = "", config, setup, params
+    scorer.tokenizer = text_tok_lib.load_recorded(config.data.dir)
+    scorer._build()
+    return scorer
+
+  def _build(self) -> None:
     if self.setup.family.name != "clip":
-      raise errors.ConfigError(f"--scorer {workdir}: a model of family "
+      raise errors.ConfigError(f"--scorer {self.workdir}: a model of family "
                                f"{self.setup.family.name!r}; a scorer is a clip run "
                                "(configs/clip.py) or a CLIP import")
     self.image_size = self.setup.spec.image_size
@@ -308,8 +320,8 @@ class Scorer:
     return np.sum(self.image_features(images, batch_size, fixed) *
                   self.text_features(captions, batch_size, fixed), axis=1)
 
-  def retrieval(self, num: int = 256, split: str = "val") -> dict[str, float]:
-    """In-batch top-1 retrieval over the first `num` pairs of the scorer's `split`."""
+  def _pairs(self, num: int, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images, text ids, text masks) of the first `num` pairs of the scorer's `split`."""
     if self.config is None:
       raise errors.ConfigError(f"--scorer {self.workdir} is an import, with no records of "
                                "its own to measure retrieval on (--retrieval 0)")
@@ -325,8 +337,20 @@ class Scorer:
         break
     if not images:
       raise errors.DataError(f"{self.config.data.dir}: no pairs in split {split!r}")
-    image_f = _unit(self._batched(self._image, [np.stack(images)], 64))
-    text_f = _unit(self._batched(self._text, [np.stack(texts), np.stack(masks)], 64))
+    return np.stack(images), np.stack(texts), np.stack(masks)
+
+  def validation_pairs(self, num: int = 256, split: str = "val"
+                       ) -> tuple[np.ndarray, list[str]]:
+    """(uint8 images, captions as the tokenizer decodes them) of the first `num` pairs of
+    the scorer's `split`."""
+    images, ids, masks = self._pairs(num, split)
+    return images, [self.tokenizer.decode(i[m.astype(bool)]) for i, m in zip(ids, masks)]
+
+  def retrieval(self, num: int = 256, split: str = "val") -> dict[str, float]:
+    """In-batch top-1 retrieval over the first `num` pairs of the scorer's `split`."""
+    images, texts, masks = self._pairs(num, split)
+    image_f = _unit(self._batched(self._image, [images], 64))
+    text_f = _unit(self._batched(self._text, [texts, masks], 64))
     sim = image_f @ text_f.T
     labels = np.arange(len(sim))
     return {"pairs": len(sim),

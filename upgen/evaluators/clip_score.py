@@ -6,7 +6,8 @@ Scores every sample of a manifest (`upgen sample`'s: prompt + image) by the scor
 CLIP score = 100 x max(cosine(image features, caption features), 0) (torchmetrics' and
 clean-fid's convention). Prints one JSON line with the mean, the number scored, and the
 scorer's own image->text / text->image top-1 retrieval accuracy on its validation pairs
-(`--retrieval N` of them, in record order: how far its scores can be trusted); writes the
+(`--retrieval N` of them, in record order: how far its scores can be trusted) and its
+accuracy against hard negatives, per attribute (hard_negatives.py); writes the
 per-sample scores to --out (default: clip_scores.jsonl beside the manifest). Images are
 resized and center-cropped to the scorer's size when they differ; captions are tokenized
 with the scorer's text tokenizer (the one its records were written with) and cut at its
@@ -25,6 +26,7 @@ from upgen import errors
 from upgen import inference
 from upgen.data import sources
 from upgen.evaluators import command
+from upgen.evaluators import hard_negatives
 
 
 def score_manifest(scorer: inference.Scorer, manifest: str) -> list[dict[str, Any]]:
@@ -55,6 +57,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "clip_score": float(np.mean([r["clip_score"] for r in rows])), "scores": out}
   if args.retrieval:
     result["scorer_retrieval"] = scorer.retrieval(args.retrieval)
+    result["scorer_hard_negatives"] = hard_negatives.of_scorer(scorer, args.retrieval)
   command.emit(result)
   return 0
 

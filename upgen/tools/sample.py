@@ -34,6 +34,7 @@ from PIL import Image
 from upgen import errors
 from upgen import inference
 from upgen.data import sources
+from upgen.evaluators import hard_negatives
 from upgen.runtime import writers
 
 
@@ -140,6 +141,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
   prompts = read_prompts(args.prompts) if args.prompts else []
   seen = inference.read_as(run, prompts)
+  if scorer is not None and prompts:
+    hard_negatives.warn_if_blind(scorer, prompts)
   if args.prompts and args.inpaint:
     images, scores = kept(inference.inpaint_images(run, prompts, k * n, args.inpaint, args.region,
                                          seed=args.seed, batch_size=args.batch_size))
