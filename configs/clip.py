@@ -37,6 +37,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # The image size, vocabulary and caption length come from the records (data_spec.json).
 
   c.loss.max_scale = 100.0  # Cap on the learned temperature exp(logit_scale) (CLIP's).
+  # Per caption, this many captions one token away (another caption's token in its place)
+  # as extra negatives for its image: what tells a circle from a square (models/clip.py).
+  c.loss.hard_negatives = 0
 
   # Its caption against those one attribute away, per attribute (evaluators/hard_negatives.py).
   c.evals.hard_negatives = ml_collections.ConfigDict(dict(type="hard_negatives", num=128))

@@ -56,6 +56,50 @@ def test_loss_is_clips_symmetric_cross_entropy():
   assert metrics["temperature"] == pytest.approx(100.0)
 
 
+def test_one_token_swaps_are_one_token_away_from_a_caption_of_the_batch():
+  text = np.array([[5, 6, 7, 8, 0], [5, 9, 7, 8, 0], [5, 6, 7, 10, 0], [5, 6, 7, 8, 0],
+                   [11, 12, 0, 0, 0]], np.int32)
+  valid = text > 0
+  negs, ok = clip.one_token_swaps(jax.random.key(3), jnp.asarray(text), jnp.asarray(valid), 16)
+  negs, ok = np.asarray(negs), np.asarray(ok)
+  assert negs.shape == (5, 16, 5) and ok.shape == (5, 16)
+  # The last caption has no other caption of its length: its rows are copies, not negatives.
+  assert not ok[4].any() and (negs[4] == text[4]).all()
+  for i in range(4):
+    assert ok[i].all()
+    for neg in negs[i]:
+      (at,) = np.nonzero(neg != text[i])  # Exactly one token changed ...
+      # ... to the token a caption of the same length has there.
+      assert any(text[j][at[0]] == neg[at[0]] for j in range(4) if j != i)
+      assert (neg[~valid[i]] == 0).all()
+  # Every other caption's differing token is drawn (4 draws x 16 over 2-3 choices).
+  assert {tuple(n) for n in negs[0]} == {(5, 9, 7, 8, 0), (5, 6, 7, 10, 0)}
+
+
+def test_hard_negatives_add_image_to_text_logits():
+  setup = _setup()
+  batch = _batch(6)
+  batch["text_mask"] = np.ones_like(batch["text_mask"])  # Every caption of one length.
+  batch["text_tokens"] = np.where(batch["text_mask"], np.maximum(batch["text_tokens"], 4), 0)
+  params = nn.unbox(clip.init_variables(setup.model, jax.random.key(0), batch)["params"])
+  loss_0, metrics_0 = setup.loss_fn()(params, batch, jax.random.key(1), train=False, step=0)
+  hard = token_data.small_config("clip", 2)
+  hard.model.update(dict(patch_size=4, vision_layers=2, vision_width=32, vision_heads=2,
+                         vision_mlp_dim=64, embed_dim=16))
+  hard.loss.hard_negatives = 2
+  hard_setup = families.build(hard, SPEC)
+  loss_2, metrics_2 = hard_setup.loss_fn()(params, batch, jax.random.key(1), train=False,
+                                           step=0)
+  # More negatives in the image -> text softmax: a larger loss, the same in-batch accuracy.
+  assert float(loss_2) > float(loss_0)
+  assert metrics_2["acc_image_to_text"] == metrics_0["acc_image_to_text"]
+  assert 0.0 <= float(metrics_2["acc_hard_negatives"]) <= 1.0
+  assert "acc_hard_negatives" not in metrics_0
+  grads = jax.grad(lambda p: hard_setup.loss_fn()(p, batch, jax.random.key(1), train=True,
+                                                   step=0)[0])(params)
+  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
 def test_caption_features_end_at_eos_and_ignore_padding():
   setup = _setup()
   cfg = setup.model_config

@@ -186,12 +186,45 @@ def normalize(x: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class ClipLoss:
-  """config.loss: CLIP's loss has no settings beyond the temperature cap."""
+  """config.loss: the temperature cap, and hard negatives (`one_token_swaps`) per caption."""
   max_scale: float = MAX_SCALE
+  hard_negatives: int = 0
 
   def __post_init__(self):
     if self.max_scale <= 0:
       raise errors.ConfigError(f"config.loss.max_scale={self.max_scale}: must be > 0")
+    if self.hard_negatives < 0:
+      raise errors.ConfigError(f"config.loss.hard_negatives={self.hard_negatives}: must be >= 0")
+
+
+def one_token_swaps(rng: jax.Array, text_BxL: jax.Array, valid_BxL: jax.Array, k: int
+                    ) -> tuple[jax.Array, jax.Array]:
+  """k hard negatives per caption, one token away: caption i with the token at a random
+  position replaced by the token another caption of the batch, of the same length, has
+  there. Captions of one template differ in one attribute this way ("a small red circle on
+  the left" -> "a small red square on the left"); natural captions get a word another
+  caption uses in that place. -> (negatives B x k x L, ok B x k: False where caption i has
+  no other caption of its length that differs from it, whose row is then a copy)."""
+  b = text_BxL.shape[0]
+  length_B = jnp.sum(valid_BxL, axis=1)
+  same_BxB = (length_B[:, None] == length_B[None, :]) & ~jnp.eye(b, dtype=bool)
+  differ_BxBxL = (text_BxL[:, None] != text_BxL[None, :]) & valid_BxL[:, None]
+  partner_ok_BxB = same_BxB & jnp.any(differ_BxBxL, axis=-1)
+  negatives, oks = [], []
+  for key in jax.random.split(rng, k):
+    pick, place = jax.random.split(key)
+    # A uniform choice among the allowed entries: Gumbel noise, the others at -inf.
+    partner_B = jnp.argmax(jnp.where(partner_ok_BxB, jax.random.gumbel(pick, (b, b)),
+                                     -jnp.inf), axis=1)
+    ok_B = jnp.any(partner_ok_BxB, axis=1)
+    where_BxL = jnp.take_along_axis(differ_BxBxL, partner_B[:, None, None], axis=1)[:, 0]
+    position_B = jnp.argmax(jnp.where(where_BxL, jax.random.gumbel(place, where_BxL.shape),
+                                      -jnp.inf), axis=1)
+    swapped_B = text_BxL[partner_B, position_B]
+    at_BxL = jnp.arange(text_BxL.shape[1])[None] == position_B[:, None]
+    negatives.append(jnp.where(at_BxL & ok_B[:, None], swapped_B[:, None], text_BxL))
+    oks.append(ok_B)
+  return jnp.stack(negatives, axis=1), jnp.stack(oks, axis=1)
 
 
 def loss_config(group: Any, model_cfg: ClipConfig) -> ClipLoss:
@@ -209,18 +242,37 @@ def loss_fn(params, batch: Batch, rng: jax.Array, *, model: Clip, settings: Clip
       rngs={"dropout": rng})
   pair_B = jnp.asarray(batch["has_image"], bool) & jnp.asarray(batch["has_text"], bool)
   temperature = jnp.exp(jnp.minimum(scale, np.log(settings.max_scale)))
-  logits_BxB = temperature * normalize(image_BxD) @ normalize(text_BxD).T
+  image_BxD = normalize(image_BxD)
+  logits_BxB = temperature * image_BxD @ normalize(text_BxD).T
   logits_BxB = jnp.where(pair_B[None, :] & pair_B[:, None], logits_BxB, -1e9)
   labels = jnp.arange(logits_BxB.shape[0])
   n = jnp.maximum(jnp.sum(pair_B), 1).astype(jnp.float32)
   mean = lambda x_B: jnp.sum(jnp.where(pair_B, x_B, 0.0)) / n
-  i2t = optax.softmax_cross_entropy_with_integer_labels(logits_BxB, labels)
+  i2t_logits = logits_BxB
+  metrics = {}
+  k = settings.hard_negatives
+  if k:  # Each image also against its own caption's hard negatives (image -> text only).
+    b, length = batch["text_tokens"].shape
+    neg_BxKxL, ok_BxK = one_token_swaps(jax.random.fold_in(rng, 1),
+                                        jnp.asarray(batch["text_tokens"]), valid_BxLt, k)
+    neg_BKxD = model.apply({"params": params}, neg_BxKxL.reshape(b * k, length),
+                           jnp.repeat(valid_BxLt, k, axis=0), train=train,
+                           method=Clip.encode_text, rngs={"dropout": jax.random.fold_in(rng, 2)})
+    neg_BxK = temperature * jnp.einsum("bd,bkd->bk", image_BxD,
+                                       normalize(neg_BKxD).reshape(b, k, -1))
+    neg_BxK = jnp.where(ok_BxK & pair_B[:, None], neg_BxK, -1e9)
+    i2t_logits = jnp.concatenate([logits_BxB, neg_BxK], axis=1)
+    own_B = jnp.diagonal(logits_BxB)
+    metrics["acc_hard_negatives"] = (
+        jnp.sum(jnp.where(pair_B[:, None] & ok_BxK, own_B[:, None] > neg_BxK, False))
+        / jnp.maximum(jnp.sum(pair_B[:, None] & ok_BxK), 1))
+  i2t = optax.softmax_cross_entropy_with_integer_labels(i2t_logits, labels)
   t2i = optax.softmax_cross_entropy_with_integer_labels(logits_BxB.T, labels)
   loss = (mean(i2t) + mean(t2i)) / 2
   hits = lambda l: (jnp.argmax(l, axis=1) == labels).astype(jnp.float32)
   return loss, dict(loss=loss, acc_image_to_text=mean(hits(logits_BxB)),
                     acc_text_to_image=mean(hits(logits_BxB.T)), temperature=temperature,
-                    num_pairs=n)
+                    num_pairs=n, **metrics)
 
 
 def init_variables(model: Clip, rng: jax.Array, batch: Batch) -> dict[str, Any]:
