@@ -33,7 +33,8 @@ def test_interval_means_and_throughput():
   row = interval.flush(10)
   assert rows == [(10, row)]
   assert row == {"loss": 2.0, "grad_norm": 4.0, "examples_per_sec": 12.0,
-                 "tokens_per_sec": 120.0, "steps_per_sec": 1.0}
+                 "tokens_per_sec": 120.0, "steps_per_sec": 1.0,
+                 "perf/step_time_s": 2.0 / 3}  # No FLOP count given: no TFLOP/s, no MFU.
   # The next interval starts afresh, at the flush.
   interval.add({"loss": 5.0})
   clock.now = 3.0

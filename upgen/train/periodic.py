@@ -1,9 +1,10 @@
 """Small objects the training loop keeps its state in (as clu's periodic actions do): the
-interval means it logs with their throughput, SIGTERM as a flag every process agrees on,
-and where the wall time went."""
+interval means it logs with their throughput and speed, SIGTERM as a flag every process
+agrees on, and where the wall time went."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import threading
 import time
@@ -12,6 +13,8 @@ from typing import Any, Callable, Iterator, Optional
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
+
+from upgen import flops as flops_lib
 
 
 class Terminated(Exception):
@@ -67,17 +70,30 @@ class Preemption:
     return bool(flags[0]), bool(flags[1])
 
 
+@dataclasses.dataclass(frozen=True)
+class StepCost:
+  """What a step time is turned into: model FLOPs per optimizer step (the count `upgen bench
+  train` prints, upgen/flops.py; 0 = the family has none) over `num_devices`, and the peak
+  FLOP/s of one device (None = unknown, as on the CPU: no MFU)."""
+  flops_per_step: float = 0.0
+  num_devices: int = 1
+  peak_flops_per_device: Optional[float] = None
+
+
 class IntervalMetrics:
   """The means of the step metrics over each logging interval, written with the examples,
-  tokens and steps per second of the interval. `write(step, row)` receives each row.
+  tokens and steps per second of the interval and its speed: `perf/step_time_s`, and with a
+  `cost`, `perf/tflops_per_device` and `perf/mfu` (the latter only where the device's peak
+  is known). `write(step, row)` receives each row.
 
-  Throughput counts the steps dispatched in the interval; the means, the steps whose
-  metrics arrived (the loop reads a step's metrics after dispatching the next)."""
+  Throughput and step time count the steps dispatched in the interval over its wall time
+  less the time spent `paused` (checkpoints, evaluations, a compile); the means, the steps
+  whose metrics arrived (the loop reads a step's metrics after dispatching the next)."""
 
   def __init__(self, write: Callable[[int, dict[str, float]], None], *,
-               examples_per_step: int, tokens_per_step: int,
+               examples_per_step: int, tokens_per_step: int, cost: StepCost = StepCost(),
                clock: Callable[[], float] = time.perf_counter):
-    self._write, self._clock = write, clock
+    self._write, self._clock, self._cost = write, clock, cost
     self._examples_per_step, self._tokens_per_step = examples_per_step, tokens_per_step
     self._reset()
 
@@ -85,6 +101,16 @@ class IntervalMetrics:
     self._sums: dict[str, float] = {}
     self._finished = self._dispatched = 0
     self._start = self._clock()
+    self._paused = 0.0
+
+  @contextlib.contextmanager
+  def paused(self) -> Iterator[None]:
+    """Time spent inside is not the steps' (an interval flushed inside still counts it)."""
+    start = self._clock()
+    try:
+      yield
+    finally:
+      self._paused += self._clock() - max(start, self._start)
 
   def dispatched(self) -> None:
     """A step went to the device."""
@@ -100,15 +126,29 @@ class IntervalMetrics:
     """Writes the interval's row at `step` (nothing when no step finished since the last)."""
     if not self._finished:
       return None
-    dt = self._clock() - self._start
+    dt = max(self._clock() - self._start - self._paused, 1e-9)
     row = {k: v / self._finished for k, v in self._sums.items()}
     row["examples_per_sec"] = self._dispatched * self._examples_per_step / dt
     if self._tokens_per_step:
       row["tokens_per_sec"] = self._dispatched * self._tokens_per_step / dt
     row["steps_per_sec"] = self._finished / dt
+    if self._dispatched:
+      row.update(speed(dt / self._dispatched, self._cost))
     self._write(step, row)
     self._reset()
     return row
+
+
+def speed(step_s: float, cost: StepCost) -> dict[str, float]:
+  """`perf/step_time_s`, `perf/tflops_per_device` (with a FLOP count) and `perf/mfu` (with a
+  known peak) of a step of `step_s` seconds."""
+  row = {"perf/step_time_s": step_s}
+  if cost.flops_per_step:
+    row["perf/tflops_per_device"] = cost.flops_per_step / step_s / cost.num_devices / 1e12
+    if cost.peak_flops_per_device:
+      row["perf/mfu"] = flops_lib.mfu(cost.flops_per_step, step_s, cost.num_devices,
+                                      cost.peak_flops_per_device)
+  return row
 
 
 class Timings:

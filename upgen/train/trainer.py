@@ -12,6 +12,7 @@ loss.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -24,6 +25,7 @@ import ml_collections
 
 from upgen import errors
 from upgen import families
+from upgen import flops as flops_lib
 from upgen.data.spec import DataSpec
 from upgen.evaluators import registry
 from upgen.runtime import checkpoint as ckpt_lib
@@ -205,6 +207,20 @@ def finite_metrics(metrics_dev: Any, step: int, config: ml_collections.ConfigDic
   return m
 
 
+def step_cost(setup: families.Setup, batch_size: int) -> periodic.StepCost:
+  """The model FLOPs of one optimizer step (the family's count, as `upgen bench train`
+  prints it) and the devices' peak; an unknown peak is said once, not guessed."""
+  count = setup.family.train_flops(setup.model_config) if setup.family.train_flops else None
+  kind = jax.devices()[0].device_kind
+  peaks = flops_lib.device_peaks(kind)
+  if count is not None and peaks is None:
+    log.info("perf/mfu is not logged: no peak FLOP/s is known for device kind %r "
+             "(upgen/flops.py DEVICE_PEAKS); perf/tflops_per_device is", kind)
+  return periodic.StepCost(flops_per_step=count.total * batch_size if count else 0.0,
+                           num_devices=jax.device_count(),
+                           peak_flops_per_device=peaks[0] if peaks else None)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`, holding its lock (one run per workdir).
   Returns a summary of the run."""
@@ -226,7 +242,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   interval = periodic.IntervalMetrics(
       writer.write_scalars, examples_per_step=config.data.batch_size,
       tokens_per_step=setup.family.reads.tokens_per_example(setup.spec) *
-      config.data.batch_size)
+      config.data.batch_size, cost=step_cost(setup, config.data.batch_size))
   evaluators = registry.build(registry.Context(
       config, setup, run.mesh, run.batch_sharding, run.rows, lambda: total))
   previewer = preview_lib.make(config, setup, mesh_lib.replicated(run.mesh))
@@ -261,11 +277,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   timings = periodic.Timings("checkpoints", "evals", "previews", "first_step")
   fit = fit_to_time.FitToTime(config, first_step=step, start=t_start) if run.fit else None
   pending = None  # (step number after the update, device metrics) of the last step.
+  compiles = True  # The next call of p_train compiles it: not the steps' time.
   stopped_reason, last_metrics, final_eval = "completed", {}, {}
   with periodic.Preemption() as preemption, mesh_lib.activate(run.mesh, config.mesh):
     try:
       while step < total:
-        state, metrics = p_train(state, global_batch(next(run.train_iter)), rng)
+        batch = global_batch(next(run.train_iter))
+        with interval.paused() if compiles else contextlib.nullcontext():
+          state, metrics = p_train(state, batch, rng)
+        compiles = False
         if pending is not None:
           finished(*pending)
         if step == first_step + 1:  # The first step (its compile) has finished.
@@ -276,6 +296,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             config.train.steps = total = fitted
             state = state.replace(tx=optimizer_lib.for_setup(setup, config.optim, total))
             p_train = train_program(config, run, state.tx, total)
+            compiles = True
             progress.total = total
             progress.refresh()
           if jax.process_index() == 0:
@@ -292,14 +313,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             or preempted):
           finished(*pending)  # A checkpoint only ever holds a state whose step was checked.
           pending = None
-          with timings("checkpoints"):
+          with timings("checkpoints"), interval.paused():
             checkpointer.save(step, ckpt_lib.state_dict(state), run.train_iter.get_state(),
                               force=True)
         if config.train.eval_every and step % config.train.eval_every == 0:
-          with timings("evals"):
+          with timings("evals"), interval.paused():
             writer.write_scalars(step, registry.run(evaluators, state))
         if previewer is not None and step % config.train.sample_every == 0:
-          with timings("previews"):
+          with timings("previews"), interval.paused():
             write_preview(step)
         if preempted or out_of_time:
           stopped_reason = "preempted" if preempted else "time budget"
