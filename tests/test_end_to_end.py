@@ -51,6 +51,15 @@ def test_quickstart_train_and_sample_contract(tmp_path, tiny_quickstart):
   best_of = _jsonl(w / "samples_best_of_N" / "manifest.jsonl")
   assert len(best_of) == 3 * 2 and all(m["candidates"] == 2 for m in best_of)
   assert 0 <= json.load(open(w / "summary.json"))["fidelity_test_best_of_2"] <= 1
+  # What reranking gained per attribute over the first candidate of the same draws.
+  reranked = json.load(open(w / "samples_best_of_N" / "fidelity.json"))
+  one = reranked["one_candidate"]
+  assert os.path.exists(w / "samples_best_of_N" / "one_candidate" / "manifest.jsonl")
+  gain = json.load(open(w / "summary.json"))["rerank_gain"]
+  assert gain["fidelity"] == pytest.approx(
+      reranked["caption_fidelity"] - one["caption_fidelity"], abs=1e-4)
+  assert {"shape", "color"} <= set(gain)
+  assert "best of 2 over one candidate, per attribute: " in stdout
 
   meta = json.load(open(w / "data" / "metadata.json"))
   assert set(meta["splits"]) == {"train", "val", "test"}

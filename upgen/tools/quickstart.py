@@ -178,6 +178,16 @@ def reranked_fidelity(run, scorer_dir: str, captions: list[str], per_prompt: int
       {"clip_score": float(x), "candidates": candidates} for x in scores])
   result = shapes_eval.evaluate_pairs(shapes_eval.read_pairs(manifest, "prompt"), manifest)
   result["clip_score"] = float(np.mean(scores))
+  # The same draws without the scorer: the first candidate of each sample.
+  single = sample_tool.write_samples(os.path.join(out, "one_candidate"), captions, per_prompt,
+                                     images[::candidates])
+  one = shapes_eval.evaluate_pairs(shapes_eval.read_pairs(single, "prompt"), single)
+  result["one_candidate"] = {k: one[k] for k in ("caption_fidelity", "attribute_accuracy")}
+  result["gain_over_one_candidate"] = {
+      a: round(v - one["attribute_accuracy"][a], 4)
+      for a, v in result["attribute_accuracy"].items() if "/" not in a}
+  result["gain_over_one_candidate"]["fidelity"] = round(
+      result["caption_fidelity"] - one["caption_fidelity"], 4)
   with open(os.path.join(out, "fidelity.json"), "w") as f:
     json.dump(result, f, indent=2)
   return result
@@ -394,9 +404,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                              args.per_prompt, args.rerank,
                              os.path.join(w, "samples_best_of_N"), args.seed)
     results[f"fidelity_test_best_of_{args.rerank}"] = best["caption_fidelity"]
+    results["rerank_gain"] = best["gain_over_one_candidate"]
     _log(f"caption fidelity on test captions, best of {args.rerank} by the scorer: "
          f"{best['caption_fidelity']:.3f} ({best['num_ok']}/{best['num']}), CLIP score "
          f"{best['clip_score']:.2f}")
+    _log(f"best of {args.rerank} over one candidate, per attribute: " + ", ".join(
+        f"{a} {g:+.3f}" for a, g in sorted(best["gain_over_one_candidate"].items())))
     stage("rerank", t)
   results["total_s"] = round(time.time() - t0, 1)
   with open(os.path.join(w, "summary.json"), "w") as f:
