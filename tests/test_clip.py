@@ -77,17 +77,18 @@ def test_one_token_swaps_are_one_token_away_from_a_caption_of_the_batch():
 
 
 def test_hard_negatives_add_image_to_text_logits():
-  setup = _setup()
+  def build(k):
+    config = token_data.small_config("clip", 1)
+    config.model.update(dict(patch_size=8, vision_layers=1, vision_width=16, vision_heads=2,
+                             vision_mlp_dim=32, embed_dim=8))
+    config.loss.hard_negatives = k
+    return families.build(config, SPEC)
+  setup, hard_setup = build(0), build(2)
   batch = _batch(6)
   batch["text_mask"] = np.ones_like(batch["text_mask"])  # Every caption of one length.
   batch["text_tokens"] = np.where(batch["text_mask"], np.maximum(batch["text_tokens"], 4), 0)
   params = nn.unbox(clip.init_variables(setup.model, jax.random.key(0), batch)["params"])
   loss_0, metrics_0 = setup.loss_fn()(params, batch, jax.random.key(1), train=False, step=0)
-  hard = token_data.small_config("clip", 2)
-  hard.model.update(dict(patch_size=4, vision_layers=2, vision_width=32, vision_heads=2,
-                         vision_mlp_dim=64, embed_dim=16))
-  hard.loss.hard_negatives = 2
-  hard_setup = families.build(hard, SPEC)
   loss_2, metrics_2 = hard_setup.loss_fn()(params, batch, jax.random.key(1), train=False,
                                            step=0)
   # More negatives in the image -> text softmax: a larger loss, the same in-batch accuracy.
