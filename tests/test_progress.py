@@ -4,19 +4,12 @@ import io
 
 import tqdm
 
+from tests import test_periodic
 from upgen.runtime import progress
 
 
-class _Clock:
-  def __init__(self):
-    self.now = 0.0
-
-  def __call__(self):
-    return self.now
-
-
 def test_lines_off_a_terminal_one_per_interval():
-  out, clock = io.StringIO(), _Clock()
+  out, clock = io.StringIO(), test_periodic.Clock()
   bar = progress.Lines(1000, initial=100, desc="train upgen", unit="steps", file=out,
                        interval_s=30, clock=clock)
   for _ in range(10):  # 10 s of steps: nothing yet.

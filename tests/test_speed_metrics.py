@@ -7,22 +7,15 @@ import pytest
 
 from configs import upgen as upgen_config
 from tests import token_data
+from tests import test_periodic
 from upgen import flops as flops_lib
 from upgen.runtime import writers
 from upgen.train import periodic
 from upgen.train import trainer
 
 
-class Clock:
-  def __init__(self):
-    self.now = 0.0
-
-  def __call__(self):
-    return self.now
-
-
 def test_interval_speed_from_the_flop_count_and_the_unpaused_time():
-  rows, clock = [], Clock()
+  rows, clock = [], test_periodic.Clock()
   cost = periodic.StepCost(flops_per_step=6e12, num_devices=2, peak_flops_per_device=1e12)
   interval = periodic.IntervalMetrics(lambda step, row: rows.append(row), examples_per_step=8,
                                       tokens_per_step=80, cost=cost, clock=clock)

@@ -371,30 +371,6 @@ def tokenizer_path(data_dir: str, metadata: Mapping[str, Any], key: str) -> str:
   return path
 
 
-def _identity_summary(identity: Mapping[str, Any]) -> str:
-  size = identity.get("vocab_size", identity.get("config", {}).get("codebook_size"))
-  return f"sha256 {str(identity.get('sha256', '?'))[:12]}, {size} ids"
-
-
-def check_tokenizer(data_dir: str, metadata: Mapping[str, Any], key: str,
-                    identity: Mapping[str, Any], path: str) -> None:
-  """Refuses the tokenizer loaded from `path` for metadata[key] (text_tokenizer /
-  image_tokenizer) when it is not the one the records were written with: another hash, or a
-  setting both identities name with other values (the path is not part of an identity)."""
-  recorded = metadata[key]["identity"]
-  differs = [k for k in sorted(set(recorded) & set(identity) - {"path"})
-             if k != "config" and recorded[k] != identity[k]]
-  config, new_config = recorded.get("config", {}), identity.get("config", {})
-  differs += [f"config.{k}" for k in sorted(set(config) & set(new_config))
-              if config[k] != new_config[k]]
-  if differs:
-    raise MetadataError(
-        f"{path}: the {key.replace('_', ' ')} here ({_identity_summary(identity)}) is not the "
-        f"one the records in {data_dir} were written with ({_identity_summary(recorded)}, "
-        f"{METADATA_FILE} {key}.identity; differs in {', '.join(differs)}): put the original "
-        "back, or re-run `upgen tokenize` (and retrain) with this one")
-
-
 def split_info(meta: Mapping[str, Any], data_dir: str, split: str) -> Mapping[str, Any]:
   if split not in meta["splits"]:
     raise MetadataError(f"{os.path.join(data_dir, METADATA_FILE)}: key 'splits.{split}' is "

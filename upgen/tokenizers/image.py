@@ -20,11 +20,11 @@ import numpy as np
 from upgen import families
 from upgen import paths
 from upgen import schema
-from upgen.data import records
 from upgen.models import vqgan
 from upgen.runtime import batching
 from upgen.runtime import mesh as mesh_lib
 from upgen.runtime import restore
+from upgen.tokenizers import recorded
 
 
 def params_sha256(params: Any) -> str:
@@ -125,14 +125,9 @@ def load(workdir: str, batch_size: int = 64) -> ImageTokenizer:
 
 
 def load_recorded(data_dir: str, metadata: Optional[dict[str, Any]] = None) -> ImageTokenizer:
-  """The image tokenizer data_dir's records were written with, from where its metadata.json
-  says; refused (naming both) when the run there now holds other weights or another model
-  (records.check_tokenizer)."""
-  metadata = metadata or records.read_metadata(data_dir)
-  path = records.tokenizer_path(data_dir, metadata, "image_tokenizer")
-  tok = load(path)
-  records.check_tokenizer(data_dir, metadata, "image_tokenizer", tok.identity(), path)
-  return tok
+  """The image tokenizer data_dir's records were written with, refused (naming both) when
+  the run at its path now holds other weights or another model (recorded.load)."""
+  return recorded.load(data_dir, "image_tokenizer", load, metadata)
 
 
 def pixels_fn(data: Any) -> Callable[[np.ndarray], np.ndarray]:

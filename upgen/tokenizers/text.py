@@ -29,8 +29,8 @@ from tokenizers import trainers
 
 from upgen import errors
 from upgen import paths
-from upgen.data import records
 from upgen.data import sources
+from upgen.tokenizers import recorded
 
 SPECIAL_TOKENS = ("[PAD]", "[MASK]", "[UNK]", "[BOS]", "[EOS]")
 # Characters always in the vocabulary (text is lowercased), so plain English prompts encode
@@ -297,13 +297,9 @@ def load(path: str) -> TextTokenizer:
 
 
 def load_recorded(data_dir: str, metadata: Optional[dict[str, Any]] = None) -> TextTokenizer:
-  """The text tokenizer data_dir's records were written with, from where its metadata.json
-  says; refused (naming both) when the one there now is another (records.check_tokenizer)."""
-  metadata = metadata or records.read_metadata(data_dir)
-  path = records.tokenizer_path(data_dir, metadata, "text_tokenizer")
-  tok = load(path)
-  records.check_tokenizer(data_dir, metadata, "text_tokenizer", tok.identity(), path)
-  return tok
+  """The text tokenizer data_dir's records were written with, refused (naming both) when
+  the one at its path now is another (recorded.load)."""
+  return recorded.load(data_dir, "text_tokenizer", load, metadata)
 
 
 def captions_file(path: str) -> str:
