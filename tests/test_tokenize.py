@@ -11,6 +11,7 @@ from upgen.data import pipeline
 from upgen.data import records
 from upgen.data import sources
 from upgen.datasets import tokenize
+from upgen.datasets import tokenize_job
 
 COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "white": (255, 255, 255)}
 
@@ -188,8 +189,11 @@ def test_a_failed_retokenize_keeps_the_records_it_was_replacing(tmp_path):
   with pytest.raises(Exception, match="004.png"):
     tokenize.tokenize_folder({"train": src, "val": src}, out, CharTokenizer(), Brighter(),
                              num_shards=3)
-  # Nothing of the old records went: the same files, the same metadata, all readable.
-  assert records.read_metadata(out) == before and sorted(os.listdir(out)) == files
+  # Nothing of the old records went: the same files, the same metadata, all readable; the
+  # failed job's shards wait in its staging folder for a resume.
+  staging = [n for n in os.listdir(out) if n.startswith(tokenize_job.STAGING_PREFIX)]
+  assert records.read_metadata(out) == before and len(staging) == 1
+  assert sorted(set(os.listdir(out)) - set(staging)) == files
   assert [len(records.RecordDataSource(out, s)) for s in ("train", "val")] == [6, 6]
   # Once it succeeds, the new shards replace the old ones and nothing stale stays.
   image.write_bytes(good)

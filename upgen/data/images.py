@@ -128,13 +128,21 @@ def load_image(file: Union[str, BinaryIO], image_size: Optional[int] = None,
   """An image file (a path or a binary file object) -> uint8 RGB, image_size x image_size x 3
   (see resize_and_crop), or at its own size when image_size is None. errors.DataError, naming
   `where` (default: the path), for a file PIL cannot decode or a mode it cannot convert."""
+  return load_image_sized(file, image_size, where)[0]
+
+
+def load_image_sized(file: Union[str, BinaryIO], image_size: Optional[int] = None,
+                     where: Optional[str] = None) -> tuple[np.ndarray, tuple[int, int]]:
+  """load_image, and the image's upright (width, height) before any resizing (what a
+  minimum-size filter looks at)."""
   where = where or str(file)
   try:
     with Image.open(file) as image:
       image.load()  # Decode here: a truncated file fails now, inside this try.
+      size = upright_size(image)
       if image_size is None:
-        return np.asarray(as_rgb(image, where), dtype=np.uint8)
-      return resize_and_crop(image, image_size, where)
+        return np.asarray(as_rgb(image, where), dtype=np.uint8), size
+      return resize_and_crop(image, image_size, where), size
   except errors.UserError:
     raise
   except FileNotFoundError:

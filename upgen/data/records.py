@@ -46,7 +46,7 @@ def _num_tokens(example: Example, key: str) -> int:
   return 0 if value is None else len(value)
 
 
-def _example_kind(example: Example) -> str:
+def example_kind(example: Example) -> str:
   has_image = _num_tokens(example, "image_tokens") > 0 or bool(example.get("image_png"))
   has_text = _num_tokens(example, "text_tokens") > 0
   if has_image and has_text:
@@ -72,7 +72,7 @@ def encode_record(example: Example) -> bytes:
   return example_proto.encode_example(features)
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
   digest = hashlib.sha256()
   with paths.open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
@@ -101,13 +101,13 @@ def write_split(out_dir: str, split: str, examples_iter: Iterable[Example], num_
   max_text_len, count, id_range = 0, 0, {}
   try:
     for example in examples_iter:
-      example_kind = _example_kind(example)
-      kind = kind or example_kind
-      if example_kind != kind:
+      this_kind = example_kind(example)
+      kind = kind or this_kind
+      if this_kind != kind:
         raise errors.DataError(f"split {split!r} is {kind!r} but example {example.get('id')!r} "
-                               f"(number {count}) is {example_kind!r}")
+                               f"(number {count}) is {this_kind!r}")
       max_text_len = max(max_text_len, _num_tokens(example, "text_tokens"))
-      _widen(id_range, example)
+      widen_id_range(id_range, example)
       writers[count % num_shards].write(encode_record(example))
       count += 1
     if count == 0:
@@ -126,13 +126,13 @@ def write_split(out_dir: str, split: str, examples_iter: Iterable[Example], num_
       "kind": kind,
       "shards": names,
       "records_per_shard": counts,
-      "sha256": [_sha256(paths.join(out_dir, n)) for n in names],
+      "sha256": [file_sha256(paths.join(out_dir, n)) for n in names],
       "max_text_len": max_text_len,
       "id_range": id_range,
   }
 
 
-def _widen(id_range: dict[str, list[int]], example: Example) -> None:
+def widen_id_range(id_range: dict[str, list[int]], example: Example) -> None:
   """Widens id_range[key] = [lowest, highest] to the example's token ids."""
   for key in ("text_tokens", "image_tokens"):
     value = example.get(key)
@@ -383,7 +383,7 @@ def verify_sha256(data_dir: str, split: str) -> None:
   meta = read_metadata(data_dir)
   info = split_info(meta, data_dir, split)
   for name, want in zip(info["shards"], info["sha256"]):
-    got = _sha256(paths.join(data_dir, name))
+    got = file_sha256(paths.join(data_dir, name))
     if got != want:
       raise MetadataError(f"{paths.join(data_dir, name)}: sha256 {got} differs from "
                           f"{want} recorded in metadata.json")

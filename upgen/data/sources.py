@@ -2,8 +2,10 @@
 image tokenizer's input pipeline.
 
 Every source has `__len__` and `__getitem__(i) -> {"image": uint8 HxWx3, "caption": str,
-"id": str}` with images resized (shorter side to image_size, bicubic) and center-cropped to
-image_size x image_size, and `caption(i) -> str` that reads no pixels.
+"id": str, "size": (width, height)}` with images resized (shorter side to image_size,
+bicubic) and center-cropped to image_size x image_size ("size" is the image's own, before),
+`caption(i) -> str` that reads no pixels, and `identity()`: what a resumed `upgen tokenize`
+compares to know the source is the one it started on (`identity` below).
 
 Folder layout (what `upgen data shapes` writes, and what custom data should look like):
 
@@ -14,6 +16,7 @@ Folder layout (what `upgen data shapes` writes, and what custom data should look
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Optional, Sequence
@@ -23,7 +26,7 @@ from PIL import Image
 
 from upgen import errors
 # The one image decoder (levels, orientation, transparency), by the names callers use here.
-from upgen.data.images import load_image, resize_and_crop
+from upgen.data.images import load_image, load_image_sized, resize_and_crop  # noqa: F401 (load_image: by this name)
 
 CAPTIONS_FILE = "captions.jsonl"
 Example = dict[str, Any]
@@ -92,6 +95,12 @@ def write_captions(path: str, rows: Sequence[dict[str, Any]]) -> None:
       f.write(json.dumps(row) + "\n")
 
 
+def identity(source: Any) -> dict[str, Any]:
+  """The source's own identity(), or its repr and length (every source here has one)."""
+  own = getattr(source, "identity", None)
+  return own() if callable(own) else {"repr": repr(source), "len": len(source)}
+
+
 class CaptionsSource:
   """Captions from DIR/captions.jsonl; 'image' keys optional and never opened (text-only
   records). `__getitem__(i) -> {"caption", "id"}`."""
@@ -100,8 +109,18 @@ class CaptionsSource:
     self.directory = directory
     self._entries = read_captions(directory, require_images=require_images)
 
+  def __repr__(self) -> str:
+    return f"{type(self).__name__}({self.directory!r}, len={len(self)})"
+
   def __len__(self) -> int:
     return len(self._entries)
+
+  def identity(self) -> dict[str, Any]:
+    """The captions file's path and sha256 (an edited file is another source); the images
+    are taken as they are named."""
+    with open(captions_path(self.directory), "rb") as f:
+      digest = hashlib.sha256(f.read()).hexdigest()
+    return {"repr": repr(self), "captions_sha256": digest}
 
   def caption(self, index: int) -> str:
     return self._entries[index]["caption"]
@@ -128,13 +147,13 @@ class ImageFolderSource(CaptionsSource):
   def __getitem__(self, index: int) -> Example:
     entry = self._entries[int(index)]
     try:
-      pixels = load_image(entry["image"], self.image_size)
+      pixels, size = load_image_sized(entry["image"], self.image_size)
     except errors.DataError as e:  # It names the image; this adds the captions line.
       raise errors.BadExample(f"{entry['line']}: {e}", reason="undecodable_image",
                               example_id=entry["id"]) from None
     except errors.UserError as e:
       raise type(e)(f"{entry['line']}: {e}") from None
-    return {"image": pixels, "caption": entry["caption"], "id": entry["id"]}
+    return {"image": pixels, "caption": entry["caption"], "id": entry["id"], "size": size}
 
 
 class SubsetSource:
@@ -145,8 +164,15 @@ class SubsetSource:
     self.indices = np.asarray(indices, np.int64)
     self.image_size = getattr(source, "image_size", None)  # What `upgen tokenize` checks.
 
+  def __repr__(self) -> str:
+    return f"SubsetSource({self.source!r}, len={len(self)})"
+
   def __len__(self) -> int:
     return len(self.indices)
+
+  def identity(self) -> dict[str, Any]:
+    return {"source": identity(self.source),
+            "indices_sha256": hashlib.sha256(self.indices.tobytes()).hexdigest()}
 
   def caption(self, index: int) -> str:
     return self.source.caption(int(self.indices[index]))
@@ -210,6 +236,10 @@ class TfdsSource:
     self._source = tfds.data_source(name, split=split, data_dir=data_dir,
                                     builder_kwargs={"file_format": "array_record"})
 
+  def __repr__(self) -> str:
+    return (f"TfdsSource({self.name!r}, split={self.split!r}, image_size={self.image_size}, "
+            f"len={len(self)})")
+
   def __len__(self) -> int:
     return len(self._source)
 
@@ -229,7 +259,16 @@ class TfdsSource:
     elif pixels.dtype != np.uint8:
       raise errors.DataError(f"{self.example_id(index)}: {self.image_key!r} is {pixels.dtype}, "
                              "expected uint8 or uint16 pixels")
-    image = Image.fromarray(pixels.astype(np.uint8))
-    return {"image": resize_and_crop(image, self.image_size, self.example_id(index)),
-            "caption": _as_text(_nested_get(example, self.caption_key, self.name)),
-            "id": self.example_id(index)}
+    example_id = self.example_id(index)
+    if pixels.ndim not in (2, 3) or min(pixels.shape[:2]) == 0:
+      raise errors.BadExample(f"{example_id}: {self.image_key!r} has shape {pixels.shape}, not "
+                              "an image", reason="undecodable_image", example_id=example_id)
+    caption = _as_text(_nested_get(example, self.caption_key, self.name))
+    try:
+      image = Image.fromarray(pixels.astype(np.uint8))
+      pixels = resize_and_crop(image, self.image_size, example_id)
+    except (errors.DataError, ValueError, TypeError) as e:  # A shape or mode PIL refuses.
+      raise errors.BadExample(f"{example_id}: {self.image_key!r} is not an image ({e})",
+                              reason="undecodable_image", example_id=example_id) from None
+    return {"image": pixels, "caption": caption, "id": example_id,
+            "size": (int(image.width), int(image.height))}

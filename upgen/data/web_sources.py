@@ -30,7 +30,7 @@ import numpy as np
 
 from upgen import errors
 from upgen import paths
-from upgen.data.images import load_image
+from upgen.data.images import load_image_sized
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # Tried in this order for a key's image.
 Example = dict[str, Any]
@@ -196,10 +196,10 @@ class TarShardSource:
     caption = self._caption(shard, k, txt, meta, example_id)
     where = f"{shard.path}: {shard.keys[k]}.{shard.image_ext[k]}"
     try:
-      pixels = load_image(io.BytesIO(data), self.image_size, where)
+      pixels, size = load_image_sized(io.BytesIO(data), self.image_size, where)
     except errors.DataError as e:
       raise errors.BadExample(str(e), reason="undecodable_image", example_id=example_id) from None
-    return {"image": pixels, "caption": caption, "id": example_id}
+    return {"image": pixels, "caption": caption, "id": example_id, "size": size}
 
 
 def hf_splits(path: str) -> Optional[list[str]]:
@@ -326,10 +326,10 @@ class HfSource:
     caption = self.caption(index)
     try:
       if isinstance(value, bytes):
-        pixels = load_image(io.BytesIO(value), self.image_size, where)
+        pixels, size = load_image_sized(io.BytesIO(value), self.image_size, where)
       else:
         with paths.open(str(value), "rb") as f:
-          pixels = load_image(f, self.image_size, f"{where} ({value})")
+          pixels, size = load_image_sized(f, self.image_size, f"{where} ({value})")
     except (errors.DataError, FileNotFoundError) as e:
       raise errors.BadExample(str(e), reason="undecodable_image", example_id=example_id) from None
-    return {"image": pixels, "caption": caption, "id": example_id}
+    return {"image": pixels, "caption": caption, "id": example_id, "size": size}

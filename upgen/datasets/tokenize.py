@@ -4,7 +4,9 @@
       --text-tokenizer PATH --image-tokenizer WORKDIR [--splits train,val,test] \
       [--num-shards N] [--val-fraction 0.05] [--kind paired|image|text] [--batch-size 64] \
       [--pixels [--image-size S]] [--image-key image] [--caption-key caption] \
-      [--max-bad-fraction F]
+      [--max-bad-fraction F] [--min-image-side PX] [--min-caption-length N]
+      [--max-caption-length N] [--dedup] [--coordinator_address HOST:PORT
+      --num_processes N --process_id I]
 
 --pixels also stores each resized, center-cropped image as PNG bytes in its record (the
 families that work in pixels read them); --image-tokenizer is then optional (records
@@ -19,10 +21,18 @@ parquet files) are upgen/data/web_sources.py; `--val-fraction` is held out of th
 single folder, except from a DatasetDict folder, whose splits `--splits` names.
 
 Bad examples (errors.BadExample: an undecodable image, a missing caption, a tar member with
-no pair) are skipped and counted per reason in the split's metadata ("skipped") and the
-summary while they are at most --max-bad-fraction of the examples seen; above it the job
-stops with one line. The default is 0 for folders and TFDS (the first bad example stops the
-job, naming it: such data was curated by hand) and WEB_MAX_BAD_FRACTION for wds: and hf:.
+no pair, a caption with no text tokens) are skipped and counted per reason in the split's
+metadata ("skipped") and the summary while they are at most --max-bad-fraction of the
+examples seen; above it the job stops with one line. The default is 0 for folders and TFDS
+(the first bad example stops the job, naming it: such data was curated by hand) and
+WEB_MAX_BAD_FRACTION for wds: and hf:. The filters (--min-image-side, --min/max-caption-
+length in characters, --dedup for exact duplicates) drop examples on purpose, counted apart
+("filtered"); see upgen/datasets/tokenize_examples.py.
+
+The job is resumable and runs on many processes (upgen/datasets/tokenize_job.py): the same
+command started again after a kill skips the shards already written; started as N processes
+with `upgen train`'s flags (or under a cluster jax detects: TPU slices, SLURM), each writes
+its share of the shards, encoding on its local devices, and process 0 writes metadata.json.
 
 Tokenizer protocol (upgen/tokenizers/text.py, upgen/tokenizers/image.py):
   text:  .encode_batch(list[str]) -> list[list[int]], .vocab_size, .pad_id, .mask_id,
@@ -33,200 +43,93 @@ Tokenizer protocol (upgen/tokenizers/text.py, upgen/tokenizers/image.py):
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import functools
-import io
-import math
 import os
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
-import numpy as np
-from PIL import Image
+import jax
 
 from upgen import errors
 from upgen import paths
 from upgen.data import records
 from upgen.data import sources
 from upgen.data import web_sources
-from upgen.runtime import progress as progress_lib
+from upgen.datasets import tokenize_examples as examples_lib
+from upgen.datasets import tokenize_job as job_lib
+from upgen.runtime import distributed
 from upgen.tokenizers import image
 from upgen.tokenizers import text
 
 SPLIT_NAMES = ("train", "val", "test")
-RECORDS_PER_SHARD = 10_000  # Default shard size when --num-shards is not given.
 WEB_MAX_BAD_FRACTION = 0.01  # --max-bad-fraction's default for wds: and hf: sources.
-SKIP_CHECK_AFTER = 1000  # Examples seen before the bad fraction is checked (and at the end).
-FIRST_SKIPPED = 5  # Ids named per skip reason.
+png_bytes = examples_lib.png_bytes
 
 
-class Skipped:
-  """The examples a source could not give (errors.BadExample), counted per reason with the
-  first FIRST_SKIPPED ids; `max_fraction` 0 re-raises the first one."""
-
-  def __init__(self, max_fraction: float = 0.0, desc: str = "tokenize"):
-    self.max_fraction, self.desc = max_fraction, desc
-    self.reasons: dict[str, dict[str, Any]] = {}
-    self.count = 0
-
-  def add(self, e: errors.BadExample) -> None:
-    if self.max_fraction == 0:
-      raise e
-    entry = self.reasons.setdefault(e.reason, {"count": 0, "first": []})
-    entry["count"] += 1
-    if len(entry["first"]) < FIRST_SKIPPED:
-      entry["first"].append(e.example_id)
-    self.count += 1
-
-  def check(self, seen: int, final: bool = False) -> None:
-    """errors.DataError when more than max_fraction of the `seen` examples were skipped
-    (checked once SKIP_CHECK_AFTER were seen, and at the end whatever their number)."""
-    if (final or seen >= SKIP_CHECK_AFTER) and seen and self.count > self.max_fraction * seen:
-      raise errors.DataError(
-          f"{self.desc}: {self.count} of {seen} examples skipped ({self.summary()}), above "
-          f"--max-bad-fraction {self.max_fraction:g}; fix or remove them, or raise the flag")
-
-  def summary(self) -> str:
-    return "; ".join(f"{reason} {e['count']}: {', '.join(e['first'])}"
-                     + (", ..." if e["count"] > len(e["first"]) else "")
-                     for reason, e in sorted(self.reasons.items()))
-
-
-def _fetch(get: Any, index: int) -> Any:
-  """get(index), or the errors.BadExample it raised (counted by the caller in order)."""
-  try:
-    return get(index)
-  except errors.BadExample as e:
-    return e
-
-
-def _check_ids(ids: np.ndarray, limit: int, what: str, example_id: str) -> None:
-  if len(ids) and (ids.min() < 0 or ids.max() >= limit):
-    bad = int(ids[(ids < 0) | (ids >= limit)][0])
-    raise errors.DataError(
-        f"{what} returned id {bad} outside [0, {limit}) for example {example_id!r}")
-
-
-def png_bytes(image_HxWx3: np.ndarray) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(np.asarray(image_HxWx3, np.uint8)).save(buf, format="PNG")
-  return buf.getvalue()
-
-
-def _tokenized(source: Any, kind: str, text_tokenizer: Any, image_tokenizer: Any,
-               batch_size: int, progress: bool, desc: str, pixels: bool = False,
-               skipped: Optional[Skipped] = None) -> Iterator[dict[str, Any]]:
-  """Yields record dicts for every example of `source`, tokenizing `batch_size` at a time;
-  the examples it cannot give go to `skipped` (default: strict, the first one raises)."""
-  skipped = skipped or Skipped()
-
-  def caption_example(i: int) -> dict[str, Any]:
-    return {"caption": source.caption(i), "id": source.example_id(i)}
-
-  with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, \
-      progress_lib.bar(len(source), desc=desc, disable=not progress, unit="ex") as bar:
-    for start in range(0, len(source), batch_size):
-      indices = range(start, min(start + batch_size, len(source)))
-      get = caption_example if kind == "text" else source.__getitem__
-      examples = []
-      for got in pool.map(functools.partial(_fetch, get), indices):
-        if isinstance(got, errors.BadExample):
-          skipped.add(got)
-        else:
-          examples.append(got)
-      skipped.check(indices.stop, final=indices.stop == len(source))
-      bar.update(len(indices))
-      if not examples:
-        continue
-      image_tokens = [None] * len(examples)
-      text_tokens = [None] * len(examples)
-      pngs = [None] * len(examples)
-      if kind != "text" and pixels:
-        pngs = list(pool.map(png_bytes, [e["image"] for e in examples]))
-      if kind != "text" and image_tokenizer is not None:
-        images_BxHxWx3 = np.stack([e["image"] for e in examples])
-        tokens_Bxhxw = np.asarray(image_tokenizer.encode(images_BxHxWx3))
-        want = (len(examples), *tuple(image_tokenizer.grid))
-        if tokens_Bxhxw.shape != want:
-          raise errors.DataError(f"image tokenizer {image_tokenizer.path}: encode returned shape "
-                                 f"{tokens_Bxhxw.shape}, expected {want}")
-        image_tokens = list(tokens_Bxhxw.reshape(len(examples), -1).astype(np.int64))
-      if kind != "image":
-        text_tokens = [np.asarray(t, np.int64) for t in
-                       text_tokenizer.encode_batch([e["caption"] for e in examples])]
-      for example, image_ids, text_ids, png in zip(examples, image_tokens, text_tokens, pngs):
-        if image_ids is not None:
-          _check_ids(image_ids, image_tokenizer.codebook_size, "image tokenizer", example["id"])
-        if text_ids is not None:
-          _check_ids(text_ids, text_tokenizer.vocab_size, "text tokenizer", example["id"])
-          if len(text_ids) == 0:
-            raise errors.DataError(
-                f"text tokenizer returned no tokens for example {example['id']!r} "
-                f"(caption {example['caption']!r})")
-        yield {"image_tokens": image_ids, "text_tokens": text_ids, "image_png": png,
-               "caption": example["caption"], "id": example["id"]}
-
-
-def tokenize_split(source: Any, out_dir: str, split: str, text_tokenizer: Any,
-                   image_tokenizer: Any, num_shards: Optional[int] = None, batch_size: int = 64,
-                   *, kind: str = "paired", replace_metadata: bool = False,
-                   progress: bool = False, pixels: bool = False,
-                   max_bad_fraction: float = 0.0) -> dict[str, Any]:
-  """Tokenizes every example of `source` into out_dir/{split}-*.tfrecord; updates metadata.json.
-
-  kind "paired" stores image and text tokens, "image" only image tokens (text_tokenizer may
-  be None), "text" only text tokens (image_tokenizer may be None; pixels are never read).
-  `pixels` adds each image as PNG bytes (the source's size; image_tokenizer may then be
-  None). num_shards None = one shard per RECORDS_PER_SHARD examples. Examples the source
-  cannot give are skipped and counted up to `max_bad_fraction` (see Skipped; the split's
-  "skipped" entry, absent when none was). Returns the split's metadata.
-  """
+def _job(split_sources: Mapping[str, Any], out_dir: str, text_tokenizer: Any,
+         image_tokenizer: Any, num_shards: Optional[int], batch_size: int, *, kind: str,
+         replace_metadata: bool, progress: bool, pixels: bool, max_bad_fraction: float,
+         filters: examples_lib.Filters) -> job_lib.Job:
+  """The job, once its settings are checked against each other and the sources."""
   if kind not in records.KINDS:
     raise errors.DataError(f"kind must be one of {records.KINDS}, got {kind!r}")
   if kind != "text" and image_tokenizer is None and not pixels:
     raise errors.DataError(f"kind {kind!r} needs an image tokenizer (or --pixels)")
   if kind != "image" and text_tokenizer is None:
     raise errors.DataError(f"kind {kind!r} needs a text tokenizer")
-  image_size = getattr(source, "image_size", None)
-  pixel_info = None
-  if pixels and kind != "text":
-    if not image_size:
+  if kind == "text" and filters.min_side:
+    raise errors.UsageError("--min-image-side needs images; --kind text reads none")
+  for source in split_sources.values():
+    image_size = getattr(source, "image_size", None)
+    if pixels and kind != "text" and not image_size:
       raise errors.DataError(f"source {source!r} has no image size to store pixels at")
-    pixel_info = {"image_size": int(image_size), "format": "png"}
-  if (kind != "text" and image_tokenizer is not None and image_size is not None
-      and image_size != image_tokenizer.image_size):
-    raise errors.DataError(
-        f"source {source!r} yields {image_size}px images but the image tokenizer "
-        f"{image_tokenizer.path} expects {image_tokenizer.image_size}px")
-  text_info = image_info = None
-  if text_tokenizer is not None:
-    text_info = records.text_tokenizer_info(text_tokenizer)
-  if image_tokenizer is not None:
-    image_info = records.image_tokenizer_info(image_tokenizer)
-  records.compatible_splits(out_dir, split, text_info, image_info, replace_metadata,
-                            pixel_info)
-  num_shards = num_shards or max(1, math.ceil(len(source) / RECORDS_PER_SHARD))
-  skipped = Skipped(max_bad_fraction, desc=f"split {split!r}")
-  examples = _tokenized(source, kind, text_tokenizer, image_tokenizer, batch_size, progress,
-                        desc=f"tokenize {split}", pixels=pixel_info is not None, skipped=skipped)
-  info = records.write_split(out_dir, split, examples, num_shards, kind=kind)
-  if skipped.count:
-    info["skipped"] = skipped.reasons
-  records.update_metadata(out_dir, split, info, text_info, image_info, replace=replace_metadata,
-                          pixels=pixel_info)
-  return info
+    if (kind != "text" and image_tokenizer is not None and image_size is not None
+        and image_size != image_tokenizer.image_size):
+      raise errors.DataError(
+          f"source {source!r} yields {image_size}px images but the image tokenizer "
+          f"{image_tokenizer.path} expects {image_tokenizer.image_size}px")
+  encoders = examples_lib.Encoders(kind, text_tokenizer, image_tokenizer, pixels, batch_size,
+                                   filters)
+  return job_lib.Job(out_dir, split_sources, encoders, num_shards, max_bad_fraction,
+                     replace_metadata, progress)
 
 
 def tokenize_folder(split_sources: Mapping[str, Any], out_dir: str, text_tokenizer: Any,
                     image_tokenizer: Any, num_shards: Optional[int] = None, batch_size: int = 64,
-                    *, kind: str = "paired", progress: bool = False,
-                    pixels: bool = False, max_bad_fraction: float = 0.0) -> dict[str, Any]:
-  """tokenize_split for every {split: source}; a fresh metadata.json (an older one made with
-  other tokenizers is replaced). Returns the final metadata."""
-  for i, (split, source) in enumerate(split_sources.items()):
-    tokenize_split(source, out_dir, split, text_tokenizer, image_tokenizer, num_shards,
-                   batch_size, kind=kind, replace_metadata=(i == 0), progress=progress,
-                   pixels=pixels, max_bad_fraction=max_bad_fraction)
-  return records.read_metadata(out_dir)
+                    *, kind: str = "paired", progress: bool = False, pixels: bool = False,
+                    max_bad_fraction: float = 0.0,
+                    filters: examples_lib.Filters = examples_lib.Filters(),
+                    replace_metadata: bool = True) -> dict[str, Any]:
+  """Tokenizes every {split: source} into out_dir/{split}-*.tfrecord and writes
+  metadata.json (with `replace_metadata`, one made with other tokenizers is replaced; else
+  that is a MetadataError). Returns the metadata (on process 0; None on the others).
+
+  kind "paired" stores image and text tokens, "image" only image tokens (text_tokenizer may
+  be None), "text" only text tokens (image_tokenizer may be None; pixels are never read).
+  `pixels` adds each image as PNG bytes (the source's size; image_tokenizer may then be
+  None). num_shards None = one shard per job_lib.RECORDS_PER_SHARD examples. Examples the
+  source cannot give are skipped and counted up to `max_bad_fraction`; `filters` drop
+  examples on purpose (tokenize_examples.py); both counted in the split's metadata
+  ("skipped", "filtered": absent when none was).
+  """
+  job = _job(split_sources, out_dir, text_tokenizer, image_tokenizer, num_shards, batch_size,
+             kind=kind, replace_metadata=replace_metadata, progress=progress, pixels=pixels,
+             max_bad_fraction=max_bad_fraction, filters=filters)
+  return job_lib.run_job(job)
+
+
+def tokenize_split(source: Any, out_dir: str, split: str, text_tokenizer: Any,
+                   image_tokenizer: Any, num_shards: Optional[int] = None, batch_size: int = 64,
+                   *, kind: str = "paired", replace_metadata: bool = False,
+                   progress: bool = False, pixels: bool = False,
+                   max_bad_fraction: float = 0.0,
+                   filters: examples_lib.Filters = examples_lib.Filters()) -> dict[str, Any]:
+  """tokenize_folder for one split, added to out_dir's metadata.json beside the splits it
+  has (made with the same tokenizers, else a MetadataError unless `replace_metadata`).
+  Returns the split's metadata."""
+  meta = tokenize_folder({split: source}, out_dir, text_tokenizer, image_tokenizer,
+                         num_shards, batch_size, kind=kind, progress=progress, pixels=pixels,
+                         max_bad_fraction=max_bad_fraction, filters=filters,
+                         replace_metadata=replace_metadata)
+  return meta["splits"][split] if meta is not None else None
 
 
 def _parse_splits(arg: Optional[str]) -> Optional[list[tuple[str, str]]]:
@@ -329,12 +232,46 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--max-bad-fraction", type=errors.number(0, above=False, below=1), default=None,
                  help="skip and count bad examples up to this fraction (default: 0 for DIR "
                       f"and tfds:, {WEB_MAX_BAD_FRACTION} for wds: and hf:)")
+  f = p.add_argument_group("filters (dropped examples are counted in metadata.json)")
+  f.add_argument("--min-image-side", type=errors.whole(0), default=0,
+                 help="drop images whose shorter side (before resizing) is below this")
+  f.add_argument("--min-caption-length", type=errors.whole(0), default=0,
+                 help="drop captions shorter than this many characters")
+  f.add_argument("--max-caption-length", type=errors.whole(0), default=0,
+                 help="drop captions longer than this many characters (0: no bound)")
+  f.add_argument("--dedup", action="store_true",
+                 help="drop exact duplicates (same caption and pixels) after the first")
+  distributed.add_arguments(p)
   return p
+
+
+def _print_summary(meta: Mapping[str, Any], splits: Sequence[str], job_summary: Mapping[str, Any],
+                   out: str) -> None:
+  for split in splits:
+    info = meta["splits"][split]
+    print(f"{split}: {sum(info['records_per_shard'])} {info['kind']} records in "
+          f"{len(info['shards'])} shard(s), max text length {info['max_text_len']}")
+    for what in ("skipped", "filtered"):
+      for reason, entry in sorted(info.get(what, {}).items()):
+        print(f"  {what} {entry['count']} {reason}: {', '.join(entry['first'])}"
+              + (", ..." if entry["count"] > len(entry["first"]) else ""))
+  print(f"wrote {paths.join(out, records.METADATA_FILE)}")
+
+
+def _throughput(summary: Mapping[str, Any]) -> str:
+  """'process P: N examples in T s (R/s; read a s, image_tokens b s, ...)', for docs/data.md."""
+  seconds, n = summary["seconds"], summary["examples"]
+  stages = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(summary["stages"].items()))
+  resumed = (f"; {summary['resumed']} of {summary['shards']} shard(s) already written"
+             if summary["resumed"] else "")
+  return (f"process {jax.process_index()}: {n} examples in {seconds:.1f} s "
+          f"({n / max(seconds, 1e-9):.1f}/s; {stages}){resumed}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Entry point of `upgen tokenize` (argv excludes the program and sub-command names)."""
   args = build_parser().parse_args(argv)
+  distributed.initialize(**distributed.argument_values(args))  # Before any jax backend.
   text_tokenizer = image_tokenizer = None
   if args.kind != "image":
     if not args.text_tokenizer:
@@ -344,28 +281,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.image_tokenizer:
       raise errors.UsageError(f"--image-tokenizer (or --pixels) is required for "
                               f"--kind {args.kind}")
-    image_tokenizer = image.load(args.image_tokenizer)
+    image_tokenizer = image.load(args.image_tokenizer, args.batch_size,
+                                 devices=jax.local_devices())
   image_size = image_tokenizer.image_size if image_tokenizer is not None else args.image_size
   if args.kind != "text" and args.pixels and not image_size:
     raise errors.UsageError("--pixels without --image-tokenizer needs --image-size")
   if image_tokenizer is not None and args.image_size and args.image_size != image_size:
     raise errors.UsageError(f"--image-size {args.image_size} differs from the image "
                             f"tokenizer's {image_size}")
+  if args.max_caption_length and args.max_caption_length < args.min_caption_length:
+    raise errors.UsageError(f"--max-caption-length {args.max_caption_length} is below "
+                            f"--min-caption-length {args.min_caption_length}")
   split_sources = resolve_sources(args.source, _parse_splits(args.splits), image_size,
                                   args.val_fraction, args.kind,
                                   (args.image_key, args.caption_key), args.tfds_data_dir)
   max_bad_fraction = args.max_bad_fraction
   if max_bad_fraction is None:
     max_bad_fraction = WEB_MAX_BAD_FRACTION if args.source.startswith(("wds:", "hf:")) else 0.0
-  meta = tokenize_folder(split_sources, args.out, text_tokenizer, image_tokenizer,
-                         args.num_shards, args.batch_size, kind=args.kind,
-                         progress=True, pixels=args.pixels, max_bad_fraction=max_bad_fraction)
-  for split in split_sources:
-    info = meta["splits"][split]
-    print(f"{split}: {sum(info['records_per_shard'])} {info['kind']} records in "
-          f"{len(info['shards'])} shard(s), max text length {info['max_text_len']}")
-    for reason, entry in sorted(info.get("skipped", {}).items()):
-      print(f"  skipped {entry['count']} {reason}: {', '.join(entry['first'])}"
-            + (", ..." if entry["count"] > len(entry["first"]) else ""))
-  print(f"wrote {os.path.join(args.out, records.METADATA_FILE)}")
+  filters = examples_lib.Filters(args.min_image_side, args.min_caption_length,
+                                 args.max_caption_length, args.dedup)
+  job = _job(split_sources, args.out, text_tokenizer, image_tokenizer, args.num_shards,
+             args.batch_size, kind=args.kind, replace_metadata=True, progress=True,
+             pixels=args.pixels, max_bad_fraction=max_bad_fraction, filters=filters)
+  meta = job_lib.run_job(job)
+  print(_throughput(job.summary))
+  if meta is not None:
+    _print_summary(meta, list(split_sources), job.summary, args.out)
   return 0

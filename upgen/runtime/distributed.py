@@ -17,6 +17,7 @@ mpi4py is opt-in in jax too. Such jobs pass the flags.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 from typing import Any, Optional, Sequence
 
@@ -44,6 +45,43 @@ def define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_list("local_device_ids", None,
                     "Comma-separated ids of the local devices this process uses (default: all).",
                     flag_values=fv)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  """The flags of `define_flags` for an argparse command (`upgen tokenize`), same names."""
+  group = parser.add_argument_group("many processes (as `upgen train`)")
+  group.add_argument("--coordinator_address", default=None,
+                     help="HOST:PORT of process 0's coordinator, the same for every process")
+  group.add_argument("--num_processes", type=errors.whole(1), default=None,
+                     help="number of processes in the job")
+  group.add_argument("--process_id", type=errors.whole(0), default=None,
+                     help="this process's index in [0, num_processes)")
+  group.add_argument("--local_device_ids", type=lambda v: v.split(","), default=None,
+                     help="comma-separated ids of the local devices this process uses")
+
+
+def argument_values(args: argparse.Namespace) -> dict[str, Any]:
+  """The four arguments of `add_arguments` as keyword arguments of `initialize`."""
+  return {k: getattr(args, k) for k in REQUIRED + ("local_device_ids",)}
+
+
+def barrier(name: str, timeout_s: float = 7 * 24 * 3600) -> None:
+  """Returns once every process of the job has called barrier(name); at once for one
+  process. Through the coordination service's barrier, which waits as long as `timeout_s`
+  (a collective would time out while one host still works through its share) and fails
+  when a process has died."""
+  if jax.process_count() == 1:
+    return
+  try:
+    from jax._src import distributed as jax_distributed  # The client; not exported by jax.
+    client = jax_distributed.global_state.client
+  except (ImportError, AttributeError):
+    client = None
+  if client is None:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+    return
+  client.wait_at_barrier(name, int(timeout_s * 1000))
 
 
 def flag_values(fv: flags.FlagValues) -> dict[str, Any]:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from flax import linen as nn
 import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 from upgen import families
@@ -38,11 +39,25 @@ def params_sha256(params: Any) -> str:
   return digest.hexdigest()
 
 
+def _local(x: Any) -> Any:
+  """This process's copy of a parameter replicated over every process's devices (as
+  restore_params gives them in a many-process job): the tokenizer runs on local devices."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if not x.is_fully_replicated:
+      raise ValueError(f"an image tokenizer parameter of shape {x.shape} is split across "
+                       "processes; restore it replicated")
+    return x.addressable_data(0)
+  return x
+
+
 class ImageTokenizer:
   """A VQGAN (family "vqgan") with its params: uint8 images <-> int32 token grids."""
 
   def __init__(self, setup: families.Setup, params: Any, path: str = "",
-               batch_size: int = 64):
+               batch_size: int = 64, devices: Optional[Sequence[jax.Device]] = None):
+    """`devices` (e.g. jax.local_devices()): each batch is split over them, the parameters
+    replicated (batch_size rounded up to a multiple of their number); default: the default
+    device."""
     if setup.family.name != "vqgan":
       raise ValueError(f"{path or 'config'}: config.model.family={setup.family.name!r}, "
                        "an image tokenizer needs a 'vqgan' model")
@@ -53,9 +68,15 @@ class ImageTokenizer:
       raise ValueError(f"batch_size={batch_size} must be >= 1")
     self._cfg: vqgan.VQGANConfig = setup.model_config
     self._model = setup.model
-    self._params = {"vqgan": nn.meta.unbox(params["vqgan"])}
+    self._params = jax.tree.map(_local, {"vqgan": nn.meta.unbox(params["vqgan"])})
     self._path = path
     self._batch_size = batch_size
+    self._sharding = None
+    if devices is not None and len(devices) > 1:
+      mesh = Mesh(np.asarray(devices), ("batch",))
+      self._params = jax.device_put(self._params, NamedSharding(mesh, P()))
+      self._sharding = NamedSharding(mesh, P("batch"))
+      self._batch_size = -(-batch_size // len(devices)) * len(devices)
     self._sha256 = ""
     model = self._model
     self._encode = jax.jit(lambda p, x: model.apply(
@@ -91,7 +112,8 @@ class ImageTokenizer:
     """fn over fixed-size batches on the default device, outside any caller's mesh (a
     training loop previewing on a tensor-parallel mesh, say)."""
     with mesh_lib.detached():
-      return batching.run_batched(fn, self._params, [inputs], self._batch_size, fixed=True)
+      return batching.run_batched(fn, self._params, [inputs], self._batch_size, fixed=True,
+                                  sharding=self._sharding)
 
   def encode(self, images_NxHxWx3: np.ndarray) -> np.ndarray:
     """uint8 images (image_size square, RGB) -> int32 ids N x h x w."""
@@ -118,10 +140,13 @@ class ImageTokenizer:
     return self._batched(self._decode, tokens.astype(np.int32))
 
 
-def load(workdir: str, batch_size: int = 64) -> ImageTokenizer:
-  """The image tokenizer of the latest checkpoint of a VQGAN training run directory."""
+def load(workdir: str, batch_size: int = 64,
+         devices: Optional[Sequence[jax.Device]] = None) -> ImageTokenizer:
+  """The image tokenizer of the latest checkpoint of a VQGAN training run directory
+  (`devices`: see ImageTokenizer)."""
   _, setup, params = restore.restore_params(workdir)
-  return ImageTokenizer(setup, params, path=paths.absolute(workdir), batch_size=batch_size)
+  return ImageTokenizer(setup, params, path=paths.absolute(workdir), batch_size=batch_size,
+                        devices=devices)
 
 
 def load_recorded(data_dir: str, metadata: Optional[dict[str, Any]] = None) -> ImageTokenizer:
