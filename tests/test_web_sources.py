@@ -25,6 +25,8 @@ from upgen.data import records
 from upgen.data import sources
 from upgen.data import web_sources
 from upgen.datasets import tokenize
+from upgen.datasets import tokenize_examples
+from upgen.datasets import tokenize_job
 from upgen.tokenizers import text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -205,6 +207,36 @@ def test_tokenize_wds_counts_the_bad_and_writes_the_good(shards, bpe, tmp_path):
   assert skipped == {reason: {"count": 1, "first": ids} for reason, ids in BAD.items()}
   assert "train: 12 paired records" in done.stdout
   assert "skipped 1 undecodable_image: 00000/000000006" in done.stdout
+
+
+def test_tar_shards_are_parts_each_process_opens_only_its_own(shards, bpe, tmp_path):
+  folder, good = shards
+  broken = tmp_path / "broken"
+  os.makedirs(broken)
+  (broken / "00000.tar").write_bytes(b"not a tar" * 100)  # Process 0's shard.
+  os.link(os.path.join(folder, "00001.tar"), broken / "00001.tar")
+  split_sources = tokenize.resolve_sources(f"wds:{broken}", None, SIZE, val_fraction=0.3)
+  assert set(split_sources) == {"train", "val"}
+  job = tokenize._job(split_sources, str(tmp_path / "out"), text.load(bpe), None, None, 4,  # pylint: disable=protected-access
+                      kind="paired", replace_metadata=True, progress=False, pixels=True,
+                      max_bad_fraction=0.0, filters=tokenize_examples.Filters())
+  assert [(u.split, u.name) for u in job.units] == [
+      ("train", "train-00000-of-00002.tfrecord"), ("train", "train-00001-of-00002.tfrecord"),
+      ("val", "val-00000-of-00002.tfrecord"), ("val", "val-00001-of-00002.tfrecord")]
+  # Process 1 of 2 writes train's and val's shard of 00001.tar and never opens 00000.tar.
+  summary = tokenize_job.run(job, process_index=1, process_count=2)
+  assert summary["examples"] == 6 and summary["shards"] == 2
+  with pytest.raises(errors.DataError, match="00000.tar: not a readable tar"):
+    tokenize_job.run(job, process_index=0, process_count=2)
+  # Val is held out by each example's id alone: those below 0.3, about 30%.
+  staged = os.path.join(str(tmp_path / "out"), tokenize_job.STAGING_PREFIX + job.key)
+  ids = {}
+  for split in ("train", "val"):
+    with open(os.path.join(staged, f"{split}-00001-of-00002.tfrecord.json")) as f:
+      assert json.load(f)["seen"] == len(ids.setdefault(split, [
+          k for k in good if k.startswith("00001/")
+          and (sources.id_fraction(k) < 0.3) == (split == "val")]))
+  assert ids["val"] and ids["train"]
 
 
 def test_tokenize_stops_in_one_line_above_max_bad_fraction(shards, bpe, tmp_path):

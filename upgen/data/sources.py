@@ -184,6 +184,69 @@ class SubsetSource:
     return self.source[int(self.indices[index])]
 
 
+class ConcatSource:
+  """Sources one after another (the parts of a job's shard)."""
+
+  def __init__(self, parts: Sequence[Any]):
+    self.parts = list(parts)
+    self._starts = np.cumsum([0] + [len(p) for p in self.parts])
+    self.image_size = getattr(self.parts[0], "image_size", None) if self.parts else None
+
+  def __repr__(self) -> str:
+    return f"ConcatSource({len(self.parts)} parts, len={len(self)})"
+
+  def __len__(self) -> int:
+    return int(self._starts[-1])
+
+  def _locate(self, index: int) -> tuple[Any, int]:
+    if not 0 <= index < len(self):
+      raise IndexError(f"index {index} out of range for {len(self)} examples")
+    p = int(np.searchsorted(self._starts, index, side="right")) - 1
+    return self.parts[p], index - int(self._starts[p])
+
+  def caption(self, index: int) -> str:
+    part, i = self._locate(int(index))
+    return part.caption(i)
+
+  def example_id(self, index: int) -> str:
+    part, i = self._locate(int(index))
+    return part.example_id(i)
+
+  def __getitem__(self, index: int) -> Example:
+    part, i = self._locate(int(index))
+    return part[i]
+
+
+def id_fraction(example_id: str) -> float:
+  """A number in [0, 1) fixed by the example id alone (sha256): hold-out by id."""
+  return int.from_bytes(hashlib.sha256(example_id.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+class HeldOutParts:
+  """The "train" or "val" examples of a source in parts (web_sources.TarShardParts): val
+  are those whose id_fraction is below `fraction`, decided within each part when it is
+  opened, so no index of the whole data set is needed (about `fraction` of the examples,
+  not an exact count as holdout_split gives)."""
+
+  def __init__(self, parts: Any, fraction: float, which: str):
+    if which not in ("train", "val"):
+      raise ValueError(f"which must be train or val, got {which!r}")
+    self.parts, self.fraction, self.which = parts, float(fraction), which
+    self.image_size = parts.image_size
+    self.num_parts = parts.num_parts
+
+  def __repr__(self) -> str:
+    return f"HeldOutParts({self.parts!r}, {self.which} of {self.fraction:g})"
+
+  def part(self, index: int) -> SubsetSource:
+    source = self.parts.part(index)
+    val = [id_fraction(source.example_id(i)) < self.fraction for i in range(len(source))]
+    return SubsetSource(source, [i for i, v in enumerate(val) if v == (self.which == "val")])
+
+  def identity(self) -> dict[str, Any]:
+    return {"parts": identity(self.parts), "fraction": self.fraction, "which": self.which}
+
+
 def holdout_split(num_examples: int, fraction: float,
                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Deterministic (train_indices, val_indices): round(fraction * n) (at least 1 when

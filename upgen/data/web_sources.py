@@ -202,6 +202,34 @@ class TarShardSource:
     return {"image": pixels, "caption": caption, "id": example_id, "size": size}
 
 
+class TarShardParts:
+  """wds:PATTERN as parts, one per tar shard, each indexed only when a job opens it
+  (`part(i)`, a TarShardSource of that shard): a many-process `upgen tokenize` has each
+  process read the headers of the shards it writes only, and no process holds an index of
+  the whole data set."""
+
+  def __init__(self, pattern: str, image_size: int, caption_key: str = "caption"):
+    self.pattern, self.image_size, self.caption_key = pattern, int(image_size), caption_key
+    self.paths = shard_paths(pattern)
+
+  def __repr__(self) -> str:
+    return f"TarShardParts({self.pattern!r}, image_size={self.image_size}, shards={self.num_parts})"
+
+  @property
+  def num_parts(self) -> int:
+    return len(self.paths)
+
+  def part(self, index: int) -> TarShardSource:
+    return TarShardSource(self.paths[index], self.image_size, self.caption_key)
+
+  def identity(self) -> dict[str, Any]:
+    """The shards' paths, with size and modification time where local (a remote one's
+    would cost a read per shard)."""
+    stats = [[p] if paths.is_remote(p) else [p, os.stat(p).st_size, os.stat(p).st_mtime_ns]
+             for p in self.paths]
+    return {"repr": repr(self), "caption_key": self.caption_key, "shards": stats}
+
+
 def hf_splits(path: str) -> Optional[list[str]]:
   """The split names of a `DatasetDict.save_to_disk` folder (its dataset_dict.json), else
   None (a single data set: a `Dataset.save_to_disk` folder or parquet files)."""

@@ -168,11 +168,11 @@ def resolve_sources(source: str, splits: Optional[list[tuple[str, str]]],
         raise errors.NotFound(f"--source {source}: no split(s) {missing}; it has {names}")
       return {out: web_sources.HfSource(paths.join(path, src), image_size or 0, *tfds_keys)
               for out, src in chosen}
-    if scheme == "hf":
-      whole = web_sources.HfSource(path, image_size or 0, *tfds_keys)
-    else:
-      whole = web_sources.TarShardSource(path, image_size or 0, caption_key=tfds_keys[1])
-    return _held_out(source, whole, splits, val_fraction)
+    if scheme == "wds":  # In parts: each process opens the tar shards it writes only.
+      return _held_out_parts(source, web_sources.TarShardParts(
+          path, image_size or 0, caption_key=tfds_keys[1]), splits, val_fraction)
+    return _held_out(source, web_sources.HfSource(path, image_size or 0, *tfds_keys), splits,
+                     val_fraction)
   if not os.path.isdir(source):
     raise errors.NotFound(f"--source {source}: not a directory (or use tfds:NAME)")
 
@@ -191,6 +191,18 @@ def resolve_sources(source: str, splits: Optional[list[tuple[str, str]]],
     raise errors.NotFound(f"--source {source}: neither {sources.CAPTIONS_FILE} nor split "
                             f"sub-folders ({', '.join(SPLIT_NAMES)}) with one")
   return _held_out(source, folder(source), splits, val_fraction)
+
+
+def _held_out_parts(source: str, parts: Any, splits: Optional[list[tuple[str, str]]],
+                    val_fraction: float) -> dict[str, Any]:
+  """{"train", "val"} of a source in parts: val held out by example id (HeldOutParts)."""
+  wanted = [out for out, _ in splits] if splits else ["train", "val"]
+  if not set(wanted) <= {"train", "val"}:
+    raise errors.ConfigError(
+        f"--source {source} has no splits: only train and val (held out by --val-fraction) "
+        f"can be made, not {wanted}")
+  return {out: sources.HeldOutParts(parts, val_fraction, out) for out in wanted
+          if out == "train" or val_fraction > 0}
 
 
 def _held_out(source: str, whole: Any, splits: Optional[list[tuple[str, str]]],

@@ -58,12 +58,14 @@ STAGING_PREFIX = ".tokenize-"
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-  """One output shard: the examples [start, stop) of its split's source."""
+  """One output shard: the examples [start, stop) of its split's source, or with `parts`
+  the examples of the source's parts [start, stop)."""
   split: str
   index: int
   num_shards: int
   start: int
   stop: int
+  parts: bool = False
 
   @property
   def name(self) -> str:
@@ -72,13 +74,24 @@ class Unit:
 
 def plan(split_sources: Mapping[str, Any], num_shards: Optional[int] = None) -> list[Unit]:
   """Every split's shards, in split order: `num_shards` contiguous blocks of (near) equal
-  size per split, or one per RECORDS_PER_SHARD examples."""
+  size per split, or one per RECORDS_PER_SHARD examples. A source in parts (`num_parts`,
+  `part(i)`: tar shards) is cut into blocks of parts, by default one shard per part."""
   units = []
   for split, source in split_sources.items():
-    n = num_shards or max(1, math.ceil(len(source) / RECORDS_PER_SHARD))
-    edges = [i * len(source) // n for i in range(n + 1)]
-    units += [Unit(split, i, n, edges[i], edges[i + 1]) for i in range(n)]
+    parts = hasattr(source, "num_parts")
+    size = source.num_parts if parts else len(source)
+    n = num_shards or (size if parts else max(1, math.ceil(size / RECORDS_PER_SHARD)))
+    edges = [i * size // n for i in range(n + 1)]
+    units += [Unit(split, i, n, edges[i], edges[i + 1], parts) for i in range(n)]
   return units
+
+
+def unit_source(source: Any, unit: Unit) -> tuple[Any, range]:
+  """(source, indices) of the unit's examples (its parts opened here)."""
+  if not unit.parts:
+    return source, range(unit.start, unit.stop)
+  joined = sources.ConcatSource([source.part(i) for i in range(unit.start, unit.stop)])
+  return joined, range(len(joined))
 
 
 @dataclasses.dataclass
@@ -167,7 +180,7 @@ def _write_shard(path: str, blobs: list[bytes]) -> tuple[int, str]:
   return len(paths.read_bytes(path)), records.file_sha256(path)
 
 
-def _write_unit(job: Job, unit: Unit, recs: Iterable[dict[str, Any]],
+def _write_unit(job: Job, unit: Unit, recs: Iterable[dict[str, Any]], seen: int,
                 skipped: examples_lib.Skipped, filtered: examples_lib.Tally) -> dict[str, Any]:
   """Tokenizes and stages one shard, then its manifest entry (the mark that it is done)."""
   kind = job.encoders.kind
@@ -175,7 +188,7 @@ def _write_unit(job: Job, unit: Unit, recs: Iterable[dict[str, Any]],
   stats, blobs, hashes = _summarize(checked)
   size, sha = _write_shard(paths.join(job.staging, unit.name), blobs)
   entry = {"file": unit.name, "kind": kind, "bytes": size, "sha256": sha,
-           "seen": unit.stop - unit.start, **stats,
+           "seen": seen, **stats,
            "skipped": skipped.reasons, "filtered": filtered.reasons}
   if job.encoders.filters.dedup:
     entry["hashes"] = unit.name + ".hashes"
@@ -199,18 +212,21 @@ def run(job: Job, process_index: int = 0, process_count: int = 1) -> dict[str, A
   todo = [u for u in mine if job.entry(u) is None]
   paths.makedirs(job.staging)
   start = time.perf_counter()
-  total = sum(u.stop - u.start for u in todo)
+  total = sum(u.stop - u.start for u in todo if not u.parts)  # Parts: counted once opened.
   workers = min(8, os.cpu_count() or 1)
   with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool, \
       progress_lib.bar(total, desc=f"tokenize (process {process_index})" if process_count > 1
                        else "tokenize", disable=not job.progress, unit="ex") as bar:
     for unit in todo:
-      source = job.split_sources[unit.split]
+      source, indices = unit_source(job.split_sources[unit.split], unit)
+      if unit.parts:
+        total += len(indices)
+        bar.total = total
+        bar.refresh()
       skipped = examples_lib.Skipped(job.max_bad_fraction, desc=f"shard {unit.name}")
       filtered = examples_lib.Tally()
-      recs = job.encoders.records(source, range(unit.start, unit.stop), skipped, filtered, pool,
-                                  on_batch=bar.update)
-      _write_unit(job, unit, recs, skipped, filtered)
+      recs = job.encoders.records(source, indices, skipped, filtered, pool, on_batch=bar.update)
+      _write_unit(job, unit, recs, len(indices), skipped, filtered)
   return {"examples": total, "resumed": len(mine) - len(todo), "shards": len(mine),
           "seconds": time.perf_counter() - start, "stages": dict(job.encoders.seconds)}
 
