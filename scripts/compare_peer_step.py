@@ -144,8 +144,7 @@ def large_config(num_layers: int, batch: int, changes=()):
   return config
 
 
-def train_step(state, batch, rng, *, loss_fn, ema_decay=0.0, param_norm=True,
-               grad_norm=True, guard=True):
+def train_step(state, batch, rng, *, loss_fn, ema_decay=0.0, grad_norm=True, guard=True):
   """upgen/train/step.py's train_step (grad_accum_steps=1, as the large configs train),
   with its step-level parts switchable; all on, it compiles to the same program (checked by
   `--check`)."""
@@ -155,12 +154,13 @@ def train_step(state, batch, rng, *, loss_fn, ema_decay=0.0, param_norm=True,
   (loss, aux), grads = grad_fn(state.params, batch, step_rng)
   metrics = dict(aux)
   finite = jnp.isfinite(loss)
+  given = {}  # Without the step's norm the clip computes its own (optimizer.py).
   if grad_norm:
-    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["grad_norm"] = given["grad_norm"] = optax.tree.norm(grads)
     finite = finite & jnp.isfinite(metrics["grad_norm"])
 
   def update():
-    updated = state.apply_gradients(grads)
+    updated = state.apply_gradients(grads, **given)
     ema = state.ema_params
     if ema is not None:
       ema = update_ema(ema, updated.params, ema_decay_at(ema_decay, state.step))
@@ -174,8 +174,6 @@ def train_step(state, batch, rng, *, loss_fn, ema_decay=0.0, param_norm=True,
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                             ema_params=ema)
   metrics.update(loss=loss, finite=finite.astype(jnp.float32))
-  if param_norm:
-    metrics["param_norm"] = optax.tree.norm(new_state.params)
   return new_state, metrics
 
 
@@ -247,6 +245,15 @@ def cudnn_mask_form():
     return jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=causal,
                                         implementation="xla")
   return _patched(layers, "fused_attention", attention)
+
+
+def mask_select():
+  """jax's own mask: a select over the scores (and another in the backward pass), as upgen's
+  XLA path gave the key mask before #33 (now layers.xla_attention's bias)."""
+  def attention(q, k, v, mask, *, causal, implementation=None):
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
+                                        implementation=implementation)
+  return _patched(layers, "xla_attention", attention)
 
 
 def no_accuracy():
@@ -324,6 +331,8 @@ VARIANTS = (
             "(config.model.dropout_rate)", config=(("model.dropout_rate", 0.0),)),
     Variant("key_mask", "key-padding mask B x 1 x 1 x S in every attention -> none",
             patches=(no_key_mask,)),
+    Variant("mask_select", "the key mask as a bias -> as jax's select (before #33)",
+            patches=(mask_select,), adds_to="upgen"),
     Variant("cudnn_mask", "cuDNN's mask form (emulated), against no mask: the mask as a "
             "B x 1 x T x S bf16 bias operand", config=(("model.attention_impl", "cudnn"),),
             patches=(cudnn_mask_form,), adds_to="key_mask"),
@@ -333,9 +342,8 @@ VARIANTS = (
     Variant("loss_terms", "four weighted loss means -> one masked mean", patches=(one_loss_term,)),
     Variant("heads", "two heads (image 256 x 32768, text 64 x 32768) + 4 terms + metrics -> "
             "the peer's one head over 320 positions, loss only", patches=(peer_loss,)),
-    Variant("param_norm", "parameter norm (a metric) -> none", step=(("param_norm", False),)),
-    Variant("grad_norm", "gradient norm metric -> none (the guard checks the loss only)",
-            step=(("grad_norm", False),)),
+    Variant("grad_norm", "gradient norm metric -> none (the guard checks the loss only, the "
+            "clip computes its own)", step=(("grad_norm", False),)),
     Variant("guard", "non-finite guard (lax.cond around the update) -> update always",
             step=(("guard", False),)),
     Variant("clip", "clip by global norm 1.0 -> none (config.optim.grad_clip)",
@@ -346,10 +354,11 @@ VARIANTS = (
 
 
 def all_off() -> Variant:
-  """Every switch of VARIANTS off at once (cuDNN's mask form, an addition, excepted)."""
+  """Every switch of VARIANTS off at once (the additions, cuDNN's mask form and jax's mask
+  select, excepted)."""
   # "heads" includes loss_terms and accuracy, "optimizer" includes clip.
   chosen = [v for v in VARIANTS
-            if v.name not in ("cudnn_mask", "loss_terms", "accuracy", "clip")]
+            if v.name not in ("cudnn_mask", "mask_select", "loss_terms", "accuracy", "clip")]
   return Variant("all_off", "all of the above off (the peer's loss and optimizer)",
                  config=sum((v.config for v in chosen), ()),
                  patches=sum((v.patches for v in chosen), ()),

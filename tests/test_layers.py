@@ -110,6 +110,34 @@ def test_manual_attention_matches_jax_attention():
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
+def test_xla_attention_bias_equals_jax_mask_with_gradients():
+  """The key mask as a bias (layers.xla_attention, the XLA path of `Attention`) gives jax's
+  masked attention: outputs and the gradients of q, k and v, with and without causal."""
+  q, k, v = (jax.random.normal(jax.random.key(i), (3, 6, 2, 4)) for i in range(3))
+  valid = np.ones((3, 6), bool)
+  valid[0, 4:] = False  # Trailing padding.
+  valid[1, :2] = False  # Leading keys masked (UPGen's text-only rows mask the image part).
+  w = jax.random.normal(jax.random.key(5), (3, 6, 2, 4))
+  jax_mask = lambda q, k, v, mask, causal: jax.nn.dot_product_attention(
+      q, k, v, mask=mask, is_causal=causal)
+  for mask in (layers.key_mask(jnp.asarray(valid)), None):
+    for causal in (False, True):
+      # Causal, example 1's first two queries have no allowed key: read by no loss.
+      read = w if mask is None or not causal else w.at[1, :2].set(0.0)
+      grads = lambda attend: jax.jit(jax.value_and_grad(
+          lambda q, k, v: jnp.sum(read * attend(q, k, v, mask, causal=causal)),
+          argnums=(0, 1, 2)))(q, k, v)
+      (out, dqkv), (ref, ref_dqkv) = grads(layers.xla_attention), grads(jax_mask)
+      np.testing.assert_allclose(out, ref, rtol=1e-6)
+      for got, want in zip(dqkv, ref_dqkv):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+      # Every query's output, those with no allowed key too, is jax's.
+      np.testing.assert_allclose(layers.xla_attention(q, k, v, mask, causal=causal),
+                                 jax_mask(q, k, v, mask, causal), rtol=1e-6, atol=1e-7)
+      if mask is not None:
+        assert float(jnp.abs(dqkv[1][0, 4:]).max()) == 0.0  # Masked keys: no gradient.
+
+
 @pytest.mark.parametrize("length", [5, 6])
 def test_fused_attention_pads_to_the_kernels_shapes(length):
   """The cuDNN wrapper's broadcast mask and odd-length padding (run through the XLA kernel

@@ -10,6 +10,7 @@ import time
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from configs import upgen as upgen_config
@@ -68,6 +69,8 @@ def test_train_logs_checkpoints_and_learns(data_dir, tmp_path):
   # Params restore on their own (what `upgen sample` and tokenizers use).
   _, _, params = restore.restore_params(workdir)
   assert state_lib.count_params(params) == summary["num_params"]
+  # The parameter norm is the logged step's own (computed at the logged steps, not a mean).
+  assert rows[-1]["param_norm"] == pytest.approx(float(optax.tree.norm(params)), rel=1e-5)
   # Running again with the run complete resumes at 150 and does nothing more.
   again = trainer.train(c, workdir)
   assert again["step"] == 150 and len([r for r in writers.read_metrics(workdir)

@@ -236,6 +236,27 @@ def fused_attention(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, mask, *, causal: bool,
   return out[:, :t]
 
 
+def xla_attention(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, mask, *, causal: bool,
+                  implementation: Optional[str] = None) -> jax.Array:
+  """jax.nn.dot_product_attention with the boolean `mask` and causality as an additive bias
+  (0 or a large negative number): jax masks by a select over the BxHxTxS scores with a
+  second select in the backward pass (docs/performance.md), a bias is free there. Same
+  outputs: a masked score's probability is exactly 0 either way, and a row with no allowed
+  key attends uniformly either way; same gradients, but for a row with no allowed key (an
+  example with no valid token, which no loss reads)."""
+  if mask is None and not causal:
+    return jax.nn.dot_product_attention(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD,
+                                        implementation=implementation)
+  t, s = q_BxTxHxD.shape[1], k_BxSxHxD.shape[1]
+  allowed = jnp.ones((1, 1, 1, s), bool) if mask is None else jnp.asarray(mask, bool)
+  if causal:
+    allowed = allowed & jnp.tril(jnp.ones((t, s), bool))[None, None]
+  dtype = jnp.promote_types(q_BxTxHxD.dtype, jnp.float32)
+  bias = jnp.where(allowed, jnp.zeros((), dtype), jnp.finfo(dtype).min / 2)
+  return jax.nn.dot_product_attention(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, bias=bias,
+                                      implementation=implementation)
+
+
 def manual_attention(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, mask, *, causal: bool,
                      dropout_rate: float = 0.0, dropout_rng: Optional[jax.Array] = None):
   """Einsum attention matching jax.nn.dot_product_attention's "xla" path, plus dropout."""
@@ -369,8 +390,7 @@ class Attention(nn.Module):
     else:
       # A KV-cache step (one query against the cache) runs the XLA path.
       impl = None if used_cache else cfg.attention_impl
-      out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
-                                         implementation=impl)
+      out = xla_attention(q, k, v, mask, causal=causal, implementation=impl)
     out = nn.with_logical_constraint(out, qkv_names)
     return HeadsDense((cfg.emb_dim,), 2, ("heads", "kv", "embed"), cfg.dtype, cfg.param_dtype,
                       name="out")(out)

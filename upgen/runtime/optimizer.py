@@ -38,6 +38,25 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+  """optax.clip_by_global_norm, taking the norm from the caller when it has one.
+
+  train_step computes the gradients' global norm anyway (a metric and the non-finite
+  guard) and passes it as the extra argument `grad_norm`; without it (a caller that passes
+  none) the norm is computed here, as optax does. Either way the updates are optax's:
+  unchanged below `max_norm`, else scaled by max_norm / norm.
+  """
+
+  def update(updates, state, params=None, *, grad_norm=None, **extra_args):
+    del params, extra_args
+    g_norm = optax.tree.norm(updates) if grad_norm is None else grad_norm
+    trigger = jnp.squeeze(g_norm < max_norm)
+    clip = lambda t: jax.lax.select(trigger, t, (t / g_norm.astype(t.dtype)) * max_norm)
+    return jax.tree.map(clip, updates), state
+
+  return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
+
+
 def zero_rows(rows: Callable[[Any], Any]) -> optax.GradientTransformation:
   """Zero update for the first N rows of the leaves `rows(params)` maps to N (0: none)."""
 
@@ -53,19 +72,24 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int,
                    groups: Mapping[str, Sequence[str]] = {}) -> optax.GradientTransformation:
   """Clip, then AdamW on every parameter outside the frozen groups; frozen parameters (and
   frozen leading rows of a table) get a zero update (no weight decay either), so they stay
-  bit-identical. A frozen group that holds none of the model's parameters is an error."""
+  bit-identical. A frozen group that holds none of the model's parameters is an error.
+
+  The clip takes the step's gradient norm (`grad_norm`, see clip_by_global_norm) unless
+  groups are frozen: then it clips by the norm of the trained parameters' gradients only,
+  which it computes itself (optax.clip_by_global_norm inside the multi_transform)."""
   schedule = learning_rate_schedule(optim, total_steps)
+  value = optim.get("freeze", "")
+  names = [g.strip() for g in str(value or "").split(",") if g.strip()]
+  frozen = param_groups.group_members("config.optim.freeze", value, groups)
   parts = []
   if optim.grad_clip and optim.grad_clip > 0:
-    parts.append(optax.clip_by_global_norm(float(optim.grad_clip)))
+    clip = optax.clip_by_global_norm if frozen else clip_by_global_norm
+    parts.append(clip(float(optim.grad_clip)))
   parts.append(
       optax.adamw(
           schedule, b1=float(optim.b1), b2=float(optim.b2), eps=float(optim.eps),
           weight_decay=float(optim.weight_decay), mask=_decay_mask))
   train = optax.chain(*parts)
-  value = optim.get("freeze", "")
-  names = [g.strip() for g in str(value or "").split(",") if g.strip()]
-  frozen = param_groups.group_members("config.optim.freeze", value, groups)
   if not frozen:
     return train
 

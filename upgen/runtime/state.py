@@ -26,8 +26,11 @@ class TrainState(struct.PyTreeNode):
     return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), tx=tx,
                ema_params=params if ema else None)
 
-  def apply_gradients(self, grads) -> "TrainState":
-    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+  def apply_gradients(self, grads, **extra_args: Any) -> "TrainState":
+    """One update; `extra_args` go to the optimizer's transforms that take them (e.g.
+    grad_norm, optimizer.clip_by_global_norm's)."""
+    updates, opt_state = optax.with_extra_args_support(self.tx).update(
+        grads, self.opt_state, self.params, **extra_args)
     params = optax.apply_updates(self.params, updates)
     return self.replace(step=self.step + 1, params=params, opt_state=opt_state)
 

@@ -122,12 +122,15 @@ class IntervalMetrics:
       self._sums[k] = self._sums.get(k, 0.0) + v
     self._finished += 1
 
-  def flush(self, step: int) -> Optional[dict[str, float]]:
-    """Writes the interval's row at `step` (nothing when no step finished since the last)."""
+  def flush(self, step: int, at_step: Optional[dict[str, float]] = None
+            ) -> Optional[dict[str, float]]:
+    """Writes the interval's row at `step` (nothing when no step finished since the last);
+    `at_step` holds values of that step alone, written as they are (not means)."""
     if not self._finished:
       return None
     dt = max(self._clock() - self._start - self._paused, 1e-9)
     row = {k: v / self._finished for k, v in self._sums.items()}
+    row.update(at_step or {})
     row["examples_per_sec"] = self._dispatched * self._examples_per_step / dt
     if self._tokens_per_step:
       row["tokens_per_sec"] = self._dispatched * self._tokens_per_step / dt

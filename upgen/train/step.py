@@ -42,6 +42,11 @@ def train_step(state: TrainState, batch: Any, rng: jax.Array, *, loss_fn: LossFn
   A step whose loss or gradient is not finite leaves parameters and optimizer state as they
   were (only the step counter advances) and reports finite=0; the host decides to stop or
   go on (config.train.on_nonfinite).
+
+  The gradient norm is computed once: the metric, the guard and the optimizer's clipping
+  (optimizer.clip_by_global_norm, through the `grad_norm` extra argument) share it. The
+  parameter norm is not a step metric: it reads every parameter, so the trainer computes it
+  (`param_norm`) at the steps it logs.
   """
   step_rng = jax.random.fold_in(rng, state.step)
   grad_fn = jax.value_and_grad(functools.partial(loss_fn, train=True, step=state.step),
@@ -66,7 +71,7 @@ def train_step(state: TrainState, batch: Any, rng: jax.Array, *, loss_fn: LossFn
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
   def update():
-    updated = state.apply_gradients(grads)
+    updated = state.apply_gradients(grads, grad_norm=grad_norm)
     ema = state.ema_params
     if ema is not None:
       ema = update_ema(ema, updated.params, ema_decay_at(ema_decay, state.step))
@@ -79,8 +84,12 @@ def train_step(state: TrainState, batch: Any, rng: jax.Array, *, loss_fn: LossFn
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                             ema_params=ema)
   metrics = dict(aux)
-  metrics.update(loss=loss, grad_norm=grad_norm, param_norm=optax.tree.norm(new_state.params),
-                 finite=finite.astype(jnp.float32))
+  metrics.update(loss=loss, grad_norm=grad_norm, finite=finite.astype(jnp.float32))
   if schedule is not None:
     metrics["learning_rate"] = schedule(state.step)
   return new_state, metrics
+
+
+def param_norm(params: Any) -> jax.Array:
+  """The global norm of the parameters: a metric of the logged steps, not of every step."""
+  return optax.tree.norm(params)

@@ -235,6 +235,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   total = int(config.train.steps)
   num_params = state_lib.count_params(state.params)
   p_train = train_program(config, run, state.tx, total)
+  # The parameter norm reads every parameter: computed at the logged steps only.
+  p_norm = jax.jit(step_lib.param_norm, out_shardings=mesh_lib.replicated(run.mesh))
   rng = jax.random.key(config.seed)
   global_batch = functools.partial(mesh_lib.global_batch, sharding=run.batch_sharding,
                                    batch_size=config.data.batch_size)
@@ -254,16 +256,22 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   log.info("%s: %d parameters, mesh %s, steps %d -> %d", setup.family.name, num_params,
            dict(run.mesh.shape), step, total)
 
-  def finished(done_step: int, metrics_dev: Any) -> None:
-    """Host side of a finished step: non-finite check, interval means, progress, logging."""
+  def logs_at(done_step: int) -> bool:
+    return done_step % config.train.log_every == 0 or done_step == total
+
+  def finished(done_step: int, metrics_dev: Any, norm_dev: Any = None) -> None:
+    """Host side of a finished step: non-finite check, interval means, progress, logging
+    (with the parameter norm `norm_dev` after the step, dispatched where logs_at)."""
     nonlocal last_metrics
     last_metrics = finite_metrics(metrics_dev, done_step, config, checkpointer.latest_step())
     interval.add(last_metrics)
     progress.update(1)
     if done_step % max(config.train.log_every, 1) == 0:
       progress.set_postfix(loss=f"{last_metrics['loss']:.4f}")
-    if done_step % config.train.log_every == 0 or done_step == total:
-      interval.flush(done_step)
+    if logs_at(done_step):
+      at_step = {} if norm_dev is None else {"param_norm": float(norm_dev)}
+      last_metrics.update(at_step)
+      interval.flush(done_step, at_step)
 
   def write_preview(at_step: int) -> None:
     grid = previewer(registry.sampled_params(state), eval_batch,
@@ -276,7 +284,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   # compile, and the checkpoints, evals and previews inside it, each also counted alone).
   timings = periodic.Timings("checkpoints", "evals", "previews", "first_step")
   fit = fit_to_time.FitToTime(config, first_step=step, start=t_start) if run.fit else None
-  pending = None  # (step number after the update, device metrics) of the last step.
+  # (step number after the update, device metrics, parameter norm or None) of the last step.
+  pending = None
   compiles = True  # The next call of p_train compiles it: not the steps' time.
   stopped_reason, last_metrics, final_eval = "completed", {}, {}
   with periodic.Preemption() as preemption, mesh_lib.activate(run.mesh, config.mesh):
@@ -304,7 +313,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           fit.save(workdir)
         step += 1
         interval.dispatched()
-        pending = (step, metrics)
+        # Dispatched before the next step donates the state.
+        pending = (step, metrics, p_norm(state.params) if logs_at(step) else None)
         preempted, out_of_time = preemption.agreed(
             config.train.max_minutes > 0 and step < total and
             time.perf_counter() - t_start > 60 * config.train.max_minutes,
@@ -328,7 +338,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           break
       if pending is not None:
         finished(*pending)
-      interval.flush(step)  # A run stopped early logs its last partial interval.
+      # A run stopped early logs its last partial interval.
+      interval.flush(step, {"param_norm": float(p_norm(state.params))})
       timings.spent["loop"] = time.perf_counter() - t_start
       if stopped_reason != "preempted":
         with timings("final_eval"):
