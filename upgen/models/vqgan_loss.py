@@ -17,6 +17,7 @@ that the family's `loss_fn` (models/vqgan.py) composes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Any, Callable, Optional
 
@@ -56,9 +57,14 @@ class VQGANLoss:
 @dataclasses.dataclass(frozen=True, eq=False)
 class LossSettings:
   """What the family's loss_fn reads: config.loss, and the frozen LPIPS-VGG params
-  (`image_metrics.load_lpips`'s layout) it closes over. None means no perceptual term."""
+  (`image_metrics.load_lpips`'s layout) it closes over, read from the file when the loss is
+  first traced: a run rebuilt to encode or decode (`upgen tokenize` on another host) needs
+  no weights file. None means no perceptual term."""
   loss: VQGANLoss
-  lpips_params: Optional[dict[str, Any]] = None
+
+  @functools.cached_property
+  def lpips_params(self) -> Optional[dict[str, Any]]:
+    return load_lpips_params(self.loss)
 
 
 def load_lpips_params(loss: VQGANLoss) -> Optional[dict[str, Any]]:
@@ -78,13 +84,13 @@ def load_lpips_params(loss: VQGANLoss) -> Optional[dict[str, Any]]:
 
 
 def loss_settings(loss: VQGANLoss, discriminator: bool) -> LossSettings:
-  """Checks config.loss against the model (`discriminator`) and loads the LPIPS params."""
+  """Checks config.loss against the model (`discriminator`); the LPIPS params load later."""
   if not discriminator:
     for key in ("adversarial_weight", "adaptive_gan_weight"):
       if getattr(loss, key):
         raise errors.ConfigError(f"config.loss.{key}={getattr(loss, key)} needs a "
                                  "discriminator: set config.model.discriminator=True")
-  return LossSettings(loss, load_lpips_params(loss))
+  return LossSettings(loss)
 
 
 def reconstruction_loss(recon_BxHxWx3: jax.Array, x_BxHxWx3: jax.Array,
