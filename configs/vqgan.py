@@ -3,6 +3,9 @@
   upgen train --config configs/vqgan.py:tiny --workdir /tmp/vqgan \
       --config.data.dir=/tmp/shapes
 
+  upgen train --config configs/vqgan.py:base --workdir /tmp/vqgan256 \
+      --config.data.dir=IMAGES --config.loss.lpips_weights=lpips_vgg.safetensors
+
 data.dir is a folder of images with captions.jsonl (as `upgen data shapes` writes, one
 folder per split: DIR/train, DIR/val).
 """
@@ -31,11 +34,18 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
   c.loss.l1_weight = 1.0  # Pixel reconstruction loss weights.
   c.loss.l2_weight = 1.0
+  # LPIPS-VGG perceptual loss weight (taming: 1.0); 0 turns it off. Needs lpips_weights:
+  # without a file the run logs a warning and trains without the term.
+  c.loss.lpips_weight = 0.0
+  c.loss.lpips_weights = ""  # LPIPS-VGG safetensors file (scripts/convert_lpips.py writes it).
   c.loss.commitment_cost = 0.25  # Beta of the commitment loss.
   # Pull every code toward its nearest encoder output in the batch (revives dead codes).
   c.loss.codebook_revive_weight = 0.0
   c.loss.adversarial_weight = 0.0  # Patch discriminator loss weight (needs model.discriminator).
   c.loss.adversarial_start = 2000  # Step at which the adversarial loss turns on.
+  # Scale the generator loss by taming's adaptive weight ||grad L_rec|| / ||grad L_gan|| at
+  # the decoder's last layer (clamped to [0, 1e4]); False: adversarial_weight alone.
+  c.loss.adaptive_gan_weight = False
 
   c.data.image_size = 32  # Training / tokenization resolution (square; resize + center crop).
   c.data.train_split = "train"
@@ -60,7 +70,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.model.codebook_size = 1024
     c.model.embedding_dim = 256
     c.model.discriminator = True
-    c.loss.adversarial_weight = 0.1
+    # taming's recipe: LPIPS at weight 1 (with --config.loss.lpips_weights=FILE; without
+    # one the run warns and trains on pixels alone), the adaptive GAN weight scaled by 0.8
+    # (taming's disc_weight), the discriminator started late.
+    c.loss.lpips_weight = 1.0
+    c.loss.adaptive_gan_weight = True
+    c.loss.adversarial_weight = 0.8
     c.loss.adversarial_start = 20000
     c.model.dtype = "bfloat16"
     common.train_recipe(c, batch_size=256, lr=1e-4, steps=500_000, checkpoint_every=5000,

@@ -118,6 +118,8 @@ def test_lpips_file_errors_name_the_file_and_tensor(tmp_path):
   (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
   with pytest.raises(errors.DataError, match="junk.safetensors: cannot read"):
     im.load_lpips(str(tmp_path / "junk.safetensors"))
+  with pytest.raises(errors.NotFound, match="nope.safetensors: no such LPIPS weights file"):
+    im.load_lpips(str(tmp_path / "nope.safetensors"))
 
 
 def test_eval_recon_on_a_saved_tokenizer(tmp_path, capsys):

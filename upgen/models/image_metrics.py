@@ -19,6 +19,7 @@ The VQGAN logs `psnr` and `ssim` on its training and validation batches.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 import jax
@@ -103,6 +104,9 @@ def lpips_keys() -> dict[str, tuple[int, ...]]:
 
 def load_lpips(path: str) -> dict[str, np.ndarray]:
   """An LPIPS-VGG weights file, checked key by key, converted to JAX layouts (HWIO)."""
+  if not os.path.isfile(path):
+    raise errors.NotFound(f"{path}: no such LPIPS weights file (scripts/convert_lpips.py "
+                          "writes one)")
   try:
     tensors = load_file(path)
   except Exception as e:  # pylint: disable=broad-except

@@ -135,16 +135,24 @@ class Encoder(nn.Module):
     return _conv(cfg, cfg.embedding_dim, 1, name="conv_out")(h)
 
 
+def output_conv(cfg: VQGANConfig, name: str | None = None) -> nn.Conv:
+  """The decoder's last layer, features -> RGB. The loss applies it on its own to take
+  gradients w.r.t. its kernel (the adaptive GAN weight)."""
+  return _conv(cfg, 3, 3, name=name, head=True)
+
+
 class Decoder(nn.Module):
   """Quantized embeddings on the grid -> pixels (unbounded; clip to [-1, 1] for images).
 
   Mirrors the encoder; each nearest-neighbour upsample is followed by a conv that already
   narrows to the next (finer) level's width, so the widest convs run at the coarsest grid.
+  With `with_features` it returns (pixels, features_BxHxWxC), the features being the input
+  of the last layer (`output_conv`, params "conv_out").
   """
   cfg: VQGANConfig
 
   @nn.compact
-  def __call__(self, z_Bxhxwxd: jax.Array) -> jax.Array:
+  def __call__(self, z_Bxhxwxd: jax.Array, with_features: bool = False) -> Any:
     cfg = self.cfg
     mults = cfg.channel_multipliers
     h = _constrain(_conv(cfg, cfg.base_channels * mults[-1], 3, name="conv_in")(z_Bxhxwxd))
@@ -156,7 +164,8 @@ class Decoder(nn.Module):
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
         h = _constrain(_conv(cfg, cfg.base_channels * mults[level - 1], 3)(h))
     h = nn.swish(_norm(cfg, h, name="norm_out"))
-    return _conv(cfg, 3, 3, name="conv_out", head=True)(h).astype(jnp.float32)
+    pixels = output_conv(cfg, name="conv_out")(h).astype(jnp.float32)
+    return (pixels, h) if with_features else pixels
 
 
 def _l2_normalize(x: jax.Array) -> jax.Array:
