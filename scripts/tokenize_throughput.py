@@ -99,7 +99,8 @@ def tokenize(tars: str, out: str, bpe: str, batch_size: int, run: str = "",
                      (s.strip().split(" ", 1) for s in stages.split(","))}}
 
 
-def steady_encode(run: str, batch_size: int, repeats: int = 3) -> float:
+def steady_encode(run: str, batch_size: int, repeats: int = 3) -> tuple[float, float]:
+  """(images/s after a warm-up call, XLA's FLOP count of the encoder per image)."""
   tok = image.load(run, batch_size)
   batch = np.random.default_rng(0).integers(0, 256, (batch_size, tok.image_size,
                                                      tok.image_size, 3), dtype=np.uint8)
@@ -107,7 +108,11 @@ def steady_encode(run: str, batch_size: int, repeats: int = 3) -> float:
   start = time.perf_counter()
   for _ in range(repeats):
     tok.encode(batch)
-  return repeats * batch_size / (time.perf_counter() - start)
+  rate = repeats * batch_size / (time.perf_counter() - start)
+  compiled = tok._encode.lower(tok._params, batch).compile()  # pylint: disable=protected-access
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return rate, float(cost["flops"]) / batch_size
 
 
 def main() -> None:
@@ -130,12 +135,14 @@ def main() -> None:
     job = tokenize(tars, os.path.join(args.out, f"records{size}"), bpe, args.batch_size, run)
     row = {"image_size": size, "dtype": args.dtype, "batch_size": args.batch_size,
            "read_only": read, "tokenize": job,
-           "steady_encode_per_s": steady_encode(run, args.batch_size),
            "load_average": os.getloadavg()[0]}
+    row["steady_encode_per_s"], row["encode_flops_per_image"] = steady_encode(
+        run, args.batch_size)
     rows.append(row)
     print(f"{size:>4} px: read+resize {read['examples'] / read['stages']['read']:.0f}/s, "
           f"job {job['records_per_s']:.1f} records/s ({job['stages']}), steady encode "
-          f"{row['steady_encode_per_s']:.1f} images/s, load {row['load_average']:.1f}",
+          f"{row['steady_encode_per_s']:.1f} images/s "
+          f"({row['encode_flops_per_image'] / 1e9:.4g} GFLOP each), load {row['load_average']:.1f}",
           flush=True)
   if args.json:
     with open(args.json, "w") as f:

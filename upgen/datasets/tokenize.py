@@ -232,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="held out as val when DIR has no split sub-folders")
   p.add_argument("--kind", default="paired", choices=records.KINDS, help="what records hold")
   p.add_argument("--batch-size", type=errors.whole(1), default=64, help="examples per tokenizer call")
+  p.add_argument("--read-threads", type=errors.whole(1), default=0,
+                 help="threads reading, decoding and resizing images (default: min(16, cores))")
   p.add_argument("--image-key", "--tfds-image-key", dest="image_key", default="image",
                  help="tfds: and hf: sources: the image column")
   p.add_argument("--caption-key", "--tfds-caption-key", dest="caption_key", default="caption",
@@ -315,6 +317,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   job = _job(split_sources, args.out, text_tokenizer, image_tokenizer, args.num_shards,
              args.batch_size, kind=args.kind, replace_metadata=True, progress=True,
              pixels=args.pixels, max_bad_fraction=max_bad_fraction, filters=filters)
+  job.read_threads = args.read_threads
   meta = job_lib.run_job(job)
   print(_throughput(job.summary))
   if meta is not None:

@@ -104,6 +104,7 @@ class Job:
   max_bad_fraction: float = 0.0
   replace_metadata: bool = False  # Its first split replaces metadata made with other tokenizers.
   progress: bool = False
+  read_threads: int = 0  # Threads reading, decoding and resizing (0: min(16, cores)).
   summary: dict[str, Any] = dataclasses.field(default_factory=dict)  # run()'s, once run.
 
   def __post_init__(self):
@@ -213,7 +214,7 @@ def run(job: Job, process_index: int = 0, process_count: int = 1) -> dict[str, A
   paths.makedirs(job.staging)
   start = time.perf_counter()
   total = sum(u.stop - u.start for u in todo if not u.parts)  # Parts: counted once opened.
-  workers = min(8, os.cpu_count() or 1)
+  workers = job.read_threads or min(16, os.cpu_count() or 1)
   with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool, \
       progress_lib.bar(total, desc=f"tokenize (process {process_index})" if process_count > 1
                        else "tokenize", disable=not job.progress, unit="ex") as bar:
