@@ -354,16 +354,21 @@ def train_flops(c: UPGenConfig) -> flops.FlopCount:
 
 def sample_cost(c: UPGenConfig, s: SampleSettings, batch_size: int, param_bytes: int
                 ) -> families.SampleCost:
-  """MaskGIT text->image: every step runs the whole [image; text] sequence forward, twice
-  with guidance (conditioned and text-masked rows), and reads the parameters once."""
-  streams = 2 if s.guidance_scale > 0 else 1
-  forward = train_flops(c).total / 3
+  """MaskGIT text->image: every step runs the whole [image; text] sequence forward, and with
+  guidance the image alone too (the unconditional stream, upgen_sampler.guided_logits);
+  the text head is not run. Reads the parameters once per step."""
+  forward_of = lambda length: flops.Transformer(
+      c.num_layers, c.emb_dim, c.mlp_dim, length, causal=False,
+      heads=((c.image_seq_len, c.image_vocab_size),)).train_flops().total / 3
+  cond = forward_of(c.image_seq_len + c.text_seq_len)
+  uncond = forward_of(c.image_seq_len) if s.guidance_scale > 0 else 0.0
+  forward = cond + uncond
   return families.SampleCost(
-      flops=s.num_steps * streams * batch_size * forward,
+      flops=s.num_steps * batch_size * forward,
       bytes=float(s.num_steps * param_bytes),
-      note=(f"{s.num_steps} steps x {streams} stream(s) x {batch_size} x "
-            f"{forward / 1e9:.3f} GFLOP forward; {s.num_steps} x {param_bytes / 1e6:.1f} MB "
-            "of parameters"))
+      note=(f"{s.num_steps} steps x {batch_size} x {forward / 1e9:.3f} GFLOP forward "
+            f"({cond / 1e9:.3f} with the caption + {uncond / 1e9:.3f} the image alone); "
+            f"{s.num_steps} x {param_bytes / 1e6:.1f} MB of parameters"))
 
 
 def image_nll(params, batch: Batch, *, model: UPGen) -> jax.Array:
