@@ -20,15 +20,12 @@ upgen's cuDNN path adds (the key mask materialized as a bf16 bias, layers.fused_
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import dataclasses
 import functools
 import json
 import os
-import re
 import sys
-import time
 from typing import Any, Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,7 +39,6 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 from flax import linen as nn  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
 import optax  # pylint: disable=g-import-not-at-top
 
 from configs import upgen as upgen_config  # pylint: disable=g-import-not-at-top
@@ -56,12 +52,12 @@ from upgen.runtime import state as state_lib  # pylint: disable=g-import-not-at-
 from upgen.runtime.state import ema_decay_at  # pylint: disable=g-import-not-at-top
 from upgen.runtime.state import update_ema  # pylint: disable=g-import-not-at-top
 from upgen.tools import bench  # pylint: disable=g-import-not-at-top
+from upgen.tools import hlo_account  # pylint: disable=g-import-not-at-top
 from upgen.train import step as step_lib  # pylint: disable=g-import-not-at-top
 
 # The anchor's shape (peer_mfu_jax.py: D, H, S, V; upgen: 16 x 16 image grid + 64 text).
 WIDTH, HEADS, IMAGE_GRID, TEXT_LEN, VOCAB = 1024, 16, 16, 64, 32768
-OPS = ("kernels", "fusion", "dot", "copy", "transpose", "broadcast", "reduce", "convert",
-       "select", "rng", "while", "conditional", "sort", "scatter", "custom-call")
+OPS = hlo_account.OPS
 
 
 # ----------------------------------------------------------------------------- the peer
@@ -366,85 +362,8 @@ def all_off() -> Variant:
 
 
 # ---------------------------------------------------------------------------- account
-def _computations(hlo: str) -> dict[str, list[str]]:
-  comps, name = {}, None
-  for line in hlo.splitlines():
-    head = re.match(r"^(ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
-    if head and not line.startswith(" "):
-      name = "ENTRY" if head.group(1) else head.group(2)
-      comps[name] = []
-    elif name and line.startswith("  "):
-      comps[name].append(line)
-  return comps
-
-
-_FREE = ("parameter", "constant", "get-tuple-element", "tuple", "bitcast")
-_ITEM_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
-               "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
-_RANDOM = re.compile(r'op_name="[^"]*(threefry|_uniform|_bernoulli|random_bits)')
-
-
-def op_histogram(hlo: str) -> collections.Counter:
-  """Opcodes of the instructions that run: the entry computation, the bodies, conditions
-  and branches of its loops, conditionals and calls, and the bodies of its fusions (not
-  reducers' scalar lambdas). "kernels" counts the instructions outside fusions that do work
-  (not parameters, constants, tuples, bitcasts), "copy_bytes" what the copies among them
-  write, "rng" the rng ops and the while loops of jax's threefry hash (on the CPU the
-  random bits are such a loop)."""
-  comps = _computations(hlo)
-  counts, todo, seen = collections.Counter(), [("ENTRY", False)], set()
-  while todo:
-    name, fused = todo.pop()
-    if name in seen or name not in comps:
-      continue
-    seen.add(name)
-    for line in comps[name]:
-      m = re.match(r"\s*(?:ROOT )?%?[\w.\-]+ = .*? ([a-z][a-z0-9\-]*)\(", line)
-      if not m:
-        continue
-      op = m.group(1)
-      counts[op] += 1
-      if not fused and op not in _FREE:
-        counts["kernels"] += 1
-      if not fused and op == "copy":
-        shape = re.match(r"\s*(?:ROOT )?%?[\w.\-]+ = (\w+)\[([\d,]*)\]", line)
-        if shape:
-          dims = [int(d) for d in shape.group(2).split(",") if d]
-          counts["copy_bytes"] += _ITEM_BYTES.get(shape.group(1), 4) * int(np.prod(dims))
-      if op.startswith("rng") or (op == "while" and _RANDOM.search(line)):
-        counts["rng"] += 1
-      if op == "fusion":
-        todo.extend((ref, True) for ref in re.findall(r"calls=%?([\w.\-]+)", line))
-      if op in ("while", "conditional", "call"):
-        for ref in re.findall(r"(?:body|condition|to_apply|true_computation|"
-                              r"false_computation)=%?([\w.\-]+)", line):
-          todo.append((ref, fused))
-        for group in re.findall(r"branch_computations=\{([^}]*)\}", line):
-          todo.extend((x.strip().lstrip("%"), fused) for x in group.split(","))
-  return counts
-
-
-def _nbytes(tree) -> int:
-  return int(sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
-
-
 def account(jitted, args, kept, traced=contextlib.nullcontext) -> dict[str, Any]:
-  start = time.perf_counter()
-  with traced():
-    lowered = jitted.lower(*args)
-  compiled = lowered.compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  mem = compiled.memory_analysis()
-  hist = op_histogram(compiled.as_text())
-  out = {"flops": cost.get("flops", 0.0), "bytes_accessed": cost.get("bytes accessed", 0.0),
-         "transcendentals": cost.get("transcendentals", 0.0),
-         "argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
-         "temp_bytes": mem.temp_size_in_bytes, "alias_bytes": mem.alias_size_in_bytes,
-         "compile_s": time.perf_counter() - start}
-  out.update({f"op_{op}": hist.get(op, 0) for op in OPS})
-  out["copy_bytes"] = hist.get("copy_bytes", 0)
-  out.update({f"kept_{k}_bytes": _nbytes(v) for k, v in kept.items()})
+  out = hlo_account.account(jitted, args, kept, traced)
   out.setdefault("kept_ema_bytes", 0)
   return out
 
@@ -458,8 +377,7 @@ ROWS = (("flops", "GFLOP", 1e9), ("bytes_accessed", "GB accessed", 1e9),
             (f"op_{op}", op, 1) for op in OPS)
 
 
-def _fmt(x: float, scale: float) -> str:
-  return f"{x / scale:,.3f}" if scale != 1 else f"{int(x):,}"
+_fmt = hlo_account.fmt
 
 
 def print_table(peer: dict, up: dict, deltas: list[tuple[Variant, dict]],

@@ -115,12 +115,17 @@ class UPGen(nn.Module):
                train: bool = False, features: bool = False) -> tuple[jax.Array, jax.Array]:
     """(image logits BxLixVi, text logits BxLtxVt); with `features`, the final-norm hidden
     states of the image and text positions instead (BxLixE, BxLtxE), for a loss that applies
-    the heads itself (upgen/models/head_loss.py)."""
+    the heads itself (upgen/models/head_loss.py).
+
+    Text of length 0 (BxLt with Lt = 0) runs the image alone, every key attended
+    (`has_image_B` unread): the image outputs of a full sequence whose text keys are all
+    masked out, without computing the text positions (guidance's unconditional stream)."""
     cfg = self.config
     li, lt = image_tokens_BxLi.shape[1], text_tokens_BxLt.shape[1]
-    if (li, lt) != (cfg.image_seq_len, cfg.text_seq_len):
+    if li != cfg.image_seq_len or lt not in (cfg.text_seq_len, 0):
       raise ValueError(f"UPGen got image/text lengths {(li, lt)}, the model's image_seq_len/"
-                       f"text_seq_len (data_spec.json) say {(cfg.image_seq_len, cfg.text_seq_len)}")
+                       f"text_seq_len (data_spec.json) say {(cfg.image_seq_len, cfg.text_seq_len)}"
+                       " (or text length 0: the image alone)")
     init = nn.initializers.normal(stddev=cfg.embed_init_std)
     embed = lambda n, name: layers.Embed(layers.pad_vocab(n), cfg.emb_dim, dtype=cfg.dtype,
                                          param_dtype=cfg.param_dtype, embedding_init=init,
@@ -132,7 +137,8 @@ class UPGen(nn.Module):
                            (2, cfg.emb_dim), cfg.param_dtype)
     type_ids_L = np.concatenate([np.zeros(li, np.int32), np.ones(lt, np.int32)])
     x_BxLxE = jnp.concatenate([image_BxLixE, text_BxLtxE], axis=1)
-    x_BxLxE = (x_BxLxE + jnp.asarray(cfg.positions())[None]
+    # Both position tables put the image rows first.
+    x_BxLxE = (x_BxLxE + jnp.asarray(cfg.positions()[:li + lt])[None]
                + jnp.asarray(types_2xE)[type_ids_L][None]).astype(cfg.dtype)
     x_BxLxE = nn.Dropout(cfg.dropout_rate)(x_BxLxE, deterministic=not train)
     x_BxLxE = nn.with_logical_constraint(x_BxLxE, ("batch", "length", "embed"))
@@ -142,8 +148,9 @@ class UPGen(nn.Module):
     valid_BxL = jnp.concatenate([
         jnp.broadcast_to(has_image_B.astype(bool)[:, None], image_tokens_BxLi.shape),
         text_slots(text_mask_BxLt, cfg.text_pads)], axis=1)
+    mask = layers.key_mask(valid_BxL) if lt else None
     x_BxLxE = layers.TransformerStack(cfg.stack(), name="encoder")(
-        x_BxLxE, layers.key_mask(valid_BxL), deterministic=not train)
+        x_BxLxE, mask, deterministic=not train)
     x_BxLxE = layers.LayerNorm(cfg.dtype, cfg.param_dtype, name="final_norm")(x_BxLxE)
     if features:
       return x_BxLxE[:, :li], x_BxLxE[:, li:]
@@ -347,16 +354,21 @@ def train_flops(c: UPGenConfig) -> flops.FlopCount:
 
 def sample_cost(c: UPGenConfig, s: SampleSettings, batch_size: int, param_bytes: int
                 ) -> families.SampleCost:
-  """MaskGIT text->image: every step runs the whole [image; text] sequence forward, twice
-  with guidance (conditioned and text-masked rows), and reads the parameters once."""
-  streams = 2 if s.guidance_scale > 0 else 1
-  forward = train_flops(c).total / 3
+  """MaskGIT text->image: every step runs the whole [image; text] sequence forward, and with
+  guidance the image alone too (the unconditional stream, upgen_sampler.guided_logits);
+  the text head is not run. Reads the parameters once per step."""
+  forward_of = lambda length: flops.Transformer(
+      c.num_layers, c.emb_dim, c.mlp_dim, length, causal=False,
+      heads=((c.image_seq_len, c.image_vocab_size),)).train_flops().total / 3
+  cond = forward_of(c.image_seq_len + c.text_seq_len)
+  uncond = forward_of(c.image_seq_len) if s.guidance_scale > 0 else 0.0
+  forward = cond + uncond
   return families.SampleCost(
-      flops=s.num_steps * streams * batch_size * forward,
+      flops=s.num_steps * batch_size * forward,
       bytes=float(s.num_steps * param_bytes),
-      note=(f"{s.num_steps} steps x {streams} stream(s) x {batch_size} x "
-            f"{forward / 1e9:.3f} GFLOP forward; {s.num_steps} x {param_bytes / 1e6:.1f} MB "
-            "of parameters"))
+      note=(f"{s.num_steps} steps x {batch_size} x {forward / 1e9:.3f} GFLOP forward "
+            f"({cond / 1e9:.3f} with the caption + {uncond / 1e9:.3f} the image alone); "
+            f"{s.num_steps} x {param_bytes / 1e6:.1f} MB of parameters"))
 
 
 def image_nll(params, batch: Batch, *, model: UPGen) -> jax.Array:

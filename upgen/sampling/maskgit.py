@@ -44,8 +44,13 @@ def guide(cond_BxLxV: jax.Array, uncond_BxLxV: jax.Array, scale: float) -> jax.A
 
 
 def rank_BxL(values_BxL: jax.Array) -> jax.Array:
-  """Rank of each entry within its row (0 = smallest; ties broken by position)."""
-  return jnp.argsort(jnp.argsort(values_BxL, axis=-1, stable=True), axis=-1, stable=True)
+  """Rank of each entry within its row (0 = smallest; ties broken by position): one stable
+  sort, then its inverse permutation by a scatter (a second argsort would sort again)."""
+  order_BxL = jnp.argsort(values_BxL, axis=-1, stable=True)
+  rows_Bx1 = jnp.arange(values_BxL.shape[0])[:, None]
+  ranks_L = jnp.broadcast_to(jnp.arange(values_BxL.shape[-1], dtype=order_BxL.dtype),
+                             values_BxL.shape)
+  return jnp.zeros_like(order_BxL).at[rows_Bx1, order_BxL].set(ranks_L, unique_indices=True)
 
 
 def gumbel_like(rng: jax.Array, x: jax.Array) -> jax.Array:

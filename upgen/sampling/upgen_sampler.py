@@ -5,10 +5,15 @@ All take `params` (the "params" collection), the `UPGen` module, and the `Sample
 text_steps). They are jitted with the module and the settings static, and return token ids
 (int32); decoding image tokens to pixels is the image tokenizer's job.
 
-Classifier-free guidance (image decoding only): the unconditional prediction sees the text
-as all [PAD] with every text key masked out of attention, which is exactly how the model sees
+Classifier-free guidance (image decoding only): the unconditional prediction is the model's
+on the image with every text key masked out of attention, which is exactly how the model sees
 image-only examples in training (data.text_dropout), so no extra "null caption" is needed.
-Cond and uncond run as one forward pass over a 2B batch.
+With no text key to attend, the image positions' outputs are those of the image alone, so the
+unconditional stream runs the image positions only (Li, not Li + Lt: `guided_logits`), and
+an unconditional image is decoded the same way.
+
+Parameters are cast to the compute dtype once per call, before the decoding loop
+(`compute_dtype_params`), not at every layer of every step.
 """
 from __future__ import annotations
 
@@ -30,23 +35,45 @@ def _apply(params, model: nn.Module, image_BxLi, text_BxLt, text_mask_BxLt):
                      train=False)
 
 
+def compute_dtype_params(params, dtype):
+  """`params` with every kernel and embedding table (float, wider than `dtype`) cast to the
+  compute dtype `dtype`: what every Dense and Embed casts them to before use, so a model's
+  outputs are bit for bit the same. Norm scales, biases and the type embedding (added in
+  float32) keep their dtype."""
+  def cast(path, x):
+    name = getattr(path[-1], "key", None)
+    wider = (jnp.issubdtype(x.dtype, jnp.floating)
+             and jnp.dtype(x.dtype).itemsize > jnp.dtype(dtype).itemsize)
+    return x.astype(dtype) if name in ("kernel", "embedding") and wider else x
+  return jax.tree_util.tree_map_with_path(cast, params)
+
+
+def image_alone(text_BxLt):
+  """A zero-length text: the model then runs the image positions alone (UPGen.__call__)."""
+  return text_BxLt[:, :0]
+
+
+def guided_logits(params, model: nn.Module, image_BxLi, text_BxLt, text_mask_BxLt):
+  """(cond, uncond) image logits: with the caption, and with every text key masked out,
+  which is the image alone (Li positions instead of Li + Lt)."""
+  cond_BxLixV = _apply(params, model, image_BxLi, text_BxLt, text_mask_BxLt)[0]
+  uncond_BxLixV = _apply(params, model, image_BxLi, image_alone(text_BxLt),
+                         image_alone(text_mask_BxLt))[0]
+  return cond_BxLixV, uncond_BxLixV
+
+
 @functools.partial(jax.jit, static_argnames=("model", "settings"))
 def _decode_image(params, image_tokens_BxLi, known_BxLi, text_tokens_BxLt, text_mask_BxLt, rng,
                   *, model: nn.Module, settings: SampleSettings) -> jax.Array:
   cfg = model.config
   text_mask_BxLt = text_mask_BxLt.astype(bool)
-  null_text_BxLt = jnp.full_like(text_tokens_BxLt, cfg.text_pad_id)
-  null_mask_BxLt = jnp.zeros_like(text_mask_BxLt)
+  params = compute_dtype_params(params, cfg.dtype)
 
   def logits_fn(image_BxLi):
     return _apply(params, model, image_BxLi, text_tokens_BxLt, text_mask_BxLt)[0]
 
   def guided_logits_fn(image_BxLi):
-    both_image = jnp.concatenate([image_BxLi, image_BxLi], axis=0)
-    both_text = jnp.concatenate([text_tokens_BxLt, null_text_BxLt], axis=0)
-    both_mask = jnp.concatenate([text_mask_BxLt, null_mask_BxLt], axis=0)
-    logits_2BxLixV = _apply(params, model, both_image, both_text, both_mask)[0]
-    return jnp.split(logits_2BxLixV, 2, axis=0)
+    return guided_logits(params, model, image_BxLi, text_tokens_BxLt, text_mask_BxLt)
 
   return maskgit.decode(
       logits_fn, image_tokens_BxLi, known_BxLi, cfg.image_mask_id, rng, settings.num_steps,
@@ -63,6 +90,7 @@ def raster_image_nll(params, image_tokens_BxLi, text_tokens_BxLt, text_mask_BxLt
   assigns (with its own order), comparable per token with an autoregressive model's loss."""
   cfg = model.config
   text_mask_BxLt = text_mask_BxLt.astype(bool)
+  params = compute_dtype_params(params, cfg.dtype)
   positions_Li = jnp.arange(cfg.image_seq_len)
 
   def step(total_B, i):
@@ -106,18 +134,21 @@ def inpaint(params, model: nn.Module, image_tokens_BxLi, known_BxLi, text_tokens
 
 def unconditional_image(params, model: nn.Module, batch_size: int, rng,
                         settings: SampleSettings) -> jax.Array:
-  """Image token ids BxLi with no caption (the text is all [PAD], key-masked; no guidance)."""
+  """Image token ids BxLi with no caption (the image alone, as with every text key masked
+  out; no guidance)."""
   c = model.config
-  text_BxLt = jnp.full((batch_size, c.text_seq_len), c.text_pad_id, jnp.int32)
+  no_text_Bx0 = jnp.zeros((batch_size, 0), jnp.int32)
   settings = dataclasses.replace(settings, guidance_scale=0.0)
   shape = (batch_size, c.image_seq_len)
-  return _decode_image(params, jnp.zeros(shape, jnp.int32), jnp.zeros(shape, bool), text_BxLt,
-                       jnp.zeros(text_BxLt.shape, bool), rng, model=model, settings=settings)
+  return _decode_image(params, jnp.zeros(shape, jnp.int32), jnp.zeros(shape, bool),
+                       no_text_Bx0, no_text_Bx0.astype(bool), rng, model=model,
+                       settings=settings)
 
 
 def _decode_text_impl(params, image_tokens_BxLi, length_B, rng, *, model: nn.Module,
                       settings: SampleSettings) -> jax.Array:
   c = model.config
+  params = compute_dtype_params(params, c.dtype)
   # Every position is a text slot the model reads (text_pads="tokens"); those from length_B
   # on are fixed [PAD], the others start as [MASK] and are decoded, [PAD] included.
   slots_BxLt = jnp.ones((image_tokens_BxLi.shape[0], c.text_seq_len), bool)
