@@ -23,8 +23,13 @@ class Device:
 
 
 @dataclasses.dataclass(frozen=True)
-class SliceDevice(Device):
-  slice_index: int = 0  # A multislice TPU job's devices carry it.
+class TpuDevice(Device):
+  """A chip of a multislice TPU job: its slice and its place on the slice's torus."""
+  platform: str = "tpu"
+  device_kind: str = "TPU v4"
+  slice_index: int = 0
+  coords: tuple = (0, 0, 0)
+  core_on_chip: int = 0
 
 
 def _mesh_config(**sizes):
@@ -33,24 +38,28 @@ def _mesh_config(**sizes):
   return c
 
 
-def _tpu_slices(num_slices, per_slice, processes_per_slice):
-  """Devices of `num_slices` slices, listed slice 1 first to show that order is not trusted."""
-  per_process = per_slice // processes_per_slice
-  out = [SliceDevice(id=s * per_slice + i, process_index=(s * per_slice + i) // per_process,
-                     slice_index=s)
-         for s in range(num_slices) for i in range(per_slice)]
-  return out[per_slice:] + out[:per_slice]
+def _tpu_slices(num_slices, processes_per_slice=2):
+  """Chips of `num_slices` 2x2x2 slices, listed slice 1 first to show that order is not
+  trusted."""
+  per_process = 8 // processes_per_slice
+  out = [TpuDevice(id=s * 8 + i, process_index=(s * 8 + i) // per_process, slice_index=s,
+                   coords=(i % 2, i // 2 % 2, i // 4))
+         for s in range(num_slices) for i in range(8)]
+  return out[8:] + out[:8]
 
 
 @pytest.mark.parametrize("devices", [
-    _tpu_slices(2, 8, 2),  # Two TPU slices of 8 chips, 2 hosts each.
+    _tpu_slices(2),  # Two TPU slices of 8 chips, 2 hosts each.
     [Device(id=i, process_index=i // 4) for i in reversed(range(16))],  # 4 processes.
-], ids=["tpu-slices", "processes"])
-def test_each_slice_is_one_replica_with_fsdp_inside(devices):
-  array = mesh_lib.device_array(_mesh_config(replica=2, data=1, fsdp=4, tensor=2), devices)
+    [TpuDevice(id=i, process_index=i // 4, platform="cpu") for i in range(16)],
+], ids=["tpu-slices", "processes", "cpu-processes-with-slice-index"])
+def test_each_slice_is_one_replica_with_fsdp_inside(devices, caplog):
+  with caplog.at_level("WARNING", logger="upgen.train"):
+    array = mesh_lib.device_array(_mesh_config(replica=2, data=1, fsdp=4, tensor=2), devices)
+  assert "plain device order" not in caplog.text  # TPU: each slice laid out on its torus.
   assert array.shape == (2, 1, 4, 2)
   assert sorted(d.id for d in array.flat) == list(range(16))
-  slice_of = lambda d: getattr(d, "slice_index", d.process_index // 2)
+  slice_of = lambda d: d.slice_index if d.platform == "tpu" else d.process_index // 2
   for r in range(2):  # Every device of slice r, and only those, at replica index r.
     assert {slice_of(d) for d in array[r].flat} == {r}
     assert sorted(d.id for d in array[r].flat) == list(range(8 * r, 8 * r + 8))
@@ -85,7 +94,7 @@ def test_one_slice_is_todays_mesh():
 
 
 @pytest.mark.parametrize("devices, sizes, message", [
-    (_tpu_slices(2, 4, 1), {"replica": 4, "data": 1},
+    (_tpu_slices(2), {"replica": 4, "data": 1},
      r"config\.mesh\.replica=4 but the devices are in 2 TPU slice\(s\): set "
      r"config\.mesh\.replica=2"),
     ([Device(id=i, process_index=i // 4) for i in range(12)], {"replica": 2},

@@ -62,14 +62,21 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tupl
   return (replica, *shape)
 
 
+def tpu_slices(devices: Sequence[Any]) -> bool:
+  """Whether `devices` are TPUs that say which slice they are in. (CPU devices of a
+  multi-process job carry a `slice_index` too, 0 for all: not slices.)"""
+  return devices[0].platform == "tpu" and hasattr(devices[0], "slice_index")
+
+
 def slices(devices: Sequence[Any], num_slices: int) -> list[list[Any]]:
   """`devices` in `num_slices` groups joined by the slow network, each sorted by (process,
-  id): by the `slice_index` devices carry on a multi-slice TPU job (then num_slices must be
-  the number of slices), else by process, `num_processes / num_slices` consecutive processes
-  to a slice (a GPU host, or in tests a CPU process, stands in for a slice)."""
-  key = lambda d: (getattr(d, "slice_index", 0), d.process_index, d.id)
+  id): by the `slice_index` of TPU devices (then num_slices must be the number of slices),
+  else by process, `num_processes / num_slices` consecutive processes to a slice (a GPU
+  host, or in tests a CPU process, stands in for a slice)."""
+  on_tpu = tpu_slices(devices)
+  key = lambda d: (d.slice_index if on_tpu else 0, d.process_index, d.id)
   devices = sorted(devices, key=key)
-  if hasattr(devices[0], "slice_index"):
+  if on_tpu:
     found = sorted({d.slice_index for d in devices})
     if len(found) != num_slices:
       raise errors.ConfigError(
@@ -132,7 +139,7 @@ def device_array(mesh_config: ml_collections.ConfigDict, devices: Sequence[Any] 
   shape = check(mesh_config, devices)
   layout_errors = (ValueError, NotImplementedError, AssertionError)
   if shape[0] == 1:
-    if len({getattr(d, "slice_index", 0) for d in devices}) > 1:
+    if tpu_slices(devices) and len({d.slice_index for d in devices}) > 1:
       log.warning("the devices are in several TPU slices but config.mesh.%s=1: the mesh's "
                   "axes may run across the slow network between them; set config.mesh.%s "
                   "to the number of slices", SLOW_AXIS, SLOW_AXIS)
@@ -142,7 +149,7 @@ def device_array(mesh_config: ml_collections.ConfigDict, devices: Sequence[Any] 
       # The topology-aware layout does not fit this shape (an odd slice of a TPU pod, say).
       return _plain(devices, shape, e)
   groups = slices(devices, shape[0])
-  if hasattr(devices[0], "slice_index"):
+  if tpu_slices(devices):
     try:
       return mesh_utils.create_hybrid_device_mesh((1, *shape[1:]), (shape[0], 1, 1, 1),
                                                   devices)
