@@ -14,9 +14,10 @@ from upgen import errors
 # Logical axis name -> mesh axes. Parameters use "embed"/"mlp"/"heads"/"vocab"/"kv";
 # activations use "batch"/"length" plus the same feature names. flax skips a mesh axis
 # already taken in a spec, so "embed" falls back to replicated on activations whose
-# batch dimension is sharded over ("data", "fsdp").
+# batch dimension is sharded over ("replica", "data", "fsdp"). "replica" (the slices, over
+# the slow network) shards the batch only: parameters are whole in every slice.
 DEFAULT_RULES = (
-    ("batch", ("data", "fsdp")),
+    ("batch", ("replica", "data", "fsdp")),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
@@ -101,7 +102,13 @@ def base_config() -> ml_collections.ConfigDict:
       type="samples", num=64, scorer="", inception="", shapes_fidelity=False))
 
   c.mesh = ml_collections.ConfigDict()
-  # Device mesh shape; one entry may be -1 to take the remaining devices.
+  # Slices joined by the slow data-center network (DCN): TPU slices of a multislice job, or
+  # groups of processes (GPU hosts over Ethernet). Data parallel across them (mesh axis
+  # "replica", outermost); 1 = one slice. Must equal the number of TPU slices, or divide the
+  # number of processes. See docs/scaling.md, "Several slices".
+  c.mesh.replica = 1
+  # Mesh shape inside each slice (data*fsdp*tensor = devices per slice); one entry may be -1
+  # to take the remaining devices.
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.mesh.tensor = 1

@@ -106,6 +106,8 @@ def data_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("override,message", [
     ("--config.mesh.data=3", "config.mesh: data*fsdp*tensor = 3 but there are "),
+    ("--config.mesh.replica=2", "config.mesh.replica=2 does not divide the 1 process(es) of "
+     "this job"),
     ("--config.optim.grad_accum_steps=3", "config.optim.grad_accum_steps=3: must be >= 1 and "
      "divide config.data.batch_size=8"),
 ])

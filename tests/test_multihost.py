@@ -1,10 +1,14 @@
 """Many processes: `upgen train` as 2 CPU processes of 4 devices each trains exactly like 1
-process of 8 devices on the same mesh, and its checkpoint resumes in a 1-process run on
-another mesh; plus when upgen/runtime/distributed.py calls jax.distributed.initialize.
+process of 8 devices on the same mesh, and so does a two-level mesh with the processes as
+two slices (data parallel over the slow "replica" axis, FSDP and tensor inside each); their
+checkpoints resume in a 1-process run on another mesh; plus when
+upgen/runtime/distributed.py calls jax.distributed.initialize.
 
-The 2-process run and its 1-process twin run side by side (3 processes on 2 cores); the
-resumed run trains in this process meanwhile. About a minute on 2 busy cores.
+The two 2-process runs and their 1-process twin run side by side (5 processes on 2 cores);
+the resumed runs train in this process meanwhile. About a minute on 2 busy cores (75 s
+with a cold compilation cache).
 """
+import json
 import os
 import shutil
 import signal
@@ -28,6 +32,8 @@ from upgen.runtime import writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESH = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
+# The same devices as two slices (one per process): the slow axis where MESH has "data".
+SLICES_MESH = {"mesh.replica": 2, "mesh.data": 1, "mesh.fsdp": 2, "mesh.tensor": 2}
 STEPS, CHECKPOINT_EVERY = 6, 3
 TIMEOUT_S = 240  # Per run; a hung collective fails the test instead of blocking CI.
 
@@ -44,11 +50,11 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start(workdir: str, data_dir: str, devices: int, name: str, *extra: str
-           ) -> subprocess.Popen:
+def _start(workdir: str, data_dir: str, devices: int, name: str, *extra: str,
+           mesh: dict = MESH) -> subprocess.Popen:
   """`upgen train` on `devices` fake CPU devices; output in <workdir>.<name>.log."""
   os.makedirs(workdir, exist_ok=True)
-  flags = [f"--config.{k}={v}" for k, v in {**_overrides(data_dir), **MESH}.items()]
+  flags = [f"--config.{k}={v}" for k, v in {**_overrides(data_dir), **mesh}.items()]
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join([
       os.environ.get("XLA_FLAGS", ""), f"--xla_force_host_platform_device_count={devices}",
       "--xla_backend_optimization_level=0"]))  # Compiles ~1.5x faster; seconds-long runs.
@@ -87,16 +93,21 @@ def _wait(procs, workdir: str) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """Starts the 2-process run and the 1-process, 8-device run of the same config."""
+  """Starts the 2-process runs (one-level mesh, and two slices) and the 1-process,
+  8-device run of the same config."""
   root = tmp_path_factory.mktemp("multihost")
   data_dir = token_data.write(str(root / "records"))
-  two, one = str(root / "two"), str(root / "one")
-  address = f"--coordinator_address=localhost:{_free_port()}"
-  procs = {"two": [_start(two, data_dir, 4, f"p{i}", address, "--num_processes=2",
-                          f"--process_id={i}") for i in range(2)],
-           "one": [_start(one, data_dir, 8, "p0")]}
-  yield {"data_dir": data_dir, "two": two, "one": one, "procs": procs}
-  _kill(procs["two"] + procs["one"])
+  dirs = {name: str(root / name) for name in ("two", "slices", "one")}
+
+  def two_processes(name, mesh):
+    address = f"--coordinator_address=localhost:{_free_port()}"
+    return [_start(dirs[name], data_dir, 4, f"p{i}", address, "--num_processes=2",
+                   f"--process_id={i}", mesh=mesh) for i in range(2)]
+
+  procs = {"two": two_processes("two", MESH), "slices": two_processes("slices", SLICES_MESH),
+           "one": [_start(dirs["one"], data_dir, 8, "p0")]}
+  yield {"data_dir": data_dir, **dirs, "procs": procs}
+  _kill([p for ps in procs.values() for p in ps])
 
 
 def _losses(workdir: str) -> dict[int, float]:
@@ -106,22 +117,23 @@ def _losses(workdir: str) -> dict[int, float]:
 
 
 @pytest.mark.multidevice
-def test_checkpoint_of_two_processes_resumes_on_another_mesh(runs, tmp_path):
-  _wait(runs["procs"]["two"], runs["two"])
-  two = _losses(runs["two"])
+@pytest.mark.parametrize("run", ["two", "slices"])
+def test_checkpoint_of_two_processes_resumes_on_another_mesh(runs, run, tmp_path):
+  _wait(runs["procs"][run], runs[run])
+  two = _losses(runs[run])
   # Only process 0 wrote metrics (each step once), TensorBoard events and the config.
   assert sorted(two) == list(range(1, STEPS + 1))
-  assert len(os.listdir(os.path.join(runs["two"], "tensorboard"))) == 1
-  assert os.path.exists(os.path.join(runs["two"], "config.json"))
+  assert len(os.listdir(os.path.join(runs[run], "tensorboard"))) == 1
+  assert os.path.exists(os.path.join(runs[run], "config.json"))
   # Both processes wrote their shards of each checkpoint, together through orbax.
-  assert sorted(os.listdir(os.path.join(runs["two"], "checkpoints"))) == ["3", "6"]
-  state_dir = os.path.join(runs["two"], "checkpoints", "3", "state")
+  assert sorted(os.listdir(os.path.join(runs[run], "checkpoints"))) == ["3", "6"]
+  state_dir = os.path.join(runs[run], "checkpoints", "3", "state")
   assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(os.listdir(state_dir))
 
   # Step 3's checkpoint, resumed by this one process on its own devices, all on "data" (a
-  # (1, 1, 1) or (n, 1, 1) mesh where (2, 2, 2) wrote it).
+  # (1, 1, 1, 1) or (1, n, 1, 1) mesh where (1, 2, 2, 2) or two slices (2, 1, 2, 2) wrote it).
   resumed = str(tmp_path / "resumed")
-  shutil.copytree(runs["two"], resumed)
+  shutil.copytree(runs[run], resumed)
   shutil.rmtree(os.path.join(resumed, "checkpoints", "6"))
   c = upgen_config.get_config("tiny")
   c.update_from_flattened_dict({**_overrides(runs["data_dir"]),
@@ -145,6 +157,23 @@ def test_two_processes_train_like_one_process_on_the_same_mesh(runs):
   assert len(set(one.values())) == STEPS  # Distinct batches, not one batch repeated.
   val_two, val_one = (writers.read_metrics(w)[-1] for w in (runs["two"], runs["one"]))
   np.testing.assert_allclose(val_two["val_loss"], val_one["val_loss"], rtol=1e-4)
+
+
+@pytest.mark.multidevice
+def test_two_processes_as_two_slices_train_like_one_process_on_a_one_level_mesh(runs):
+  """Data parallel over the slow axis between the processes, FSDP 2 x tensor 2 inside each:
+  the losses of (data 2, fsdp 2, tensor 2) on one process of 8 devices."""
+  _wait(runs["procs"]["slices"], runs["slices"])
+  _wait(runs["procs"]["one"], runs["one"])
+  with open(os.path.join(runs["slices"], "config.json")) as f:
+    mesh = json.load(f)["mesh"]
+  assert {k: mesh[k] for k in ("replica", "data", "fsdp", "tensor")} == {
+      "replica": 2, "data": 1, "fsdp": 2, "tensor": 2}
+  slices, one = _losses(runs["slices"]), _losses(runs["one"])
+  assert sorted(slices) == sorted(one) == list(range(1, STEPS + 1))
+  np.testing.assert_allclose([slices[s] for s in one], [one[s] for s in one], rtol=1e-4)
+  val_slices, val_one = (writers.read_metrics(w)[-1] for w in (runs["slices"], runs["one"]))
+  np.testing.assert_allclose(val_slices["val_loss"], val_one["val_loss"], rtol=1e-4)
 
 
 @pytest.fixture

@@ -57,7 +57,7 @@ def restore_params(workdir: str, step: Optional[int] = None, mesh=None, ema: boo
   tx = optimizer_lib.for_setup(setup, config.optim, config.train.steps)
   if mesh is None:
     mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(
-        {"data": -1, "fsdp": 1, "tensor": 1, "rules": config.mesh.rules}))
+        {"replica": 1, "data": -1, "fsdp": 1, "tensor": 1, "rules": config.mesh.rules}))
   with mesh_lib.detached():  # The caller's mesh (a training loop's) is not this layout.
     abstract, _ = state_lib.abstract_state(setup, tx, mesh, config.mesh,
                                            checkpoint.uses_ema(config))

@@ -115,7 +115,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Prepared:
     raise errors.ConfigError(f"config.optim.grad_accum_steps={accum}: must be >= 1 and divide "
                              f"config.data.batch_size={config.data.batch_size}")
   setup = build(config)
-  mesh_lib.mesh_shape(config.mesh, jax.device_count())  # Before anything is written.
+  mesh_lib.check(config.mesh)  # Before anything is written.
   try:
     saved = ckpt_lib.load_run_config(workdir)
   except FileNotFoundError:
