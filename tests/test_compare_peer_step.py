@@ -6,6 +6,9 @@ import sys
 
 import pytest
 
+# Tests of a measurement script: CI runs them as their own step (-m scripts).
+pytestmark = pytest.mark.scripts
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -7,6 +7,9 @@ import pytest
 
 from upgen.tools import bench
 
+# Tests of a measurement script: CI runs them as their own step (-m scripts).
+pytestmark = pytest.mark.scripts
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
