@@ -34,6 +34,7 @@ import math
 import os
 import sys
 from typing import Any, Callable, Optional
+from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -172,14 +173,9 @@ def upgen_program(num_layers: int, batch: int, variant: Optional[Variant] = None
 
 
 # ---------------------------------------------------------------------------- patches
-@contextlib.contextmanager
 def _patched(module, name: str, value):
-  old = getattr(module, name)
-  setattr(module, name, value)
-  try:
-    yield
-  finally:
-    setattr(module, name, old)
+  """module.name = value while the context lasts (unittest.mock's patch.object)."""
+  return mock.patch.object(module, name, value)
 
 
 def one_2b_forward():

@@ -27,6 +27,7 @@ import json
 import os
 import sys
 from typing import Any, Callable, Optional
+from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -214,14 +215,9 @@ def _patches(variant: Variant):
     yield
 
 
-@contextlib.contextmanager
 def _patched(module, name: str, value):
-  old = getattr(module, name)
-  setattr(module, name, value)
-  try:
-    yield
-  finally:
-    setattr(module, name, old)
+  """module.name = value while the context lasts (unittest.mock's patch.object)."""
+  return mock.patch.object(module, name, value)
 
 
 def no_key_mask():

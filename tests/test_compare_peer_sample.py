@@ -1,25 +1,17 @@
 """scripts/compare_peer_sample.py (#33 item 3): every variant compiles, and the account sees
 what each switch changes."""
-import importlib.util
 import json
-import os
-import sys
 
 import pytest
+
+from tests import scripts_loader
 
 # Tests of a measurement script: CI runs them as their own step (-m scripts).
 pytestmark = pytest.mark.scripts
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _script():
-  spec = importlib.util.spec_from_file_location(
-      "compare_peer_sample", os.path.join(ROOT, "scripts", "compare_peer_sample.py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # Its dataclasses look their module up.
-  spec.loader.exec_module(module)
-  return module
+  return scripts_loader.load("compare_peer_sample")
 
 
 def test_zero_layers_every_variant(tmp_path, capsys):

@@ -1,25 +1,19 @@
 """Tests for scripts/gpu_measure.py, the prepared accelerator run: a misspelt override or a
 wrong lever choice would only show on the device, where every minute is rationed."""
-import importlib.util
 import os
 
 import pytest
 
+from tests import scripts_loader
 from upgen.tools import bench
 
 # Tests of a measurement script: CI runs them as their own step (-m scripts).
 pytestmark = pytest.mark.scripts
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @pytest.fixture(scope="module")
 def gm():
-  spec = importlib.util.spec_from_file_location(
-      "gpu_measure", os.path.join(ROOT, "scripts", "gpu_measure.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return scripts_loader.load("gpu_measure")
 
 
 def test_every_planned_override_parses(gm):

@@ -193,14 +193,20 @@ def resolve_sources(source: str, splits: Optional[list[tuple[str, str]]],
   return _held_out(source, folder(source), splits, val_fraction)
 
 
-def _held_out_parts(source: str, parts: Any, splits: Optional[list[tuple[str, str]]],
-                    val_fraction: float) -> dict[str, Any]:
-  """{"train", "val"} of a source in parts: val held out by example id (HeldOutParts)."""
+def _train_val(source: str, splits: Optional[list[tuple[str, str]]]) -> list[str]:
+  """The splits --splits asks of a source without its own: train and val at most."""
   wanted = [out for out, _ in splits] if splits else ["train", "val"]
   if not set(wanted) <= {"train", "val"}:
     raise errors.ConfigError(
-        f"--source {source} has no splits: only train and val (held out by --val-fraction) "
-        f"can be made, not {wanted}")
+        f"--source {source} has no split sub-folders: only train and val (held "
+        f"out by --val-fraction) can be made, not {wanted}")
+  return wanted
+
+
+def _held_out_parts(source: str, parts: Any, splits: Optional[list[tuple[str, str]]],
+                    val_fraction: float) -> dict[str, Any]:
+  """{"train", "val"} of a source in parts: val held out by example id (HeldOutParts)."""
+  wanted = _train_val(source, splits)
   return {out: sources.HeldOutParts(parts, val_fraction, out) for out in wanted
           if out == "train" or val_fraction > 0}
 
@@ -208,11 +214,7 @@ def _held_out_parts(source: str, parts: Any, splits: Optional[list[tuple[str, st
 def _held_out(source: str, whole: Any, splits: Optional[list[tuple[str, str]]],
               val_fraction: float) -> dict[str, Any]:
   """{"train", "val"} of a source without splits: val is --val-fraction held out."""
-  wanted = [out for out, _ in splits] if splits else ["train", "val"]
-  if not set(wanted) <= {"train", "val"}:
-    raise errors.ConfigError(
-        f"--source {source} has no split sub-folders: only train and val (held "
-        f"out by --val-fraction) can be made, not {wanted}")
+  wanted = _train_val(source, splits)
   train_idx, val_idx = sources.holdout_split(len(whole), val_fraction)
   subsets = {"train": sources.SubsetSource(whole, train_idx),
              "val": sources.SubsetSource(whole, val_idx)}
