@@ -125,7 +125,9 @@ def test_bench_sample_both_families_beside_their_bounds(tmp_path):
   # Cached decoding also reads a K,V cache per row, so doubling the batch gains less than 2x.
   ratio = dalle_2["bandwidth_bound_images_per_s"] / dalle_1["bandwidth_bound_images_per_s"]
   assert 1.0 < ratio < 2.0
-  assert "12 steps x 2 stream(s)" in upgen_1["cost"] and "K,V cache" in dalle_1["cost"]
+  # Guided: the caption stream and the image-alone stream, every step.
+  assert "12 steps x 1 x" in upgen_1["cost"] and "the image alone" in upgen_1["cost"]
+  assert "K,V cache" in dalle_1["cost"]
 
 
 def test_bench_errors_name_the_flag(capsys):

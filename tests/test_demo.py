@@ -18,7 +18,7 @@ ROOT = demo_lib.__file__.rsplit("/upgen/", 1)[0]
 PROMPT = "a small red circle on the left"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # Built once even where xdist interleaves other modules.
 def demo(tiny_quickstart):
   w, _ = tiny_quickstart
   return demo_lib.Demo(inference.load_run(str(w / "model")),
