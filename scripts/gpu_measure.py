@@ -5,6 +5,11 @@ process that stops itself before --deadline seconds.
   python3 scripts/gpu_measure.py --out results.jsonl --peers .peers --deadline 500
   ONLY=upgen_cudnn,peer_torch_b64 python3 scripts/gpu_measure.py ...   # some items, in order
 
+"UPGen-L before" (#33: the code before the issue's changes) runs from an exported tree of
+that commit in --before (default .before, carried with the working tree), prepared here:
+
+  mkdir -p .before && git archive BEFORE_COMMIT | tar -x -C .before   # BEFORE_COMMIT below
+
 (scripts/gpu_measure.sh sets the environment and installs the carried wheels first.)
 
 Every upgen program is lowered at start-up (one thread) and compiled on a pool of threads
@@ -45,6 +50,7 @@ LEVERS = {
     "batch128_remat": ["--config.data.batch_size=128", "--config.model.remat=dots_no_batch"],
 }
 COMMON_LEVERS = ("bf16_params", "batch128", "batch128_remat")  # Not UPGen's own loss keys.
+BEFORE_COMMIT = "701bc5e"  # #33 items 1 and 4 (measuring only); its step is the one before.
 
 
 def plan():
@@ -53,11 +59,15 @@ def plan():
   up, da = "configs/upgen.py:large", "configs/dalle.py:large"
   items = [("peer", "peer_jax_cudnn_b64", (["peer_mfu_jax.py", "64", "cudnn"], 150)),
            ("train", "upgen_xla", (up, ["--config.model.attention_impl=xla"] + BASE[1:])),
-           ("train", "upgen_cudnn", (up, BASE))]
+           ("train", "upgen_cudnn", (up, BASE)),
+           # Dropout off, as the peer has none (docs/performance.md: 62% of the extra bytes).
+           ("train", "upgen_cudnn_dropout0", (up, BASE + ["--config.model.dropout_rate=0"])),
+           ("before", "upgen_cudnn_before_33", (up, BASE))]
   items += [("train", f"upgen_{k}", (up, BASE + v)) for k, v in LEVERS.items()]
   items += [("peer", "peer_torch_b64", (["peer_mfu_torch.py", "64"], 200)),
             ("best", "upgen_best", (up, BASE)),
             ("best", "dalle_best", (da, BASE)),
+            ("train", "bart_cudnn", ("configs/bart.py:large", BASE)),
             ("sample", "upgen_sample", (up, BASE[:2], [16, 64, 256])),
             ("peer", "peer_maskgit_jax", (["peer_sample_jax.py", "16", "64", "256"], 120)),
             ("sample", "dalle_sample_g0", (da, BASE[:2] + ["--config.sample.guidance_scale=0",
@@ -137,6 +147,34 @@ def run_peer(run: Run, name: str, argv: list[str], timeout: float) -> None:
   run.record(name, row)
 
 
+def run_before(run: Run, name: str, spec: tuple, shapes: list[str], steps: int) -> None:
+  """`upgen bench train` of the exported tree in --before (BEFORE_COMMIT's code), in its own
+  process: the same config, overrides and shapes as this run's items."""
+  tree = run.args.before
+  if not os.path.isdir(os.path.join(tree, "upgen")):
+    run.record(name, {"status": "skipped", "error": f"no exported tree in {tree} (docstring)"})
+    return
+  timeout = min(240.0, run.left() - 5)
+  if timeout < 30:
+    run.record(name, {"status": "skipped", "error": "no time left"})
+    return
+  out = os.path.abspath(run.args.out + f".{name}.jsonl")
+  argv = ["bench", "train", "--config", spec[0], *spec[1], *shapes, "--steps", str(steps),
+          "--json", out]
+  env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
+  start = time.time()
+  try:
+    proc = subprocess.run([sys.executable, "-m", "upgen.cli", *argv], cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    rows = [json.loads(l) for l in open(out)] if os.path.exists(out) else []
+    row = dict(rows[-1], status="ok") if proc.returncode == 0 and rows else {
+        "status": f"rc {proc.returncode}", "stderr_tail": proc.stderr[-800:]}
+  except subprocess.TimeoutExpired:
+    row = {"status": "timeout", "error": f"over {timeout:.0f} s"}
+  row.update(commit=BEFORE_COMMIT, overrides=spec[1], wall_s=round(time.time() - start, 1))
+  run.record(name, row)
+
+
 def best_overrides(results: dict) -> tuple[list[str], list[str]]:
   """The levers that beat the cuDNN baseline, combined: (upgen overrides, the subset that
   applies to every family)."""
@@ -168,6 +206,8 @@ def main(argv=None) -> int:
   parser.add_argument("--workers", type=int, default=6)
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--before", default=".before",
+                      help="exported tree of BEFORE_COMMIT for the 'before' item")
   args = parser.parse_args(argv)
   run = Run(args)
   import jax
@@ -230,6 +270,8 @@ def main(argv=None) -> int:
     try:
       if kind == "peer":
         run_peer(run, name, *spec)
+      elif kind == "before":
+        run_before(run, name, spec, shapes, args.steps)
       elif kind == "train":
         row = bench.time_train(wait(name), args.steps, peak)
         run.record(name, dict(row, status="ok", overrides=spec[1]))

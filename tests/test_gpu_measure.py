@@ -1,5 +1,6 @@
 """Tests for scripts/gpu_measure.py, the prepared accelerator run: a misspelt override or a
 wrong lever choice would only show on the device, where every minute is rationed."""
+import argparse
 import os
 
 import pytest
@@ -46,3 +47,19 @@ def test_best_combines_only_the_levers_that_helped(gm):
   assert gm.best_overrides({}) == ([], [])
   results["upgen_batch128"] = ok(100.9)  # Within 1%: not a gain.
   assert gm.best_overrides(results)[0] == gm.LEVERS["chunked_ce"]
+
+
+def test_the_before_item_runs_bench_train_from_an_exported_tree(gm, tmp_path):
+  """The rehearsal of "UPGen-L before": the exported tree here is this checkout itself (a CI
+  checkout may have no history to export); a missing tree is a skip, not a failure."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  (_, name, spec), = [gm.quick(i) for i in gm.plan() if i[0] == "before"]
+  args = argparse.Namespace(out=str(tmp_path / "results.jsonl"), deadline=300.0, before=root)
+  run = gm.Run(args)
+  gm.run_before(run, name, spec, gm.QUICK_SHAPES, 2)
+  row = run.results[name]
+  assert row["status"] == "ok", row
+  assert row["commit"] == gm.BEFORE_COMMIT and row["step_ms"] > 0 and "tiny" in row["command"]
+  run.args.before = str(tmp_path / "none")
+  gm.run_before(run, name, spec, gm.QUICK_SHAPES, 2)
+  assert run.results[name]["status"] == "skipped" and "no exported tree" in run.results[name]["error"]
