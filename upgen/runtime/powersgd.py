@@ -31,7 +31,10 @@ FACTOR_DTYPE = jnp.float32  # P, Q and the matmuls that make them.
 
 class PowerSGDState(NamedTuple):
   """Per compressible gradient leaf, keyed by `leaf_name`: the error buffer (the leaf's
-  shape, this replica's residual) and Q (m x r, the same on every replica)."""
+  shape, this replica's residual) and Q (m x r, the same on every replica). As in PyTorch
+  the residual is this replica's M minus the shared P Q^T, so besides the compression error
+  it carries the replica's own departure from the mean; only the replicas' mean error moves
+  the result (P and Q depend on the mean M alone), and those departures cancel in it."""
   error: dict[str, Array]
   q: dict[str, Array]
 
