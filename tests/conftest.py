@@ -36,6 +36,7 @@ def tiny_quickstart(tmp_path_factory):
   return w, out.stdout
 
 
+@pytest.hookimpl(tryfirst=True)  # Before xdist's own, which reads the groups into node ids.
 def pytest_collection_modifyitems(items):
   """Under pytest-xdist (`-n 2`, as the README runs the suite): each module's tests stay on
   one worker, so a module fixture (the 8-device job of test_families) starts once, and the
