@@ -88,15 +88,17 @@ def _constrain(x_BxHxWxC: jax.Array) -> jax.Array:
 
 class ResBlock(nn.Module):
   """shortcut(x) + post_gain * branch(x). The branch is 4 x (relu -> conv) narrowing to
-  out_features / 4 inside: kernels 3, 3, 3, 1 in the encoder, 1, 3, 3, 3 in the decoder;
-  the shortcut is a 1x1 conv where the width changes, else the identity."""
+  out_features / 4 inside (DALL-E; at least min(out_features, 4) channels, so a test-sized
+  block still splits over a "tensor" mesh axis): kernels 3, 3, 3, 1 in the encoder, 1, 3,
+  3, 3 in the decoder; the shortcut is a 1x1 conv where the width changes, else the
+  identity."""
   cfg: DVAEConfig
   in_features: int
   out_features: int
   decoder: bool = False
 
   def setup(self):
-    hidden = max(self.out_features // 4, 1)
+    hidden = max(self.out_features // 4, min(self.out_features, 4))
     kernels = (1, 3, 3, 3) if self.decoder else (3, 3, 3, 1)
     widths = (hidden, hidden, hidden, self.out_features)
     self.convs = [_conv(self.cfg, w, k) for w, k in zip(widths, kernels)]
