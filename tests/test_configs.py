@@ -7,7 +7,7 @@ from ml_collections import config_dict
 from upgen.train import main
 
 FAMILIES = {"upgen": ("tiny", "small", "base", "large"), "dalle": None, "vqgan": ("tiny", "base"),
-            "clip": None, "glide": None}
+            "dvae": ("tiny", "base"), "clip": None, "glide": None}
 
 
 def _variants(name):

@@ -126,6 +126,17 @@ class TrainFlopsFn(Protocol):
     """flops.FlopCount of one example's forward + backward (MFU in `upgen bench`)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageCodec:
+  """A family that is an image tokenizer (upgen/tokenizers/image.py): `encode` (params,
+  uint8 images BxHxWx3, *, model) -> int32 ids Bxhxw and `decode` (params, ids, *, model)
+  -> uint8 images, jittable, over the params entries `params_keys` alone. Its model config
+  has codebook_size, grid (the grid's side) and image_size."""
+  encode: Callable[..., jax.Array]
+  decode: Callable[..., jax.Array]
+  params_keys: tuple[str, ...]
+
+
 class SampleCostFn(Protocol):
   def __call__(self, model_config: Any, settings: Any, batch_size: int,
                param_bytes: int) -> "SampleCost":
@@ -166,6 +177,7 @@ class Family:
   # `upgen export hf`: (params as numpy, model config) -> (HF config.json dict, weights by
   # "a/b/c" name in the Flax layout).
   export_hf: Optional[Callable[[Any, Any], tuple[dict, dict]]] = None
+  image_codec: Optional[ImageCodec] = None  # An image tokenizer family (`upgen tokenize`).
 
   def can(self, what: str) -> Callable[..., Any]:
     """The entry `what` (e.g. "inpaint"), or an error naming the family that lacks it."""
@@ -185,7 +197,8 @@ ABILITIES = {"sample_images": "draw images from captions", "inpaint": "inpaint i
              "text_nll": "score plain text", "text_context": "score plain text",
              "image_features": "give per-layer image features (linear probe)",
              "export_hf": "export a Hugging Face model",
-             "sample_cost": "report its sampling cost", "train_flops": "count its FLOPs"}
+             "sample_cost": "report its sampling cost",
+             "image_codec": "tokenize images (an image tokenizer)", "train_flops": "count its FLOPs"}
 # config.model keys that select the family and name the variant; not architecture fields.
 MODEL_SELECTORS = ("family", "size")
 

@@ -240,6 +240,17 @@ def loss_fn(params: dict[str, Any], batch: families.Batch, rng: jax.Array, *,
   return loss, metrics
 
 
+def encode_images(params: dict[str, Any], image_BxHxWx3: jax.Array, *,
+                  model: VQGANModel) -> jax.Array:
+  """uint8 images -> int32 ids B x h x w (params: {"vqgan": ...}; the image tokenizer)."""
+  return model.apply({"params": params}, to_unit(image_BxHxWx3), method=VQGANModel.encode)
+
+
+def decode_ids(params: dict[str, Any], ids_Bxhxw: jax.Array, *, model: VQGANModel) -> jax.Array:
+  """int32 ids B x h x w -> uint8 images (params: {"vqgan": ...}; the image tokenizer)."""
+  return to_uint8(model.apply({"params": params}, ids_Bxhxw, method=VQGANModel.decode))
+
+
 def reconstruct(params: dict[str, Any], image_BxHxWx3: jax.Array, *,
                 model: VQGANModel) -> jax.Array:
   """uint8 images -> uint8 reconstructions through the codebook."""
@@ -264,4 +275,6 @@ def train_flops(cfg: VQGANConfig) -> flops.FlopCount:
 FAMILY = families.Family(
     name="vqgan", reads=readers.IMAGE_FOLDER, model_config=model_config,
     loss_config=loss_config, make_model=VQGANModel, init_variables=init_variables,
-    loss_fn=loss_fn, preview=preview, train_flops=train_flops)
+    loss_fn=loss_fn, preview=preview, train_flops=train_flops,
+    image_codec=families.ImageCodec(encode=encode_images, decode=decode_ids,
+                                    params_keys=("vqgan",)))

@@ -1,6 +1,6 @@
-"""Image tokenizer: a trained VQGAN as jitted, batched encode (pixels -> ids) / decode.
+"""Image tokenizer: a trained VQGAN or dVAE as jitted, batched encode (pixels -> ids) / decode.
 
-  tok = image.load("/tmp/vqgan")          # latest checkpoint of a VQGAN training run
+  tok = image.load("/tmp/vqgan")          # latest checkpoint of a VQGAN (or dVAE) training run
   ids_Nxhxw = tok.encode(images_NxHxWx3)  # uint8 in, int32 out
   images = tok.decode(ids_Nxhxw)          # uint8 out
 
@@ -21,7 +21,6 @@ import numpy as np
 from upgen import families
 from upgen import paths
 from upgen import schema
-from upgen.models import vqgan
 from upgen.runtime import batching
 from upgen.runtime import mesh as mesh_lib
 from upgen.runtime import restore
@@ -51,24 +50,32 @@ def _local(x: Any) -> Any:
 
 
 class ImageTokenizer:
-  """A VQGAN (family "vqgan") with its params: uint8 images <-> int32 token grids."""
+  """A trained image tokenizer family (one whose FAMILY has an image_codec: vqgan, dvae) with
+  its params: uint8 images <-> int32 token grids."""
 
   def __init__(self, setup: families.Setup, params: Any, path: str = "",
                batch_size: int = 64, devices: Optional[Sequence[jax.Device]] = None):
     """`devices` (e.g. jax.local_devices()): each batch is split over them, the parameters
     replicated (batch_size rounded up to a multiple of their number); default: the default
     device."""
-    if setup.family.name != "vqgan":
-      raise ValueError(f"{path or 'config'}: config.model.family={setup.family.name!r}, "
-                       "an image tokenizer needs a 'vqgan' model")
-    if "vqgan" not in params:
-      raise ValueError(f"{path or 'params'}: expected the VQGAN family's params tree with a "
-                       f"'vqgan' entry, got keys {sorted(params)}")
+    family = setup.family
+    codec = family.image_codec
+    if codec is None:
+      tokenizers = [n for n in families.names() if families.get_family(n).image_codec]
+      raise ValueError(f"{path or 'config'}: config.model.family={family.name!r}, "
+                       f"an image tokenizer needs a {' or '.join(map(repr, tokenizers))} model")
+    missing = [k for k in codec.params_keys if k not in params]
+    if missing:
+      raise ValueError(f"{path or 'params'}: expected the {family.name} family's params tree "
+                       f"with {', '.join(f'a {k!r} entry' for k in codec.params_keys)}, got "
+                       f"keys {sorted(params)}")
     if batch_size < 1:
       raise ValueError(f"batch_size={batch_size} must be >= 1")
-    self._cfg: vqgan.VQGANConfig = setup.model_config
+    self._family = family.name
+    self._cfg = setup.model_config  # Has codebook_size, grid, image_size (ImageCodec).
     self._model = setup.model
-    self._params = jax.tree.map(_local, {"vqgan": nn.meta.unbox(params["vqgan"])})
+    self._params = jax.tree.map(_local, {k: nn.meta.unbox(params[k])
+                                         for k in codec.params_keys})
     self._path = path
     self._batch_size = batch_size
     self._sharding = None
@@ -78,11 +85,8 @@ class ImageTokenizer:
       self._sharding = NamedSharding(mesh, P("batch"))
       self._batch_size = -(-batch_size // len(devices)) * len(devices)
     self._sha256 = ""
-    model = self._model
-    self._encode = jax.jit(lambda p, x: model.apply(
-        {"params": p}, vqgan.to_unit(x), method=vqgan.VQGANModel.encode))
-    self._decode = jax.jit(lambda p, ids: vqgan.to_uint8(model.apply(
-        {"params": p}, ids, method=vqgan.VQGANModel.decode)))
+    self._encode = jax.jit(functools.partial(codec.encode, model=self._model))
+    self._decode = jax.jit(functools.partial(codec.decode, model=self._model))
 
   @property
   def codebook_size(self) -> int:
@@ -106,7 +110,7 @@ class ImageTokenizer:
       self._sha256 = params_sha256(self._params)
     config = {k: list(v) if isinstance(v, tuple) else v
               for k, v in schema.to_dict(self._cfg).items() if k not in ("dtype", "param_dtype")}
-    return {"family": "vqgan", "config": config, "sha256": self._sha256, "path": self._path}
+    return {"family": self._family, "config": config, "sha256": self._sha256, "path": self._path}
 
   def _batched(self, fn, inputs: np.ndarray) -> np.ndarray:
     """fn over fixed-size batches on the default device, outside any caller's mesh (a
@@ -142,7 +146,7 @@ class ImageTokenizer:
 
 def load(workdir: str, batch_size: int = 64,
          devices: Optional[Sequence[jax.Device]] = None) -> ImageTokenizer:
-  """The image tokenizer of the latest checkpoint of a VQGAN training run directory
+  """The image tokenizer of the latest checkpoint of a VQGAN or dVAE training run directory
   (`devices`: see ImageTokenizer)."""
   _, setup, params = restore.restore_params(workdir)
   return ImageTokenizer(setup, params, path=paths.absolute(workdir), batch_size=batch_size,
