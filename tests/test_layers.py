@@ -200,13 +200,7 @@ def test_dropout_only_in_training(params):
                 ).max() > 1e-3
 
 
-def test_position_tables_and_config_errors():
-  t1 = layers.sinusoidal_1d(5, 8)
-  assert t1.shape == (5, 8) and np.allclose(t1[0], [0] * 4 + [1] * 4)
-  t2 = layers.sinusoidal_2d(2, 3, 8)
-  assert t2.shape == (6, 8)
-  np.testing.assert_allclose(t2[4, :4], layers.sinusoidal_1d(2, 4)[1])  # Row 1.
-  np.testing.assert_allclose(t2[4, 4:], layers.sinusoidal_1d(3, 4)[1])  # Column 1.
+def test_config_errors():
   with pytest.raises(ValueError, match="num_heads"):
     _cfg(num_heads=3)
   with pytest.raises(ValueError, match="remat"):

@@ -14,6 +14,7 @@ from flax import linen as nn
 from tests import token_data
 from upgen import families
 from upgen.data.spec import DataSpec
+from upgen.models import positions
 from upgen.models import upgen
 from upgen.sampling import upgen_sampler
 from upgen.sampling.settings import SampleSettings
@@ -102,9 +103,9 @@ def test_shapes_flops_and_config_errors():
   np.testing.assert_array_equal(pos[1, :16], pos[0, :16])  # Same row, other column.
   np.testing.assert_array_equal(pos[side, 16:], pos[0, 16:])  # Same column, other row.
   assert not np.allclose(pos[side, :16], pos[0, :16])
-  np.testing.assert_array_equal(pos[LI:], upgen.layers.sinusoidal_1d(LT, 32))
+  np.testing.assert_array_equal(pos[LI:], positions.sinusoidal_1d(LT, 32))
   pos_1d = _model(position_embedding="1d").config.positions()
-  np.testing.assert_array_equal(pos_1d, upgen.layers.sinusoidal_1d(LI + LT, 32))
+  np.testing.assert_array_equal(pos_1d, positions.sinusoidal_1d(LI + LT, 32))
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])

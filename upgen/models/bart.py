@@ -50,6 +50,7 @@ from upgen.families import Batch
 from upgen.families import Family
 from upgen.models import bart_hf
 from upgen.models import layers
+from upgen.models import positions
 from upgen.sampling import ar_sampler
 from upgen.sampling.settings import SampleSettings
 
@@ -185,9 +186,9 @@ class Bart(nn.Module):
       table = self.text_pos if kind == "text" else self.image_pos
       return jax.lax.dynamic_slice_in_dim(table, start + POSITION_OFFSET, length)
     if kind == "text":
-      return jnp.asarray(layers.sinusoidal_1d(length, cfg.emb_dim))
+      return jnp.asarray(positions.sinusoidal_1d(length, cfg.emb_dim))
     w = cfg.image_grid_width
-    grid = layers.sinusoidal_2d(cfg.image_seq_len // w, w, cfg.emb_dim)
+    grid = positions.sinusoidal_2d(cfg.image_seq_len // w, w, cfg.emb_dim)
     return jax.lax.dynamic_slice_in_dim(jnp.asarray(grid), start, length)
 
   def encode(self, text_BxLt: jax.Array, text_valid_BxLt: jax.Array, *, train: bool = False

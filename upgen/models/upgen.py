@@ -34,6 +34,7 @@ from upgen.families import Batch
 from upgen.families import Family
 from upgen.models import head_loss
 from upgen.models import layers
+from upgen.models import positions
 from upgen.sampling import mask_schedule
 from upgen.sampling import upgen_sampler
 from upgen.sampling.settings import SampleSettings
@@ -91,9 +92,9 @@ class UPGenConfig(layers.TransformerConfig):
     ("2d"), or 1D over the joint sequence ("1d")."""
     li, lt, e = self.image_seq_len, self.text_seq_len, self.emb_dim
     if self.position_embedding == "1d":
-      return layers.sinusoidal_1d(li + lt, e)
+      return positions.sinusoidal_1d(li + lt, e)
     w = self.image_grid_width
-    return np.concatenate([layers.sinusoidal_2d(li // w, w, e), layers.sinusoidal_1d(lt, e)])
+    return np.concatenate([positions.sinusoidal_2d(li // w, w, e), positions.sinusoidal_1d(lt, e)])
 
   @property
   def image_mask_id(self) -> int:
