@@ -37,13 +37,10 @@ def small_config(**keys):
   config.model.num_res_blocks = 1
   config.model.codebook_size = 16
   config.model.decoder_init_channels = 8
-  for k, v in keys.items():
-    next(g for g in (config.model, config.loss, config.data) if k in g)[k] = v
-  return config
+  return test_vqgan.set_keys(config, **keys)
 
 
-def build(config):
-  return families.build(config, readers.IMAGE_FOLDER.spec(config.data))
+build = test_vqgan.build  # The image-folder family built for its config.
 
 
 def init_params(config, seed=0):

@@ -28,6 +28,11 @@ def small_config(**keys):
   config.model.codebook_size = 8
   config.model.embedding_dim = 4
   config.model.norm = "group"
+  return set_keys(config, **keys)
+
+
+def set_keys(config, **keys):
+  """Each key set in the config group (model, loss, data) that has it."""
   for k, v in keys.items():
     next(g for g in (config.model, config.loss, config.data) if k in g)[k] = v
   return config

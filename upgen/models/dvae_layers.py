@@ -23,9 +23,8 @@ from flax import linen as nn
 import jax
 import jax.numpy as jnp
 
-from upgen import errors
 from upgen.models.vqgan_layers import ACTIVATION_AXES, CHANNEL_AXES, HEAD_KERNEL_AXES, \
-    KERNEL_AXES
+    KERNEL_AXES, check_codec_config
 
 LOGITS_KERNEL_AXES = (None, None, "conv_in", "codebook")
 CODES_KERNEL_AXES = (None, None, "codebook", "conv_out")
@@ -44,18 +43,8 @@ class DVAEConfig:
   param_dtype: Any = "float32"
 
   def __post_init__(self):
-    object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
-    object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
-    if not self.channel_multipliers:
-      raise errors.ConfigError("config.model.channel_multipliers must have at least one entry")
-    for key in ("base_channels", "num_res_blocks", "codebook_size", "decoder_init_channels"):
-      if getattr(self, key) < 1:
-        raise errors.ConfigError(f"config.model.{key}={getattr(self, key)}: must be >= 1")
-    factor = 2 ** (len(self.channel_multipliers) - 1)
-    if self.image_size % factor:
-      raise errors.ConfigError(
-          f"config.data.image_size={self.image_size} is not divisible by 2**(len("
-          f"config.model.channel_multipliers)-1)={factor}")
+    check_codec_config(self, ("base_channels", "num_res_blocks", "codebook_size",
+                              "decoder_init_channels"))
 
   @property
   def grid(self) -> int:

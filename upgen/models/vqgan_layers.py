@@ -44,25 +44,32 @@ class VQGANConfig:
   param_dtype: Any = "float32"
 
   def __post_init__(self):
-    object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
-    object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
-    if not self.channel_multipliers:
-      raise errors.ConfigError("config.model.channel_multipliers must have at least one entry")
+    check_codec_config(self, ("base_channels", "codebook_size", "embedding_dim"))
     if self.norm not in ("group", "none"):
       raise errors.ConfigError(f"config.model.norm={self.norm!r}: expected 'group' or 'none'")
-    factor = 2 ** (len(self.channel_multipliers) - 1)
-    if self.image_size % factor:
-      raise ValueError(
-          f"config.data.image_size={self.image_size} is not divisible by 2**(len("
-          f"config.model.channel_multipliers)-1)={factor}")
-    for key in ("base_channels", "codebook_size", "embedding_dim"):
-      if getattr(self, key) < 1:
-        raise errors.ConfigError(f"config.model.{key}={getattr(self, key)}: must be >= 1")
 
   @property
   def grid(self) -> int:
     """Side of the token grid."""
     return self.image_size // 2 ** (len(self.channel_multipliers) - 1)
+
+
+def check_codec_config(cfg: Any, positive: tuple[str, ...]) -> None:
+  """What every image tokenizer's model config (VQGAN, dVAE) checks in __post_init__: dtype
+  names become dtypes, one resolution at least, the image divisible down to the grid, and
+  the `positive` keys >= 1; a ConfigError naming the key otherwise."""
+  object.__setattr__(cfg, "dtype", jnp.dtype(cfg.dtype))
+  object.__setattr__(cfg, "param_dtype", jnp.dtype(cfg.param_dtype))
+  if not cfg.channel_multipliers:
+    raise errors.ConfigError("config.model.channel_multipliers must have at least one entry")
+  for key in positive:
+    if getattr(cfg, key) < 1:
+      raise errors.ConfigError(f"config.model.{key}={getattr(cfg, key)}: must be >= 1")
+  factor = 2 ** (len(cfg.channel_multipliers) - 1)
+  if cfg.image_size % factor:
+    raise errors.ConfigError(
+        f"config.data.image_size={cfg.image_size} is not divisible by 2**(len("
+        f"config.model.channel_multipliers)-1)={factor}")
 
 
 def _conv(cfg: VQGANConfig, features: int, kernel: int, stride: int = 1,
