@@ -141,9 +141,7 @@ def large_config(num_layers: int, batch: int, changes=()):
   config.model.scan_layers = True  # As timed on the H200 (docs/performance.md "Sampling").
   config.data.batch_size = batch
   config.data.text_seq_len = NT
-  for key, value in changes:
-    group, field = key.split(".")
-    config[group][field] = value
+  config.update_from_flattened_dict(dict(changes))
   return config
 
 

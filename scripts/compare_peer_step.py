@@ -135,9 +135,7 @@ def large_config(num_layers: int, batch: int, changes=()):
   config.model.attention_impl = "xla"  # No cuDNN on the CPU (the peer runs XLA's too).
   config.data.batch_size = batch
   config.data.text_seq_len = TEXT_LEN
-  for key, value in changes:
-    group, field = key.split(".")
-    config[group][field] = value
+  config.update_from_flattened_dict(dict(changes))
   return config
 
 
