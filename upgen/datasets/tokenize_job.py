@@ -153,43 +153,38 @@ def _write_json(path: str, obj: Any) -> None:
   paths.write_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
-def _summarize(recs: Iterable[dict[str, Any]]) -> tuple[dict[str, Any], list[bytes], list[bytes]]:
-  """(count, max_text_len, id_range) of records, their serialized bytes and content hashes."""
+def _write_shard(path: str, pairs: Iterable[tuple[dict[str, Any], bytes]]
+                 ) -> tuple[dict[str, Any], list[bytes]]:
+  """Streams (record, its serialized bytes) into `path` (under a temporary name, renamed when
+  complete). Returns the entry's fields (records, max_text_len, id_range, sha256) and the
+  records' content hashes."""
   stats = {"records": 0, "max_text_len": 0, "id_range": {}}
-  blobs, hashes = [], []
-  for rec in recs:
-    stats["records"] += 1
-    text_tokens = rec.get("text_tokens")
-    stats["max_text_len"] = max(stats["max_text_len"],
-                                0 if text_tokens is None else len(text_tokens))
-    records.widen_id_range(stats["id_range"], rec)
-    blobs.append(records.encode_record(rec))
-    hashes.append(rec.get("content_hash") or b"")
-  return stats, blobs, hashes
-
-
-def _write_shard(path: str, blobs: list[bytes]) -> tuple[int, str]:
-  """The records into `path` (a temporary name, then renamed): (bytes, sha256)."""
+  hashes = []
   tmp = path + ".tmp"
   writer = tfrecord.TFRecordWriter(tmp)
   try:
-    for blob in blobs:
+    for rec, blob in pairs:
+      stats["records"] += 1
+      text_tokens = rec.get("text_tokens")
+      stats["max_text_len"] = max(stats["max_text_len"],
+                                  0 if text_tokens is None else len(text_tokens))
+      records.widen_id_range(stats["id_range"], rec)
+      hashes.append(rec.get("content_hash") or b"")
       writer.write(blob)
   finally:
     writer.close()
   paths.replace(tmp, path)
-  return len(paths.read_bytes(path)), records.file_sha256(path)
+  stats["sha256"] = records.file_sha256(path)
+  return stats, hashes
 
 
 def _write_unit(job: Job, unit: Unit, recs: Iterable[dict[str, Any]], seen: int,
                 skipped: examples_lib.Skipped, filtered: examples_lib.Tally) -> dict[str, Any]:
   """Tokenizes and stages one shard, then its manifest entry (the mark that it is done)."""
   kind = job.encoders.kind
-  checked = (_same_kind(rec, kind, unit) for rec in recs)
-  stats, blobs, hashes = _summarize(checked)
-  size, sha = _write_shard(paths.join(job.staging, unit.name), blobs)
-  entry = {"file": unit.name, "kind": kind, "bytes": size, "sha256": sha,
-           "seen": seen, **stats,
+  pairs = ((rec, records.encode_record(_same_kind(rec, kind, unit))) for rec in recs)
+  stats, hashes = _write_shard(paths.join(job.staging, unit.name), pairs)
+  entry = {"file": unit.name, "kind": kind, "seen": seen, **stats,
            "skipped": skipped.reasons, "filtered": filtered.reasons}
   if job.encoders.filters.dedup:
     entry["hashes"] = unit.name + ".hashes"
@@ -259,20 +254,20 @@ def _dedup(job: Job, entries: list[dict[str, Any]]) -> None:
     shard = tfrecord.IndexedTFRecordFile(paths.join(job.staging, entry["file"]))
     kept, filtered = [], examples_lib.Tally(entry["filtered"])
     for i in range(count):
-      features = example_proto.decode_example(shard[i])
+      blob = shard[i]
+      features = example_proto.decode_example(blob)
       rec = {"text_tokens": features["text_tokens"], "image_tokens": features["image_tokens"]}
       if keep[i]:
-        kept.append((rec, shard[i]))
+        kept.append((rec, blob))
       else:
         filtered.add("duplicate", features["id"][0].decode("utf-8", "replace"))
-    stats, _, _ = _summarize(r for r, _ in kept)
     # New names, which the entry names last: a kill on the way leaves the old pair in force.
     new_file, new_hashes = unit.name + ".dedup", unit.name + ".dedup.hashes"
-    size, sha = _write_shard(paths.join(job.staging, new_file), [blob for _, blob in kept])
-    paths.write_atomic(paths.join(job.staging, new_hashes), _read_hashes(job, entry)[keep].tobytes())
+    stats, _ = _write_shard(paths.join(job.staging, new_file), kept)
+    paths.write_atomic(paths.join(job.staging, new_hashes),
+                       hashes_Nx16[end - count:end][keep].tobytes())
     old = (entry["file"], entry["hashes"])
-    entry.update(stats, file=new_file, hashes=new_hashes, bytes=size, sha256=sha,
-                 filtered=filtered.reasons)
+    entry.update(stats, file=new_file, hashes=new_hashes, filtered=filtered.reasons)
     _write_json(job.entry_path(unit), entry)
     for name in set(old) - {new_file, new_hashes}:
       paths.remove(paths.join(job.staging, name))
