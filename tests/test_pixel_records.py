@@ -10,6 +10,7 @@ from configs import upgen as upgen_config
 from tests.test_tokenize import PAIRS, CharTokenizer, PatchColorTokenizer, _write_folder
 from upgen import cli
 from upgen import errors
+from upgen.data import images
 from upgen.data import readers
 from upgen.data import records
 from upgen.data import sources
@@ -75,9 +76,9 @@ def test_pixel_record_problems_name_the_file(tmp_path, capsys):
                             PatchColorTokenizer(), num_shards=1, pixels=True)
   # A record whose PNG is broken, or of another size, is named with its shard and index.
   bad = str(tmp_path / "bad")
-  good_png = tokenize.png_bytes(np.zeros((8, 8, 3), np.uint8))
+  good_png = images.png_bytes(np.zeros((8, 8, 3), np.uint8))
   for png, match in ((b"not a png", "image_png is not a readable PNG"),
-                     (tokenize.png_bytes(np.zeros((4, 4, 3), np.uint8)), "image_png is 4x4.*says 8")):
+                     (images.png_bytes(np.zeros((4, 4, 3), np.uint8)), "image_png is 4x4.*says 8")):
     examples = [{"text_tokens": [5, 6], "image_png": good_png if i != 5 else png,
                  "caption": "x", "id": str(i)} for i in range(8)]
     info = records.write_split(bad, "train", iter(examples), 1)

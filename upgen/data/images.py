@@ -22,6 +22,7 @@ where the pixels are decoded.
 """
 from __future__ import annotations
 
+import io
 from typing import BinaryIO, Optional, Union
 
 import numpy as np
@@ -152,3 +153,10 @@ def load_image_sized(file: Union[str, BinaryIO], image_size: Optional[int] = Non
       raise errors.StorageError(f"{where}: cannot read the file ({e.strerror})") from None
     raise errors.DataError(f"{where}: not a readable image ({_one_line(e)}): the file is "
                            "truncated, damaged or not an image; replace or remove it") from None
+
+
+def png_bytes(image_HxWx3: np.ndarray) -> bytes:
+  """uint8 RGB pixels as PNG file bytes (pixel records, the generated shapes)."""
+  buffer = io.BytesIO()
+  Image.fromarray(np.asarray(image_HxWx3, np.uint8)).save(buffer, format="PNG")
+  return buffer.getvalue()

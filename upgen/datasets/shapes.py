@@ -25,15 +25,14 @@ CLI: `upgen data shapes --out DIR [--image-size 32 --num-train 20000 --num-val 1
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 from typing import Optional, Sequence
 
 import numpy as np
-from PIL import Image
 
 from upgen import errors
+from upgen.data.images import png_bytes
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (255, 0, 0),
@@ -186,12 +185,6 @@ def render(objects: Sequence[dict], masks: Sequence[np.ndarray]) -> np.ndarray:
   for obj, mask in zip(objects, masks):
     image_HxWx3[mask] = COLORS[obj["color"]]
   return image_HxWx3
-
-
-def png_bytes(image_HxWx3: np.ndarray) -> bytes:
-  buffer = io.BytesIO()
-  Image.fromarray(image_HxWx3).save(buffer, format="PNG")
-  return buffer.getvalue()
 
 
 def _write_split(split_dir: str, num: int, rng: np.random.Generator, image_size: int,

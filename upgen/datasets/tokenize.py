@@ -61,7 +61,6 @@ from upgen.tokenizers import text
 
 SPLIT_NAMES = ("train", "val", "test")
 WEB_MAX_BAD_FRACTION = 0.01  # --max-bad-fraction's default for wds: and hf: sources.
-png_bytes = examples_lib.png_bytes
 
 
 def _job(split_sources: Mapping[str, Any], out_dir: str, text_tokenizer: Any,

@@ -21,14 +21,13 @@ import concurrent.futures
 import dataclasses
 import functools
 import hashlib
-import io
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
-from PIL import Image
 
 from upgen import errors
+from upgen.data.images import png_bytes
 
 SKIP_CHECK_AFTER = 1000  # Examples of a block seen before its bad fraction is checked.
 FIRST_SKIPPED = 5  # Ids named per reason.
@@ -110,12 +109,6 @@ def content_hash(example: dict[str, Any]) -> bytes:
   if "image" in example:
     digest.update(np.ascontiguousarray(example["image"]).tobytes())
   return digest.digest()[:HASH_BYTES]
-
-
-def png_bytes(image_HxWx3: np.ndarray) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(np.asarray(image_HxWx3, np.uint8)).save(buf, format="PNG")
-  return buf.getvalue()
 
 
 def _fetch(get: Callable[[int], Any], index: int) -> Any:
